@@ -1,0 +1,293 @@
+//! The embedded rumqttd broker: token logins, and an in-process link for the gateway.
+//!
+//! rumqttd 0.20 has sharp edges, each handled here (see `../shared/notes/rumqtt.md`):
+//!
+//! - `Broker::start()` blocks forever and has no shutdown API: it runs on its own thread and
+//!   lives as long as the process.
+//! - A `RouterConfig` at its zero defaults drops every client: we set every field.
+//! - A client id with `/ + # $` poisons the listener when it reconnects (rumqtt #1062): the
+//!   auth handler, which runs before registration, refuses such ids.
+//! - When file descriptors run out its accept loop spins without backoff: we raise
+//!   `RLIMIT_NOFILE` to the hard limit before starting.
+//! - Local links publish at QoS 0 without retain: retained messages are sent as raw
+//!   `Publish` packets, and `Notification::Unschedule` is answered with `wake()` or the link
+//!   stalls after about 200 notifications.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+
+use crate::auth::Credentials;
+
+/// Connections the router accepts; far above one gateway's fleet, since past it rumqttd drops
+/// logins without a CONNACK. Each idle connection costs about 46 KB.
+pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// Segment size and count per filter: orders and statuses are small and the last few are all
+/// that matter (upstream's example uses 100 MiB x 10, about 1 GiB per filter).
+const SEGMENT_BYTES: usize = 1024 * 1024;
+const SEGMENT_COUNT: usize = 2;
+
+/// How long start-up waits for the listener to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of the gateway's in-process link.
+const LINK_NAME: &str = "orcastrate-gateway";
+
+/// Settings of the embedded broker's MQTT listener.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSettings {
+    /// Where MQTT clients connect.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key; TLS on the listener when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Why the embedded broker did not start or the link failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot listen for MQTT on {addr}: {source} (is another broker running there? set [mqtt] listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the MQTT listener on {0} did not come up within 10 s (see the log above for rumqttd's reason)")]
+    NotReady(SocketAddr),
+    #[error("MQTT TLS file {0} does not exist: check [mqtt] tls_cert and tls_key")]
+    TlsFile(PathBuf),
+    #[error("broker link failed: {0}")]
+    Link(String),
+    #[error("failed to start the broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running embedded broker and the gateway's link into it.
+pub struct EmbeddedBroker {
+    /// Publishes and subscribes on behalf of the gateway.
+    pub publisher: LinkPublisher,
+    /// Receives what the gateway subscribed to.
+    pub receiver: LinkReceiver,
+}
+
+impl EmbeddedBroker {
+    /// Starts the broker on its own thread and waits until its listener accepts connections.
+    ///
+    /// `credentials` is read on every login, so replacing its contents (on SIGHUP) takes
+    /// effect without a restart.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be bound, a TLS file is missing, or the listener does not come
+    /// up.
+    pub fn start(
+        settings: &EmbeddedSettings,
+        credentials: Arc<RwLock<Credentials>>,
+    ) -> Result<Self, EmbeddedError> {
+        raise_fd_limit();
+        // rumqttd binds on its own thread and only logs a failure: probe the address first
+        // so a port in use is a clear start-up error.
+        drop(
+            TcpListener::bind(settings.listen).map_err(|source| EmbeddedError::Bind {
+                addr: settings.listen,
+                source,
+            })?,
+        );
+        let config = broker_config(settings, credentials)?;
+        let mut broker = Broker::new(config);
+        let (tx, rx) = broker
+            .link(LINK_NAME)
+            .map_err(|e| EmbeddedError::Link(e.to_string()))?;
+        std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded MQTT broker stopped");
+                }
+            })
+            .map_err(EmbeddedError::Thread)?;
+        wait_until_listening(settings.listen)?;
+        Ok(Self {
+            publisher: LinkPublisher { tx },
+            receiver: LinkReceiver { rx },
+        })
+    }
+}
+
+fn broker_config(
+    settings: &EmbeddedSettings,
+    credentials: Arc<RwLock<Credentials>>,
+) -> Result<Config, EmbeddedError> {
+    let tls = match &settings.tls {
+        Some((cert, key)) => {
+            for file in [cert, key] {
+                if !file.exists() {
+                    return Err(EmbeddedError::TlsFile(file.clone()));
+                }
+            }
+            Some(rumqttd::TlsConfig::Rustls {
+                capath: None,
+                certpath: cert.display().to_string(),
+                keypath: key.display().to_string(),
+            })
+        }
+        None => None,
+    };
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        max_payload_size: crate::MAX_PACKET_BYTES,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    connections.set_auth_handler(
+        move |client_id: String, username: String, password: String| {
+            let verdict = credentials
+                .read()
+                .map(|c| c.check_login(&client_id, &username, &password))
+                .unwrap_or(Err(crate::auth::LoginRefusal::BadCredentials));
+            async move {
+                match verdict {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        // The username is not secret and helps operators; the password never appears.
+                        tracing::warn!(%username, %reason, "MQTT login refused");
+                        false
+                    }
+                }
+            }
+        },
+    );
+    let server = ServerSettings {
+        name: "v4-1".into(),
+        listen: settings.listen,
+        tls,
+        // The listen backlog is 128: sleeping after each accept turns connect storms into
+        // retries, so accept as fast as possible.
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    Ok(Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: MAX_CONNECTIONS,
+            max_outgoing_packet_count: 200,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENT_COUNT,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("v4-1".to_owned(), server)])),
+        ..Config::default()
+    })
+}
+
+/// Raises the soft file-descriptor limit to the hard limit: rumqttd's accept loop spins
+/// without backoff when descriptors run out, and it needs about one per client.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
+}
+
+fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(EmbeddedError::NotReady(addr))
+}
+
+/// The gateway's sending half of its in-process link.
+pub struct LinkPublisher {
+    tx: LinkTx,
+}
+
+impl LinkPublisher {
+    /// Publishes a message; subscribers receive it at their own QoS.
+    ///
+    /// Sent as a raw `Publish` packet because `LinkTx::publish` always clears the retain flag.
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), EmbeddedError> {
+        let publish = Publish::new(topic.as_bytes().to_vec(), payload, retain);
+        self.tx
+            .send(Packet::Publish(publish, None))
+            .await
+            .map(drop)
+            .map_err(|e| EmbeddedError::Link(e.to_string()))
+    }
+
+    /// Subscribes the link to a filter (QoS 0; retained messages are not replayed to it).
+    pub fn subscribe(&mut self, filter: &str) -> Result<(), EmbeddedError> {
+        self.tx
+            .subscribe(filter)
+            .map(drop)
+            .map_err(|e| EmbeddedError::Link(e.to_string()))
+    }
+}
+
+/// A message received on the gateway's link.
+#[derive(Debug, Clone)]
+pub struct LinkMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// The gateway's receiving half of its in-process link.
+pub struct LinkReceiver {
+    rx: LinkRx,
+}
+
+impl LinkReceiver {
+    /// The next published message, waking the link whenever the router unschedules it.
+    ///
+    /// # Errors
+    ///
+    /// When the router has stopped.
+    pub async fn recv(&mut self) -> Result<LinkMessage, EmbeddedError> {
+        loop {
+            let notification = self
+                .rx
+                .next()
+                .await
+                .map_err(|e| EmbeddedError::Link(e.to_string()))?;
+            match notification {
+                Some(Notification::Forward(forward)) => {
+                    let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+                    return Ok(LinkMessage {
+                        topic,
+                        payload: forward.publish.payload.to_vec(),
+                    });
+                }
+                Some(Notification::Unschedule) => self
+                    .rx
+                    .wake()
+                    .await
+                    .map_err(|e| EmbeddedError::Link(e.to_string()))?,
+                _ => {}
+            }
+        }
+    }
+}

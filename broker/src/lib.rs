@@ -1,0 +1,44 @@
+//! The Orcastrate bus contract, shared by the gateway and every agent.
+//!
+//! Everything two parts of Orcastrate must agree on lives here, so that it is written once:
+//!
+//! # Layout
+//!
+//! - [`names`]: validation of repo, env, agent and sha values where they enter.
+//! - [`topics`]: topic builders and the parser for incoming topics.
+//! - [`message`]: the JSON payloads (`DeployOrder`, `AgentStatus`, `FleetSummary`, `LogLine`, `Event`).
+//! - [`sign`]: Ed25519 order signatures and HMAC status MACs over the canonical strings.
+//! - [`auth`]: the MQTT login rules (token check, client-id rule).
+//! - [`mqtt`]: `rumqttc` options every client of ours uses.
+//! - [`time`]: the one timestamp format.
+//! - `embedded` (feature `embedded`): the in-process rumqttd broker with token auth.
+
+pub mod auth;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+pub mod message;
+pub mod mqtt;
+pub mod names;
+pub mod sign;
+pub mod time;
+pub mod topics;
+
+pub use message::{
+    AgentState, AgentStatus, DeployOrder, Event, EventOutcome, FleetAgent, FleetDesired,
+    FleetSummary, LogLine, LogStream, OrderKind, Step,
+};
+pub use names::NameError;
+pub use sign::{OrderSigner, OrderVerifier, SignError};
+pub use topics::{TopicKind, Topics};
+
+/// Version number carried as `"v"` in every payload.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The default topic prefix.
+pub const DEFAULT_PREFIX: &str = "orcastrate";
+
+/// Maximum MQTT packet size every client we ship accepts and sends (rumqttc's default is 10 KiB).
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// `AgentStatus` and `LogLine` payloads are kept under this size; long text is truncated.
+pub const MAX_SMALL_PAYLOAD_BYTES: usize = 4096;
