@@ -1,1 +1,29 @@
-//! placeholder
+//! The Orcastrate gateway: verified GitHub webhooks in, signed desired-state orders out.
+//!
+//! # Layout
+//!
+//! - [`config`]: TOML, environment and flags, validated into [`config::Settings`].
+//! - [`github`]: webhook signatures and what a payload asks for.
+//! - [`sequencer`]: the single writer that decides, numbers, commits and publishes orders.
+//! - [`ledger`]: the SQLite tables.
+//! - [`bus`] and [`watch`]: publishing on, and listening to, the embedded broker.
+//! - [`fleet`]: verified agent statuses and the retained fleet summaries.
+//! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
+//! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
+
+pub mod bus;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod fleet;
+pub mod github;
+pub mod health;
+pub mod http;
+pub mod keys;
+pub mod ledger;
+pub mod metrics;
+pub mod sequencer;
+pub mod serve;
+pub mod watch;
+
+pub use serve::Gateway;

@@ -1,0 +1,149 @@
+//! Command-line interface: `serve`, `public-key`, and the operator commands that call the
+//! admin API.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Orcastrate gateway: turns verified GitHub webhooks into signed desired-state orders on an
+/// embedded MQTT broker, and lets operators deploy, roll back, pause and watch.
+#[derive(Debug, Parser)]
+#[command(name = "orcastrate-gateway", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "ORCASTRATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: webhooks, embedded broker, ledger, operator API.
+    Serve(ServeArgs),
+    /// Print the public key agents use to verify orders (gateway_public_keys).
+    PublicKey(ConfigArgs),
+    /// Show the latest verified status of every agent.
+    Status(ListArgs),
+    /// Show orders, newest first.
+    History(HistoryArgs),
+    /// Deploy a sha to a repo/env now (order kind `manual`).
+    Deploy(DeployArgs),
+    /// Roll a repo/env back (order kind `rollback`); marks the current sha bad.
+    Rollback(RollbackArgs),
+    /// Pause a repo/env: webhooks are recorded but make no order.
+    Pause(RepoEnvArgs),
+    /// Resume a paused repo/env.
+    Resume(RepoEnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Gateway config file (TOML).
+    #[arg(long, short, env = "ORCASTRATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Folder of the ledger and signing key (overrides data_dir).
+    #[arg(long, env = "ORCASTRATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// HTTP listen address, e.g. 0.0.0.0:8080 (overrides [http] listen and PORT).
+    #[arg(long, env = "ORCASTRATE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+
+    /// MQTT listen address of the embedded broker (overrides [mqtt] listen).
+    #[arg(long, env = "ORCASTRATE_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+}
+
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Gateway base URL.
+    #[arg(
+        long,
+        env = "ORCASTRATE_GATEWAY",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub gateway: String,
+
+    /// Admin token.
+    #[arg(long, env = "ORCASTRATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this repo (owner/name).
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Only this env.
+    #[arg(long)]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub list: ListArgs,
+    /// How many orders at most.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct RepoEnvArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Repository (owner/name).
+    #[arg(long)]
+    pub repo: String,
+    /// Environment.
+    #[arg(long)]
+    pub env: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: RepoEnvArgs,
+    /// Full 40-character commit sha.
+    #[arg(long)]
+    pub sha: String,
+    /// Git ref to record with the order.
+    #[arg(long = "ref")]
+    pub git_ref: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: RepoEnvArgs,
+    /// Sha to roll back to (default: the newest earlier order reported healthy).
+    #[arg(long)]
+    pub to: Option<String>,
+}

@@ -1,0 +1,268 @@
+//! The operator commands: small clients of the admin API that print tables or JSON.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde_json::{json, Value};
+
+use crate::cli::{ClientArgs, DeployArgs, HistoryArgs, ListArgs, RepoEnvArgs, RollbackArgs};
+
+/// Why an operator command failed, mapped to its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The gateway could not be reached (exit 3).
+    #[error("cannot reach the gateway at {url}: {detail} (check --gateway / ORCASTRATE_GATEWAY)")]
+    Unreachable { url: String, detail: String },
+    /// The gateway refused the request (exit 4).
+    #[error("{status}: {message}")]
+    Refused { status: u16, message: String },
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// GET `path`, or POST `body` to it when given.
+fn call(args: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let token = args
+        .token
+        .as_deref()
+        .ok_or_else(|| anyhow!("no admin token: pass --token or set ORCASTRATE_ADMIN_TOKEN"))?;
+    let url = format!("{}{path}", args.gateway.trim_end_matches('/'));
+    let auth = format!("Bearer {token}");
+    let agent = agent();
+    let result = match body {
+        None => agent.get(&url).header("Authorization", &auth).call(),
+        Some(b) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_json(&b),
+    };
+    let mut response = result.map_err(|e| ClientError::Unreachable {
+        url: args.gateway.clone(),
+        detail: e.to_string(),
+    })?;
+    let status = response.status().as_u16();
+    let value: Value = response
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("the gateway answered {status} without JSON"))?;
+    if !(200..300).contains(&status) {
+        let message = value["error"]
+            .as_str()
+            .unwrap_or("request refused")
+            .to_owned();
+        return Err(ClientError::Refused { status, message }.into());
+    }
+    Ok(value)
+}
+
+fn query(list: &ListArgs) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(r) = &list.repo {
+        q.append_pair("repo", r);
+    }
+    if let Some(e) = &list.env {
+        q.append_pair("env", e);
+    }
+    q.finish()
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn short(v: &Value) -> String {
+    v.as_str()
+        .map(|x| x.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn print(json: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON values serialize")
+        );
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+/// `status`: agents and what they run.
+pub fn status(args: &ListArgs) -> anyhow::Result<()> {
+    let value = call(
+        &args.client,
+        &format!("/api/v1/agents?{}", query(args)),
+        None,
+    )?;
+    print(args.client.json, &value, |v| {
+        let rows = v["agents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s_| {
+                        vec![
+                            s(&s_["agent"]),
+                            s(&s_["repo"]),
+                            s(&s_["env"]),
+                            s(&s_["state"]),
+                            s(&s_["step"]),
+                            s(&s_["seq"]),
+                            short(&s_["sha"]),
+                            short(&s_["running_sha"]),
+                            s(&s_["updated_at"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &[
+                "AGENT", "REPO", "ENV", "STATE", "STEP", "SEQ", "SHA", "RUNNING", "UPDATED",
+            ],
+            rows,
+        )
+    });
+    Ok(())
+}
+
+/// `history`: orders newest first.
+pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
+    let path = format!(
+        "/api/v1/deployments?{}&limit={}",
+        query(&args.list),
+        args.limit
+    );
+    let value = call(&args.list.client, &path, None)?;
+    print(args.list.client.json, &value, |v| {
+        let rows = v["deployments"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|o| {
+                        vec![
+                            s(&o["seq"]),
+                            s(&o["repo"]),
+                            s(&o["env"]),
+                            s(&o["kind"]),
+                            short(&o["sha"]),
+                            s(&o["ref"]),
+                            s(&o["issued_at"]),
+                            s(&o["issued_by"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &[
+                "SEQ",
+                "REPO",
+                "ENV",
+                "KIND",
+                "SHA",
+                "REF",
+                "ISSUED_AT",
+                "ISSUED_BY",
+            ],
+            rows,
+        )
+    });
+    Ok(())
+}
+
+fn print_order(json: bool, value: &Value) {
+    print(json, value, |v| {
+        let o = &v["order"];
+        format!(
+            "order {} issued: {} {} {} -> {}",
+            s(&o["seq"]),
+            s(&o["kind"]),
+            s(&o["repo"]),
+            s(&o["env"]),
+            s(&o["sha"])
+        )
+    });
+}
+
+/// `deploy`: a manual order.
+pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let body = json!({ "repo": t.repo, "env": t.env, "sha": args.sha, "ref": args.git_ref });
+    let value = call(&t.client, "/api/v1/deploy", Some(body))?;
+    print_order(t.client.json, &value);
+    Ok(())
+}
+
+/// `rollback`: a rollback order.
+pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let body = json!({ "repo": t.repo, "env": t.env, "to": args.to });
+    let value = call(&t.client, "/api/v1/rollback", Some(body))?;
+    print_order(t.client.json, &value);
+    Ok(())
+}
+
+/// `pause` / `resume`.
+pub fn set_paused(args: &RepoEnvArgs, paused: bool) -> anyhow::Result<()> {
+    let path = if paused {
+        "/api/v1/pause"
+    } else {
+        "/api/v1/resume"
+    };
+    let body = json!({ "repo": args.repo, "env": args.env });
+    let value = call(&args.client, path, Some(body))?;
+    print(args.client.json, &value, |v| {
+        format!(
+            "{}/{} {}",
+            s(&v["repo"]),
+            s(&v["env"]),
+            if paused { "paused" } else { "resumed" }
+        )
+    });
+    Ok(())
+}
+
+/// Exit code for an operator command's error: 3 unreachable, 4 refused, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Unreachable { .. }) => 3,
+        Some(ClientError::Refused { .. }) => 4,
+        None => 1,
+    }
+}

@@ -1,0 +1,628 @@
+//! Gateway configuration: the TOML file, the original tool's environment variables, and
+//! command-line flags, merged (flag > environment > file) and validated once at start-up.
+//!
+//! Raw input ([`FileConfig`]) is kept apart from validated [`Settings`]; every error names
+//! the file or variable, the key, and the fix.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use orcastrate_broker::names;
+use serde::Deserialize;
+
+/// GitHub's own cap on webhook payloads; a larger `max_body_bytes` is pointless.
+pub const GITHUB_MAX_BODY: usize = 26_214_400;
+
+/// Default `max_body_bytes`: 5 MiB, above nearly every real push.
+const DEFAULT_MAX_BODY: usize = 5 * 1024 * 1024;
+
+/// The gateway config file as users write it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub http: HttpFile,
+    #[serde(default)]
+    pub mqtt: MqttFile,
+    #[serde(default)]
+    pub github: GithubFile,
+    #[serde(default)]
+    pub clients: Vec<ClientFile>,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub repos: Vec<RepoFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttFile {
+    pub mode: Option<String>,
+    pub listen: Option<String>,
+    pub prefix: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubFile {
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    pub name: String,
+    pub token: String,
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    #[serde(default)]
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoFile {
+    pub name: String,
+    #[serde(default)]
+    pub branches: BTreeMap<String, String>,
+}
+
+/// Values from flags and the environment that override the file (`None`: not given).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_listen: Option<String>,
+    pub mqtt_listen: Option<String>,
+}
+
+/// A client that may log in to the broker and report statuses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Client {
+    pub name: String,
+    pub token: String,
+    /// The repo/envs it may report for; `None`: all.
+    pub scopes: Option<Vec<(String, String)>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Whether this client may report for `repo`/`env`.
+    pub fn may_report(&self, repo: &str, env: &str) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|(r, e)| r == repo && e == env))
+    }
+}
+
+/// A repository and the env each of its branches deploys to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoRoute {
+    pub name: String,
+    pub branches: BTreeMap<String, String>,
+}
+
+/// The parts of the configuration that reload on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub clients: Vec<Client>,
+    pub repos: Vec<RepoRoute>,
+}
+
+impl Access {
+    /// The env a push to `branch` of `repo` deploys to.
+    pub fn env_for(&self, repo: &str, branch: &str) -> Option<&str> {
+        self.repo(repo)?.branches.get(branch).map(String::as_str)
+    }
+
+    /// The route of a repo.
+    pub fn repo(&self, repo: &str) -> Option<&RepoRoute> {
+        self.repos.iter().find(|r| r.name == repo)
+    }
+
+    /// Whether `repo`/`env` is one the gateway deploys.
+    pub fn knows(&self, repo: &str, env: &str) -> bool {
+        self.repo(repo)
+            .is_some_and(|r| r.branches.values().any(|e| e == env))
+    }
+
+    /// A client by name.
+    pub fn client(&self, name: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+}
+
+/// How the gateway reaches its bus.
+#[derive(Debug, Clone)]
+pub enum MqttMode {
+    /// The in-process rumqttd broker.
+    Embedded {
+        listen: SocketAddr,
+        tls: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub mqtt: MqttMode,
+    pub prefix: String,
+    pub github_secret: String,
+    pub admin_tokens: Vec<String>,
+    pub access: Access,
+    /// The config file, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
+}
+
+/// A configuration error, already phrased for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Reads the environment variables the gateway understands.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| err(format!("config file {}: {e}", path.display())))
+}
+
+/// Splits a comma-separated list, allowing spaces after commas.
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn parse_addr(value: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        err(format!(
+            "{what} = {value:?} is not an address: write it as \"0.0.0.0:8080\" (ip:port)"
+        ))
+    })
+}
+
+impl Settings {
+    /// Merges file, environment and overrides, and validates the result.
+    pub fn build(
+        file: FileConfig,
+        config_file: Option<PathBuf>,
+        env: &dyn Env,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let where_ = config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the environment".into());
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+
+        let mut http_listen = parse_addr(
+            overrides
+                .http_listen
+                .as_deref()
+                .or(file.http.listen.as_deref())
+                .unwrap_or("0.0.0.0:8080"),
+            "[http] listen",
+        )?;
+        if overrides.http_listen.is_none() {
+            if let Some(port) = env.var("PORT") {
+                let port: u16 = port.parse().map_err(|_| {
+                    err(format!(
+                        "PORT = {port:?} is not a port number: use 1 to 65535"
+                    ))
+                })?;
+                http_listen.set_port(port);
+            }
+        }
+        let max_body_bytes = file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+        if max_body_bytes == 0 || max_body_bytes > GITHUB_MAX_BODY {
+            return Err(err(format!(
+                "{where_}: [http] max_body_bytes = {max_body_bytes}: use 1 to {GITHUB_MAX_BODY} (GitHub never sends more)"
+            )));
+        }
+        if file.http.tls_cert.is_some() || file.http.tls_key.is_some() {
+            return Err(err(format!(
+                "{where_}: [http] tls_cert/tls_key are not supported by this build: terminate HTTPS in a reverse proxy (README: Deploying the gateway) and remove these keys"
+            )));
+        }
+
+        let mqtt = match file.mqtt.mode.as_deref().unwrap_or("embedded") {
+            "embedded" => {
+                let listen = parse_addr(
+                    overrides
+                        .mqtt_listen
+                        .as_deref()
+                        .or(file.mqtt.listen.as_deref())
+                        .unwrap_or("0.0.0.0:1883"),
+                    "[mqtt] listen",
+                )?;
+                let tls = match (file.mqtt.tls_cert, file.mqtt.tls_key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(err(format!(
+                            "{where_}: [mqtt] needs both tls_cert and tls_key for TLS, or neither"
+                        )))
+                    }
+                };
+                MqttMode::Embedded { listen, tls }
+            }
+            "external" => {
+                return Err(err(format!(
+                    "{where_}: [mqtt] mode = \"external\" is not available in this version yet: use mode = \"embedded\""
+                )))
+            }
+            other => {
+                return Err(err(format!(
+                    "{where_}: [mqtt] mode = {other:?}: use \"embedded\""
+                )))
+            }
+        };
+        let prefix = file
+            .mqtt
+            .prefix
+            .unwrap_or_else(|| orcastrate_broker::DEFAULT_PREFIX.into());
+        if prefix.is_empty()
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+            || prefix.contains(['+', '#', '$', '\n'])
+        {
+            return Err(err(format!(
+                "{where_}: [mqtt] prefix = {prefix:?}: use topic levels without + # $ and no leading or trailing '/'"
+            )));
+        }
+
+        let github_secret = env
+            .var("GITHUB_SECRET")
+            .or(file.github.secret)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                err(format!(
+                    "no GitHub webhook secret: set [github] secret in {where_} or GITHUB_SECRET, to the secret of the repository's webhook"
+                ))
+            })?;
+
+        let mut admin_tokens = file.admin.tokens;
+        if let Some(tokens) = env.var("ORCASTRATE_ADMIN_TOKEN") {
+            admin_tokens.extend(split_list(&tokens));
+        }
+        if admin_tokens.iter().any(|t| t.len() < 16) {
+            return Err(err(format!(
+                "{where_}: an admin token is shorter than 16 characters: use a long random one (openssl rand -hex 24)"
+            )));
+        }
+
+        let access = build_access(file.clients, file.repos, env, &where_)?;
+        Ok(Settings {
+            data_dir,
+            http_listen,
+            max_body_bytes,
+            mqtt,
+            prefix,
+            github_secret,
+            admin_tokens,
+            access,
+            config_file,
+        })
+    }
+
+    /// Loads everything: the file (if any), the environment, the overrides.
+    pub fn load(
+        config_file: Option<&Path>,
+        env: &dyn Env,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = match config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::build(file, config_file.map(Path::to_path_buf), env, overrides)
+    }
+}
+
+/// Re-reads the parts that reload on SIGHUP.
+pub fn reload_access(config_file: Option<&Path>, env: &dyn Env) -> Result<Access, ConfigError> {
+    let file = match config_file {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let where_ = config_file
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the environment".into());
+    build_access(file.clients, file.repos, env, &where_)
+}
+
+fn build_access(
+    clients_file: Vec<ClientFile>,
+    repos_file: Vec<RepoFile>,
+    env: &dyn Env,
+    where_: &str,
+) -> Result<Access, ConfigError> {
+    let mut clients = Vec::new();
+    for c in clients_file {
+        let name = names::agent(&c.name)
+            .map_err(|e| err(format!("{where_}: [[clients]] name: {e}")))?
+            .to_owned();
+        if c.token.len() < 8 {
+            return Err(err(format!(
+                "{where_}: [[clients]] {name}: token is shorter than 8 characters: use a long random one (openssl rand -hex 24)"
+            )));
+        }
+        let scopes = match c.scopes {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|s| parse_scope(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| err(format!("{where_}: [[clients]] {name} scopes: {e}")))?,
+            ),
+        };
+        clients.push(Client {
+            name,
+            token: c.token,
+            scopes,
+        });
+    }
+    let tokens = env
+        .var("TOKENS")
+        .map(|v| split_list(&v))
+        .unwrap_or_default();
+    let trusted = env
+        .var("TRUSTED_NAMES")
+        .map(|v| split_list(&v))
+        .unwrap_or_default();
+    if tokens.len() != trusted.len() {
+        return Err(err(format!(
+            "TOKENS has {} entries and TRUSTED_NAMES has {}: the n-th name owns the n-th token, so give both the same number",
+            tokens.len(),
+            trusted.len()
+        )));
+    }
+    for (name, token) in trusted.into_iter().zip(tokens) {
+        let name = names::agent(&name)
+            .map_err(|e| err(format!("TRUSTED_NAMES: {e}")))?
+            .to_owned();
+        clients.push(Client {
+            name,
+            token,
+            scopes: None,
+        });
+    }
+    let mut seen = HashSet::new();
+    for c in &clients {
+        if !seen.insert(c.name.as_str()) {
+            return Err(err(format!(
+                "client {:?} is defined twice ([[clients]] in {where_} or TRUSTED_NAMES): give every client its own name",
+                c.name
+            )));
+        }
+    }
+
+    let mut repos: Vec<RepoRoute> = Vec::new();
+    for r in repos_file {
+        let name =
+            names::repo(&r.name).map_err(|e| err(format!("{where_}: [[repos]] name: {e}")))?;
+        let mut branches = BTreeMap::new();
+        for (branch, env_name) in r.branches {
+            names::single_line("branch", &branch)
+                .map_err(|e| err(format!("{where_}: [[repos]] {name} branches: {e}")))?;
+            names::env(&env_name)
+                .map_err(|e| err(format!("{where_}: [[repos]] {name} branches.{branch}: {e}")))?;
+            branches.insert(branch, env_name);
+        }
+        if repos.iter().any(|x| x.name == name) {
+            return Err(err(format!(
+                "{where_}: [[repos]] {name} is listed twice: merge its branches into one entry"
+            )));
+        }
+        repos.push(RepoRoute { name, branches });
+    }
+    if let Some(value) = env.var("ORCASTRATE_REPOS") {
+        for entry in split_list(&value) {
+            let (repo, rest) = entry.split_once('@').ok_or_else(|| {
+                err(format!(
+                    "ORCASTRATE_REPOS entry {entry:?}: write owner/name@branch=env, e.g. octo-org/web@main=production"
+                ))
+            })?;
+            let (branch, env_name) = rest.split_once('=').ok_or_else(|| {
+                err(format!(
+                    "ORCASTRATE_REPOS entry {entry:?}: write owner/name@branch=env"
+                ))
+            })?;
+            let repo = names::repo(repo).map_err(|e| err(format!("ORCASTRATE_REPOS: {e}")))?;
+            let env_name = names::env(env_name)
+                .map_err(|e| err(format!("ORCASTRATE_REPOS: {e}")))?
+                .to_owned();
+            match repos.iter_mut().find(|r| r.name == repo) {
+                Some(r) => {
+                    r.branches.insert(branch.to_owned(), env_name);
+                }
+                None => repos.push(RepoRoute {
+                    name: repo,
+                    branches: BTreeMap::from([(branch.to_owned(), env_name)]),
+                }),
+            }
+        }
+    }
+    Ok(Access { clients, repos })
+}
+
+/// Parses a scope `owner/name/env`.
+fn parse_scope(scope: &str) -> Result<(String, String), String> {
+    let (repo, env) = scope
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{scope:?}: write owner/name/env"))?;
+    let repo = names::repo(repo).map_err(|e| e.to_string())?;
+    let env = names::env(env).map_err(|e| e.to_string())?.to_owned();
+    Ok((repo, env))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str, env: &dyn Env) -> Result<Settings, ConfigError> {
+        Settings::build(
+            toml::from_str(toml_text).unwrap(),
+            Some("gw.toml".into()),
+            env,
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn runs_from_environment_alone() {
+        let env = [
+            ("GITHUB_SECRET", "s3cret"),
+            ("TOKENS", "token-aaaa1, token-bbbb2"),
+            ("TRUSTED_NAMES", "web-1, web-2"),
+            ("PORT", "9000"),
+            ("ORCASTRATE_REPOS", "Octo-Org/Web@main=production"),
+        ];
+        let s = Settings::load(None, &env, &Overrides::default()).unwrap();
+        assert_eq!(s.http_listen.port(), 9000);
+        assert_eq!(s.access.clients.len(), 2);
+        assert_eq!(s.access.clients[1].name, "web-2");
+        assert_eq!(s.access.clients[1].token, "token-bbbb2");
+        assert_eq!(s.access.env_for("octo-org/web", "main"), Some("production"));
+    }
+
+    #[test]
+    fn missing_secret_names_the_key() {
+        let e = parse("", &[("X", "y")]).unwrap_err().to_string();
+        assert!(
+            e.contains("[github] secret") && e.contains("GITHUB_SECRET"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_clients_refused() {
+        let text = r#"
+            [github]
+            secret = "x"
+            [[clients]]
+            name = "web-1"
+            token = "12345678"
+        "#;
+        let env = [("TOKENS", "abcdefgh"), ("TRUSTED_NAMES", "web-1")];
+        let e = parse(text, &env).unwrap_err().to_string();
+        assert!(e.contains("defined twice"), "{e}");
+    }
+
+    #[test]
+    fn bad_names_refused() {
+        let text = r#"
+            [github]
+            secret = "x"
+            [[repos]]
+            name = "octo-org/web"
+            branches = { main = "Prod.1" }
+        "#;
+        let e = parse(text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid env") && e.contains("branches.main"),
+            "{e}"
+        );
+        let e = parse(
+            "[github]\nsecret='x'\n[[clients]]\nname='a/b'\ntoken='12345678'\n",
+            &[("X", "y")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[[clients]] name"), "{e}");
+        let e = parse("[github]\nsecret='x'\nbogus=1\n", &[("X", "y")]);
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn tokens_and_names_must_pair() {
+        let env = [
+            ("GITHUB_SECRET", "x"),
+            ("TOKENS", "a1234567,b1234567"),
+            ("TRUSTED_NAMES", "a"),
+        ];
+        let e = Settings::load(None, &env, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same number"), "{e}");
+    }
+
+    #[test]
+    fn scopes_parse() {
+        let text = r#"
+            [github]
+            secret = "x"
+            [[clients]]
+            name = "web-1"
+            token = "12345678"
+            scopes = ["Octo-Org/web/production"]
+        "#;
+        let s = parse(text, &[("X", "y")]).unwrap();
+        let c = s.access.client("web-1").unwrap();
+        assert!(c.may_report("octo-org/web", "production"));
+        assert!(!c.may_report("octo-org/web", "staging"));
+    }
+}

@@ -1,0 +1,236 @@
+//! The fleet view: verified agent statuses and the retained `fleet` summary per repo/env.
+//!
+//! Any token holder can publish anywhere on the embedded broker, so a status only counts if
+//! its MAC verifies with the named agent's token, its topic names the same agent/repo/env as
+//! its payload, and that agent may report for that repo/env.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use orcastrate_broker::message::sha12;
+use orcastrate_broker::{
+    sign, time, AgentState, AgentStatus, FleetAgent, FleetDesired, FleetSummary,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::config::Access;
+use crate::metrics::Metrics;
+use crate::sequencer::{NewestOrders, Sequencer};
+
+/// How often fleet summaries are published at most, per repo/env.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
+type RepoEnv = (String, String);
+
+#[derive(Default)]
+struct FleetState {
+    agents: HashMap<RepoEnv, BTreeMap<String, AgentStatus>>,
+    dirty: HashSet<RepoEnv>,
+    /// The desired seq each summary was last published with.
+    published_desired: HashMap<RepoEnv, u64>,
+}
+
+/// Verified statuses of every agent.
+pub struct Fleet {
+    state: Mutex<FleetState>,
+    access: Arc<RwLock<Access>>,
+    newest: NewestOrders,
+    sequencer: Sequencer,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a status was not counted (logged at debug; a forger learns nothing from it).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed,
+    TopicMismatch,
+    UnknownAgent,
+    BadMac,
+    OutOfScope,
+    StaleOffline,
+}
+
+impl Fleet {
+    /// A fleet view seeded with the statuses recorded in the ledger.
+    pub fn new(
+        recorded: Vec<AgentStatus>,
+        access: Arc<RwLock<Access>>,
+        newest: NewestOrders,
+        sequencer: Sequencer,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut state = FleetState::default();
+        for s in recorded {
+            let key = (s.repo.clone(), s.env.clone());
+            state.dirty.insert(key.clone());
+            state
+                .agents
+                .entry(key)
+                .or_default()
+                .insert(s.agent.clone(), s);
+        }
+        let fleet = Self {
+            state: Mutex::new(state),
+            access,
+            newest,
+            sequencer,
+            metrics,
+        };
+        fleet.update_connected();
+        fleet
+    }
+
+    /// Takes a status published on `status/{agent}` of `repo`/`env`.
+    pub fn on_status(
+        &self,
+        repo: &str,
+        env: &str,
+        agent: &str,
+        payload: &[u8],
+    ) -> Result<(), Rejection> {
+        let result = self.verify(repo, env, agent, payload);
+        match &result {
+            Ok(_) => self.metrics.status("accepted"),
+            Err(r) => {
+                self.metrics.status("rejected");
+                tracing::debug!(agent, repo, env, reason = ?r, "status not counted");
+            }
+        }
+        let status = result?;
+        let key = (repo.to_owned(), env.to_owned());
+        {
+            let mut state = self.state.lock().expect("fleet lock poisoned");
+            let agents = state.agents.entry(key.clone()).or_default();
+            if status.state == AgentState::Offline
+                && agents
+                    .get(agent)
+                    .is_some_and(|prev| prev.session != status.session)
+            {
+                // A last will from an older connection: the agent is back already.
+                return Err(Rejection::StaleOffline);
+            }
+            agents.insert(agent.to_owned(), status.clone());
+            state.dirty.insert(key);
+        }
+        self.update_connected();
+        let payload = String::from_utf8_lossy(payload).into_owned();
+        self.sequencer.record_status(status, payload);
+        Ok(())
+    }
+
+    fn verify(
+        &self,
+        repo: &str,
+        env: &str,
+        agent: &str,
+        payload: &[u8],
+    ) -> Result<AgentStatus, Rejection> {
+        if payload.is_empty() {
+            return Err(Rejection::Malformed);
+        }
+        let status: AgentStatus =
+            serde_json::from_slice(payload).map_err(|_| Rejection::Malformed)?;
+        if status.agent != agent || status.repo != repo || status.env != env {
+            return Err(Rejection::TopicMismatch);
+        }
+        let access = self.access.read().expect("access lock poisoned");
+        let client = access.client(agent).ok_or(Rejection::UnknownAgent)?;
+        if !sign::verify_status(&client.token, &status) {
+            return Err(Rejection::BadMac);
+        }
+        if !client.may_report(repo, env) {
+            return Err(Rejection::OutOfScope);
+        }
+        Ok(status)
+    }
+
+    fn update_connected(&self) {
+        let state = self.state.lock().expect("fleet lock poisoned");
+        let n = state
+            .agents
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|s| s.state != AgentState::Offline)
+            .count();
+        self.metrics
+            .connected_agents
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The summary of one repo/env as it stands.
+    pub fn summary(&self, repo: &str, env: &str) -> FleetSummary {
+        let desired = self
+            .newest
+            .read()
+            .expect("newest-orders lock poisoned")
+            .get(&(repo.to_owned(), env.to_owned()))
+            .map(|o| FleetDesired {
+                seq: o.order.seq,
+                sha: o.order.sha.clone(),
+            });
+        let state = self.state.lock().expect("fleet lock poisoned");
+        let agents = state
+            .agents
+            .get(&(repo.to_owned(), env.to_owned()))
+            .map(|m| {
+                m.values()
+                    .map(|s| FleetAgent {
+                        agent: s.agent.clone(),
+                        state: s.state,
+                        seq: s.seq,
+                        sha12: s.sha.as_deref().map(sha12),
+                        running_sha12: s.running_sha.as_deref().map(sha12),
+                        updated_at: s.updated_at.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        FleetSummary {
+            v: orcastrate_broker::PAYLOAD_VERSION,
+            repo: repo.to_owned(),
+            env: env.to_owned(),
+            desired,
+            agents,
+            updated_at: time::now(),
+        }
+    }
+
+    /// The repo/envs whose summary changed since it was last published.
+    fn take_dirty(&self) -> Vec<RepoEnv> {
+        let newest: Vec<(RepoEnv, u64)> = self
+            .newest
+            .read()
+            .expect("newest-orders lock poisoned")
+            .iter()
+            .map(|(k, o)| (k.clone(), o.order.seq))
+            .collect();
+        let mut state = self.state.lock().expect("fleet lock poisoned");
+        for (key, seq) in newest {
+            if state.published_desired.get(&key) != Some(&seq) {
+                state.published_desired.insert(key.clone(), seq);
+                state.dirty.insert(key);
+            }
+        }
+        state.dirty.drain().collect()
+    }
+
+    /// Publishes changed summaries, at most once per [`SUMMARY_INTERVAL`] each, until cancelled.
+    pub async fn publish_loop(self: Arc<Self>, bus: Bus, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            for (repo, env) in self.take_dirty() {
+                let summary = self.summary(&repo, &env);
+                let payload = serde_json::to_vec(&summary).expect("summaries serialize");
+                bus.publish(&bus.topics().fleet(&repo, &env), payload, true)
+                    .await;
+            }
+        }
+    }
+}

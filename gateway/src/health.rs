@@ -1,0 +1,81 @@
+//! `/healthz`: answers 200 only if the ledger answers and a real MQTT login to the gateway's
+//! own broker succeeds, so a dead listener shows.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming};
+
+use crate::sequencer::Sequencer;
+
+/// The internal MQTT user of the health probe; its name cannot collide with a configured
+/// client, whose names start with a letter or digit.
+pub const PROBE_USER: &str = "_orcastrate-health";
+
+/// How long the MQTT login may take before the gateway counts as unhealthy.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Checks the parts `/healthz` reports on.
+#[derive(Clone)]
+pub struct HealthProbe {
+    /// Where the embedded broker's listener can be reached from this process.
+    pub mqtt_addr: SocketAddr,
+    /// The probe user's random token, registered with the broker at start-up.
+    pub token: String,
+}
+
+impl HealthProbe {
+    /// `Ok` or the list of what is broken.
+    pub async fn check(&self, sequencer: &Sequencer) -> Result<(), String> {
+        let ledger = sequencer.check();
+        let mqtt = tokio::time::timeout(PROBE_TIMEOUT, self.mqtt_login());
+        let (ledger, mqtt) = tokio::join!(ledger, mqtt);
+        let mut broken = Vec::new();
+        if let Err(e) = ledger {
+            broken.push(format!("ledger: {e}"));
+        }
+        match mqtt {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => broken.push(format!("mqtt: {e}")),
+            Err(_) => broken.push("mqtt: no CONNACK within 3 s".to_owned()),
+        }
+        if broken.is_empty() {
+            Ok(())
+        } else {
+            Err(broken.join("; "))
+        }
+    }
+
+    async fn mqtt_login(&self) -> Result<(), String> {
+        let url = format!("mqtt://{}", self.mqtt_addr);
+        let options = orcastrate_broker::mqtt::client_options(&url, "", PROBE_USER, &self.token)
+            .map_err(|e| e.to_string())?;
+        let (client, mut eventloop) = AsyncClient::new(options, 4);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    let _ = client.try_disconnect();
+                    // Flush the DISCONNECT so the broker drops the session cleanly.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Where to reach a listener bound to `listen` from this host.
+pub fn local_addr(listen: SocketAddr) -> SocketAddr {
+    match listen {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}

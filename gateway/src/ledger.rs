@@ -1,0 +1,314 @@
+//! The durable ledger in SQLite: deliveries, orders, bad shas, pause flags, agent statuses.
+//!
+//! One connection, owned by the [`crate::sequencer`]; WAL with `synchronous=FULL`, so a
+//! committed transaction survives a power cut. Each function runs inside the caller's
+//! transaction so a whole group of webhooks commits with one fsync.
+
+use std::path::Path;
+
+use orcastrate_broker::{AgentStatus, DeployOrder};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A ledger operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("ledger: {0}")]
+pub struct LedgerError(#[from] rusqlite::Error);
+
+type Result<T> = std::result::Result<T, LedgerError>;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    event TEXT NOT NULL,
+    repo TEXT,
+    env TEXT,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    seq INTEGER,
+    sha TEXT,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    repo TEXT NOT NULL,
+    env TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (repo, env, seq)
+);
+CREATE TABLE IF NOT EXISTS bad_shas (
+    repo TEXT NOT NULL,
+    env TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    marked_at TEXT NOT NULL,
+    PRIMARY KEY (repo, env, sha)
+);
+CREATE TABLE IF NOT EXISTS paused (
+    repo TEXT NOT NULL,
+    env TEXT NOT NULL,
+    PRIMARY KEY (repo, env)
+);
+CREATE TABLE IF NOT EXISTS statuses (
+    repo TEXT NOT NULL,
+    env TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (repo, env, agent)
+);
+CREATE TABLE IF NOT EXISTS healthy (
+    repo TEXT NOT NULL,
+    env TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    PRIMARY KEY (repo, env, seq)
+);
+";
+
+/// An order as stored: the parsed order and the exact bytes that were published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOrder {
+    pub order: DeployOrder,
+    pub payload: String,
+}
+
+/// One webhook delivery and what was decided.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord<'a> {
+    pub id: &'a str,
+    pub event: &'a str,
+    pub repo: Option<&'a str>,
+    pub env: Option<&'a str>,
+    pub outcome: &'a str,
+    pub reason: Option<&'a str>,
+    pub seq: Option<u64>,
+    pub sha: Option<&'a str>,
+    pub received_at: &'a str,
+}
+
+/// Opens (creating if needed) the ledger at `path`.
+///
+/// # Errors
+///
+/// When the file cannot be opened or the schema not created.
+pub fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn parse_order(payload: String) -> Option<StoredOrder> {
+    let order = serde_json::from_str(&payload).ok()?;
+    Some(StoredOrder { order, payload })
+}
+
+/// Whether a delivery id was seen before.
+pub fn delivery_exists(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM deliveries WHERE id = ?1")?
+        .exists([id])?)
+}
+
+/// Records a delivery.
+pub fn record_delivery(conn: &Connection, d: &DeliveryRecord<'_>) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (id, event, repo, env, outcome, reason, seq, sha, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        d.id,
+        d.event,
+        d.repo,
+        d.env,
+        d.outcome,
+        d.reason,
+        d.seq.map(to_i64),
+        d.sha,
+        d.received_at
+    ])?;
+    Ok(())
+}
+
+/// How many deliveries are recorded.
+pub fn delivery_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The newest order of a repo/env.
+pub fn newest_order(conn: &Connection, repo: &str, env: &str) -> Result<Option<StoredOrder>> {
+    let payload: Option<String> = conn
+        .prepare_cached(
+            "SELECT payload FROM orders WHERE repo = ?1 AND env = ?2 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([repo, env], |r| r.get(0))
+        .optional()?;
+    Ok(payload.and_then(parse_order))
+}
+
+/// The newest order of every repo/env.
+pub fn all_newest(conn: &Connection) -> Result<Vec<StoredOrder>> {
+    let mut stmt = conn.prepare(
+        "SELECT o.payload FROM orders o
+         JOIN (SELECT repo, env, MAX(seq) AS seq FROM orders GROUP BY repo, env) m
+         ON o.repo = m.repo AND o.env = m.env AND o.seq = m.seq",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.extend(parse_order(row?));
+    }
+    Ok(out)
+}
+
+/// Stores an order with the exact payload that is published.
+pub fn insert_order(conn: &Connection, order: &DeployOrder, payload: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO orders (repo, env, seq, sha, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        order.repo,
+        order.env,
+        to_i64(order.seq),
+        order.sha,
+        order.kind.as_str(),
+        payload
+    ])?;
+    Ok(())
+}
+
+/// How many orders are recorded.
+pub fn order_count(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Orders newest first, optionally filtered.
+pub fn history(
+    conn: &Connection,
+    repo: Option<&str>,
+    env: Option<&str>,
+    limit: u32,
+) -> Result<Vec<StoredOrder>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT payload FROM orders
+         WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR env = ?2)
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![repo, env, limit], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.extend(parse_order(row?));
+    }
+    Ok(out)
+}
+
+/// Whether a sha is marked bad for a repo/env.
+pub fn is_bad(conn: &Connection, repo: &str, env: &str, sha: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM bad_shas WHERE repo = ?1 AND env = ?2 AND sha = ?3")?
+        .exists([repo, env, sha])?)
+}
+
+/// Marks a sha bad (it was rolled back from).
+pub fn mark_bad(conn: &Connection, repo: &str, env: &str, sha: &str, at: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO bad_shas (repo, env, sha, marked_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute([repo, env, sha, at])?;
+    Ok(())
+}
+
+/// Whether a repo/env is paused.
+pub fn is_paused(conn: &Connection, repo: &str, env: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM paused WHERE repo = ?1 AND env = ?2")?
+        .exists([repo, env])?)
+}
+
+/// Pauses or resumes a repo/env.
+pub fn set_paused(conn: &Connection, repo: &str, env: &str, paused: bool) -> Result<()> {
+    if paused {
+        conn.execute(
+            "INSERT OR IGNORE INTO paused (repo, env) VALUES (?1, ?2)",
+            [repo, env],
+        )?;
+    } else {
+        conn.execute(
+            "DELETE FROM paused WHERE repo = ?1 AND env = ?2",
+            [repo, env],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records a verified status; a `healthy` one also counts as a rollback target.
+pub fn record_status(conn: &Connection, status: &AgentStatus, payload: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO statuses (repo, env, agent, payload) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repo, env, agent) DO UPDATE SET payload = excluded.payload",
+    )?
+    .execute([&status.repo, &status.env, &status.agent, payload])?;
+    if status.state == orcastrate_broker::AgentState::Healthy {
+        if let (Some(seq), Some(sha)) = (status.seq, &status.sha) {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO healthy (repo, env, seq, sha) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![status.repo, status.env, to_i64(seq), sha])?;
+        }
+    }
+    Ok(())
+}
+
+/// The latest verified status of every agent, optionally filtered.
+pub fn statuses(
+    conn: &Connection,
+    repo: Option<&str>,
+    env: Option<&str>,
+) -> Result<Vec<AgentStatus>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT payload FROM statuses
+         WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR env = ?2)
+         ORDER BY repo, env, agent",
+    )?;
+    let rows = stmt.query_map(params![repo, env], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Ok(s) = serde_json::from_str(&row?) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The default rollback target: the sha of the newest order below `below_seq` that is not
+/// marked bad, is not `from_sha`, and that an agent reported healthy for its own seq.
+pub fn rollback_target(
+    conn: &Connection,
+    repo: &str,
+    env: &str,
+    below_seq: u64,
+    from_sha: &str,
+) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT o.sha FROM orders o
+             JOIN healthy h ON h.repo = o.repo AND h.env = o.env AND h.seq = o.seq AND h.sha = o.sha
+             WHERE o.repo = ?1 AND o.env = ?2 AND o.seq < ?3 AND o.sha <> ?4
+               AND NOT EXISTS (SELECT 1 FROM bad_shas b
+                               WHERE b.repo = o.repo AND b.env = o.env AND b.sha = o.sha)
+             ORDER BY o.seq DESC LIMIT 1",
+        )?
+        .query_row(params![repo, env, to_i64(below_seq), from_sha], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}

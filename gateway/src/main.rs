@@ -1,0 +1,139 @@
+//! `orcastrate-gateway`: parses the command line, sets up logging, and runs a command.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 gateway unreachable,
+//! 4 refused by the gateway.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use orcastrate_gateway::cli::{Cli, Command, LogFormat, ServeArgs};
+use orcastrate_gateway::config::{self, ConfigError, Overrides, Settings};
+use orcastrate_gateway::{client, keys, Gateway};
+use tracing_subscriber::EnvFilter;
+
+fn set_up_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "info,rumqttd=off",
+        1 => "debug,rumqttd=warn",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Internal-error printing is off: a logger that panics on a closed stderr would take
+    // rumqttd's listener thread, and every MQTT connection, down with it.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    set_up_logging(cli.log_format, cli.verbose);
+    let result = match &cli.command {
+        Command::Serve(args) => serve(args),
+        Command::PublicKey(args) => public_key(args),
+        Command::Status(args) => client::status(args),
+        Command::History(args) => client::history(args),
+        Command::Deploy(args) => client::deploy(args),
+        Command::Rollback(args) => client::rollback(args),
+        Command::Pause(args) => client::set_paused(args, true),
+        Command::Resume(args) => client::set_paused(args, false),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                client::exit_code(&e)
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_settings(
+    config: &orcastrate_gateway::cli::ConfigArgs,
+    overrides: Overrides,
+) -> anyhow::Result<Settings> {
+    let overrides = Overrides {
+        data_dir: config.data_dir.clone(),
+        ..overrides
+    };
+    Ok(Settings::load(
+        config.config.as_deref(),
+        &config::ProcessEnv,
+        &overrides,
+    )?)
+}
+
+fn public_key(args: &orcastrate_gateway::cli::ConfigArgs) -> anyhow::Result<()> {
+    let data_dir = match &args.config {
+        Some(path) => config::read_file(path)?.data_dir,
+        None => None,
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(data_dir)
+        .unwrap_or_else(|| "data".into());
+    let signer = keys::load(&data_dir)?.with_context(|| {
+        format!(
+            "no signing key in {}: start the gateway once (orcastrate-gateway serve) to create it",
+            data_dir.display()
+        )
+    })?;
+    println!("{}", signer.public_key_base64());
+    Ok(())
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let settings = load_settings(
+        &args.config,
+        Overrides {
+            data_dir: None,
+            http_listen: args.http_listen.clone(),
+            mqtt_listen: args.mqtt_listen.clone(),
+        },
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let http = tokio::net::TcpListener::bind(settings.http_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for HTTP on {}: is another process using it? set [http] listen or PORT",
+                    settings.http_listen
+                )
+            })?;
+        let gateway = Gateway::start(settings.clone(), http).await?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading clients and repos");
+                let _ = reload_tx.try_send(());
+            }
+        });
+        gateway.run_until(&settings, shutdown_signal(), reload_rx).await
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail at start-up");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,118 @@
+//! Prometheus metrics of the gateway, served at `/metrics`.
+
+use orcastrate_broker::OrderKind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// The gateway's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    webhooks: Family<OutcomeLabel, Counter>,
+    orders: Family<KindLabel, Counter>,
+    statuses: Family<OutcomeLabel, Counter>,
+    /// Agents whose newest verified status is not `offline`.
+    pub connected_agents: Gauge,
+    /// Time to commit one group of ledger writes.
+    pub ledger_commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("orcastrate");
+        let webhooks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhooks by outcome (accepted, ignored, duplicate, ping, or the refusal)",
+            webhooks.clone(),
+        );
+        let orders = Family::<KindLabel, Counter>::default();
+        registry.register("orders", "Orders issued, by kind", orders.clone());
+        let statuses = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "agent_statuses",
+            "Agent statuses received, by verdict",
+            statuses.clone(),
+        );
+        let connected_agents = Gauge::default();
+        registry.register(
+            "connected_agents",
+            "Agents whose newest verified status is not offline",
+            connected_agents.clone(),
+        );
+        let ledger_commit_seconds = Histogram::new(
+            [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "ledger_commit_seconds",
+            "Time to commit one group of ledger writes",
+            ledger_commit_seconds.clone(),
+        );
+        Self {
+            registry,
+            webhooks,
+            orders,
+            statuses,
+            connected_agents,
+            ledger_commit_seconds,
+        }
+    }
+
+    /// Counts a webhook answer.
+    pub fn webhook(&self, outcome: &str) {
+        self.webhooks
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an issued order.
+    pub fn order(&self, kind: OrderKind) {
+        self.orders
+            .get_or_create(&KindLabel {
+                kind: kind.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a received status.
+    pub fn status(&self, verdict: &str) {
+        self.statuses
+            .get_or_create(&OutcomeLabel {
+                outcome: verdict.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,209 @@
+//! `orcastrate-gateway serve`: wires the ledger, the signing key, the embedded broker, the
+//! sequencer, the fleet view and the HTTP server together, and takes them down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use orcastrate_broker::auth::Credentials;
+use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::Topics;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::config::{self, Access, MqttMode, Settings};
+use crate::fleet::Fleet;
+use crate::health::{self, HealthProbe};
+use crate::http::{self, AppState, MAX_CONCURRENT_WEBHOOKS};
+use crate::metrics::Metrics;
+use crate::sequencer::SequencerTask;
+use crate::{keys, ledger};
+
+/// File name of the ledger inside `data_dir`.
+pub const LEDGER_FILE: &str = "ledger.db";
+
+/// A started gateway: where it listens, and how to reload and stop it.
+pub struct Gateway {
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub public_key: String,
+    access: Arc<RwLock<Access>>,
+    credentials: Arc<RwLock<Credentials>>,
+    probe_token: String,
+    cancel: CancellationToken,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn credentials_for(access: &Access, probe_token: &str) -> Credentials {
+    let mut c = Credentials::new(
+        access
+            .clients
+            .iter()
+            .map(|c| (c.name.clone(), c.token.clone())),
+    );
+    c.insert(health::PROBE_USER.to_owned(), probe_token.to_owned());
+    c
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    hex::encode(bytes)
+}
+
+impl Gateway {
+    /// Starts everything; returns once the HTTP and MQTT listeners accept connections.
+    ///
+    /// `http` is an already-bound listener (tests bind port 0).
+    pub async fn start(settings: Settings, http: TcpListener) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create data_dir {}: create it or set data_dir to a writable folder",
+                settings.data_dir.display()
+            )
+        })?;
+        let ledger_path = settings.data_dir.join(LEDGER_FILE);
+        let conn = ledger::open(&ledger_path)
+            .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?;
+        let signer = keys::load_or_create(&settings.data_dir, ledger::order_count(&conn)?)?;
+        let recorded = ledger::statuses(&conn, None, None)?;
+        let public_key = signer.public_key_base64();
+        tracing::info!(public_key = %public_key, key_id = signer.key_id(), "order-signing key");
+
+        let access = Arc::new(RwLock::new(settings.access.clone()));
+        let probe_token = random_token();
+        let credentials = Arc::new(RwLock::new(credentials_for(&settings.access, &probe_token)));
+        let MqttMode::Embedded { listen, tls } = &settings.mqtt;
+        let broker = EmbeddedBroker::start(
+            &EmbeddedSettings {
+                listen: *listen,
+                tls: tls.clone(),
+            },
+            credentials.clone(),
+        )?;
+        let mqtt_addr = health::local_addr(*listen);
+        let topics = Topics::new(&settings.prefix);
+        let bus = Bus::new(broker.publisher, topics);
+        let metrics = Arc::new(Metrics::new());
+
+        let (task, newest) = SequencerTask::new(
+            conn,
+            Arc::new(signer),
+            bus.clone(),
+            access.clone(),
+            metrics.clone(),
+        )?;
+        let (sequencer, sequencer_done) = task.spawn();
+        let fleet = Arc::new(Fleet::new(
+            recorded,
+            access.clone(),
+            newest.clone(),
+            sequencer.clone(),
+            metrics.clone(),
+        ));
+
+        let cancel = CancellationToken::new();
+        tokio::spawn(crate::watch::run(
+            broker.receiver,
+            bus.clone(),
+            newest.clone(),
+            fleet.clone(),
+            cancel.clone(),
+        ));
+        // Retained messages live only in the broker's memory: put every newest order back.
+        let orders: Vec<_> = newest
+            .read()
+            .expect("newest-orders lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for o in orders {
+            bus.publish(
+                &bus.topics().desired(&o.order.repo, &o.order.env),
+                o.payload.into_bytes(),
+                true,
+            )
+            .await;
+        }
+        tokio::spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
+
+        let state = AppState {
+            sequencer,
+            access: access.clone(),
+            github_secret: settings.github_secret.clone().into(),
+            admin_tokens: settings.admin_tokens.clone().into(),
+            max_body_bytes: settings.max_body_bytes,
+            metrics,
+            health: HealthProbe {
+                mqtt_addr,
+                token: probe_token.clone(),
+            },
+            webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
+        };
+        let http_addr = http.local_addr()?;
+        let router = http::router(state);
+        let shutdown = cancel.clone();
+        let done = tokio::spawn(async move {
+            axum::serve(http, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("HTTP server failed")?;
+            // Every handler has finished and dropped its sequencer handle: the sequencer
+            // drains what was accepted and stops.
+            sequencer_done.await.context("sequencer task failed")?;
+            Ok(())
+        });
+        tracing::info!(%http_addr, %mqtt_addr, "gateway ready");
+        Ok(Self {
+            http_addr,
+            mqtt_addr,
+            public_key,
+            access,
+            credentials,
+            probe_token,
+            cancel,
+            done,
+        })
+    }
+
+    /// Replaces `[[clients]]` and `[[repos]]` (SIGHUP) without restarting the broker.
+    pub fn reload(&self, access: Access) {
+        let credentials = credentials_for(&access, &self.probe_token);
+        *self.credentials.write().expect("credentials lock poisoned") = credentials;
+        let (clients, repos) = (access.clients.len(), access.repos.len());
+        *self.access.write().expect("access lock poisoned") = access;
+        tracing::info!(clients, repos, "reloaded clients and repos");
+    }
+
+    /// Stops taking requests, lets in-flight webhooks finish, and waits for the ledger.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.done.await.context("gateway task panicked")?
+    }
+
+    /// Runs until `stop` resolves, reloading on each `reload` signal.
+    pub async fn run_until(
+        self,
+        settings: &Settings,
+        stop: impl Future<Output = ()>,
+        mut reload: tokio::sync::mpsc::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                Some(()) = reload.recv() => {
+                    match config::reload_access(settings.config_file.as_deref(), &config::ProcessEnv) {
+                        Ok(access) => self.reload(access),
+                        Err(e) => tracing::error!(error = %e, "reload refused; keeping the previous clients and repos"),
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: finishing in-flight webhooks");
+        self.shutdown().await
+    }
+}
