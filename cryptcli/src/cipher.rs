@@ -8,8 +8,8 @@
 
 use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 
 use crate::Key;
 
@@ -111,7 +111,11 @@ mod tests {
         assert!(!token.contains("s3cret"));
         assert_eq!(c.open(&token, r#"["a"]"#).unwrap(), "s3cret");
         assert_eq!(c.open(&token, r#"["b"]"#), Err(OpenError::Authentication));
-        assert_ne!(token, c.seal("s3cret", r#"["a"]"#).unwrap(), "fresh nonce each time");
+        assert_ne!(
+            token,
+            c.seal("s3cret", r#"["a"]"#).unwrap(),
+            "fresh nonce each time"
+        );
     }
 
     #[test]

@@ -53,7 +53,13 @@ pub(crate) struct Cli {
 pub(crate) struct KeyArgs {
     /// The key, 32 bytes in base64. Prefer CONFIG_KEY or --key-file: command lines are
     /// visible to other users.
-    #[arg(long, global = true, env = "CONFIG_KEY", hide_env_values = true, value_name = "BASE64")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONFIG_KEY",
+        hide_env_values = true,
+        value_name = "BASE64"
+    )]
     pub(crate) key: Option<String>,
 
     /// Read the key from this file (as written by `keygen --out`).
@@ -65,7 +71,13 @@ pub(crate) struct KeyArgs {
     pub(crate) envs: Option<String>,
 
     /// Keys for batch use, comma-separated, paired by position with ENVS.
-    #[arg(long, global = true, env = "KEYS", hide_env_values = true, value_name = "BASE64,…")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEYS",
+        hide_env_values = true,
+        value_name = "BASE64,…"
+    )]
     pub(crate) keys: Option<String>,
 }
 
@@ -126,10 +138,20 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         new_key_file: Option<PathBuf>,
         /// The new key, base64.
-        #[arg(long, env = "NEW_CONFIG_KEY", hide_env_values = true, value_name = "BASE64")]
+        #[arg(
+            long,
+            env = "NEW_CONFIG_KEY",
+            hide_env_values = true,
+            value_name = "BASE64"
+        )]
         new_key: Option<String>,
         /// New keys for batch use, comma-separated, paired by position with ENVS.
-        #[arg(long, env = "NEW_KEYS", hide_env_values = true, value_name = "BASE64,…")]
+        #[arg(
+            long,
+            env = "NEW_KEYS",
+            hide_env_values = true,
+            value_name = "BASE64,…"
+        )]
         new_keys: Option<String>,
     },
 

@@ -61,7 +61,10 @@ impl EncryptedDocument {
         }
         let key_id = meta.get("key_id")?.to_owned();
         if key_id.len() != 16 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::malformed(file, "metadata key_id is not 16 hex digits"));
+            return Err(Error::malformed(
+                file,
+                "metadata key_id is not 16 hex digits",
+            ));
         }
         let entries = meta
             .get("entries")?
@@ -73,7 +76,10 @@ impl EncryptedDocument {
             .iter()
             .find(|(n, _)| !["version", "key_id", "entries", "mac"].contains(&n.as_str()))
         {
-            return Err(Error::malformed(file, format!("unknown metadata field {name:?}")));
+            return Err(Error::malformed(
+                file,
+                format!("unknown metadata field {name:?}"),
+            ));
         }
         if let Body::Json(_) = doc.body {
             // In JSON the tokens are string literals; everything else stays as written and
@@ -250,7 +256,10 @@ pub fn decrypt(enc: &EncryptedDocument, key: &Key, file: &str) -> Result<Documen
             Ok(plain) => stored_plaintext(format, plain).ok_or_else(|| {
                 Error::malformed(
                     file,
-                    format!("value at {} does not decrypt to a JSON scalar", path_display(path)),
+                    format!(
+                        "value at {} does not decrypt to a JSON scalar",
+                        path_display(path)
+                    ),
                 )
             }),
             Err(OpenError::NotEncrypted) => Err(Error::integrity(
@@ -262,7 +271,10 @@ pub fn decrypt(enc: &EncryptedDocument, key: &Key, file: &str) -> Result<Documen
             )),
             Err(OpenError::Malformed) => Err(Error::malformed(
                 file,
-                format!("value at {} is not a valid ENC[…] token (truncated?)", path_display(path)),
+                format!(
+                    "value at {} is not a valid ENC[…] token (truncated?)",
+                    path_display(path)
+                ),
             )),
             Err(OpenError::Authentication) => Err(Error::integrity(
                 file,
@@ -285,7 +297,11 @@ pub fn decrypt(enc: &EncryptedDocument, key: &Key, file: &str) -> Result<Documen
     })?;
     let found = doc.len();
     if found != enc.entries {
-        let what = if found < enc.entries { "dropped" } else { "added" };
+        let what = if found < enc.entries {
+            "dropped"
+        } else {
+            "added"
+        };
         return Err(Error::integrity(
             file,
             format!(
@@ -351,10 +367,12 @@ fn moved_from(
 ) -> Option<String> {
     let mut found = None;
     enc.doc.walk(|v| {
-        if found.is_none() && v.leaf.is_some() && v.path != path {
-            if cipher.open(token, &path_json(&v.path)).is_ok() {
-                found = Some(path_display(&v.path));
-            }
+        if found.is_none()
+            && v.leaf.is_some()
+            && v.path != path
+            && cipher.open(token, &path_json(&v.path)).is_ok()
+        {
+            found = Some(path_display(&v.path));
         }
     });
     found
@@ -373,7 +391,10 @@ fn check_reserved(plain: &Document, file: &str) -> Result<(), Error> {
             }
         }
         Body::Dotenv(lines) => {
-            if lines.iter().any(|l| matches!(l, Line::Text(t) if is_dotenv_metadata(t))) {
+            if lines
+                .iter()
+                .any(|l| matches!(l, Line::Text(t) if is_dotenv_metadata(t)))
+            {
                 return Err(Error::malformed(
                     file,
                     format!(
@@ -424,13 +445,19 @@ fn json_metadata(
         })?;
     let (_, node) = members.remove(at);
     let Node::Object(fields) = node else {
-        return Err(Error::malformed(file, format!("{JSON_METADATA_KEY} is not an object")));
+        return Err(Error::malformed(
+            file,
+            format!("{JSON_METADATA_KEY} is not an object"),
+        ));
     };
     fields
         .into_iter()
         .map(|(name, value)| match value {
             Node::Leaf(text) => Ok((name, json::decode_string(&text).unwrap_or(text))),
-            _ => Err(Error::malformed(file, format!("metadata field {name:?} is not a scalar"))),
+            _ => Err(Error::malformed(
+                file,
+                format!("metadata field {name:?} is not a scalar"),
+            )),
         })
         .collect()
 }
@@ -498,14 +525,19 @@ mod tests {
         let e = enc(text, Format::Dotenv);
         let written = e.to_text();
         assert!(written.starts_with("# database\nexport DB=ENC["));
-        assert!(written.lines().last().unwrap().starts_with("#orcastrate version=1 key_id="));
+        assert!(written
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("#orcastrate version=1 key_id="));
         assert_eq!(decrypt(&e, &key(), "e").unwrap().to_text(), text);
     }
 
     #[test]
     fn unchanged_values_keep_their_tokens() {
         let first = enc(r#"{"a": "1", "b": "2"}"#, Format::Json);
-        let plain = Document::parse(r#"{"b": "2", "a": "changed", "c": 3}"#, Format::Json, "p").unwrap();
+        let plain =
+            Document::parse(r#"{"b": "2", "a": "changed", "c": 3}"#, Format::Json, "p").unwrap();
         let second = encrypt(&plain, &key(), &[&first], "p").unwrap();
         assert_eq!(first.tokens()["[\"b\"]"], second.tokens()["[\"b\"]"]);
         assert_ne!(first.tokens()["[\"a\"]"], second.tokens()["[\"a\"]"]);

@@ -93,7 +93,14 @@ mod tests {
         let got: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             got,
-            ["PORT=3000", "db__hosts__0=a", "db__hosts__1=b", "db__tls=true", "n=", "s=x\ny"]
+            [
+                "PORT=3000",
+                "db__hosts__0=a",
+                "db__hosts__1=b",
+                "db__tls=true",
+                "n=",
+                "s=x\ny"
+            ]
         );
     }
 
@@ -102,13 +109,21 @@ mod tests {
         let doc = Document::parse("A=\"x y\"\nexport B=2 # c\n", Format::Dotenv, "f").unwrap();
         assert_eq!(
             env_vars(&doc, "f").unwrap(),
-            [("A".to_owned(), "x y".to_owned()), ("B".to_owned(), "2".to_owned())]
+            [
+                ("A".to_owned(), "x y".to_owned()),
+                ("B".to_owned(), "2".to_owned())
+            ]
         );
     }
 
     #[test]
     fn refuses_collisions_without_values() {
-        let doc = Document::parse(r#"{"a__b": "s3cret", "a": {"b": "s3cret"}}"#, Format::Json, "f").unwrap();
+        let doc = Document::parse(
+            r#"{"a__b": "s3cret", "a": {"b": "s3cret"}}"#,
+            Format::Json,
+            "f",
+        )
+        .unwrap();
         let err = env_vars(&doc, "f").unwrap_err().to_string();
         assert!(err.contains("a__b") && !err.contains("s3cret"), "{err}");
     }

@@ -66,7 +66,9 @@ pub enum Error {
     },
 
     /// The metadata names a format version this build does not read.
-    #[error("{file}: unknown format version {found} (this orcastrate-crypt reads version {supported})")]
+    #[error(
+        "{file}: unknown format version {found} (this orcastrate-crypt reads version {supported})"
+    )]
     UnknownVersion {
         /// The file, as the user named it.
         file: String,
@@ -114,7 +116,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             action,
             path: path.into(),
@@ -138,7 +144,10 @@ impl Error {
 }
 
 fn origin_suffix(origin: &Option<String>) -> String {
-    origin.as_ref().map(|o| format!(" from {o}")).unwrap_or_default()
+    origin
+        .as_ref()
+        .map(|o| format!(" from {o}"))
+        .unwrap_or_default()
 }
 
 fn list_paths(paths: &[String]) -> String {

@@ -127,7 +127,11 @@ pub fn encrypt_file(
 ) -> Result<EncryptReport, Error> {
     same_format(input, output)?;
     let plain = read_plain(input)?;
-    let previous = if fresh { None } else { read_existing(output, key)? };
+    let previous = if fresh {
+        None
+    } else {
+        read_existing(output, key)?
+    };
     let enc = encrypt(
         &plain,
         key,
@@ -172,7 +176,10 @@ pub fn write_encrypted(
 ///
 /// Any error of [`read_encrypted`] or [`decrypt`] other than a missing file.
 pub fn read_existing(path: &Path, key: &Key) -> Result<Option<EncryptedDocument>, Error> {
-    if !path.try_exists().map_err(|e| Error::io("look for", path, e))? {
+    if !path
+        .try_exists()
+        .map_err(|e| Error::io("look for", path, e))?
+    {
         return Ok(None);
     }
     let enc = read_encrypted(path)?;
@@ -204,7 +211,14 @@ mod tests {
         write_atomic(&path, b"one", PRIVATE_MODE).unwrap();
         write_atomic(&path, b"two", PRIVATE_MODE).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -117,7 +117,9 @@ impl Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key").field("id", &self.id()).finish_non_exhaustive()
+        f.debug_struct("Key")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
     }
 }
 

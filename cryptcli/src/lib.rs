@@ -46,8 +46,8 @@ pub use encrypted::{
 pub use env_vars::{env_vars, SEPARATOR as ENV_SEPARATOR};
 pub use error::Error;
 pub use files::{
-    decrypt_file, encrypt_file, read_encrypted, read_existing, read_plain, read_text,
-    write_atomic, write_encrypted, EncryptReport, PRIVATE_MODE, PUBLIC_MODE,
+    decrypt_file, encrypt_file, read_encrypted, read_existing, read_plain, read_text, write_atomic,
+    write_encrypted, EncryptReport, PRIVATE_MODE, PUBLIC_MODE,
 };
 pub use format::Format;
 pub use key::{Key, KEY_LEN};
@@ -68,7 +68,11 @@ pub use paths::{counterpart, env_from_file_name, file_name, find, validate_env, 
 /// [`Error::UnknownVersion`] if the file does not decrypt and verify; [`Error::Io`].
 /// On any error no decrypted file is written. [`Error::exit_code`] maps each to the
 /// documented code.
-pub fn decrypt_config_dir(config_dir: &Path, env: &str, key: &Key) -> Result<Option<PathBuf>, Error> {
+pub fn decrypt_config_dir(
+    config_dir: &Path,
+    env: &str,
+    key: &Key,
+) -> Result<Option<PathBuf>, Error> {
     validate_env(env)?;
     let Some(input) = find(config_dir, Side::Encrypted, env)? else {
         return Ok(None);
@@ -93,7 +97,9 @@ mod tests {
         std::fs::write(&plain, "A=1\n").unwrap();
         encrypt_file(&plain, &dir.path().join("encrypted_prod.env"), &key, false).unwrap();
         std::fs::remove_file(&plain).unwrap();
-        let out = decrypt_config_dir(dir.path(), "prod", &key).unwrap().unwrap();
+        let out = decrypt_config_dir(dir.path(), "prod", &key)
+            .unwrap()
+            .unwrap();
         assert_eq!(out, plain);
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "A=1\n");
 

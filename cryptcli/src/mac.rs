@@ -7,8 +7,8 @@
 //! or renames a key, changes a value, turns an object into an array, or edits the metadata
 //! breaks it. Comments and whitespace are not covered: they never reach the program.
 
-use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
 
@@ -85,7 +85,8 @@ mod tests {
             "orcastrate-crypt\nversion 1\nformat json\nkey_id 00\nentries 1\n\
              [\"a\"]\tarray\t\n[\"b\",\"x\"]\tvalue\t\"t1\"\n[\"b\"]\tobject\t\n"
         );
-        let reordered = Document::parse(r#"{"a": [], "b": {"x": "t1"}}"#, Format::Json, "t").unwrap();
+        let reordered =
+            Document::parse(r#"{"a": [], "b": {"x": "t1"}}"#, Format::Json, "t").unwrap();
         assert_eq!(input(&reordered, &meta), text.as_bytes());
     }
 }

@@ -266,7 +266,10 @@ mod tests {
         let ours = json(r#"{"a": 1, "b": 2}"#);
         let theirs = json(r#"{"b": 2, "a": 1, "c": 3}"#);
         let merged = merge(None, &ours, &theirs, "f").unwrap();
-        assert_eq!(merged.to_text(), json(r#"{"a": 1, "b": 2, "c": 3}"#).to_text());
+        assert_eq!(
+            merged.to_text(),
+            json(r#"{"a": 1, "b": 2, "c": 3}"#).to_text()
+        );
     }
 
     #[test]

@@ -127,9 +127,18 @@ mod tests {
     #[test]
     fn recovers_env_from_names() {
         let env = |p: &str| env_from_file_name(Path::new(p));
-        assert_eq!(env("config/encrypted_prod.json"), Some(("prod".into(), Side::Encrypted)));
-        assert_eq!(env("/tmp/Ab3xYz_encrypted_eu-1.env"), Some(("eu-1".into(), Side::Encrypted)));
-        assert_eq!(env("decrypted_dev.env"), Some(("dev".into(), Side::Decrypted)));
+        assert_eq!(
+            env("config/encrypted_prod.json"),
+            Some(("prod".into(), Side::Encrypted))
+        );
+        assert_eq!(
+            env("/tmp/Ab3xYz_encrypted_eu-1.env"),
+            Some(("eu-1".into(), Side::Encrypted))
+        );
+        assert_eq!(
+            env("decrypted_dev.env"),
+            Some(("dev".into(), Side::Decrypted))
+        );
         assert_eq!(env("config/settings.json"), None);
         assert_eq!(
             counterpart(Path::new("config/decrypted_prod.env")),

@@ -44,7 +44,11 @@ pub(crate) fn encrypt(ctx: &Ctx, target: &Target, fresh: bool) -> anyhow::Result
         if !report.written || report.changed.is_empty() {
             ctx.note(&format!("{out}: up to date ({} values)", enc.len()));
         } else if previous.is_none() {
-            ctx.note(&format!("{out}: encrypted {} values from {}", enc.len(), job.input.display()));
+            ctx.note(&format!(
+                "{out}: encrypted {} values from {}",
+                enc.len(),
+                job.input.display()
+            ));
         } else {
             ctx.note(&format!(
                 "{out}: {} of {} values changed ({})",
@@ -117,7 +121,10 @@ pub(crate) fn rekey(
         let label = job.input.display().to_string();
         let plain = decrypt_doc(&enc, &old, &label)?;
         if enc.key_id() == new.id() && job.input == job.output {
-            ctx.note(&format!("{label}: already encrypted with key id {}", new.id()));
+            ctx.note(&format!(
+                "{label}: already encrypted with key id {}",
+                new.id()
+            ));
             continue;
         }
         let fresh = encrypt_doc(&plain, &new, &[], &label)?;
@@ -136,7 +143,11 @@ pub(crate) fn rekey(
 }
 
 /// The entry of `NEW_KEYS` paired by position with `env` in `ENVS`.
-fn new_key_for_env(ctx: &Ctx, list: &str, env: Option<&str>) -> anyhow::Result<orcastrate_crypt::Key> {
+fn new_key_for_env(
+    ctx: &Ctx,
+    list: &str,
+    env: Option<&str>,
+) -> anyhow::Result<orcastrate_crypt::Key> {
     let envs = ctx.keys.batch_envs()?;
     let keys = split_list(list);
     if keys.len() != envs.len() {

@@ -7,15 +7,15 @@
 
 use std::fs;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use orcastrate_crypt::{
-    decrypt, encrypt, file_name, read_encrypted, write_encrypted, Document, EncryptedDocument, Error,
-    Format, Key, Side,
+    decrypt, encrypt, file_name, read_encrypted, write_encrypted, Document, EncryptedDocument,
+    Error, Format, Key, Side,
 };
 
 use super::{encrypted_file, summarize, Ctx, Exit};
@@ -57,17 +57,37 @@ pub(crate) fn run(ctx: &Ctx, target: &EnvOrFile) -> anyhow::Result<()> {
             path: std::env::temp_dir(),
             source: e,
         })?;
-    let file = dir
-        .path()
-        .join(file_name(Side::Decrypted, env.as_deref().unwrap_or("config"), format));
+    // tempfile honours the umask for directories; nobody else may even list this one.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).map_err(|e| Error::Io {
+        action: "set permissions on",
+        path: dir.path().to_owned(),
+        source: e,
+    })?;
+    let file = dir.path().join(file_name(
+        Side::Decrypted,
+        env.as_deref().unwrap_or("config"),
+        format,
+    ));
     write_private(&file, &original)?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let mut ids = Vec::new();
     for signal in CAUGHT_SIGNALS {
-        ids.push(signal_hook::flag::register(signal, Arc::clone(&interrupted))?);
+        ids.push(signal_hook::flag::register(
+            signal,
+            Arc::clone(&interrupted),
+        )?);
     }
-    let result = edit_loop(ctx, &file, &original, format, &label, &key, previous.as_ref(), &interrupted);
+    let result = edit_loop(
+        ctx,
+        &file,
+        &original,
+        format,
+        &label,
+        &key,
+        previous.as_ref(),
+        &interrupted,
+    );
     for id in ids {
         signal_hook::low_level::unregister(id);
     }
@@ -101,8 +121,14 @@ fn edit_loop(
             return Ok(());
         }
         let edited = format!("{label} (edited)");
-        let checked = Document::parse(&text, format, &edited)
-            .and_then(|doc| encrypt(&doc, key, &previous.into_iter().collect::<Vec<_>>(), &edited));
+        let checked = Document::parse(&text, format, &edited).and_then(|doc| {
+            encrypt(
+                &doc,
+                key,
+                &previous.into_iter().collect::<Vec<_>>(),
+                &edited,
+            )
+        });
         match checked {
             Ok(enc) => {
                 let report = write_encrypted(Path::new(label), &enc, previous)?;

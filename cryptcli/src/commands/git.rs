@@ -73,7 +73,11 @@ pub(crate) fn merge_driver(
         .as_ref()
         .is_some_and(|(b, _)| b.key_id() == ours_enc.key_id())
         && theirs_enc.key_id() != ours_enc.key_id();
-    let key = if theirs_rekeyed { &theirs_key } else { &ours_key };
+    let key = if theirs_rekeyed {
+        &theirs_key
+    } else {
+        &ours_key
+    };
     let enc = encrypt(&merged, key, &[&ours_enc, &theirs_enc], &label)?;
     let report = write_encrypted(ours, &enc, Some(&ours_enc))?;
     ctx.note(&format!(

@@ -22,6 +22,10 @@ pub(crate) fn run(ctx: &Ctx, out: Option<&Path>, force: bool) -> anyhow::Result<
         .into());
     }
     write_atomic(out, text.as_bytes(), PRIVATE_MODE)?;
-    ctx.note(&format!("wrote a new key (id {}) to {} (mode 0600)", key.id(), out.display()));
+    ctx.note(&format!(
+        "wrote a new key (id {}) to {} (mode 0600)",
+        key.id(),
+        out.display()
+    ));
     Ok(())
 }

@@ -40,10 +40,15 @@ impl Keyring {
     /// `--key-file`; `CONFIG_KEY` from the environment yields to `--key-file`.
     pub(crate) fn from_args(args: &KeyArgs) -> anyhow::Result<Keyring> {
         let config_key = std::env::var("CONFIG_KEY").ok();
-        let from_command_line = args.key.as_ref().filter(|k| Some(*k) != config_key.as_ref());
+        let from_command_line = args
+            .key
+            .as_ref()
+            .filter(|k| Some(*k) != config_key.as_ref());
         let explicit = match (from_command_line, &args.key_file, &args.key) {
             (Some(_), Some(_), _) => {
-                return Err(Error::Usage("pass either --key or --key-file, not both".into()).into());
+                return Err(
+                    Error::Usage("pass either --key or --key-file, not both".into()).into(),
+                );
             }
             (Some(text), None, _) => Some(Source {
                 origin: "--key".into(),
@@ -187,6 +192,9 @@ mod tests {
 
     #[test]
     fn lists_allow_spaces_after_commas() {
-        assert_eq!(split_list("prod, staging,dev ,"), ["prod", "staging", "dev"]);
+        assert_eq!(
+            split_list("prod, staging,dev ,"),
+            ["prod", "staging", "dev"]
+        );
     }
 }

@@ -13,7 +13,9 @@ mod keyring;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use orcastrate_crypt::{counterpart, env_from_file_name, file_name, find, validate_env, Error, Format, Side};
+use orcastrate_crypt::{
+    counterpart, env_from_file_name, file_name, find, validate_env, Error, Format, Side,
+};
 
 use crate::cli::{Cli, Command, EnvOrFile, Target};
 pub(crate) use keyring::Keyring;
@@ -59,7 +61,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             new_key_file,
             new_key,
             new_keys,
-        } => convert::rekey(&ctx, &target, new_key_file.as_deref(), new_key.as_deref(), new_keys.as_deref()),
+        } => convert::rekey(
+            &ctx,
+            &target,
+            new_key_file.as_deref(),
+            new_key.as_deref(),
+            new_keys.as_deref(),
+        ),
         Command::Edit { target } => edit::run(&ctx, &target),
         Command::Exec { target, command } => exec::run(&ctx, &target, &command),
         Command::Textconv { file } => git::textconv(&ctx, &file),
@@ -83,14 +91,22 @@ pub(crate) struct Job {
 
 /// The files a command reading `from` files works on: `--in`, or `--env`'s default file,
 /// or every env in `ENVS`. The output is the counterpart file unless `in_place`.
-pub(crate) fn plan(ctx: &Ctx, target: &Target, from: Side, in_place: bool) -> anyhow::Result<Vec<Job>> {
+pub(crate) fn plan(
+    ctx: &Ctx,
+    target: &Target,
+    from: Side,
+    in_place: bool,
+) -> anyhow::Result<Vec<Job>> {
     let to = if in_place { from } else { from.other() };
     if let Some(env) = &target.env {
         validate_env(env)?;
     }
     if let Some(input) = &target.input {
         let named = env_from_file_name(input);
-        let env = target.env.clone().or_else(|| named.as_ref().map(|(e, _)| e.clone()));
+        let env = target
+            .env
+            .clone()
+            .or_else(|| named.as_ref().map(|(e, _)| e.clone()));
         let output = match (&target.output, in_place) {
             (Some(out), _) => out.clone(),
             (None, true) => input.clone(),
@@ -98,7 +114,10 @@ pub(crate) fn plan(ctx: &Ctx, target: &Target, from: Side, in_place: bool) -> an
                 (Some((_, side)), _) if *side == from => {
                     counterpart(input).expect("named files have a counterpart")
                 }
-                (_, Some(env)) => ctx.config_dir.join(file_name(to, env, Format::from_path(input)?)),
+                (_, Some(env)) => {
+                    ctx.config_dir
+                        .join(file_name(to, env, Format::from_path(input)?))
+                }
                 _ => {
                     return Err(Error::Usage(format!(
                         "pass --out FILE: cannot derive the output name from {}",
@@ -128,9 +147,10 @@ pub(crate) fn plan(ctx: &Ctx, target: &Target, from: Side, in_place: bool) -> an
             let output = match (&target.output, in_place) {
                 (Some(out), _) => out.clone(),
                 (None, true) => input.clone(),
-                (None, false) => ctx
-                    .config_dir
-                    .join(file_name(to, &env, Format::from_path(&input)?)),
+                (None, false) => {
+                    ctx.config_dir
+                        .join(file_name(to, &env, Format::from_path(&input)?))
+                }
             };
             Ok(Job {
                 env: Some(env),
@@ -154,13 +174,17 @@ pub(crate) fn encrypted_file(
     }
     match (&target.input, &target.env) {
         (Some(input), env) => Ok((
-            env.clone().or_else(|| env_from_file_name(input).map(|(e, _)| e)),
+            env.clone()
+                .or_else(|| env_from_file_name(input).map(|(e, _)| e)),
             input.clone(),
         )),
         (None, Some(env)) => {
             let path = match find(&ctx.config_dir, Side::Encrypted, env)? {
                 Some(path) => path,
-                None if allow_new => ctx.config_dir.join(file_name(Side::Encrypted, env, Format::Json)),
+                None if allow_new => {
+                    ctx.config_dir
+                        .join(file_name(Side::Encrypted, env, Format::Json))
+                }
                 None => find_existing(&ctx.config_dir, Side::Encrypted, env)?,
             };
             Ok((Some(env.clone()), path))
@@ -178,7 +202,7 @@ fn find_existing(dir: &Path, side: Side, env: &str) -> anyhow::Result<PathBuf> {
         Error::Io {
             action: "find",
             path: PathBuf::from(name),
-            source: std::io::ErrorKind::NotFound.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         }
         .into()
     })
@@ -196,7 +220,12 @@ pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
 pub(crate) fn summarize(paths: &[String]) -> String {
     /// Enough names to recognise a change without flooding the terminal.
     const SHOWN: usize = 8;
-    let mut s = paths.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = paths
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if paths.len() > SHOWN {
         s.push_str(&format!(", and {} more", paths.len() - SHOWN));
     }

@@ -38,7 +38,11 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Vec<Line>, Error> {
         let (export, key, rest) = split_assignment(line)
             .ok_or_else(|| bad("expected KEY=value, a comment or a blank line"))?;
         let mut value = rest.trim_start().to_owned();
-        if let Some(quote) = value.chars().next().filter(|c| matches!(c, '"' | '\'' | '`')) {
+        if let Some(quote) = value
+            .chars()
+            .next()
+            .filter(|c| matches!(c, '"' | '\'' | '`'))
+        {
             // A quoted value continues over following lines until its closing quote.
             while closing_quote(&value, quote).is_none() {
                 let Some(next) = raw.get(i) else {
@@ -165,7 +169,8 @@ mod tests {
 
     #[test]
     fn parses_and_writes_back_line_for_line() {
-        let text = "# db\n\nexport DB_URL=postgres://x\nPASS=\"a b\" # note\nMULTI=\"one\ntwo\"\nEMPTY=\n";
+        let text =
+            "# db\n\nexport DB_URL=postgres://x\nPASS=\"a b\" # note\nMULTI=\"one\ntwo\"\nEMPTY=\n";
         let lines = parse(text, "f").unwrap();
         assert_eq!(lines.len(), 6);
         assert_eq!(write(&lines), text);
@@ -193,8 +198,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_not_the_content() {
-        let err = parse("A=1\nthis is s3cret\n", "f.env").unwrap_err().to_string();
-        assert_eq!(err, "f.env: line 2: expected KEY=value, a comment or a blank line");
+        let err = parse("A=1\nthis is s3cret\n", "f.env")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "f.env: line 2: expected KEY=value, a comment or a blank line"
+        );
         let err = parse("A=1\nA=2\n", "f.env").unwrap_err().to_string();
         assert_eq!(err, "f.env: line 2: duplicate key A");
         let err = parse("A=\"s3cret\n", "f.env").unwrap_err().to_string();

@@ -172,8 +172,14 @@ impl Parser<'_> {
     fn error(&self, what: &str) -> Error {
         let before = &self.src[..self.pos.min(self.src.len())];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
         if self.pos >= self.src.len() {
             Error::malformed(
                 self.file,
@@ -359,7 +365,9 @@ impl Parser<'_> {
     }
 
     fn escape(&mut self) -> Result<char, Error> {
-        let b = self.peek().ok_or_else(|| self.error("unterminated escape"))?;
+        let b = self
+            .peek()
+            .ok_or_else(|| self.error("unterminated escape"))?;
         self.pos += 1;
         Ok(match b {
             b'"' => '"',
@@ -383,7 +391,8 @@ impl Parser<'_> {
                     }
                     return Err(self.error("unpaired surrogate in a \\u escape"));
                 }
-                char::from_u32(hi).ok_or_else(|| self.error("unpaired surrogate in a \\u escape"))?
+                char::from_u32(hi)
+                    .ok_or_else(|| self.error("unpaired surrogate in a \\u escape"))?
             }
             _ => {
                 self.pos -= 1;
@@ -438,13 +447,20 @@ mod tests {
         let err = parse_document("{\n  \"a\": \"s3cret\" \"b\"\n}", "f.json").unwrap_err();
         let msg = err.to_string();
         assert_eq!(msg, "f.json: line 2 column 17: expected ',' or '}'");
-        let err = parse_document("{\"a\": \"s3cret", "f.json").unwrap_err().to_string();
+        let err = parse_document("{\"a\": \"s3cret", "f.json")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
-        let err = parse_document("{\"a\": 1, \"a\": 2}", "f").unwrap_err().to_string();
+        let err = parse_document("{\"a\": 1, \"a\": 2}", "f")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("duplicate key \"a\""), "{err}");
         assert!(parse_document("[1]", "f").is_err());
-        assert!(parse_document("", "f").unwrap_err().to_string().contains("empty file"));
+        assert!(parse_document("", "f")
+            .unwrap_err()
+            .to_string()
+            .contains("empty file"));
         assert!(parse_document("{\"a\": 01}", "f").is_err());
         assert!(parse_document("{\"a\": \"\\ud800\"}", "f").is_err());
         assert!(parse_document("{} x", "f").is_err());
