@@ -83,7 +83,7 @@ pub(crate) fn run(ctx: &Ctx, target: &EnvOrFile) -> anyhow::Result<()> {
         &file,
         &original,
         format,
-        &label,
+        &path,
         &key,
         previous.as_ref(),
         &interrupted,
@@ -101,11 +101,12 @@ fn edit_loop(
     file: &Path,
     original: &str,
     format: Format,
-    label: &str,
+    path: &Path,
     key: &Key,
     previous: Option<&EncryptedDocument>,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<()> {
+    let label = path.display();
     loop {
         run_editor(file)?;
         if interrupted.load(Ordering::SeqCst) {
@@ -131,7 +132,7 @@ fn edit_loop(
         });
         match checked {
             Ok(enc) => {
-                let report = write_encrypted(Path::new(label), &enc, previous)?;
+                let report = write_encrypted(path, &enc, previous)?;
                 ctx.note(&format!(
                     "{label}: {} of {} values changed ({})",
                     report.changed.len(),

@@ -64,7 +64,8 @@ impl Format {
 
 impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.mac_name())
+        // `pad` so that width and alignment flags work in tables.
+        f.pad(self.mac_name())
     }
 }
 
