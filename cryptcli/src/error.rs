@@ -88,15 +88,17 @@ pub enum Error {
     },
 
     /// Reading, writing or renaming a file failed, or a program could not be run.
-    #[error("cannot {action} {}", .path.display())]
+    ///
+    /// The operating system's error is part of the message (callers such as the agent print
+    /// errors with `{}`), so it is deliberately not also exposed as `source()`.
+    #[error("cannot {action} {}: {error}", .path.display())]
     Io {
         /// What was being done (`read`, `write`, `rename into place`, …).
         action: &'static str,
         /// The path it was done to.
         path: PathBuf,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -119,12 +121,12 @@ impl Error {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -165,6 +167,6 @@ mod tests {
         assert_eq!(Error::integrity("f", "x").exit_code(), 4);
         let io = Error::io("read", "f", std::io::Error::other("x"));
         assert_eq!(io.exit_code(), 6);
-        assert_eq!(io.to_string(), "cannot read f");
+        assert_eq!(io.to_string(), "cannot read f: x");
     }
 }

@@ -37,7 +37,7 @@ pub(crate) fn run(ctx: &Ctx, target: &EnvOrFile) -> anyhow::Result<()> {
     let previous = if path.try_exists().map_err(|e| Error::Io {
         action: "look for",
         path: path.clone(),
-        source: e,
+        error: e,
     })? {
         Some(read_encrypted(&path)?)
     } else {
@@ -55,13 +55,13 @@ pub(crate) fn run(ctx: &Ctx, target: &EnvOrFile) -> anyhow::Result<()> {
         .map_err(|e| Error::Io {
             action: "create a temporary directory in",
             path: std::env::temp_dir(),
-            source: e,
+            error: e,
         })?;
     // tempfile honours the umask for directories; nobody else may even list this one.
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).map_err(|e| Error::Io {
         action: "set permissions on",
         path: dir.path().to_owned(),
-        source: e,
+        error: e,
     })?;
     let file = dir.path().join(file_name(
         Side::Decrypted,
@@ -115,7 +115,7 @@ fn edit_loop(
         let text = fs::read_to_string(file).map_err(|e| Error::Io {
             action: "read back",
             path: file.to_owned(),
-            source: e,
+            error: e,
         })?;
         if text == original {
             ctx.note(&format!("{label}: no changes"));
@@ -169,7 +169,7 @@ fn run_editor(file: &Path) -> anyhow::Result<()> {
         .map_err(|e| Error::Io {
             action: "run the editor",
             path: editor.clone().into(),
-            source: e,
+            error: e,
         })?;
     if status.success() {
         Ok(())
@@ -182,7 +182,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let io = |e| Error::Io {
         action: "write",
         path: path.to_owned(),
-        source: e,
+        error: e,
     };
     let mut f = fs::OpenOptions::new()
         .write(true)

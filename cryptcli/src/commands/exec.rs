@@ -30,7 +30,7 @@ pub(crate) fn run(ctx: &Ctx, target: &EnvOrFile, command: &[OsString]) -> anyhow
     Err(Error::Io {
         action: "run",
         path: program.into(),
-        source: err,
+        error: err,
     }
     .into())
 }

@@ -164,7 +164,7 @@ fn read_key_file(path: &Path) -> anyhow::Result<Source> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
         action: "read key file",
         path: path.to_owned(),
-        source: e,
+        error: e,
     })?;
     Ok(Source {
         origin: path.display().to_string(),

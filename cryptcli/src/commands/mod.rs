@@ -202,7 +202,7 @@ fn find_existing(dir: &Path, side: Side, env: &str) -> anyhow::Result<PathBuf> {
         Error::Io {
             action: "find",
             path: PathBuf::from(name),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         }
         .into()
     })

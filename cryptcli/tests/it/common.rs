@@ -109,6 +109,15 @@ impl Run {
         self.env("CONFIG_KEY", key)
     }
 
+    /// Starts the run without waiting, stdout and stderr piped.
+    pub(crate) fn spawn(mut self) -> std::process::Child {
+        self.cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start orcastrate-crypt")
+    }
+
     pub(crate) fn output(mut self) -> Output {
         let out = self.cmd.output().expect("run orcastrate-crypt");
         Output {

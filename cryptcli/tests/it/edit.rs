@@ -148,3 +148,44 @@ fn edit_creates_a_new_dotenv_file() {
         .ok();
     assert_eq!(out.stdout, "A=1\n# note\nB=\"two\"\n");
 }
+
+#[test]
+fn interrupt_during_edit_writes_nothing_and_cleans_up() {
+    let dir = Dir::new();
+    let key = encrypted_json(&dir);
+    let before = dir.read("config/encrypted_prod.json");
+    let ready = dir.join("ready");
+    let script = editor(
+        &dir,
+        &format!(
+            "sed -i 's/db.internal/changed/' \"$1\"; touch '{}'; sleep 1",
+            ready.display()
+        ),
+    );
+    let child = dir
+        .run(["edit", "--env", "prod"])
+        .key(&key)
+        .env("EDITOR", &script)
+        .spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the editor never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Only orcastrate-crypt gets the signal (as with `kill -INT`); it must outlive the
+    // editor and clean up instead of dying on the spot.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    check_temp_file(&dir);
+    assert_eq!(dir.read("config/encrypted_prod.json"), before);
+}
