@@ -80,6 +80,8 @@ mod tests {
             entries: 1,
         };
         let text = String::from_utf8(input(&doc, &meta)).unwrap();
+        // Sorted by bytes: ',' (0x2c) comes before ']' (0x5d), so a child can sort before
+        // its parent. Any fixed order works; this one is the spec's.
         assert_eq!(
             text,
             "orcastrate-crypt\nversion 1\nformat json\nkey_id 00\nentries 1\n\

@@ -180,6 +180,13 @@ fn dotenv_tampering_is_detected() {
     let out = dir.run(["decrypt", "--env", "prod"]).key(&key).fails(4);
     assert!(out.stderr.contains("dropped"), "{}", out.stderr);
     assert!(!dir.exists("config/decrypted_prod.env"));
+    // Whether a line is exported is covered by the MAC.
+    dir.write(
+        "config/encrypted_prod.env",
+        &text.replace("export DB_URL=", "DB_URL="),
+    );
+    let out = dir.run(["decrypt", "--env", "prod"]).key(&key).fails(4);
+    assert!(out.stderr.contains("mac mismatch"), "{}", out.stderr);
     // Comments are not covered: editing one is harmless.
     dir.write(
         "config/encrypted_prod.env",
