@@ -7,11 +7,15 @@
 //! Times encryption and decryption of a 1,000-key config in both formats: a fresh encrypt
 //! (every value gets a new nonce), a re-encrypt of unchanged plaintext (every token reused,
 //! which costs one decryption per value), and a verified decrypt (every tag plus the MAC).
-//! Each figure is the median of several runs; text parsing and writing are included.
+//! Each figure is the median of several runs; text parsing and writing are included. The
+//! last two figures go through files as the CLI does (read, verify the existing output,
+//! write a temporary file, fsync, rename, fsync the directory).
 
 use std::time::{Duration, Instant};
 
-use orcastrate_crypt::{decrypt, encrypt, Document, EncryptedDocument, Format, Key};
+use orcastrate_crypt::{
+    decrypt, decrypt_file, encrypt, encrypt_file, Document, EncryptedDocument, Format, Key,
+};
 
 /// Values in the benchmark file, as the issue asks.
 const KEYS: usize = 1_000;
@@ -45,13 +49,35 @@ fn main() {
             let enc = EncryptedDocument::parse(&encrypted_text, format, "bench").unwrap();
             decrypt(&enc, &key, "bench").unwrap().to_text()
         });
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ext = format.extension();
+        let (plain_path, enc_path) = (
+            dir.path().join(format!("decrypted_bench.{ext}")),
+            dir.path().join(format!("encrypted_bench.{ext}")),
+        );
+        std::fs::write(&plain_path, &text).unwrap();
+        let mut i = 0;
+        let file_enc = median(|| {
+            // Change one value each time, so the file is really rewritten.
+            i += 1;
+            let changed = text.replacen("secret-0-", &format!("secret-0-{i}-"), 1);
+            std::fs::write(&plain_path, changed).unwrap();
+            let report = encrypt_file(&plain_path, &enc_path, &key, false).unwrap();
+            format!("{report:?}")
+        });
+        let file_dec = median(|| {
+            decrypt_file(&enc_path, &plain_path, &key).unwrap();
+            String::new()
+        });
         println!(
-            "{format:>6}: {} KiB plaintext, {} KiB encrypted | encrypt {} | re-encrypt unchanged {} | decrypt+verify {}",
+            "{format:>6}: {} KiB plaintext, {} KiB encrypted | encrypt {} | re-encrypt unchanged {} | decrypt+verify {} | file encrypt (1 changed) {} | file decrypt {}",
             text.len() / 1024,
             encrypted_text.len() / 1024,
             ms(fresh),
             ms(reuse),
-            ms(dec)
+            ms(dec),
+            ms(file_enc),
+            ms(file_dec)
         );
     }
 }
