@@ -1,1 +1,49 @@
-//! placeholder
+//! The Orcastrate deploy agent: follows the desired state of one repo/env on one host.
+//!
+//! It subscribes to its `desired` topic, accepts only orders signed by a configured gateway
+//! key that are newer than anything it started, builds each release in its own directory,
+//! switches `current` atomically, checks health, rolls back by itself, and publishes what it
+//! does as a retained, MAC'd status. See `README.md` for users and `../shared/design.md` for
+//! the contract.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line, with environment fallbacks.
+//! - [`config`]: the TOML shape and the validated [`Settings`].
+//! - `agent`: the loop: recovery, orders, supersede, settle, retry-once, health, shutdown.
+//! - `accept`: the order acceptance rules.
+//! - `connection`: the MQTT client: login, last will, resubscribe, backoff, publishing.
+//! - `deploy`: one deploy in the design's sequence, and the rollback.
+//! - `git`: the bare cache and checkouts through the `git` CLI.
+//! - `release`: the release layout, completion marker, `current` switch, pruning.
+//! - `steps`: running commands with scrubbed environments, streaming their output.
+//! - `supervisor`: the app process: start, restart, stop, adopt.
+//! - `health`: HTTP and command health checks.
+//! - `secrets`: decrypting the per-environment config.
+//! - `state`: `state.json`.
+//! - `status`: the status the agent publishes.
+//! - `procs`, `fsutil`: process groups and crash-safe file operations.
+
+mod accept;
+mod agent;
+pub mod cli;
+pub mod config;
+mod connection;
+mod deploy;
+mod fsutil;
+mod git;
+mod health;
+mod procs;
+mod release;
+mod secrets;
+mod state;
+mod status;
+mod steps;
+mod supervisor;
+
+pub use agent::{run, AgentError, RunOutcome};
+pub use cli::{Cli, LogFormat};
+pub use config::{ConfigError, HealthCheck, OnShutdown, Settings};
+
+/// The commented example config (`config/agent.example.toml`).
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config/agent.example.toml");

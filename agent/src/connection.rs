@@ -1,0 +1,394 @@
+//! The MQTT connection: login, last will, subscription to the agent's `desired` topic,
+//! reconnection with capped jittered backoff across the configured servers, and publishing
+//! of statuses (retained, QoS 1) and log lines (QoS 0).
+//!
+//! rumqttc only moves requests while `EventLoop::poll` is awaited, and reconnects on the next
+//! `poll` after an error with no backoff of its own. The poll loop therefore never awaits a
+//! bounded send (it uses `try_*`); statuses are published by a separate task that awaits the
+//! client, and log lines are dropped rather than block when the queue is full.
+
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orcastrate_broker::{AgentState, AgentStatus, LogLine, Topics};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// Requests queued towards the broker; beyond it log lines are dropped.
+const REQUEST_QUEUE: usize = 256;
+/// First pause after every server failed; doubled up to [`BACKOFF_MAX`], with jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between connection rounds.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a graceful close waits for the final `offline` status to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// `error` in a status is cut to this many bytes, which keeps the payload under 4 KiB.
+const MAX_ERROR_BYTES: usize = 2000;
+
+/// What the connection tells the agent.
+#[derive(Debug)]
+pub(crate) enum BusEvent {
+    /// A CONNACK was received.
+    Connected,
+    /// The subscription to `desired` was acknowledged (retained orders follow it).
+    Subscribed,
+    /// A message on the agent's `desired` topic.
+    Order(Vec<u8>),
+    /// The connection was lost or could not be made.
+    Disconnected,
+}
+
+/// Publishes on behalf of the agent; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: AsyncClient,
+    agent: String,
+    token: String,
+    status_topic: String,
+    log_topic: String,
+    /// The latest status, without session and MAC (sealed when published, because the
+    /// session changes with each connection).
+    status: watch::Sender<Option<AgentStatus>>,
+    /// This connection's session id, also carried by its last will.
+    session: Mutex<String>,
+    connected: AtomicBool,
+    dropped_logs: AtomicU64,
+}
+
+impl Bus {
+    /// Publishes a log line (QoS 0, not retained); dropped when the queue is full.
+    pub(crate) fn log(&self, mut line: LogLine) {
+        line.agent.clone_from(&self.inner.agent);
+        let Ok(payload) = serde_json::to_vec(&line) else {
+            return;
+        };
+        if !self.inner.connected.load(Ordering::Relaxed)
+            || self
+                .inner
+                .client
+                .try_publish(&self.inner.log_topic, QoS::AtMostOnce, false, payload)
+                .is_err()
+        {
+            self.inner.dropped_logs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the status; it is published (retained, QoS 1) as soon as the connection allows,
+    /// and again after every reconnect.
+    pub(crate) fn set_status(&self, status: AgentStatus) {
+        self.inner.status.send_replace(Some(status));
+    }
+
+    /// Whether a CONNACK was received and the connection has not failed since.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// The latest status, sealed with this connection's session and the token.
+    fn sealed(&self, state_override: Option<AgentState>) -> Option<Vec<u8>> {
+        let mut status = self.inner.status.borrow().clone()?;
+        if let Some(state) = state_override {
+            status.state = state;
+            status.step = None;
+            status.updated_at = orcastrate_broker::time::now();
+        }
+        status.session = self
+            .inner
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        status.error = status
+            .error
+            .map(|e| orcastrate_broker::message::truncate_text(&e, MAX_ERROR_BYTES));
+        orcastrate_broker::sign::seal_status(&self.inner.token, &mut status);
+        serde_json::to_vec(&status).ok()
+    }
+}
+
+/// The running connection: its publisher handle and its task.
+pub(crate) struct Connection {
+    pub(crate) bus: Bus,
+    /// Closes the connection gracefully (publishing `offline`); the agent cancels it last.
+    close: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Connection {
+    /// Starts connecting; events arrive on `events` (unbounded, so the poll loop never waits).
+    pub(crate) fn start(
+        settings: &Settings,
+        initial: AgentStatus,
+        events: mpsc::UnboundedSender<BusEvent>,
+    ) -> Self {
+        let topics = Topics::new(&settings.prefix);
+        let session = new_session();
+        let (status_tx, status_rx) = watch::channel(Some(initial));
+        let options = options_for(settings, &settings.servers[0], &session, None);
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let bus = Bus {
+            inner: Arc::new(Inner {
+                client,
+                agent: settings.name.clone(),
+                token: settings.token.clone(),
+                status_topic: topics.status(&settings.repo, &settings.env, &settings.name),
+                log_topic: topics.log(&settings.repo, &settings.env, &settings.name),
+                status: status_tx,
+                session: Mutex::new(session),
+                connected: AtomicBool::new(false),
+                dropped_logs: AtomicU64::new(0),
+            }),
+        };
+        let close = CancellationToken::new();
+        let task = tokio::spawn(poll_loop(
+            PollCtx {
+                settings: settings.clone(),
+                desired: topics.desired(&settings.repo, &settings.env),
+                bus: bus.clone(),
+                events,
+                close: close.clone(),
+            },
+            eventloop,
+            status_rx,
+        ));
+        Self { bus, close, task }
+    }
+
+    /// Publishes the `offline` status, disconnects, and waits (bounded) for it to leave.
+    pub(crate) async fn close(self) {
+        self.close.cancel();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, self.task).await;
+    }
+}
+
+struct PollCtx {
+    settings: Settings,
+    desired: String,
+    bus: Bus,
+    events: mpsc::UnboundedSender<BusEvent>,
+    close: CancellationToken,
+}
+
+/// A random session id (16 hex digits).
+fn new_session() -> String {
+    format!("{:016x}", crate::fsutil::random_u64())
+}
+
+fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>) -> MqttOptions {
+    // URLs were validated with the same parser at start-up.
+    let mut options = orcastrate_broker::mqtt::client_options(
+        url,
+        &settings.name,
+        &settings.name,
+        &settings.token,
+    )
+    .unwrap_or_else(|_| MqttOptions::new(settings.name.clone(), "127.0.0.1", 1883));
+    let will = last
+        .and_then(|bus| {
+            // The will carries the session of the connection it is set for.
+            *bus.inner.session.lock().unwrap_or_else(|p| p.into_inner()) = session.to_owned();
+            bus.sealed(Some(AgentState::Offline))
+        })
+        .unwrap_or_default();
+    if !will.is_empty() {
+        let topic =
+            Topics::new(&settings.prefix).status(&settings.repo, &settings.env, &settings.name);
+        options.set_last_will(LastWill::new(topic, will, QoS::AtLeastOnce, true));
+    }
+    options
+}
+
+async fn poll_loop(
+    ctx: PollCtx,
+    mut eventloop: EventLoop,
+    mut status_rx: watch::Receiver<Option<AgentStatus>>,
+) {
+    let servers = ctx.settings.servers.clone();
+    let mut server = 0usize;
+    let mut failed_in_round = 0usize;
+    let mut round = 0u32;
+    // Set the real last will now that the bus exists (the first options had none).
+    let session = new_session();
+    eventloop.mqtt_options = options_for(&ctx.settings, &servers[server], &session, Some(&ctx.bus));
+
+    // Publishes each new status; it may wait on the client's queue, which only this task
+    // does, never the poll loop.
+    let flusher = {
+        let bus = ctx.bus.clone();
+        tokio::spawn(async move {
+            while status_rx.changed().await.is_ok() {
+                if !bus.is_connected() {
+                    // Published on the next CONNACK instead.
+                    continue;
+                }
+                if let Some(payload) = bus.sealed(None) {
+                    let _ = bus
+                        .inner
+                        .client
+                        .publish(&bus.inner.status_topic, QoS::AtLeastOnce, true, payload)
+                        .await;
+                }
+            }
+        })
+    };
+
+    let mut got_connack = false;
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            () = ctx.close.cancelled() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                got_connack = true;
+                failed_in_round = 0;
+                round = 0;
+                ctx.bus.inner.connected.store(true, Ordering::Relaxed);
+                tracing::info!(server = %servers[server], "connected");
+                if let Err(e) = ctx
+                    .bus
+                    .inner
+                    .client
+                    .try_subscribe(&ctx.desired, QoS::AtLeastOnce)
+                {
+                    tracing::warn!(error = %e, "could not queue the subscription");
+                }
+                if let Some(payload) = ctx.bus.sealed(None) {
+                    let _ = ctx.bus.inner.client.try_publish(
+                        &ctx.bus.inner.status_topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        payload,
+                    );
+                }
+                let _ = ctx.events.send(BusEvent::Connected);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                tracing::debug!(topic = %ctx.desired, "subscribed");
+                let _ = ctx.events.send(BusEvent::Subscribed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.topic == ctx.desired {
+                    let _ = ctx.events.send(BusEvent::Order(p.payload.to_vec()));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ctx.bus.inner.connected.store(false, Ordering::Relaxed);
+                let _ = ctx.events.send(BusEvent::Disconnected);
+                log_failure(&servers[server], &e, got_connack);
+                got_connack = false;
+                failed_in_round += 1;
+                server = (server + 1) % servers.len();
+                if failed_in_round >= servers.len() {
+                    // Every server failed: back off before the next round.
+                    failed_in_round = 0;
+                    let pause = backoff(round);
+                    round = round.saturating_add(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = ctx.close.cancelled() => break,
+                    }
+                }
+                let session = new_session();
+                eventloop.mqtt_options =
+                    options_for(&ctx.settings, &servers[server], &session, Some(&ctx.bus));
+            }
+        }
+    }
+    flusher.abort();
+    if ctx.bus.is_connected() {
+        // A graceful DISCONNECT does not fire the last will: say `offline` ourselves.
+        if let Some(payload) = ctx.bus.sealed(Some(AgentState::Offline)) {
+            let _ = ctx.bus.inner.client.try_publish(
+                &ctx.bus.inner.status_topic,
+                QoS::AtLeastOnce,
+                true,
+                payload,
+            );
+        }
+        let _ = ctx.bus.inner.client.try_disconnect();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+    ctx.bus.inner.connected.store(false, Ordering::Relaxed);
+    let dropped = ctx.bus.inner.dropped_logs.load(Ordering::Relaxed);
+    if dropped > 0 {
+        tracing::debug!(
+            dropped,
+            "log lines not sent while disconnected or congested"
+        );
+    }
+}
+
+fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
+    if was_connected {
+        tracing::warn!(%server, error = %e, "connection lost; reconnecting");
+        return;
+    }
+    let io_kind = match e {
+        ConnectionError::Io(io) => Some(io.kind()),
+        _ => None,
+    };
+    match io_kind {
+        Some(ErrorKind::ConnectionRefused) => {
+            tracing::warn!(%server, error = %e, "cannot reach the MQTT server; retrying")
+        }
+        Some(ErrorKind::NotFound) | Some(ErrorKind::AddrNotAvailable) => {
+            tracing::warn!(%server, error = %e, "cannot resolve the MQTT server; check server")
+        }
+        _ if matches!(e, ConnectionError::NetworkTimeout) => {
+            tracing::warn!(%server, "connecting timed out; retrying")
+        }
+        _ if matches!(e, ConnectionError::ConnectionRefused(_)) => {
+            tracing::error!(%server, error = %e, "login refused: check name and token")
+        }
+        // rumqttd closes a refused login without a CONNACK.
+        _ => {
+            tracing::error!(%server, error = %e, "login refused or connection dropped: check name and token")
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter (50–100 % of the step).
+fn backoff(round: u32) -> Duration {
+    let step = BACKOFF_MIN
+        .saturating_mul(1u32 << round.min(10))
+        .min(BACKOFF_MAX);
+    let jitter = crate::fsutil::random_u64() % 500;
+    step.mul_f64(0.5 + jitter as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for round in 0..40 {
+            let b = backoff(round);
+            assert!(b <= BACKOFF_MAX, "{b:?}");
+            assert!(b >= BACKOFF_MIN / 2, "{b:?}");
+        }
+        assert_eq!(new_session().len(), 16);
+    }
+}

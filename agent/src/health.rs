@@ -1,0 +1,277 @@
+//! Health checks: an HTTP GET that must answer 2xx, a command that must exit 0, or (when
+//! none is configured) the app still running.
+//!
+//! The HTTP check is a minimal HTTP/1.1 GET over a plain TCP stream: it needs no TLS and no
+//! HTTP library, because it talks to the app on the same host.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthCheck;
+use crate::steps::Cmd;
+
+/// Longest single attempt; a slow app gets more attempts within `timeout_s`.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between attempts while waiting for a new release to become healthy.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Without a configured check, the app must still run this long after start to count as
+/// healthy (it would usually crash on a bad config within it).
+const RUNNING_GRACE: Duration = Duration::from_secs(1);
+
+/// Host, port and request path of an `http://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpTarget {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
+}
+
+/// Parses an `http://host[:port][/path]` URL.
+///
+/// # Errors
+///
+/// A message saying what to write instead.
+pub(crate) fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        if url.starts_with("https://") {
+            "https is not supported for the built-in check (the app runs on this host): use http://127.0.0.1:PORT/… or command = \"curl -fsS https://…\"".to_owned()
+        } else {
+            format!("{url:?} is not an http:// URL: use e.g. \"http://127.0.0.1:3000/health\"")
+        }
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let bad =
+        || format!("{url:?} has no usable host:port: use e.g. \"http://127.0.0.1:3000/health\"");
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => 80,
+        };
+        (h.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    if host.is_empty() || path.contains(['\r', '\n', ' ']) {
+        return Err(bad());
+    }
+    Ok(HttpTarget {
+        host,
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// One GET; `Ok` on a 2xx status line.
+async fn http_once(target: &HttpTarget) -> Result<(), String> {
+    let addr = if target.host.contains(':') {
+        format!("[{}]:{}", target.host, target.port)
+    } else {
+        format!("{}:{}", target.host, target.port)
+    };
+    let mut stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("GET http://{addr}{}: {e}", target.path))?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: orcastrate-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        target.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("GET http://{addr}{}: {e}", target.path))?;
+    // Only the status line matters.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("GET http://{addr}{}: {e}", target.path))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let code: Option<u16> = line
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok());
+    match code {
+        Some(c) if (200..300).contains(&c) => Ok(()),
+        Some(c) => Err(format!("GET http://{addr}{} answered {c}", target.path)),
+        None => Err(format!("GET http://{addr}{}: no HTTP answer", target.path)),
+    }
+}
+
+/// Runs one check. `dir` is where a command check runs; `app_alive` says whether the app's
+/// process group lives.
+///
+/// # Errors
+///
+/// What failed, for the status `error` and the log.
+pub(crate) async fn check_once(
+    check: &HealthCheck,
+    dir: &Path,
+    app_alive: bool,
+) -> Result<(), String> {
+    let attempt = async {
+        match check {
+            HealthCheck::Http(url) => http_once(&parse_http_url(url)?).await,
+            HealthCheck::Command(cmd) => {
+                let out = crate::steps::output(&Cmd::shell(cmd, dir))
+                    .await
+                    .map_err(|e| format!("health command `{cmd}` did not start: {e}"))?;
+                if out.0.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "health command `{cmd}` failed ({})",
+                        crate::steps::describe(out.0)
+                    ))
+                }
+            }
+            HealthCheck::Running => {
+                if app_alive {
+                    Ok(())
+                } else {
+                    Err("the app is not running".to_owned())
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "health check timed out after {} s",
+            ATTEMPT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Retries the check until it passes or `timeout` runs out.
+///
+/// # Errors
+///
+/// The last failure, when the time ran out or `cancel` fired.
+pub(crate) async fn wait_healthy(
+    check: &HealthCheck,
+    dir: &Path,
+    timeout: Duration,
+    app_alive: impl Fn() -> bool,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if *check == HealthCheck::Running {
+        tokio::select! {
+            () = tokio::time::sleep(RUNNING_GRACE.min(timeout)) => {}
+            () = cancel.cancelled() => return Err("cancelled".to_owned()),
+        }
+    }
+    let mut last;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = tokio::time::timeout(
+            remaining.max(Duration::from_millis(100)),
+            check_once(check, dir, app_alive()),
+        );
+        last = match attempt.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => "health check timed out".to_owned(),
+        };
+        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(format!(
+                "not healthy within {} s: {last}",
+                timeout.as_secs()
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_PAUSE) => {}
+            () = cancel.cancelled() => return Err(format!("cancelled: {last}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:3000/health").unwrap(),
+            HttpTarget {
+                host: "127.0.0.1".into(),
+                port: 3000,
+                path: "/health".into()
+            }
+        );
+        assert_eq!(parse_http_url("http://localhost").unwrap().port, 80);
+        assert_eq!(parse_http_url("http://[::1]:8/x").unwrap().host, "::1");
+        assert!(parse_http_url("https://x/").unwrap_err().contains("curl"));
+        assert!(parse_http_url("ftp://x/").is_err());
+        assert!(parse_http_url("http://:80/").is_err());
+        assert!(parse_http_url("http://h:x/").is_err());
+    }
+
+    async fn serve_once(answer: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_status_decides() {
+        let ok = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let bad = serve_once("HTTP/1.0 503 Busy\r\n\r\n").await;
+        let dir = Path::new("/");
+        let check = |p: u16| HealthCheck::Http(format!("http://127.0.0.1:{p}/h"));
+        assert_eq!(check_once(&check(ok), dir, true).await, Ok(()));
+        assert!(check_once(&check(bad), dir, true)
+            .await
+            .unwrap_err()
+            .contains("503"));
+        let cancel = CancellationToken::new();
+        let err = wait_healthy(&check(bad), dir, Duration::from_secs(1), || true, &cancel)
+            .await
+            .unwrap_err();
+        assert!(err.contains("not healthy within 1 s"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn command_and_running_checks() {
+        let dir = Path::new("/");
+        assert!(check_once(&HealthCheck::Command("true".into()), dir, false)
+            .await
+            .is_ok());
+        assert!(
+            check_once(&HealthCheck::Command("exit 3".into()), dir, true)
+                .await
+                .is_err()
+        );
+        assert!(check_once(&HealthCheck::Running, dir, true).await.is_ok());
+        assert!(check_once(&HealthCheck::Running, dir, false).await.is_err());
+    }
+}

@@ -1,0 +1,328 @@
+//! Running the commands of a deploy: each in its own process group, in the release
+//! directory, with an environment scrubbed of the agent's secrets, its output streamed line
+//! by line to the `log` topic and to the release's log file, and killable when a newer order
+//! supersedes the deploy.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orcastrate_broker::{LogLine, LogStream, Step};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Bus;
+use crate::state::{self, ProcRecord, SharedState};
+
+/// Longest line kept whole; longer output is cut into pieces of this size.
+const MAX_LINE_BYTES: usize = 3000;
+
+/// How long to keep reading output after a step's process exited (a grandchild may hold
+/// the pipe open).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Environment variables never passed to steps or the app.
+const SECRET_VARS: [&str; 2] = ["CONNECT_TOKEN", "CONFIG_KEY"];
+/// Prefix of the agent's own variables, never passed to steps or the app.
+const AGENT_VAR_PREFIX: &str = "ORCASTRATE_";
+
+/// The agent's environment without its secrets and settings, for steps and the app.
+pub(crate) fn scrubbed_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !SECRET_VARS.contains(&k.as_ref()) && !k.starts_with(AGENT_VAR_PREFIX)
+        })
+        .collect()
+}
+
+/// Where the output of one deploy goes: the `log` topic and a log file.
+pub(crate) struct Sink {
+    bus: Bus,
+    seq: Option<u64>,
+    file: Mutex<Option<File>>,
+}
+
+impl Sink {
+    /// A sink for order `seq`, appending to `log_file` if it can be opened.
+    pub(crate) fn new(bus: Bus, seq: Option<u64>, log_file: Option<&Path>) -> Arc<Self> {
+        let file = log_file.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot open the deploy log file"))
+                .ok()
+        });
+        Arc::new(Self {
+            bus,
+            seq,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// One line of output.
+    pub(crate) fn line(&self, step: Option<Step>, stream: LogStream, text: &str) {
+        let at = orcastrate_broker::time::now();
+        if let Ok(mut file) = self.file.lock() {
+            if let Some(f) = file.as_mut() {
+                let step_name = step.map(Step::as_str).unwrap_or("-");
+                let stream_name = match stream {
+                    LogStream::Stdout => "stdout",
+                    LogStream::Stderr => "stderr",
+                    LogStream::Agent => "agent",
+                };
+                let _ = writeln!(f, "{at} {step_name} {stream_name} {text}");
+            }
+        }
+        self.bus.log(LogLine {
+            v: orcastrate_broker::PAYLOAD_VERSION,
+            agent: String::new(),
+            seq: self.seq,
+            step,
+            stream,
+            line: orcastrate_broker::message::truncate_text(text, MAX_LINE_BYTES),
+            at,
+        });
+    }
+
+    /// The agent's own message about the deploy (also logged locally).
+    pub(crate) fn note(&self, step: Option<Step>, text: &str) {
+        tracing::info!(seq = self.seq, step = step.map(Step::as_str), "{text}");
+        self.line(step, LogStream::Agent, text);
+    }
+}
+
+/// Why a step did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error("could not start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status})")]
+    Failed { command: String, status: String },
+    #[error("cancelled: a newer order superseded this deploy")]
+    Cancelled,
+}
+
+/// A command to run: a program with arguments, in a directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Cmd {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) dir: PathBuf,
+    pub(crate) extra_env: Vec<(String, String)>,
+}
+
+impl Cmd {
+    /// `sh -c {script}` in `dir`.
+    pub(crate) fn shell(script: &str, dir: &Path) -> Self {
+        Self {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            dir: dir.to_path_buf(),
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// How the command is shown in logs and errors.
+    pub(crate) fn display(&self) -> String {
+        if self.program == "sh" && self.args.first().map(String::as_str) == Some("-c") {
+            self.args.get(1).cloned().unwrap_or_default()
+        } else {
+            std::iter::once(self.program.as_str())
+                .chain(self.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    }
+
+    /// A `tokio` command in its own process group with the scrubbed environment.
+    pub(crate) fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .envs(scrubbed_env())
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false);
+        c
+    }
+}
+
+/// Runs a step command to completion, streaming its output to `sink`.
+///
+/// The running command's process group is recorded in `state.json` so that a restarted
+/// agent can kill what a crash left behind. Cancelling `cancel` kills the group at once.
+///
+/// # Errors
+///
+/// When it cannot start, exits non-zero, or is cancelled.
+pub(crate) async fn run(
+    cmd: &Cmd,
+    step: Step,
+    sink: &Arc<Sink>,
+    state: &SharedState,
+    cancel: &CancellationToken,
+) -> Result<(), StepError> {
+    if cancel.is_cancelled() {
+        return Err(StepError::Cancelled);
+    }
+    let mut command = cmd.command();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| StepError::Spawn {
+        command: cmd.display(),
+        source,
+    })?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    if let Some(start_time) = crate::procs::start_time(pgid) {
+        state::update(state, |s| s.step = Some(ProcRecord { pgid, start_time }));
+    }
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(stream_lines(
+            out,
+            sink.clone(),
+            step,
+            LogStream::Stdout,
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(stream_lines(
+            err,
+            sink.clone(),
+            step,
+            LogStream::Stderr,
+        )));
+    }
+    let waited = tokio::select! {
+        status = child.wait() => Some(status),
+        () = cancel.cancelled() => None,
+    };
+    // Whatever the outcome, nothing of the step may outlive it: kill leftovers of its group.
+    if pgid > 1 && crate::procs::group_alive(pgid) {
+        crate::procs::kill_group(pgid).await;
+    }
+    let status: Option<std::io::Result<ExitStatus>> = match waited {
+        Some(s) => Some(s),
+        None => {
+            let _ = child.wait().await;
+            None
+        }
+    };
+    for r in readers {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, r).await;
+    }
+    state::update(state, |s| s.step = None);
+    match status {
+        None => Err(StepError::Cancelled),
+        Some(Err(source)) => Err(StepError::Spawn {
+            command: cmd.display(),
+            source,
+        }),
+        Some(Ok(st)) if st.success() => Ok(()),
+        Some(Ok(st)) => Err(StepError::Failed {
+            command: cmd.display(),
+            status: describe(st),
+        }),
+    }
+}
+
+/// Runs a command without streaming (for git plumbing); returns its status and stdout.
+///
+/// # Errors
+///
+/// When it cannot start.
+pub(crate) async fn output(cmd: &Cmd) -> std::io::Result<(ExitStatus, String)> {
+    let mut command = cmd.command();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = command.output().await?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// `exit code 3` or `killed by signal 9`.
+pub(crate) fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".to_owned(),
+    }
+}
+
+async fn stream_lines(
+    reader: impl AsyncRead + Unpin,
+    sink: Arc<Sink>,
+    step: Step,
+    stream: LogStream,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut line: Vec<u8> = Vec::new();
+    while let Ok(buf) = reader.fill_buf().await {
+        if buf.is_empty() {
+            break;
+        }
+        let (take, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        // `line` is flushed once full, so there is always room for at least one byte.
+        let used = take.min(MAX_LINE_BYTES - line.len());
+        line.extend_from_slice(&buf[..used]);
+        reader.consume(used);
+        if (newline && used == take) || line.len() >= MAX_LINE_BYTES {
+            emit(&sink, step, stream, &line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        emit(&sink, step, stream, &line);
+    }
+}
+
+fn emit(sink: &Sink, step: Step, stream: LogStream, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    sink.line(Some(step), stream, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_scrubbed() {
+        let env = scrubbed_env();
+        assert!(env.iter().all(|(k, _)| {
+            let k = k.to_string_lossy();
+            k != "CONNECT_TOKEN" && k != "CONFIG_KEY" && !k.starts_with("ORCASTRATE_")
+        }));
+    }
+
+    #[test]
+    fn display_of_shell_commands() {
+        assert_eq!(
+            Cmd::shell("npm install", Path::new("/")).display(),
+            "npm install"
+        );
+        let c = Cmd {
+            program: "git".into(),
+            args: vec!["fetch".into(), "origin".into()],
+            dir: PathBuf::from("/"),
+            extra_env: vec![],
+        };
+        assert_eq!(c.display(), "git fetch origin");
+    }
+}
