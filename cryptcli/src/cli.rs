@@ -180,13 +180,16 @@ pub(crate) enum Command {
 /// Which files a command reads and writes.
 #[derive(Debug, Args)]
 pub(crate) struct Target {
-    /// The environment, e.g. production.
+    /// The environment, e.g. production: uses <config-dir>/decrypted_<env>.json or .env and
+    /// encrypted_<env>.json or .env, whichever exists.
     #[arg(long, short)]
     pub(crate) env: Option<String>,
-    /// Read this file instead of the default path.
+    /// Read this file instead of the default path; its extension picks the format (.json
+    /// is JSON, .env is dotenv).
     #[arg(long = "in", value_name = "FILE")]
     pub(crate) input: Option<PathBuf>,
-    /// Write this file instead of the default path (`-` is stdout for decrypt).
+    /// Write this file instead of the default path; same extension as the input (`-` is
+    /// stdout for decrypt).
     #[arg(long = "out", value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
 }
@@ -197,7 +200,8 @@ pub(crate) struct EnvOrFile {
     /// The environment, e.g. production.
     #[arg(long, short)]
     pub(crate) env: Option<String>,
-    /// The encrypted file, instead of the default path.
+    /// The encrypted file, instead of the default path; its extension picks the format
+    /// (.json is JSON, .env is dotenv).
     #[arg(long = "in", value_name = "FILE")]
     pub(crate) input: Option<PathBuf>,
 }
