@@ -16,7 +16,7 @@ use orcastrate_broker::{AgentState, AgentStatus, LogLine, Topics};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -59,8 +59,10 @@ struct Inner {
     status_topic: String,
     log_topic: String,
     /// The latest status, without session and MAC (sealed when published, because the
-    /// session changes with each connection).
-    status: watch::Sender<Option<AgentStatus>>,
+    /// session changes with each connection); re-published on every CONNACK.
+    latest: Mutex<AgentStatus>,
+    /// Every status change, in order, for the publishing task (so no step is skipped).
+    changes: mpsc::UnboundedSender<AgentStatus>,
     /// This connection's session id, also carried by its last will.
     session: Mutex<String>,
     connected: AtomicBool,
@@ -88,7 +90,8 @@ impl Bus {
     /// Sets the status; it is published (retained, QoS 1) as soon as the connection allows,
     /// and again after every reconnect.
     pub(crate) fn set_status(&self, status: AgentStatus) {
-        self.inner.status.send_replace(Some(status));
+        *self.inner.latest.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
+        let _ = self.inner.changes.send(status);
     }
 
     /// Whether a CONNACK was received and the connection has not failed since.
@@ -98,7 +101,17 @@ impl Bus {
 
     /// The latest status, sealed with this connection's session and the token.
     fn sealed(&self, state_override: Option<AgentState>) -> Option<Vec<u8>> {
-        let mut status = self.inner.status.borrow().clone()?;
+        let status = self
+            .inner
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.seal(status, state_override)
+    }
+
+    /// A status sealed with this connection's session and the token, as JSON.
+    fn seal(&self, mut status: AgentStatus, state_override: Option<AgentState>) -> Option<Vec<u8>> {
         if let Some(state) = state_override {
             status.state = state;
             status.step = None;
@@ -135,7 +148,7 @@ impl Connection {
     ) -> Self {
         let topics = Topics::new(&settings.prefix);
         let session = new_session();
-        let (status_tx, status_rx) = watch::channel(Some(initial));
+        let (changes, changes_rx) = mpsc::unbounded_channel();
         let options = options_for(settings, &settings.servers[0], &session, None);
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let bus = Bus {
@@ -145,7 +158,8 @@ impl Connection {
                 token: settings.token.clone(),
                 status_topic: topics.status(&settings.repo, &settings.env, &settings.name),
                 log_topic: topics.log(&settings.repo, &settings.env, &settings.name),
-                status: status_tx,
+                latest: Mutex::new(initial),
+                changes,
                 session: Mutex::new(session),
                 connected: AtomicBool::new(false),
                 dropped_logs: AtomicU64::new(0),
@@ -161,7 +175,7 @@ impl Connection {
                 close: close.clone(),
             },
             eventloop,
-            status_rx,
+            changes_rx,
         ));
         Self { bus, close, task }
     }
@@ -213,7 +227,7 @@ fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>
 async fn poll_loop(
     ctx: PollCtx,
     mut eventloop: EventLoop,
-    mut status_rx: watch::Receiver<Option<AgentStatus>>,
+    mut changes: mpsc::UnboundedReceiver<AgentStatus>,
 ) {
     let servers = ctx.settings.servers.clone();
     let mut server = 0usize;
@@ -228,12 +242,12 @@ async fn poll_loop(
     let flusher = {
         let bus = ctx.bus.clone();
         tokio::spawn(async move {
-            while status_rx.changed().await.is_ok() {
+            while let Some(status) = changes.recv().await {
                 if !bus.is_connected() {
-                    // Published on the next CONNACK instead.
+                    // The latest is published on the next CONNACK instead.
                     continue;
                 }
-                if let Some(payload) = bus.sealed(None) {
+                if let Some(payload) = bus.seal(status, None) {
                     let _ = bus
                         .inner
                         .client

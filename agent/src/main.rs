@@ -68,6 +68,7 @@ fn set_up_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed stderr must not make logging panic.
         .log_internal_errors(false);
     match format {

@@ -1,0 +1,233 @@
+//! Deploys, failures and rollbacks.
+
+use orcastrate_broker::{AgentState, OrderKind, Step};
+
+use crate::common::*;
+
+const OK_INSTALL: &str = "echo installing; echo to-stderr >&2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_and_second_deploy() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    // Published before the agent exists: the retained order is what a new host finds.
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+
+    let healthy = w.bus.wait_outcome(s1).await;
+    assert_eq!(healthy.state, AgentState::Healthy, "{healthy:?}");
+    assert_eq!(healthy.sha.as_deref(), Some(a.as_str()));
+    assert_eq!(healthy.running_sha.as_deref(), Some(a.as_str()));
+    assert!(healthy.deploy_ms.is_some());
+    let pid1 = w.wait_app("v1");
+    let r1 = format!("{s1}-{}", &a[..12]);
+    assert_eq!(w.current(), r1);
+    let release = w.root.join("releases").join(&r1);
+    assert!(release.join(".orcastrate-complete").exists());
+    assert_eq!(
+        std::fs::read_to_string(release.join("BUILT"))
+            .unwrap()
+            .trim(),
+        "built"
+    );
+    // [shared] links.
+    assert!(std::fs::symlink_metadata(release.join(".env"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::symlink_metadata(release.join("uploads"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // No .git in a release.
+    assert!(!release.join(".git").exists());
+
+    // Every step was reported, in order.
+    let steps: Vec<Step> = w
+        .bus
+        .statuses()
+        .iter()
+        .filter(|s| s.seq == Some(s1) && s.state == AgentState::Deploying)
+        .filter_map(|s| s.step)
+        .collect();
+    for step in [
+        Step::Fetch,
+        Step::Config,
+        Step::Install,
+        Step::Build,
+        Step::Start,
+        Step::Health,
+    ] {
+        assert!(steps.contains(&step), "no {step:?} in {steps:?}");
+    }
+    // Step output reached the log topic (both streams) and the release log file.
+    let logs = w.bus.logs();
+    assert!(logs
+        .iter()
+        .any(|l| l.step == Some(Step::Install) && l.line == "installing" && l.seq == Some(s1)));
+    assert!(logs
+        .iter()
+        .any(|l| l.line == "to-stderr" && l.stream == orcastrate_broker::LogStream::Stderr));
+    let file = std::fs::read_to_string(w.root.join("logs").join(format!("{r1}.log"))).unwrap();
+    assert!(file.contains("install stdout installing"), "{file}");
+
+    // Second deploy.
+    let b = w.commit("v2", OK_INSTALL);
+    let s2 = w.order(&b, OrderKind::Push).await;
+    let healthy = w.bus.wait_outcome(s2).await;
+    assert_eq!(healthy.state, AgentState::Healthy, "{healthy:?}");
+    assert_eq!(healthy.previous_sha.as_deref(), Some(a.as_str()));
+    let pid2 = w.wait_app("v2");
+    assert_ne!(pid1, pid2);
+    assert_eq!(w.app_pids(), vec![pid2 as i32], "exactly one app runs");
+    assert_eq!(w.current(), format!("{s2}-{}", &b[..12]));
+    let state = w.state_json();
+    assert_eq!(state["floor"], s2);
+    assert!(state["pending"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_failure_keeps_the_old_app() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+
+    let b = w.commit("v2", "echo about to fail; exit 7\n");
+    let s2 = w.order(&b, OrderKind::Push).await;
+    let failed = w.bus.wait_outcome(s2).await;
+    assert_eq!(failed.state, AgentState::Failed, "{failed:?}");
+    assert!(
+        failed.error.as_deref().unwrap().contains("exit code 7"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.running_sha.as_deref(), Some(a.as_str()));
+    // The old app never stopped, the half-built release is gone, current unchanged.
+    assert_eq!(w.wait_app("v1"), pid);
+    assert_eq!(w.current(), format!("{s1}-{}", &a[..12]));
+    assert!(!w
+        .release_dirs()
+        .iter()
+        .any(|r| r.starts_with(&s2.to_string())));
+    // Never switched: no start step for that order.
+    assert!(!w
+        .bus
+        .statuses()
+        .iter()
+        .any(|s| s.seq == Some(s2) && s.step == Some(Step::Start)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_failure_rolls_back() {
+    let mut w = World::with(Options {
+        health_timeout_s: Some(3),
+        ..Options::default()
+    })
+    .await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.wait_app("v1");
+
+    let b = w.commit_with("v2", OK_INSTALL, &[("UNHEALTHY", Some("yes"))]);
+    let s2 = w.order(&b, OrderKind::Push).await;
+    let out = w.bus.wait_outcome(s2).await;
+    assert_eq!(out.state, AgentState::RolledBack, "{out:?}");
+    assert_eq!(out.running_sha.as_deref(), Some(a.as_str()));
+    assert!(out.error.as_deref().unwrap().contains("500"), "{out:?}");
+    // The previous healthy release serves again, and only it.
+    let pid = w.wait_app("v1");
+    assert_eq!(w.app_pids(), vec![pid as i32]);
+    assert_eq!(w.current(), format!("{s1}-{}", &a[..12]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_order_to_a_warm_release_skips_fetch_and_install() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let b = w.commit("v2", OK_INSTALL);
+    let s2 = w.order(&b, OrderKind::Push).await;
+    assert_eq!(w.bus.wait_outcome(s2).await.state, AgentState::Healthy);
+    w.wait_app("v2");
+
+    // The origin loses the commit: a fetch would now fail, so success proves there was none.
+    std::fs::remove_dir_all(&w.origin.bare).unwrap();
+    let s3 = w.order(&a, OrderKind::Rollback).await;
+    let out = w.bus.wait_outcome(s3).await;
+    assert_eq!(out.state, AgentState::Healthy, "{out:?}");
+    assert_eq!(out.running_sha.as_deref(), Some(a.as_str()));
+    assert_eq!(
+        out.release.as_deref(),
+        Some(format!("{s1}-{}", &a[..12]).as_str())
+    );
+    w.wait_app("v1");
+    assert_eq!(w.current(), format!("{s1}-{}", &a[..12]));
+    let steps: Vec<Step> = w
+        .bus
+        .statuses()
+        .iter()
+        .filter(|s| s.seq == Some(s3))
+        .filter_map(|s| s.step)
+        .collect();
+    assert!(
+        !steps.contains(&Step::Install) && !steps.contains(&Step::Config),
+        "{steps:?}"
+    );
+    assert!(!w
+        .bus
+        .logs()
+        .iter()
+        .any(|l| l.seq == Some(s3) && l.step == Some(Step::Install)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_order_supersedes_an_install() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid1 = w.wait_app("v1");
+
+    let b = w.commit("v2", "echo slow install; exec sleep 120\n");
+    let s2 = w.order(&b, OrderKind::Push).await;
+    w.bus
+        .wait_status("install of seq 2", |s| {
+            s.seq == Some(s2) && s.step == Some(Step::Install)
+        })
+        .await;
+    poll("the slow install to run", WAIT, || {
+        w.processes_in_root()
+            .iter()
+            .any(|(_, c)| c.contains("sleep 120"))
+            .then_some(())
+    });
+    // The old app still serves while the superseded deploy installs.
+    assert_eq!(w.wait_app("v1"), pid1);
+
+    let c = w.commit("v3", OK_INSTALL);
+    let s3 = w.order(&c, OrderKind::Push).await;
+    let out = w.bus.wait_outcome(s3).await;
+    assert_eq!(out.state, AgentState::Healthy, "{out:?}");
+    w.wait_app("v3");
+    // The superseded deploy left nothing: no release dir, no install process, no outcome.
+    assert!(!w
+        .release_dirs()
+        .iter()
+        .any(|r| r.starts_with(&s2.to_string())));
+    assert!(!w
+        .processes_in_root()
+        .iter()
+        .any(|(_, c)| c.contains("sleep 120")));
+    assert!(!w
+        .bus
+        .statuses()
+        .iter()
+        .any(|s| s.seq == Some(s2) && !matches!(s.state, AgentState::Deploying)));
+}

@@ -1,0 +1,227 @@
+//! The binary as users run it: `--once` exit codes, configuration errors, environment-only
+//! configuration with an encrypted config, secrets kept from the app, login errors, SIGTERM.
+
+use orcastrate_broker::{AgentState, OrderKind};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exit_codes() {
+    let mut w = World::with(Options {
+        on_shutdown: Some("keep".into()),
+        ..Options::default()
+    })
+    .await;
+    let a = w.commit("v1", "true\n");
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let n = w.start_agent_with(&["--once"], &[]);
+    assert_eq!(w.wait_exit(n), Some(0), "{}", w.agent_log(n));
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    // on_shutdown = "keep": the app outlives the agent.
+    let pid = w.wait_app("v1");
+
+    // Nothing new: up to date, and the kept app is adopted, not restarted.
+    let n = w.start_agent_with(&["--once"], &[]);
+    assert_eq!(w.wait_exit(n), Some(0), "{}", w.agent_log(n));
+    assert!(w.agent_log(n).contains("up to date"));
+    assert_eq!(w.wait_app("v1"), pid);
+
+    // A failing deploy: 1.
+    let b = w.commit("v2", "exit 1\n");
+    let s2 = w.order(&b, OrderKind::Push).await;
+    let n = w.start_agent_with(&["--once"], &[]);
+    assert_eq!(w.wait_exit(n), Some(1), "{}", w.agent_log(n));
+    assert_eq!(w.bus.wait_outcome(s2).await.state, AgentState::Failed);
+
+    // No server: 3.
+    let closed = format!("mqtt://127.0.0.1:{}", free_port());
+    let n = w.start_agent_with(
+        &["--once", "--server", &closed, "--connect-timeout-s", "1"],
+        &[],
+    );
+    assert_eq!(w.wait_exit(n), Some(3), "{}", w.agent_log(n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_exits_2_naming_file_and_key() {
+    let mut w = World::new().await;
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("timeout_s = 15", "timeout_s = -4");
+    std::fs::write(&w.config, text).unwrap();
+    let n = w.start_agent();
+    assert_eq!(w.wait_exit(n), Some(2));
+    let log = w.agent_log(n);
+    assert!(
+        log.contains("agent.toml") && log.contains("health.timeout_s"),
+        "{log}"
+    );
+
+    // An unknown key names its line.
+    std::fs::write(&w.config, "name = \"web-1\"\nservr = \"x\"\n").unwrap();
+    let n = w.start_agent();
+    assert_eq!(w.wait_exit(n), Some(2));
+    assert!(w.agent_log(n).contains("line 2"), "{}", w.agent_log(n));
+
+    // Environment alone, with a required variable missing.
+    let n = w.spawn_agent(&[], &[("ORCASTRATE_SERVER", "mqtt://127.0.0.1:1")]);
+    assert_eq!(w.wait_exit(n), Some(2));
+    assert!(
+        w.agent_log(n).contains("CONNECT_TOKEN"),
+        "{}",
+        w.agent_log(n)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the_app() {
+    let mut w = World::new().await;
+    // The service's encrypted config, committed like `orcastrate-crypt encrypt` does.
+    let key = orcastrate_crypt::Key::generate().unwrap();
+    let plain = w.dir.path().join("decrypted_production.env");
+    std::fs::write(&plain, "DATABASE_URL=postgres://db/web\nAPI_KEY=s3cret\n").unwrap();
+    let encrypted = w.dir.path().join("encrypted_production.env");
+    orcastrate_crypt::encrypt_file(&plain, &encrypted, &key, false).unwrap();
+    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    assert!(!enc_text.contains("s3cret"));
+    // The defaults run `npm install` and `npm run start` (package.json has no dependencies).
+    let a = w.commit_with(
+        "v1",
+        "true\n",
+        &[("config/encrypted_production.env", Some(&enc_text))],
+    );
+    let s1 = w.order(&a, OrderKind::Push).await;
+
+    let root = w.root.display().to_string();
+    let origin = w.origin.bare.display().to_string();
+    let server = w.bus.url();
+    let gateway_key = w.bus.signer.public_key_base64();
+    let key_b64 = key.to_base64().to_string();
+    let n = w.spawn_agent(
+        &[],
+        &[
+            ("ORCASTRATE_SERVER", &server),
+            ("CONNECT_TOKEN", TOKEN),
+            ("REPO_NAME", REPO),
+            ("ENVIRONMENT", ENV),
+            ("CONFIG_KEY", &key_b64),
+            ("ORCASTRATE_GATEWAY_KEYS", &gateway_key),
+            ("ORCASTRATE_NAME", AGENT),
+            ("ORCASTRATE_ROOT", &root),
+            ("ORCASTRATE_GIT_URL", &origin),
+            ("npm_config_update_notifier", "false"),
+            ("npm_config_audit", "false"),
+            ("npm_config_fund", "false"),
+        ],
+    );
+    let out = w.bus.wait_outcome(s1).await;
+    assert_eq!(
+        out.state,
+        AgentState::Healthy,
+        "{out:?}\n{}",
+        w.agent_log(n)
+    );
+    w.wait_app("v1");
+
+    let decrypted = w.root.join("current/config/decrypted_production.env");
+    let text = std::fs::read_to_string(&decrypted).unwrap();
+    assert_eq!(parse_dotenv(&text)["API_KEY"], "s3cret");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&decrypted).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (code, body) = http_get(w.app_port, "/env").unwrap();
+    assert_eq!(code, 200);
+    let env: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).unwrap();
+    for (k, v) in &env {
+        assert!(
+            k != "CONNECT_TOKEN" && k != "CONFIG_KEY" && !k.starts_with("ORCASTRATE_"),
+            "{k} reached the app"
+        );
+        let v = v.as_str().unwrap_or_default();
+        assert!(
+            !v.contains(TOKEN) && !v.contains(&key_b64),
+            "a secret reached the app in {k}"
+        );
+    }
+    // The app's environment is otherwise intact (the original tool's REPO_NAME/ENVIRONMENT).
+    assert_eq!(env["ENVIRONMENT"], ENV);
+
+    // A wrong key fails the next deploy and keeps the old release serving.
+    drop(key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecryptable_config_fails_the_deploy() {
+    let mut w = World::with(Options {
+        config_key: Some(
+            orcastrate_crypt::Key::generate()
+                .unwrap()
+                .to_base64()
+                .to_string(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    let a = w.commit("v1", "true\n");
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+
+    let other = orcastrate_crypt::Key::generate().unwrap();
+    let plain = w.dir.path().join("decrypted_production.json");
+    std::fs::write(&plain, "{\"a\": \"b\"}").unwrap();
+    let encrypted = w.dir.path().join("encrypted_production.json");
+    orcastrate_crypt::encrypt_file(&plain, &encrypted, &other, false).unwrap();
+    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    let b = w.commit_with(
+        "v2",
+        "true\n",
+        &[("config/encrypted_production.json", Some(&enc_text))],
+    );
+    let s2 = w.order(&b, OrderKind::Push).await;
+    let out = w.bus.wait_outcome(s2).await;
+    assert_eq!(out.state, AgentState::Failed, "{out:?}");
+    assert!(
+        out.error.as_deref().unwrap().starts_with("config:"),
+        "{out:?}"
+    );
+    assert_eq!(w.wait_app("v1"), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_explained() {
+    let mut w = World::with(Options {
+        token: Some("wrong-token".into()),
+        ..Options::default()
+    })
+    .await;
+    let n = w.start_agent();
+    poll("the login error", WAIT, || {
+        w.agent_log(n)
+            .contains("login refused or connection dropped: check name and token")
+            .then_some(())
+    });
+    assert_eq!(w.terminate(n), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", "true\n");
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let n = w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.wait_app("v1");
+    assert_eq!(w.terminate(n), Some(0));
+    // on_shutdown = "stop", and an explicit offline status (a clean DISCONNECT fires no will).
+    assert!(w.app_pids().is_empty());
+    let last = w
+        .bus
+        .wait_status("offline", |s| s.state == AgentState::Offline)
+        .await;
+    assert_eq!(last.seq, Some(s1));
+}
