@@ -71,3 +71,107 @@ pub(crate) fn check(
     }
     Ok(order)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use orcastrate_broker::{OrderKind, OrderSigner};
+
+    fn setup() -> (tempfile::TempDir, Settings, OrderSigner) {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = OrderSigner::generate();
+        let file = FileConfig {
+            name: Some("web-1".into()),
+            server: Some(crate::config::ServerList::One("mqtt://127.0.0.1:1".into())),
+            token: Some("t".into()),
+            repo: Some("Octo-Org/Web".into()),
+            env: Some("production".into()),
+            root: Some(dir.path().to_path_buf()),
+            gateway_public_keys: Some(vec![signer.public_key_base64()]),
+            ..FileConfig::default()
+        };
+        let settings = Settings::merge(&crate::Cli::default(), &file, "agent.toml").unwrap();
+        (dir, settings, signer)
+    }
+
+    fn order(signer: &OrderSigner, seq: u64) -> DeployOrder {
+        let mut o = DeployOrder {
+            v: 1,
+            seq,
+            repo: "octo-org/web".into(),
+            env: "production".into(),
+            sha: "ab".repeat(20),
+            git_ref: None,
+            kind: OrderKind::Push,
+            delivery: None,
+            issued_at: "2026-01-01T00:00:00.000Z".into(),
+            issued_by: None,
+            key_id: String::new(),
+            sig: String::new(),
+        };
+        signer.sign(&mut o);
+        o
+    }
+
+    fn bytes(o: &DeployOrder) -> Vec<u8> {
+        serde_json::to_vec(o).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_signed_order_above_the_floor() {
+        let (_d, s, signer) = setup();
+        let o = order(&signer, 10);
+        assert_eq!(check(&bytes(&o), &s, None).unwrap(), o);
+        assert_eq!(check(&bytes(&o), &s, Some(9)).unwrap(), o);
+        assert!(matches!(
+            check(&bytes(&o), &s, Some(10)),
+            Err(Refusal::Stale { seq: 10, floor: 10 })
+        ));
+        assert!(matches!(
+            check(&bytes(&o), &s, Some(11)),
+            Err(Refusal::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_with_reasons() {
+        let (_d, s, signer) = setup();
+        assert!(matches!(check(b"", &s, None), Err(Refusal::Empty)));
+        assert!(matches!(check(b"{}", &s, None), Err(Refusal::Malformed(_))));
+
+        let mut other_env = order(&signer, 5);
+        other_env.env = "staging".into();
+        signer.sign(&mut other_env);
+        let e = check(&bytes(&other_env), &s, None).unwrap_err();
+        assert!(e.to_string().contains("octo-org/web/staging"), "{e}");
+
+        let mut forged = order(&signer, 5);
+        OrderSigner::generate().sign(&mut forged);
+        assert!(matches!(
+            check(&bytes(&forged), &s, None),
+            Err(Refusal::Signature(SignError::UnknownKey(_)))
+        ));
+
+        let mut tampered = order(&signer, 5);
+        tampered.seq = 6;
+        assert!(matches!(
+            check(&bytes(&tampered), &s, None),
+            Err(Refusal::Signature(SignError::BadSignature))
+        ));
+
+        let mut bad_name = order(&signer, 5);
+        bad_name.sha = "XYZ".into();
+        assert!(matches!(
+            check(&bytes(&bad_name), &s, None),
+            Err(Refusal::Name(_))
+        ));
+
+        let mut v2 = order(&signer, 5);
+        v2.v = 2;
+        assert!(matches!(
+            check(&bytes(&v2), &s, None),
+            Err(Refusal::Version(2))
+        ));
+    }
+}

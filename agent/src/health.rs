@@ -17,8 +17,12 @@ use crate::steps::Cmd;
 /// Longest single attempt; a slow app gets more attempts within `timeout_s`.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pause between attempts while waiting for a new release to become healthy.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// First pause between attempts while waiting for a new release to become healthy: short,
+/// because most apps listen within milliseconds and a rollback should take well under a
+/// second; doubled after each failure up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between attempts.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 /// Without a configured check, the app must still run this long after start to count as
 /// healthy (it would usually crash on a bad config within it).
@@ -183,6 +187,7 @@ pub(crate) async fn wait_healthy(
         }
     }
     let mut last;
+    let mut pause = RETRY_PAUSE;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = tokio::time::timeout(
@@ -194,16 +199,17 @@ pub(crate) async fn wait_healthy(
             Ok(Err(e)) => e,
             Err(_) => "health check timed out".to_owned(),
         };
-        if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+        if tokio::time::Instant::now() + pause >= deadline {
             return Err(format!(
                 "not healthy within {} s: {last}",
                 timeout.as_secs()
             ));
         }
         tokio::select! {
-            () = tokio::time::sleep(RETRY_PAUSE) => {}
+            () = tokio::time::sleep(pause) => {}
             () = cancel.cancelled() => return Err(format!("cancelled: {last}")),
         }
+        pause = (pause * 2).min(RETRY_PAUSE_MAX);
     }
 }
 

@@ -8,8 +8,11 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-/// How often a stopping group is polled for exit.
-const STOP_POLL: Duration = Duration::from_millis(25);
+/// First interval at which a stopping group is polled for exit (most apps exit on SIGTERM
+/// within milliseconds); doubled up to [`STOP_POLL_MAX`].
+const STOP_POLL: Duration = Duration::from_millis(2);
+/// Longest interval between polls of a stopping group.
+const STOP_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// How long to wait for a group to vanish after SIGKILL before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -148,6 +151,7 @@ pub(crate) async fn kill_group(pgid: i32) {
 
 async fn wait_gone(pgid: i32, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = STOP_POLL;
     loop {
         if !group_alive(pgid) {
             return true;
@@ -155,7 +159,8 @@ async fn wait_gone(pgid: i32, limit: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(STOP_POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(STOP_POLL_MAX);
     }
 }
 

@@ -67,7 +67,11 @@ pub(crate) struct Bus {
 
 impl Bus {
     pub(crate) async fn start() -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), OrderSigner::generate().seed()).await
+    }
+
+    /// A broker on `port` whose gateway signs with the key of `seed`.
+    pub(crate) async fn start_on(port: u16, seed: [u8; 32]) -> Self {
         let creds = Credentials::new([(AGENT.to_owned(), TOKEN.to_owned())]);
         let broker = EmbeddedBroker::start(
             &EmbeddedSettings {
@@ -110,9 +114,13 @@ impl Bus {
             port,
             publisher: tokio::sync::Mutex::new(publisher),
             seen,
-            signer: OrderSigner::generate(),
+            signer: OrderSigner::from_seed(&seed).unwrap(),
             topics,
         }
+    }
+
+    pub(crate) fn signer_seed(&self) -> [u8; 32] {
+        self.signer.seed()
     }
 
     pub(crate) fn url(&self) -> String {

@@ -94,7 +94,7 @@ async fn killed_while_the_app_runs_adopts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_app_is_restarted_and_reported_unhealthy_meanwhile() {
+async fn a_dead_app_is_restarted() {
     let mut w = World::new().await;
     let a = w.commit("v1", "true\n");
     let s1 = w.order(&a, OrderKind::Push).await;
@@ -112,4 +112,56 @@ async fn a_dead_app_is_restarted_and_reported_unhealthy_meanwhile() {
     });
     assert_ne!(pid, pid2);
     assert_eq!(w.app_pids(), vec![pid2 as i32]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_health_reports_unhealthy_and_recovery() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", "true\n");
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.wait_app("v1");
+    // The test app answers 500 on /health while this file exists.
+    let flag = w.root.join("current/UNHEALTHY");
+    std::fs::write(&flag, "1").unwrap();
+    let bad = w
+        .bus
+        .wait_status("unhealthy", |s| s.state == AgentState::Unhealthy)
+        .await;
+    assert!(bad.error.as_deref().unwrap().contains("500"), "{bad:?}");
+    assert_eq!(bad.seq, Some(s1));
+    let n = w.bus.statuses().len();
+    std::fs::remove_file(&flag).unwrap();
+    poll("healthy again", WAIT, || {
+        w.bus.statuses()[n..]
+            .iter()
+            .any(|s| s.state == AgentState::Healthy)
+            .then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_when_the_broker_comes_up_later_trying_servers_in_order() {
+    // The first server never answers; the second comes up after the agent started.
+    let dead = free_port();
+    let late = free_port();
+    let mut w = World::new().await;
+    let text = std::fs::read_to_string(&w.config).unwrap().replace(
+        &format!("server = [\"{}\"]", w.bus.url()),
+        &format!("server = [\"mqtt://127.0.0.1:{dead}\", \"mqtt://127.0.0.1:{late}\"]"),
+    );
+    std::fs::write(&w.config, text).unwrap();
+    let n = w.start_agent();
+    poll("a failed connection attempt", WAIT, || {
+        w.agent_log(n)
+            .contains("cannot reach the MQTT server")
+            .then_some(())
+    });
+    let bus = Bus::start_on(late, w.bus.signer_seed()).await;
+    let a = w.commit("v1", "true\n");
+    let seq = w.next_seq();
+    bus.publish(&bus.order(seq, &a, OrderKind::Push)).await;
+    assert_eq!(bus.wait_outcome(seq).await.state, AgentState::Healthy);
+    w.wait_app("v1");
 }
