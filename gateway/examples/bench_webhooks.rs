@@ -1,0 +1,842 @@
+//! Load test of the gateway's webhook path: signed GitHub push deliveries in, durable orders out.
+//!
+//! Run with, from anywhere in the workspace:
+//!
+//! ```text
+//! cargo run --release -p orcastrate-gateway --example bench_webhooks -- --requests 20000 --connections 32
+//! ```
+//!
+//! What it does:
+//!
+//! 1. Builds the real gateway binary with the same cargo, profile and target directory
+//!    (`cargo build --release -p orcastrate-gateway --bin orcastrate-gateway`; a no-op when it
+//!    is up to date), so the measured gateway is exactly what ships and runs in its own
+//!    process, whose memory is not mixed with the load generator's. `--gateway-bin PATH`
+//!    skips the build and measures that binary instead.
+//! 2. Starts it on free loopback ports with a fresh temporary `data_dir`, configured from the
+//!    environment alone: `GITHUB_SECRET`, and
+//!    `ORCASTRATE_REPOS=codertocat/hello-world@master=production`. It waits for `/healthz`
+//!    (HTTP, ledger and MQTT all up) and reads its idle RSS.
+//! 3. Pre-builds every request from GitHub's own push example
+//!    (`gateway/tests/fixtures/github/push__with-new-branch.payload.json`, a push to
+//!    `refs/heads/master` of Codertocat/Hello-World): each gets a distinct `after` sha, a
+//!    distinct `X-GitHub-Delivery` and its own `X-Hub-Signature-256` (HMAC-SHA256), so every
+//!    one should be accepted as a new order (202 with a `seq`).
+//! 4. Sends them over `--connections` keep-alive HTTP/1.1 connections, one request in flight
+//!    per connection, timing each request from write to complete response.
+//! 5. Prints throughput, latency percentiles and the gateway's RSS beside the targets, then
+//!    kills the gateway with SIGKILL (a crash: no clean shutdown) and opens its SQLite ledger
+//!    read-only to check that every delivery answered 202 has its delivery row and its order.
+//!
+//! The load generator shares the machine's cores with the gateway, so on a small machine the
+//! figures are a lower bound. The temporary `data_dir` is deleted at the end unless `--keep`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::Parser;
+use hmac::{Hmac, Mac};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+/// The repo/env the fixture's push deploys to.
+const REPOS: &str = "codertocat/hello-world@master=production";
+const REPO: &str = "codertocat/hello-world";
+const ENV: &str = "production";
+
+/// The targets printed beside the measured figures.
+const TARGET_RPS: f64 = 3_500.0;
+const TARGET_P99_MS: f64 = 30.0;
+const TARGET_RSS_MB: f64 = 50.0;
+
+/// Environment variables of the gateway that must not leak from the caller's shell.
+const GATEWAY_ENV: &[&str] = &[
+    "GITHUB_SECRET",
+    "TOKENS",
+    "TRUSTED_NAMES",
+    "PORT",
+    "ORCASTRATE_REPOS",
+    "ORCASTRATE_ADMIN_TOKEN",
+    "ORCASTRATE_CONFIG",
+    "ORCASTRATE_DATA_DIR",
+    "ORCASTRATE_HTTP_LISTEN",
+    "ORCASTRATE_MQTT_LISTEN",
+    "ORCASTRATE_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// Load test of the gateway's webhook path (see the example's documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Webhook deliveries to send.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent keep-alive connections (one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Gateway binary to measure; by default it is built with cargo first.
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// GitHub push payload to send (default: the push__with-new-branch fixture).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    /// Webhook route.
+    #[arg(long, default_value = "/webhook")]
+    path: String,
+    /// Keep the temporary data_dir (ledger and gateway log) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.requests > 0, "--requests must be at least 1");
+    ensure!(args.connections > 0, "--connections must be at least 1");
+
+    let payload_path = args.payload.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/github/push__with-new-branch.payload.json")
+    });
+    let payload = std::fs::read_to_string(&payload_path).with_context(|| {
+        format!(
+            "cannot read the push payload {}: pass --payload with a GitHub push example",
+            payload_path.display()
+        )
+    })?;
+    let original_after = serde_json::from_str::<serde_json::Value>(&payload)?["after"]
+        .as_str()
+        .context("the payload has no \"after\" sha: pass a GitHub push payload")?
+        .to_owned();
+
+    let gateway_bin = match &args.gateway_bin {
+        Some(path) => path.clone(),
+        None => build_gateway()?,
+    };
+
+    let data = tempfile::Builder::new()
+        .prefix("orcastrate-bench-")
+        .tempdir()
+        .context("cannot create a temporary data_dir")?;
+    let data_dir = data.path().join("data");
+    let log_path = data.path().join("gateway.log");
+    let http_addr = free_port()?;
+    let mqtt_addr = free_port()?;
+    let secret = format!("bench-secret-{}", std::process::id());
+
+    let mut command = Command::new(&gateway_bin);
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--http-listen")
+        .arg(http_addr.to_string())
+        .arg("--mqtt-listen")
+        .arg(mqtt_addr.to_string());
+    for name in GATEWAY_ENV {
+        command.env_remove(name);
+    }
+    command
+        .env("GITHUB_SECRET", &secret)
+        .env("ORCASTRATE_REPOS", REPOS)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log_path)?);
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", gateway_bin.display()))?;
+    let mut gateway = ChildGuard(child);
+    let pid = gateway.0.id();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ready = runtime.block_on(wait_ready(http_addr, &mut gateway.0));
+    if let Err(e) = ready {
+        bail!(
+            "the gateway did not become ready: {e:#}\n--- {} ---\n{}",
+            log_path.display(),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = proc_status_kb(pid, "VmRSS")?;
+
+    println!("orcastrate-gateway webhook benchmark");
+    println!("  gateway   {} (pid {pid})", gateway_bin.display());
+    println!("  listens   http {http_addr}, mqtt {mqtt_addr}");
+    println!("  data_dir  {}", data_dir.display());
+    println!(
+        "  payload   {} ({} bytes), a distinct after sha and X-GitHub-Delivery per request, HMAC-SHA256 signed",
+        payload_path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        payload.len()
+    );
+
+    let prepare_started = Instant::now();
+    let run_id = std::process::id();
+    let mut requests: Vec<Request> = (0..args.requests)
+        .map(|i| build_request(i, run_id, &payload, &original_after, &secret, &args.path))
+        .collect();
+    println!(
+        "  prepared  {} requests in {:.1} s; sending over {} connections",
+        requests.len(),
+        prepare_started.elapsed().as_secs_f64(),
+        args.connections
+    );
+    let wire: Arc<Vec<Vec<u8>>> = Arc::new(
+        requests
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.wire))
+            .collect(),
+    );
+
+    let gateway_cpu_before = proc_cpu_seconds(&format!("/proc/{pid}/stat"))?;
+    let client_cpu_before = proc_cpu_seconds("/proc/self/stat")?;
+    let (samples, elapsed) = runtime.block_on(run_load(http_addr, wire, args.connections))?;
+    let gateway_cpu = proc_cpu_seconds(&format!("/proc/{pid}/stat"))? - gateway_cpu_before;
+    let client_cpu = proc_cpu_seconds("/proc/self/stat")? - client_cpu_before;
+    let rss_after = proc_status_kb(pid, "VmRSS")?;
+    let rss_peak = proc_status_kb(pid, "VmHWM")?;
+    let metrics = runtime
+        .block_on(get(http_addr, "/metrics"))
+        .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+        .unwrap_or_default();
+
+    // A crash, not a clean shutdown: what was answered 202 must already be in the ledger.
+    gateway.0.kill().context("cannot kill the gateway")?;
+    gateway.0.wait()?;
+
+    // Figures.
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    latencies.sort_unstable();
+    let accepted: Vec<(usize, u64)> = samples
+        .iter()
+        .filter_map(|s| match s.outcome {
+            Outcome::Accepted(seq) => Some((s.index, seq)),
+            _ => None,
+        })
+        .collect();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &samples {
+        match &s.outcome {
+            Outcome::Accepted(_) => {}
+            Outcome::Status(code, body) => {
+                *errors
+                    .entry(format!("HTTP {code}: {}", truncate(body, 160)))
+                    .or_default() += 1;
+            }
+            Outcome::Io(e) => *errors.entry(format!("I/O: {e}")).or_default() += 1,
+        }
+    }
+    let error_count: usize = errors.values().sum();
+    let rps = samples.len() as f64 / elapsed.as_secs_f64();
+    let p50 = ms(percentile(&latencies, 50.0));
+    let p99 = ms(percentile(&latencies, 99.0));
+    let max = ms(latencies.last().copied().unwrap_or_default());
+    let rss_after_mb = mb(rss_after);
+
+    println!();
+    row("", "measured", "target", None);
+    row("requests", &samples.len().to_string(), "", None);
+    row("connections", &args.connections.to_string(), "", None);
+    row(
+        "accepted (202 with seq)",
+        &accepted.len().to_string(),
+        &format!("{}", samples.len()),
+        Some(accepted.len() == samples.len()),
+    );
+    row(
+        "errors",
+        &error_count.to_string(),
+        "0",
+        Some(error_count == 0),
+    );
+    row(
+        "duration (s)",
+        &format!("{:.2}", elapsed.as_secs_f64()),
+        "",
+        None,
+    );
+    row(
+        "throughput (req/s)",
+        &format!("{rps:.0}"),
+        &format!(">= {TARGET_RPS:.0}"),
+        Some(rps >= TARGET_RPS),
+    );
+    row("latency p50 (ms)", &format!("{p50:.2}"), "", None);
+    row(
+        "latency p99 (ms)",
+        &format!("{p99:.2}"),
+        &format!("< {TARGET_P99_MS:.0}"),
+        Some(p99 < TARGET_P99_MS),
+    );
+    row("latency max (ms)", &format!("{max:.2}"), "", None);
+    row(
+        "gateway RSS idle (MB)",
+        &format!("{:.1}", mb(idle_rss)),
+        "",
+        None,
+    );
+    row(
+        "gateway RSS after (MB)",
+        &format!("{rss_after_mb:.1}"),
+        &format!("< {TARGET_RSS_MB:.0}"),
+        Some(rss_after_mb < TARGET_RSS_MB),
+    );
+    row(
+        "gateway RSS peak (MB)",
+        &format!("{:.1}", mb(rss_peak)),
+        "",
+        None,
+    );
+    row("gateway CPU (s)", &format!("{gateway_cpu:.2}"), "", None);
+    row(
+        "gateway CPU per request (us)",
+        &format!("{:.0}", gateway_cpu * 1e6 / samples.len() as f64),
+        "",
+        None,
+    );
+    row(
+        "load generator CPU (s)",
+        &format!("{client_cpu:.2}"),
+        "",
+        None,
+    );
+    println!("  (MB = 2^20 bytes, from /proc/{pid}/status VmRSS and VmHWM; CPU = utime + stime)");
+    if let (Some(sum), Some(count)) = (
+        metric(&metrics, "orcastrate_ledger_commit_seconds_sum"),
+        metric(&metrics, "orcastrate_ledger_commit_seconds_count"),
+    ) {
+        if count > 0.0 {
+            println!(
+                "  ledger group commits: {count:.0} groups, {:.1} webhooks per group, {:.2} ms per group on average",
+                samples.len() as f64 / count,
+                sum * 1e3 / count
+            );
+        }
+    }
+    for (what, n) in &errors {
+        println!("  error x{n}: {what}");
+    }
+    let (warnings, log_errors, desired_rewrites) = scan_log(&log_path)?;
+    println!(
+        "  gateway log: {warnings} warnings ({desired_rewrites} \"desired topic differs from the ledger\"), {log_errors} errors"
+    );
+
+    // Durability.
+    let ledger_path = data_dir.join("ledger.db");
+    let check = check_ledger(&ledger_path, &requests, &accepted)
+        .with_context(|| format!("cannot check the ledger {}", ledger_path.display()))?;
+    println!();
+    println!(
+        "  ledger after SIGKILL ({}, opened read-only)",
+        ledger_path.display()
+    );
+    println!(
+        "    deliveries {} (accepted {}), orders {} for {REPO}/{ENV}",
+        check.deliveries, check.accepted_rows, check.orders
+    );
+    println!(
+        "    accepted deliveries without their order row: {}",
+        check.accepted_without_order
+    );
+    println!(
+        "    202 answers not in the ledger with the same seq and sha: {}",
+        check.answered_missing
+    );
+    let durable = check.accepted_without_order == 0 && check.answered_missing == 0;
+    println!(
+        "    check: {}",
+        if durable {
+            "PASS - every accepted delivery has its order"
+        } else {
+            "FAIL - accepted deliveries are missing from the ledger"
+        }
+    );
+
+    if args.keep {
+        let kept = data.keep();
+        println!("  kept {} (ledger and gateway.log)", kept.display());
+    }
+    ensure!(durable, "durability check failed");
+    Ok(())
+}
+
+/// Kills the gateway if the benchmark stops early.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Builds the gateway binary with this example's cargo and profile; returns its path.
+fn build_gateway() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/examples/bench_webhooks
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("release")
+        .to_owned();
+    if profile == "debug" {
+        eprintln!("warning: this is a debug build; add --release for meaningful figures");
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "-p",
+            "orcastrate-gateway",
+            "--bin",
+            "orcastrate-gateway",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--message-format", "json-render-diagnostics"]);
+    if profile != "debug" {
+        command.args(["--profile", &profile]);
+    }
+    // `cargo run` gives this process the example's own CARGO_MANIFEST_DIR, CARGO_PKG_*, ...;
+    // some build scripts (ring's) track those, so passing them on would rebuild half the tree.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
+    eprintln!("building the gateway: cargo build --profile {profile} -p orcastrate-gateway --bin orcastrate-gateway");
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo: pass --gateway-bin target/release/orcastrate-gateway")?;
+    ensure!(
+        output.status.success(),
+        "building the gateway failed (see above); or pass --gateway-bin PATH"
+    );
+    for line in output.stdout.split(|&b| b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "orcastrate-gateway"
+        {
+            if let Some(path) = message["executable"].as_str() {
+                return Ok(PathBuf::from(path));
+            }
+        }
+    }
+    bail!("cargo built no orcastrate-gateway executable: pass --gateway-bin PATH")
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// One pre-built delivery.
+struct Request {
+    delivery: String,
+    sha: String,
+    wire: Vec<u8>,
+}
+
+fn build_request(
+    i: usize,
+    run_id: u32,
+    payload: &str,
+    original_after: &str,
+    secret: &str,
+    path: &str,
+) -> Request {
+    let sha = format!("{:040x}", i + 1);
+    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
+    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
+    let body = payload.replace(original_after, &sha);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut wire = format!(
+        "POST {path} HTTP/1.1\r\n\
+         Host: orcastrate-bench\r\n\
+         User-Agent: GitHub-Hookshot/bench\r\n\
+         Accept: */*\r\n\
+         Content-Type: application/json\r\n\
+         X-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: {delivery}\r\n\
+         X-GitHub-Hook-ID: 1\r\n\
+         X-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body.as_bytes());
+    Request {
+        delivery,
+        sha,
+        wire,
+    }
+}
+
+/// What one request got.
+enum Outcome {
+    /// 202 with the order's `seq`.
+    Accepted(u64),
+    /// Any other answer.
+    Status(u16, String),
+    Io(String),
+}
+
+struct Sample {
+    index: usize,
+    latency: Duration,
+    outcome: Outcome,
+}
+
+/// A keep-alive HTTP/1.1 connection with a hand-written request/response exchange.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request and reads one response: status and body.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(response) = self.take_response()? {
+                return Ok(response);
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A complete response from the front of the buffer, if there is one.
+    fn take_response(&mut self) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| invalid("response head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let mut length = 0;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("bad content-length"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(invalid("chunked responses are not supported"));
+            }
+        }
+        let end = head_end + 4 + length;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let body = self.buf[head_end + 4..end].to_vec();
+        self.buf.drain(..end);
+        Ok(Some((status, body)))
+    }
+}
+
+/// One GET on a fresh connection.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut conn = Conn::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: orcastrate-bench\r\n\r\n");
+    conn.exchange(request.as_bytes()).await
+}
+
+/// Waits until `/healthz` answers 200 (HTTP, ledger and MQTT login all work).
+async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the gateway exited with {status}");
+        }
+        match get(addr, "/healthz").await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) if Instant::now() > deadline => {
+                bail!(
+                    "/healthz answers {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            }
+            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Sends every request over `connections` connections; returns the samples and the wall time.
+async fn run_load(
+    addr: SocketAddr,
+    wire: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(connections + 1));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let conn = Conn::connect(addr)
+            .await
+            .context("cannot connect to the gateway")?;
+        let (wire, next, start) = (wire.clone(), next.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Some(conn);
+            let mut samples = Vec::with_capacity(wire.len() / connections + 1);
+            start.wait().await;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= wire.len() {
+                    break;
+                }
+                let started = Instant::now();
+                let result = match conn.as_mut() {
+                    Some(c) => c.exchange(&wire[index]).await,
+                    None => match Conn::connect(addr).await {
+                        Ok(c) => conn.insert(c).exchange(&wire[index]).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                let latency = started.elapsed();
+                let outcome = match result {
+                    Ok((202, body)) => match seq_of(&body) {
+                        Some(seq) => Outcome::Accepted(seq),
+                        None => Outcome::Status(202, String::from_utf8_lossy(&body).into()),
+                    },
+                    Ok((status, body)) => {
+                        Outcome::Status(status, String::from_utf8_lossy(&body).into())
+                    }
+                    Err(e) => {
+                        // Reconnect for the next request.
+                        conn = None;
+                        Outcome::Io(e.to_string())
+                    }
+                };
+                samples.push(Sample {
+                    index,
+                    latency,
+                    outcome,
+                });
+            }
+            samples
+        }));
+    }
+    start.wait().await;
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(wire.len());
+    for task in tasks {
+        samples.extend(task.await?);
+    }
+    Ok((samples, started.elapsed()))
+}
+
+fn seq_of(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?["seq"].as_u64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn row(what: &str, measured: &str, target: &str, met: Option<bool>) {
+    let verdict = match met {
+        Some(true) => "ok",
+        Some(false) => "MISSED",
+        None => "",
+    };
+    println!("  {what:<28} {measured:>10}   {target:<10} {verdict}");
+}
+
+/// A `/proc/<pid>/status` field in kB (VmRSS, VmHWM).
+fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// User plus system CPU time of a process from its `/proc/.../stat`, in seconds.
+fn proc_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    // USER_HZ is 100 on every Linux platform Orcastrate supports.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the parenthesised command name start at field 3 (state).
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short stat")?
+            .parse::<u64>()
+            .context("bad stat field")? as f64)
+    };
+    // utime is field 14 and stime field 15, i.e. indexes 11 and 12 here.
+    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
+}
+
+/// A sample's value from Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Counts warnings, errors and desired-topic rewrites in the gateway's log.
+fn scan_log(path: &Path) -> anyhow::Result<(usize, usize, usize)> {
+    let (mut warnings, mut errors, mut rewrites) = (0, 0, 0);
+    for line in BufReader::new(File::open(path)?).lines() {
+        let line = line?;
+        // Human log format; colour codes may surround the level.
+        if line.contains(" WARN") {
+            warnings += 1;
+        }
+        if line.contains(" ERROR") {
+            errors += 1;
+        }
+        if line.contains("desired topic differs from the ledger") {
+            rewrites += 1;
+        }
+    }
+    Ok((warnings, errors, rewrites))
+}
+
+struct LedgerCheck {
+    deliveries: u64,
+    accepted_rows: u64,
+    orders: u64,
+    accepted_without_order: u64,
+    answered_missing: u64,
+}
+
+/// Checks that every 202 answer is durable: its delivery row, with the same seq and sha,
+/// and the order that delivery made.
+fn check_ledger(
+    path: &Path,
+    requests: &[Request],
+    accepted: &[(usize, u64)],
+) -> anyhow::Result<LedgerCheck> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let count = |sql: &str| -> anyhow::Result<u64> {
+        let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    };
+    let deliveries = count("SELECT COUNT(*) FROM deliveries")?;
+    let accepted_rows = count("SELECT COUNT(*) FROM deliveries WHERE outcome = 'accepted'")?;
+    let orders = count(&format!(
+        "SELECT COUNT(*) FROM orders WHERE repo = '{REPO}' AND env = '{ENV}'"
+    ))?;
+    let accepted_without_order = count(
+        "SELECT COUNT(*) FROM deliveries d WHERE d.outcome = 'accepted' AND NOT EXISTS
+           (SELECT 1 FROM orders o WHERE o.repo = d.repo AND o.env = d.env
+              AND o.seq = d.seq AND o.sha = d.sha)",
+    )?;
+    let mut delivery = conn.prepare("SELECT seq, sha FROM deliveries WHERE id = ?1")?;
+    let mut order = conn
+        .prepare("SELECT 1 FROM orders WHERE repo = ?1 AND env = ?2 AND seq = ?3 AND sha = ?4")?;
+    let mut answered_missing = 0;
+    for &(index, seq) in accepted {
+        let request = &requests[index];
+        let seq = i64::try_from(seq)?;
+        let row: Option<(Option<i64>, Option<String>)> = delivery
+            .query_row([&request.delivery], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let recorded = row
+            .is_some_and(|(s, sha)| s == Some(seq) && sha.as_deref() == Some(request.sha.as_str()));
+        let ordered = order.exists(rusqlite::params![REPO, ENV, seq, request.sha])?;
+        if !(recorded && ordered) {
+            answered_missing += 1;
+        }
+    }
+    Ok(LedgerCheck {
+        deliveries,
+        accepted_rows,
+        orders,
+        accepted_without_order,
+        answered_missing,
+    })
+}
