@@ -1,0 +1,380 @@
+//! Run with
+//!
+//! ```text
+//! cargo build --release -p orcastrate-agent            # for the idle RSS line (optional)
+//! cargo run --release -p orcastrate-agent --example bench_rollback [-- ROUNDS]
+//! ```
+//!
+//! Benchmarks the agent against a real embedded broker, a real git origin and a trivial
+//! Node service (`npm install` with no dependencies, `node server.js`):
+//!
+//! - push order → `healthy` for a new (cold) release, split into the agent's own work
+//!   (order handling, fetch and checkout, stop, switch, statuses) and the user's own steps
+//!   (`install`, `build`, the app's start until its health check passes);
+//! - rollback order → previous (warm) release started, and → `healthy`.
+//!
+//! Times are measured where a watcher sees them: from publishing the order on the broker to
+//! receiving the agent's status. With the release binary built, it also prints the idle RSS
+//! of the `orcastrate-agent` process and the binary's size.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
+use orcastrate_agent::{Cli, Settings};
+use orcastrate_broker::auth::Credentials;
+use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::{
+    AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Step, Topics,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const REPO: &str = "bench/web";
+const ENV: &str = "production";
+const AGENT: &str = "bench-1";
+const TOKEN: &str = "bench-token";
+const INSTALL: &str = "npm install --no-audit --no-fund";
+const SERVER_JS: &str = r#"const fs = require('fs');
+const port = +fs.readFileSync('PORT', 'utf8');
+require('http').createServer((q, s) => s.end(fs.readFileSync('VERSION'))).listen(port, '127.0.0.1');
+"#;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git").args(args).current_dir(dir).output()?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+struct Origin {
+    bare: PathBuf,
+    work: PathBuf,
+    port: u16,
+}
+
+impl Origin {
+    fn commit(&self, version: &str) -> anyhow::Result<String> {
+        std::fs::write(self.work.join("server.js"), SERVER_JS)?;
+        std::fs::write(self.work.join("PORT"), self.port.to_string())?;
+        std::fs::write(self.work.join("VERSION"), version)?;
+        std::fs::write(
+            self.work.join("package.json"),
+            r#"{"name":"web","version":"1.0.0","private":true,"scripts":{"start":"node server.js"}}"#,
+        )?;
+        git(&self.work, &["add", "-A"])?;
+        git(
+            &self.work,
+            &[
+                "-c",
+                "user.name=b",
+                "-c",
+                "user.email=b@b",
+                "commit",
+                "-qm",
+                version,
+            ],
+        )?;
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                self.bare.to_str().unwrap(),
+                "HEAD:refs/heads/main",
+            ],
+        )?;
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+/// Statuses as the watcher received them.
+struct Watch {
+    rx: mpsc::UnboundedReceiver<(Instant, AgentStatus)>,
+    seen: Vec<(Instant, AgentStatus)>,
+}
+
+impl Watch {
+    /// Waits for the final state of `seq`; returns every status of it with its arrival time.
+    async fn until_done(&mut self, seq: u64) -> anyhow::Result<Vec<(Instant, AgentStatus)>> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let of_seq: Vec<_> = self
+                .seen
+                .iter()
+                .filter(|(_, s)| s.seq == Some(seq))
+                .cloned()
+                .collect();
+            if let Some((_, last)) = of_seq.last() {
+                if !matches!(
+                    last.state,
+                    AgentState::Deploying | AgentState::Idle | AgentState::Offline
+                ) {
+                    if last.state != AgentState::Healthy {
+                        bail!("seq {seq} ended {:?}: {:?}", last.state, last.error);
+                    }
+                    return Ok(of_seq);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(item)) => self.seen.push(item),
+                _ => bail!("timed out waiting for seq {seq}"),
+            }
+        }
+    }
+}
+
+fn first_at(
+    statuses: &[(Instant, AgentStatus)],
+    pred: impl Fn(&AgentStatus) -> bool,
+) -> Option<Instant> {
+    statuses.iter().find(|(_, s)| pred(s)).map(|(t, _)| *t)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(name: &str, values: &mut [f64]) {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let median = values[values.len() / 2];
+    println!(
+        "  {name:<44} median {median:>7.1} ms   min {:>7.1}   max {:>7.1}",
+        values[0],
+        values[values.len() - 1]
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let creds = Credentials::new([
+        (AGENT.to_owned(), TOKEN.to_owned()),
+        ("bench-idle".to_owned(), TOKEN.to_owned()),
+    ]);
+    let EmbeddedBroker {
+        mut publisher,
+        mut receiver,
+    } = EmbeddedBroker::start(
+        &EmbeddedSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
+            tls: None,
+        },
+        Arc::new(RwLock::new(creds)),
+    )?;
+    let topics = Topics::default();
+    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(msg) = receiver.recv().await {
+            if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
+                let _ = tx.send((Instant::now(), s));
+            }
+        }
+    });
+    let mut watch = Watch {
+        rx,
+        seen: Vec::new(),
+    };
+
+    let origin = Origin {
+        bare: dir.path().join("origin.git"),
+        work: dir.path().join("work"),
+        port: free_port(),
+    };
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", origin.bare.to_str().unwrap()],
+    )?;
+    git(dir.path(), &["init", "-q", origin.work.to_str().unwrap()])?;
+
+    let signer = OrderSigner::generate();
+    let file = FileConfig {
+        name: Some(AGENT.into()),
+        server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
+        token: Some(TOKEN.into()),
+        repo: Some(REPO.into()),
+        env: Some(ENV.into()),
+        git_url: Some(origin.bare.display().to_string()),
+        root: Some(dir.path().join("root")),
+        keep_releases: Some(3),
+        gateway_public_keys: Some(vec![signer.public_key_base64()]),
+        on_shutdown: Some("stop".into()),
+        steps: Some(StepsFile {
+            install: Some(INSTALL.into()),
+            build: Some(String::new()),
+            start: Some("exec node server.js".into()),
+            stop_timeout_s: Some(5),
+        }),
+        health: Some(HealthFile {
+            http: Some(format!("http://127.0.0.1:{}/", origin.port)),
+            command: None,
+            timeout_s: Some(30),
+            interval_s: Some(60),
+        }),
+        ..FileConfig::default()
+    };
+    let settings = Settings::merge(&Cli::default(), &file, "bench").context("settings")?;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
+
+    let mut seq = orcastrate_broker::time::unix_ms();
+    let mut publish = |sha: &str, kind: OrderKind| {
+        seq += 1;
+        let mut order = DeployOrder {
+            v: 1,
+            seq,
+            repo: REPO.into(),
+            env: ENV.into(),
+            sha: sha.into(),
+            git_ref: Some("refs/heads/main".into()),
+            kind,
+            delivery: None,
+            issued_at: orcastrate_broker::time::now(),
+            issued_by: None,
+            key_id: String::new(),
+            sig: String::new(),
+        };
+        signer.sign(&mut order);
+        (seq, serde_json::to_vec(&order).unwrap())
+    };
+    let desired = topics.desired(REPO, ENV);
+
+    // The first deploy (a new host: includes the 2 s settle) is not measured.
+    let first = origin.commit("v0")?;
+    let (s, payload) = publish(&first, OrderKind::Push);
+    publisher.publish(&desired, payload, true).await?;
+    watch.until_done(s).await?;
+
+    let (mut push_total, mut push_agent, mut push_fetch) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut push_install, mut push_app) = (Vec::new(), Vec::new());
+    let (mut rb_started, mut rb_healthy) = (Vec::new(), Vec::new());
+    let mut previous = first;
+    for round in 1..=rounds {
+        // Push a new commit: a cold release.
+        let sha = origin.commit(&format!("v{round}"))?;
+        let (s, payload) = publish(&sha, OrderKind::Push);
+        let t0 = Instant::now();
+        publisher.publish(&desired, payload, true).await?;
+        let st = watch.until_done(s).await?;
+        let at = |step: Step| first_at(&st, |x| x.step == Some(step));
+        let done = first_at(&st, |x| x.state == AgentState::Healthy).unwrap();
+        let fetch = at(Step::Fetch).unwrap();
+        let config = at(Step::Config).unwrap();
+        let install = at(Step::Install).unwrap();
+        let start = at(Step::Start).unwrap();
+        let health = at(Step::Health).unwrap();
+        let total = done - t0;
+        let user = (start - install) + (done - health);
+        push_total.push(ms(total));
+        push_fetch.push(ms(config - fetch));
+        push_install.push(ms(start - install));
+        push_app.push(ms(done - health));
+        push_agent.push(ms(total.saturating_sub(user)));
+
+        // Roll back to the previous release (complete on disk).
+        let (s, payload) = publish(&previous, OrderKind::Rollback);
+        let t0 = Instant::now();
+        publisher.publish(&desired, payload, true).await?;
+        let st = watch.until_done(s).await?;
+        let started = first_at(&st, |x| x.step == Some(Step::Health)).unwrap();
+        let done = first_at(&st, |x| x.state == AgentState::Healthy).unwrap();
+        rb_started.push(ms(started - t0));
+        rb_healthy.push(ms(done - t0));
+
+        // Forward again so the next rollback has a previous release too.
+        let (s, payload) = publish(&sha, OrderKind::Manual);
+        publisher.publish(&desired, payload, true).await?;
+        watch.until_done(s).await?;
+        previous = sha;
+    }
+
+    println!(
+        "orcastrate-agent benchmark: {rounds} rounds, trivial Node app, install = `{INSTALL}`"
+    );
+    println!(
+        "push order -> healthy (new release: fetch, checkout, install, switch, start, health):"
+    );
+    summary("total", &mut push_total);
+    summary("agent overhead (all but the user's steps)", &mut push_agent);
+    summary("  of which git fetch + checkout", &mut push_fetch);
+    summary("user's steps: install + build", &mut push_install);
+    summary("user's steps: app start until health passes", &mut push_app);
+    println!("rollback order -> previous release (warm, no fetch or install):");
+    summary("order -> previous release started", &mut rb_started);
+    summary("order -> healthy", &mut rb_healthy);
+
+    idle_rss(mqtt_port, dir.path(), &signer).await;
+
+    shutdown.cancel();
+    agent.await??;
+    Ok(())
+}
+
+/// Runs the release binary (if built) idle against the broker and prints its RSS.
+async fn idle_rss(mqtt_port: u16, dir: &Path, signer: &OrderSigner) {
+    let Some(bin) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("orcastrate-agent")))
+        .filter(|p| p.exists())
+    else {
+        println!("(build the binary with `cargo build --release -p orcastrate-agent` for its size and idle RSS)");
+        return;
+    };
+    let root = dir.join("idle-root");
+    let mut child = match Command::new(&bin)
+        .env("ORCASTRATE_SERVER", format!("mqtt://127.0.0.1:{mqtt_port}"))
+        .env("CONNECT_TOKEN", TOKEN)
+        .env("REPO_NAME", REPO)
+        .env("ENVIRONMENT", "idle")
+        .env("ORCASTRATE_NAME", "bench-idle")
+        .env("ORCASTRATE_ROOT", &root)
+        .env("ORCASTRATE_GATEWAY_KEYS", signer.public_key_base64())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            println!("cannot run {}: {e}", bin.display());
+            return;
+        }
+    };
+    // Connected, subscribed, past the settle wait, idle.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_owned();
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "agent binary: {} ({:.1} MiB); idle {}",
+        bin.display(),
+        size as f64 / 1048576.0,
+        rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
