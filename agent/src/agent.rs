@@ -16,7 +16,9 @@ use crate::connection::{BusEvent, Connection};
 use crate::deploy::{self, Control, Ctx, Outcome};
 use crate::git::Git;
 use crate::release::Layout;
-use crate::state::{self, HealthyRelease, LastOutcome, Loaded, SharedState, StateStore};
+use crate::state::{
+    self, AppRecord, HealthyRelease, LastOutcome, Loaded, ProcRecord, SharedState, StateStore,
+};
 use crate::status::{self, StatusBoard};
 use crate::supervisor::Supervisor;
 
@@ -103,6 +105,7 @@ pub async fn run(
             state::update(&state, |s| s.app = None);
         }
     }
+    adopt_or_kill_strays(&layout, &state, &supervisor).await;
     if supervisor.info().is_none() {
         if let Some(current) = layout.current_release() {
             if layout
@@ -224,6 +227,35 @@ async fn recover(layout: &Layout, state: &SharedState, loaded: &Loaded) {
     }
     let _ = std::fs::remove_dir_all(layout.tmp());
     let _ = std::fs::create_dir_all(layout.tmp());
+}
+
+/// Processes running from a release that `state.json` does not know (it was lost, or a crash
+/// hit between starting the app and recording it): the group running from `current` is
+/// adopted as the app, any other is killed, so the app is never doubled.
+async fn adopt_or_kill_strays(layout: &Layout, state: &SharedState, supervisor: &Supervisor) {
+    let current = layout.current_release().map(|name| layout.release(&name));
+    let adopted = supervisor.info().map(|i| i.proc.pgid);
+    for (pgid, cwd) in crate::procs::groups_under(&layout.releases()) {
+        if Some(pgid) == adopted {
+            continue;
+        }
+        let from_current = current.as_ref().is_some_and(|c| cwd.starts_with(c));
+        let leader = crate::procs::start_time(pgid);
+        if let (true, None, Some(start_time)) = (from_current, supervisor.info(), leader) {
+            let release = layout.current_release().unwrap_or_default();
+            let record = AppRecord {
+                proc: ProcRecord { pgid, start_time },
+                release,
+            };
+            if supervisor.adopt(&record) {
+                tracing::info!(pgid, release = %record.release, "adopted an app running from current that state.json did not record");
+                state::update(state, |s| s.app = Some(record));
+                continue;
+            }
+        }
+        tracing::warn!(pgid, cwd = %cwd.display(), "killing a stray process group running from a release");
+        crate::procs::kill_group(pgid).await;
+    }
 }
 
 /// The settle wait of a host with no floor.

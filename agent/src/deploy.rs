@@ -367,7 +367,7 @@ impl Job<'_> {
             self.step(step);
             self.sink.note(Some(step), &format!("running `{command}`"));
             steps::run(
-                &Cmd::shell(command, &dir),
+                &Cmd::in_release(command, &dir),
                 step,
                 self.sink,
                 &ctx.state,

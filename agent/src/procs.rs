@@ -91,6 +91,55 @@ pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Marks the environment of every step and app the agent starts (value: the release name),
+/// so a restarted agent that lost `state.json` can tell its own processes from, say, an
+/// operator's shell sitting in a release directory.
+pub(crate) const RELEASE_VAR: &str = "ORCA_RELEASE";
+
+fn has_marker(pid: i32) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let prefix = format!("{RELEASE_VAR}=");
+    environ
+        .split(|&b| b == 0)
+        .any(|var| var.starts_with(prefix.as_bytes()))
+}
+
+/// Live process groups (other than the agent's own) with a member that the agent started
+/// (see [`RELEASE_VAR`]) whose working directory is under `dir`, with the working directory
+/// of one such member (the leader's, when it qualifies).
+pub(crate) fn groups_under(dir: &Path) -> Vec<(i32, std::path::PathBuf)> {
+    let own = stat(std::process::id() as i32).map(|s| s.pgrp);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut groups: Vec<(i32, std::path::PathBuf)> = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Some(st) = stat(pid).filter(|s| s.state != 'Z' && s.state != 'X') else {
+            continue;
+        };
+        if Some(st.pgrp) == own {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+            continue;
+        };
+        if !cwd.starts_with(dir) || !has_marker(pid) {
+            continue;
+        }
+        match groups.iter_mut().find(|(g, _)| *g == st.pgrp) {
+            Some(entry) if pid == st.pgrp => entry.1 = cwd,
+            Some(_) => {}
+            None => groups.push((st.pgrp, cwd)),
+        }
+    }
+    groups
+}
+
 /// Whether group `pgid` still has a live process.
 pub(crate) fn group_alive(pgid: i32) -> bool {
     // Cheap test first: no process at all in the group.

@@ -132,6 +132,19 @@ impl Cmd {
         }
     }
 
+    /// `sh -c {script}` in a release directory, marked as the agent's (see
+    /// [`crate::procs::RELEASE_VAR`]).
+    pub(crate) fn in_release(script: &str, dir: &Path) -> Self {
+        let mut cmd = Self::shell(script, dir);
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        cmd.extra_env
+            .push((crate::procs::RELEASE_VAR.to_owned(), name));
+        cmd
+    }
+
     /// How the command is shown in logs and errors.
     pub(crate) fn display(&self) -> String {
         if self.program == "sh" && self.args.first().map(String::as_str) == Some("-c") {

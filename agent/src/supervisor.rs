@@ -199,7 +199,7 @@ fn spawn_app(
         .create(true)
         .append(true)
         .open(layout.logs().join("app.log"))?;
-    let mut command = Cmd::shell(start_cmd, &dir).command();
+    let mut command = Cmd::in_release(start_cmd, &dir).command();
     command
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));

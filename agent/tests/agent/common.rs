@@ -313,17 +313,19 @@ pub(crate) fn git_out(dir: &Path, args: &[&str]) -> String {
 }
 
 /// The test service: answers `/` with its version and pid, `/health` with 200 (500 if the
-/// release has a file `UNHEALTHY`), `/env` with its environment.
+/// release has a file `UNHEALTHY`), `/env` with its environment; listens after `DELAY` ms.
 pub(crate) const SERVER_JS: &str = r#"
 const http = require('http');
 const fs = require('fs');
 const version = fs.readFileSync('VERSION', 'utf8').trim();
 const port = +fs.readFileSync('PORT', 'utf8').trim();
-http.createServer((q, s) => {
+const delay = fs.existsSync('DELAY') ? +fs.readFileSync('DELAY', 'utf8') : 0;
+const server = http.createServer((q, s) => {
   if (q.url === '/health') { s.statusCode = fs.existsSync('UNHEALTHY') ? 500 : 200; return s.end('ok'); }
   if (q.url === '/env') { s.setHeader('content-type', 'application/json'); return s.end(JSON.stringify(process.env)); }
   s.end(JSON.stringify({ version, pid: process.pid }));
-}).listen(port, '127.0.0.1');
+});
+setTimeout(() => server.listen(port, '127.0.0.1'), delay);
 "#;
 
 /// Files of a release of the test service; `install` is the content of install.sh.

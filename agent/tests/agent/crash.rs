@@ -165,3 +165,73 @@ async fn reconnects_when_the_broker_comes_up_later_trying_servers_in_order() {
     assert_eq!(bus.wait_outcome(seq).await.state, AgentState::Healthy);
     w.wait_app("v1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_interrupted_twice_is_given_up() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", "true\n");
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let mut run = w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+
+    let b = w.commit("v2", "echo try; sleep 120\n");
+    let s2 = w.order(&b, OrderKind::Push).await;
+    for _ in 0..2 {
+        let n = w.bus.statuses().len();
+        poll("an install of seq 2", WAIT, || {
+            w.bus.statuses()[n..]
+                .iter()
+                .any(|s| s.seq == Some(s2) && s.step == Some(Step::Install))
+                .then_some(())
+        });
+        poll("the install to run", WAIT, || {
+            w.processes_in_root()
+                .iter()
+                .any(|(_, c)| c.contains("sleep 120"))
+                .then_some(())
+        });
+        w.kill9(run);
+        run = w.start_agent();
+    }
+    let out = w.bus.wait_outcome(s2).await;
+    assert_eq!(out.state, AgentState::Failed, "{out:?}");
+    assert!(out.error.as_deref().unwrap().contains("gave up"), "{out:?}");
+    assert_eq!(w.wait_app("v1"), pid);
+    assert!(w.state_json()["pending"].is_null());
+    assert!(!w
+        .processes_in_root()
+        .iter()
+        .any(|(_, c)| c.contains("sleep 120")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_state_file_takes_the_floor_from_the_release_names() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", "true\n");
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let first = w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+    w.kill9(first);
+    std::fs::remove_file(w.root.join("state.json")).unwrap();
+
+    let n = w.bus.statuses().len();
+    let second = w.start_agent();
+    poll("the floor", WAIT, || {
+        w.agent_log(second)
+            .contains("floor taken from the release directories")
+            .then_some(())
+    });
+    // The retained order (seq s1) is not run again; the next one is.
+    let b = w.commit("v2", "true\n");
+    let s2 = w.order(&b, OrderKind::Push).await;
+    assert_eq!(w.bus.wait_outcome(s2).await.state, AgentState::Healthy);
+    assert!(!w.bus.statuses()[n..]
+        .iter()
+        .any(|s| s.seq == Some(s1) && s.state == AgentState::Deploying));
+    // Without state.json the running app could not be adopted: it was replaced, not doubled.
+    let pid2 = w.wait_app("v2");
+    assert_ne!(pid, pid2);
+    assert_eq!(w.app_pids(), vec![pid2 as i32]);
+}

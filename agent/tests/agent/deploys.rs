@@ -231,3 +231,33 @@ async fn a_newer_order_supersedes_an_install() {
         .iter()
         .any(|s| s.seq == Some(s2) && !matches!(s.state, AgentState::Deploying)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_order_waits_for_a_deploy_past_the_switch() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+
+    // v2 takes a while to listen: the order for v3 arrives during its health check.
+    let b = w.commit_with("v2", OK_INSTALL, &[("DELAY", Some("1500"))]);
+    let s2 = w.order(&b, OrderKind::Push).await;
+    w.bus
+        .wait_status("health of seq 2", |s| {
+            s.seq == Some(s2) && s.step == Some(Step::Health)
+        })
+        .await;
+    let c = w.commit("v3", OK_INSTALL);
+    let s3 = w.order(&c, OrderKind::Push).await;
+    assert_eq!(w.bus.wait_outcome(s3).await.state, AgentState::Healthy);
+    w.wait_app("v3");
+    // v2 finished (healthy) before v3 started.
+    let statuses = w.bus.statuses();
+    let done2 = statuses
+        .iter()
+        .position(|s| s.seq == Some(s2) && s.state == AgentState::Healthy)
+        .expect("seq 2 finished healthy");
+    let start3 = statuses.iter().position(|s| s.seq == Some(s3)).unwrap();
+    assert!(done2 < start3, "seq 3 started before seq 2 finished");
+}
