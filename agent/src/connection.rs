@@ -303,9 +303,14 @@ async fn poll_loop(
                 ctx.bus.inner.connected.store(false, Ordering::Relaxed);
                 let _ = ctx.events.send(BusEvent::Disconnected);
                 log_failure(&servers[server], &e, got_connack);
-                got_connack = false;
-                failed_in_round += 1;
-                server = (server + 1) % servers.len();
+                if std::mem::take(&mut got_connack) {
+                    // A lost connection starts a new round from the first (preferred) server.
+                    failed_in_round = 0;
+                    server = 0;
+                } else {
+                    failed_in_round += 1;
+                    server = (server + 1) % servers.len();
+                }
                 if failed_in_round >= servers.len() {
                     // Every server failed: back off before the next round.
                     failed_in_round = 0;

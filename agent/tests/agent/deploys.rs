@@ -261,3 +261,23 @@ async fn a_newer_order_waits_for_a_deploy_past_the_switch() {
     let start3 = statuses.iter().position(|s| s.seq == Some(s3)).unwrap();
     assert!(done2 < start3, "seq 3 started before seq 2 finished");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_releases_are_pruned_keeping_current_and_newest_healthy() {
+    let mut w = World::new().await;
+    let mut last = String::new();
+    // keep_releases = 3 in the test config.
+    for v in 1..=5 {
+        let sha = w.commit(&format!("v{v}"), OK_INSTALL);
+        let seq = w.order(&sha, OrderKind::Push).await;
+        if v == 1 {
+            w.start_agent();
+        }
+        assert_eq!(w.bus.wait_outcome(seq).await.state, AgentState::Healthy);
+        last = format!("{seq}-{}", &sha[..12]);
+    }
+    let dirs = w.release_dirs();
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    assert!(dirs.contains(&last));
+    assert_eq!(w.current(), last);
+}
