@@ -115,3 +115,21 @@ async fn a_new_host_waits_and_takes_the_highest_order() {
         "the older order ran"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_for_a_commit_the_origin_lacks_fails_cleanly() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+    let s2 = w
+        .order(&"0123456789abcdef".repeat(3)[..40], OrderKind::Manual)
+        .await;
+    let out = w.bus.wait_outcome(s2).await;
+    assert_eq!(out.state, AgentState::Failed, "{out:?}");
+    assert!(out.error.as_deref().unwrap().contains("git"), "{out:?}");
+    assert_eq!(w.wait_app("v1"), pid);
+    assert_eq!(w.release_dirs().len(), 1);
+}
