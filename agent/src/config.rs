@@ -322,7 +322,10 @@ impl Settings {
             file.root.clone(),
         );
         let root = root.unwrap_or_else(|| PathBuf::from("."));
-        let root = absolute_root(&root, file_origin, cli.config.as_deref())
+        // A relative root in the file is relative to the file; from a flag or the
+        // environment, to the working directory.
+        let file_dir = cli.config.as_deref().filter(|_| cli.root.is_none());
+        let root = absolute_root(&root, file_dir)
             .map_err(|p| ConfigError::new(&root_origin, "root", p))?;
 
         let keep_releases = match file.keep_releases {
@@ -621,11 +624,7 @@ fn shared_paths(origin: &str, key: &str, values: Vec<String>) -> Result<Vec<Path
 
 /// Makes `root` absolute: relative to the config file's directory when it came from there,
 /// else to the working directory.
-fn absolute_root(
-    root: &Path,
-    _file_origin: &str,
-    config: Option<&Path>,
-) -> Result<PathBuf, String> {
+fn absolute_root(root: &Path, config: Option<&Path>) -> Result<PathBuf, String> {
     let base = match config.and_then(Path::parent) {
         Some(dir) if !root.is_absolute() && !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => std::env::current_dir()
