@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -146,6 +146,10 @@ impl OrderVerifier {
                 .try_into()
                 .map_err(|_| bad())?;
             let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad())?;
+            // A weak (small-order) key would accept forged signatures.
+            if key.is_weak() {
+                return Err(bad());
+            }
             keys.insert(key_id(&key), key);
         }
         Ok(Self { keys })
@@ -167,7 +171,7 @@ impl OrderVerifier {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or(SignError::BadSignature)?;
-        key.verify(
+        key.verify_strict(
             order_canonical(order).as_bytes(),
             &Signature::from_bytes(&sig_bytes),
         )
@@ -263,6 +267,8 @@ mod tests {
         assert_eq!(a.public_key_base64(), b.public_key_base64());
         assert!(OrderSigner::from_seed(&[0u8; 31]).is_err());
         assert!(OrderVerifier::new(&["not base64!"]).is_err());
+        // The all-zero key is a small-order point: refused.
+        assert!(OrderVerifier::new(&[B64.encode([0u8; 32])]).is_err());
     }
 
     #[test]

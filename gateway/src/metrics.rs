@@ -60,12 +60,9 @@ impl Metrics {
             "Agents whose newest verified status is not offline",
             connected_agents.clone(),
         );
-        let ledger_commit_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]
-            .into_iter(),
-        );
+        let ledger_commit_seconds = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
         registry.register(
             "ledger_commit_seconds",
             "Time to commit one group of ledger writes",

@@ -55,7 +55,7 @@ pub enum WebhookOutcome {
     Ping,
     Duplicate,
     Ignored(String),
-    Accepted(DeployOrder),
+    Accepted(Box<DeployOrder>),
 }
 
 /// A webhook to decide.
@@ -369,8 +369,20 @@ impl SequencerTask {
                     newest.insert((o.order.repo.clone(), o.order.env.clone()), o);
                 }
             }
-            for p in result.publish {
-                self.bus.publish(&p.topic, p.payload, p.retain).await;
+            // Only the newest order of each repo/env in this group is published: the
+            // retained message is all that counts, and the older ones are superseded.
+            let mut last_order = HashMap::new();
+            for (i, p) in result.publish.iter().enumerate() {
+                if p.retain {
+                    last_order.insert(p.topic.clone(), i);
+                }
+            }
+            for (i, p) in result.publish.into_iter().enumerate() {
+                if !p.retain {
+                    self.bus.publish(&p.topic, p.payload, false).await;
+                } else if last_order.get(&p.topic) == Some(&i) {
+                    self.bus.publish_order(&p.topic, || Some(p.payload)).await;
+                }
             }
             for d in result.done {
                 d.send();
@@ -636,7 +648,10 @@ fn decide_webhook(
                         },
                         out,
                     )?;
-                    (WebhookOutcome::Accepted(stored.clone()), Some(stored))
+                    (
+                        WebhookOutcome::Accepted(Box::new(stored.clone())),
+                        Some(stored),
+                    )
                 }
             }
         }

@@ -121,11 +121,9 @@ impl Gateway {
             .cloned()
             .collect();
         for o in orders {
-            bus.publish(
-                &bus.topics().desired(&o.order.repo, &o.order.env),
-                o.payload.into_bytes(),
-                true,
-            )
+            bus.publish_order(&bus.topics().desired(&o.order.repo, &o.order.env), || {
+                Some(o.payload.into_bytes())
+            })
             .await;
         }
         tokio::spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));

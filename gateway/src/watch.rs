@@ -40,29 +40,42 @@ pub async fn run(
         };
         match bus.topics().parse(&message.topic) {
             Some(TopicKind::Desired { repo, env }) => {
-                let truth = newest
-                    .read()
-                    .expect("newest-orders lock poisoned")
-                    .get(&(repo.clone(), env.clone()))
-                    .map(|o| o.payload.clone());
-                match truth {
-                    Some(truth) if truth.as_bytes() != message.payload.as_slice() => {
+                let key = (repo, env);
+                let truth = || {
+                    newest
+                        .read()
+                        .expect("newest-orders lock poisoned")
+                        .get(&key)
+                        .map(|o| o.payload.clone())
+                };
+                let current = truth();
+                let matches = current.as_deref().map(str::as_bytes) == Some(&message.payload[..]);
+                if bus.take_echo(&message.topic, &message.payload) {
+                    // Our own publish: if it is no longer the newest, a newer one of ours
+                    // is already on its way behind it.
+                    continue;
+                }
+                match current {
+                    _ if matches => {}
+                    Some(_) => {
                         tracing::warn!(
-                            repo,
-                            env,
+                            repo = key.0,
+                            env = key.1,
                             "desired topic differs from the ledger; re-publishing the true order"
                         );
-                        bus.publish(&message.topic, truth.into_bytes(), true).await;
+                        // Re-read under the publish lock so a newer order is never overwritten.
+                        bus.publish_order(&message.topic, || truth().map(String::into_bytes))
+                            .await;
                     }
                     None if !message.payload.is_empty() => {
                         tracing::warn!(
-                            repo,
-                            env,
+                            repo = key.0,
+                            env = key.1,
                             "desired message for a repo/env without orders; clearing it"
                         );
                         bus.publish(&message.topic, Vec::new(), true).await;
                     }
-                    _ => {}
+                    None => {}
                 }
             }
             Some(TopicKind::Status { repo, env, agent }) => {

@@ -1,0 +1,161 @@
+//! The operator API: auth, deploy, rollback target selection, bad shas, errors.
+
+use std::time::Duration;
+
+use orcastrate_broker::{sign, AgentState, AgentStatus};
+use serde_json::json;
+
+use crate::common::*;
+
+/// Publishes a verified `healthy` status of web-1 for an order, and waits until it is recorded.
+fn report_healthy(gw: &TestGateway, seq: u64, sha_: &str) {
+    let mut s = AgentStatus {
+        v: 1,
+        agent: "web-1".into(),
+        host: "h".into(),
+        repo: REPO.into(),
+        env: ENV.into(),
+        session: "s".into(),
+        state: AgentState::Healthy,
+        step: None,
+        seq: Some(seq),
+        sha: Some(sha_.into()),
+        running_sha: Some(sha_.into()),
+        previous_sha: None,
+        release: None,
+        updated_at: orcastrate_broker::time::now(),
+        deploy_ms: Some(1),
+        error: None,
+        version: "t".into(),
+        mac: String::new(),
+    };
+    sign::seal_status("token-web-1", &mut s);
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    agent.publish(
+        &format!("orcastrate/{REPO}/{ENV}/status/web-1"),
+        serde_json::to_vec(&s).unwrap(),
+        true,
+    );
+    agent.flush();
+    eventually(Duration::from_secs(5), "healthy status recorded", || {
+        let (_, v) = gw.admin_get("/api/v1/agents");
+        (v["agents"][0]["seq"].as_u64() == Some(seq)).then_some(())
+    });
+}
+
+fn push(gw: &TestGateway, n: u64) -> u64 {
+    let (status, answer) = gw.webhook("push", &format!("push-{n}"), &push_of(&sha(n), "master"));
+    assert_eq!(status, 202, "{answer}");
+    answer["seq"].as_u64().expect("an order")
+}
+
+#[test]
+fn rollback_picks_the_newest_healthy_earlier_order_and_marks_the_current_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let rollback = || gw.admin_post("/api/v1/rollback", json!({"repo": REPO, "env": ENV}));
+
+    let s1 = push(&gw, 1);
+    report_healthy(&gw, s1, &sha(1));
+    // Nothing earlier to go back to.
+    let (status, answer) = rollback();
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("--to"));
+
+    let s2 = push(&gw, 2);
+    report_healthy(&gw, s2, &sha(2));
+    let _s3 = push(&gw, 3); // never reported healthy
+    let (status, answer) = rollback();
+    assert_eq!(status, 202, "{answer}");
+    let order = &answer["order"];
+    assert_eq!(order["kind"], "rollback");
+    assert_eq!(
+        order["sha"],
+        sha(2).as_str(),
+        "newest earlier healthy order"
+    );
+    assert!(order["seq"].as_u64().unwrap() > s2);
+
+    // The sha rolled back from is bad: a later push of it is ignored with a reason.
+    let (status, answer) = gw.webhook("push", "again-3", &push_of(&sha(3), "master"));
+    assert_eq!(status, 202);
+    assert!(
+        answer["ignored"].as_str().unwrap().contains("marked bad"),
+        "{answer}"
+    );
+    // A manual deploy may still name it.
+    let (status, answer) = gw.admin_post(
+        "/api/v1/deploy",
+        json!({"repo": REPO, "env": ENV, "sha": sha(3)}),
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["order"]["kind"], "manual");
+
+    // Rolling back again skips the bad sha 3 and the current one.
+    let (status, answer) = rollback();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["order"]["sha"], sha(2).as_str());
+    let (status, answer) = rollback();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["order"]["sha"], sha(1).as_str());
+
+    // An explicit target.
+    let (status, answer) = gw.admin_post(
+        "/api/v1/rollback",
+        json!({"repo": REPO, "env": ENV, "to": sha(2)}),
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["order"]["sha"], sha(2).as_str());
+
+    let (status, history) =
+        gw.admin_get("/api/v1/deployments?repo=codertocat/hello-world&env=production&limit=3");
+    assert_eq!(status, 200);
+    let list = history["deployments"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert!(
+        list[0]["seq"].as_u64() > list[1]["seq"].as_u64(),
+        "newest first"
+    );
+}
+
+#[test]
+fn admin_api_refuses_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let url = format!("{}/api/v1/deployments", gw.http);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    assert_eq!(agent.get(&url).call().unwrap().status(), 401);
+    let r = agent
+        .get(&url)
+        .header("Authorization", "Bearer wrong-token-wrong-token")
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let (status, answer) = gw.admin_post(
+        "/api/v1/deploy",
+        json!({"repo": REPO, "env": ENV, "sha": "abc"}),
+    );
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("sha"));
+    let (status, _) = gw.admin_post(
+        "/api/v1/deploy",
+        json!({"repo": REPO, "env": "Bad.Env", "sha": sha(1)}),
+    );
+    assert_eq!(status, 400);
+    let (status, answer) = gw.admin_post("/api/v1/deploy", json!({"repo": REPO}));
+    assert_eq!(status, 400);
+    assert!(answer["error"].is_string());
+    let (status, answer) = gw.admin_post(
+        "/api/v1/deploy",
+        json!({"repo": "octo/unknown", "env": ENV, "sha": sha(1)}),
+    );
+    assert_eq!(status, 404, "{answer}");
+    let (status, _) = gw.admin_post("/api/v1/pause", json!({"repo": REPO, "env": "nowhere"}));
+    assert_eq!(status, 404);
+    let (status, _) = gw.admin_post("/api/v1/rollback", json!({"repo": REPO, "env": ENV}));
+    assert_eq!(status, 409);
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real gateway with its embedded broker on loopback ports, real MQTT
+//! clients (rumqttc and mosquitto_sub), real GitHub payloads signed as GitHub signs them.
+#![allow(unreachable_pub)]
+
+mod admin;
+mod common;
+mod fleet;
+mod mqtt;
+mod process;
+mod webhooks;

@@ -1,0 +1,119 @@
+//! The embedded broker: login rules, the #1062 guard, the desired-topic guard, mosquitto_sub.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+#[test]
+fn logins_follow_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let port = gw.mqtt_port;
+    assert!(Mqtt::connect(port, "", "web-1", "token-web-1").is_ok());
+    assert!(Mqtt::connect(port, "web-1", "web-1", "token-web-1").is_ok());
+    assert!(Mqtt::connect(port, "web-1:watch", "web-1", "token-web-1").is_ok());
+    assert!(Mqtt::connect(port, "anon", "", "").is_err(), "anonymous");
+    assert!(
+        Mqtt::connect(port, "", "web-1", "wrong").is_err(),
+        "wrong token"
+    );
+    assert!(
+        Mqtt::connect(port, "", "nobody", "token-web-1").is_err(),
+        "unknown user"
+    );
+    assert!(
+        Mqtt::connect(port, "web-2", "web-1", "token-web-1").is_err(),
+        "someone else's client id"
+    );
+}
+
+#[test]
+fn client_id_with_slash_cannot_poison_the_listener() {
+    // rumqtt #1062: such an id reconnecting used to kill the listener for everyone.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    for _ in 0..2 {
+        assert!(Mqtt::connect(gw.mqtt_port, "web-1/x", "web-1", "token-web-1").is_err());
+        assert!(Mqtt::connect(gw.mqtt_port, "web-1:+", "web-1", "token-web-1").is_err());
+    }
+    assert!(Mqtt::connect(gw.mqtt_port, "web-1", "web-1", "token-web-1").is_ok());
+    let (status, _) = gw.admin_get("/healthz");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn forged_retained_order_is_replaced_by_the_true_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "f-1", &push_of(&sha(41), "master"));
+    let seq = answer["seq"].as_u64().unwrap();
+    let topic = "orcastrate/codertocat/hello-world/production/desired";
+
+    // A valid agent token can publish anywhere on rumqttd: forge a retained order.
+    let mut forger = gw.mqtt("web-1", "token-web-1");
+    let forged = serde_json::json!({
+        "v": 1, "seq": seq + 1000, "repo": REPO, "env": ENV, "sha": sha(666),
+        "ref": null, "kind": "manual", "delivery": null, "issued_at": "2026-01-01T00:00:00.000Z",
+        "issued_by": "mallory", "key_id": "x", "sig": "x"
+    });
+    forger.publish(topic, serde_json::to_vec(&forged).unwrap(), true);
+    forger.flush();
+    // Clearing it with an empty payload is repaired too.
+    forger.publish(topic, Vec::new(), true);
+    forger.flush();
+
+    let truth = eventually(
+        Duration::from_secs(5),
+        "the true order to be retained again",
+        || {
+            let mut sub = gw.mqtt("web-2", "token-web-2");
+            sub.subscribe(topic);
+            let (_, payload) = sub.wait_for(Duration::from_secs(1), |_, _| true)?;
+            let v: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+            (v["seq"].as_u64() == Some(seq)).then_some(v)
+        },
+    );
+    assert_eq!(truth["sha"], sha(41).as_str());
+}
+
+#[test]
+fn mosquitto_sub_sees_the_retained_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "m-1", &push_of(&sha(51), "master"));
+    assert!(answer["seq"].is_u64(), "{answer}");
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
+        .args(["-u", "web-1", "-P", "token-web-1"])
+        .args(["-t", "orcastrate/#", "-v", "-C", "1", "-W", "5"])
+        .output()
+        .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mosquitto_sub failed: {out:?}");
+    assert!(
+        text.starts_with("orcastrate/codertocat/hello-world/production/desired {"),
+        "{text}"
+    );
+    assert!(text.contains(&sha(51)), "{text}");
+
+    // Wrong password: refused (mosquitto_sub gives up with a non-zero exit).
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
+        .args([
+            "-u",
+            "web-1",
+            "-P",
+            "nope",
+            "-t",
+            "orcastrate/#",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+}

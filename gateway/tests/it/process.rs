@@ -1,0 +1,235 @@
+//! The real binary: start-up errors, SIGHUP reload, SIGTERM, public-key and the operator CLI.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_orcastrate-gateway");
+
+struct Process {
+    child: Child,
+    http: String,
+    mqtt_port: u16,
+}
+
+impl Process {
+    fn start(config: &Path) -> Self {
+        let http_port = free_port();
+        let mqtt_port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .env_remove("GITHUB_SECRET")
+            .env_remove("TOKENS")
+            .env_remove("TRUSTED_NAMES")
+            .env_remove("PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = format!("http://127.0.0.1:{http_port}");
+        eventually(
+            Duration::from_secs(20),
+            "the gateway to answer /healthz",
+            || ureq::get(format!("{http}/healthz")).call().ok().map(drop),
+        );
+        Self {
+            child,
+            http,
+            mqtt_port,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(&dir.join("data"), 1, SECRET, extra)).unwrap();
+    path
+}
+
+#[test]
+fn sighup_adds_a_client_without_restarting_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let gw = Process::start(&config);
+    let watcher = Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2").unwrap();
+    assert!(Mqtt::connect(gw.mqtt_port, "", "web-3", "token-web-3").is_err());
+
+    write_config(
+        dir.path(),
+        "[[clients]]\nname = \"web-3\"\ntoken = \"token-web-3\"\n",
+    );
+    gw.signal("HUP");
+    eventually(Duration::from_secs(5), "web-3 to be able to log in", || {
+        Mqtt::connect(gw.mqtt_port, "", "web-3", "token-web-3").ok()
+    });
+    // Existing connections stayed up: the broker was not restarted.
+    watcher
+        .client
+        .try_publish("x/y", rumqttc::QoS::AtMostOnce, false, "ping")
+        .unwrap();
+    let (status, _) = {
+        let r = ureq::get(format!("{}/healthz", gw.http)).call().unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn sigterm_finishes_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut gw = Process::start(&config);
+    gw.signal("TERM");
+    let status = eventually(Duration::from_secs(10), "the gateway to exit", || {
+        gw.child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn startup_errors_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str| {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env_remove("GITHUB_SECRET")
+            .env_remove("TOKENS")
+            .env_remove("TRUSTED_NAMES")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("data_dir = \"/tmp\"\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("GITHUB_SECRET"), "{err}");
+    let (code, err) = run("[github]\nsecret = \"x\"\n[[clients]]\nname = \"a\"\ntoken = \"12345678\"\n[[clients]]\nname = \"a\"\ntoken = \"87654321\"\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("defined twice"), "{err}");
+    let (code, err) = run("[github]\nsecret = \"x\"\n[mqtt]\nlisten = \"nonsense\"\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("[mqtt] listen"), "{err}");
+}
+
+#[test]
+fn runs_from_the_original_tools_environment_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let mqtt_port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+        .current_dir(dir.path())
+        .env("GITHUB_SECRET", SECRET)
+        .env("TOKENS", "token-one-1, token-two-2")
+        .env("TRUSTED_NAMES", "one, two")
+        .env("PORT", http_port.to_string())
+        .env(
+            "ORCASTRATE_REPOS",
+            "Codertocat/Hello-World@master=production",
+        )
+        .env_remove("ORCASTRATE_HTTP_LISTEN")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = format!("http://127.0.0.1:{http_port}");
+    eventually(Duration::from_secs(20), "healthz", || {
+        ureq::get(format!("{http}/healthz")).call().ok().map(drop)
+    });
+    assert!(Mqtt::connect(mqtt_port, "", "two", "token-two-2").is_ok());
+    let body = push_of(&sha(77), "master");
+    let sig = orcastrate_gateway::github::sign(SECRET, &body);
+    let r = ureq::post(format!("{http}/pullrequest"))
+        .header("Content-Type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", "env-1")
+        .header("X-Hub-Signature-256", &sig)
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let key = Command::new(BIN)
+        .args(["public-key"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+    assert_eq!(String::from_utf8_lossy(&key.stdout).trim().len(), 44);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn operator_cli_prints_tables_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--gateway", &gw.http])
+            .env("ORCASTRATE_ADMIN_TOKEN", ADMIN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = cli(&["deploy", "--repo", REPO, "--env", ENV, "--sha", &sha(8)]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("manual") && out.contains(&sha(8)), "{out}");
+    let (code, out, _) = cli(&["history", "--repo", REPO]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("SEQ"), "{out}");
+    assert!(out.contains("manual") && out.contains("admin"), "{out}");
+    let (code, out, _) = cli(&["history", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["deployments"][0]["sha"], sha(8).as_str());
+    let (code, out, _) = cli(&["status"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("AGENT"), "{out}");
+    // Refused: exit 4 with the gateway's reason.
+    let (code, _, err) = cli(&["rollback", "--repo", REPO, "--env", ENV]);
+    assert_eq!(code, Some(4));
+    assert!(err.contains("no rollback target"), "{err}");
+    let (code, _, err) = cli(&["pause", "--repo", REPO, "--env", "nowhere"]);
+    assert_eq!(code, Some(4), "{err}");
+    // Unreachable: exit 3.
+    let out = Command::new(BIN)
+        .args([
+            "status",
+            "--gateway",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .env("ORCASTRATE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}

@@ -1,0 +1,405 @@
+//! Every webhook answer of the design, in its order, with real GitHub payloads.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use orcastrate_broker::{DeployOrder, Event, OrderVerifier};
+use orcastrate_gateway::github;
+use serde_json::Value;
+
+use crate::common::*;
+
+fn deliveries(gw: &TestGateway) -> i64 {
+    gw.count("SELECT COUNT(*) FROM deliveries")
+}
+
+fn orders(gw: &TestGateway) -> i64 {
+    gw.count("SELECT COUNT(*) FROM orders")
+}
+
+#[test]
+fn push_to_mapped_branch_becomes_a_signed_retained_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut events = gw.mqtt("web-2", "token-web-2");
+    events.subscribe("orcastrate/codertocat/hello-world/events");
+    events.flush();
+
+    let body = fixture("push__with-new-branch.payload.json");
+    let (status, answer) = gw.webhook("push", "delivery-1", &body);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["repo"], REPO);
+    assert_eq!(answer["env"], ENV);
+    assert_eq!(answer["sha"], "6113728f27ae82c7b1a177c8d03f9e96e0adf246");
+    assert_eq!(answer["delivery"], "delivery-1");
+    let seq = answer["seq"].as_u64().unwrap();
+    // Durable before the answer.
+    assert_eq!(orders(&gw), 1);
+
+    // A subscriber that comes later gets the retained order, verifiable with the public key.
+    let mut sub = gw.mqtt("web-1", "token-web-1");
+    sub.subscribe("orcastrate/codertocat/hello-world/production/desired");
+    let (_, payload) = sub
+        .wait_for(Duration::from_secs(5), |_, _| true)
+        .expect("retained order");
+    let order: DeployOrder = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(order.seq, seq);
+    assert_eq!(order.kind.as_str(), "push");
+    assert_eq!(order.git_ref.as_deref(), Some("refs/heads/master"));
+    assert_eq!(order.delivery.as_deref(), Some("delivery-1"));
+    assert_eq!(order.issued_by.as_deref(), Some("github:Codertocat"));
+    OrderVerifier::new(std::slice::from_ref(&gw.public_key))
+        .unwrap()
+        .verify(&order)
+        .unwrap();
+
+    let (_, payload) = events
+        .wait_for(Duration::from_secs(5), |_, _| true)
+        .expect("accepted event");
+    let event: Event = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(event.delivery, "delivery-1");
+    assert_eq!(event.seq, Some(seq));
+    assert_eq!(
+        serde_json::to_value(event.outcome).unwrap(),
+        Value::from("accepted")
+    );
+}
+
+#[test]
+fn merged_pull_request_then_push_of_same_sha_makes_one_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut pr: Value =
+        serde_json::from_slice(&fixture("pull_request__closed.payload.json")).unwrap();
+    pr["pull_request"]["merged"] = true.into();
+    let merge_sha = pr["pull_request"]["merge_commit_sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, answer) = gw.webhook("pull_request", "pr-1", &serde_json::to_vec(&pr).unwrap());
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["sha"], merge_sha.as_str());
+    let (_, history) =
+        gw.admin_get("/api/v1/deployments?repo=codertocat/hello-world&env=production");
+    assert_eq!(history["deployments"][0]["kind"], "merge");
+
+    // GitHub's merge button also sends the push of the same commit.
+    let (status, answer) = gw.webhook("push", "push-1", &push_of(&merge_sha, "master"));
+    assert_eq!(status, 202);
+    let reason = answer["ignored"].as_str().unwrap();
+    assert!(reason.contains("already the newest order"), "{reason}");
+    assert_eq!(orders(&gw), 1);
+    assert_eq!(deliveries(&gw), 2);
+}
+
+#[test]
+fn valid_webhooks_that_deploy_nothing_are_ignored_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut other_repo: Value = serde_json::from_slice(&push_of(&sha(9), "master")).unwrap();
+    other_repo["repository"]["full_name"] = "someone/else".into();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("push", fixture("push__payload.json"), "tag push"),
+        (
+            "push",
+            push_of("0000000000000000000000000000000000000000", "master"),
+            "deleted",
+        ),
+        ("push", push_of(&sha(1), "feature-x"), "not mapped"),
+        (
+            "push",
+            serde_json::to_vec(&other_repo).unwrap(),
+            "not configured",
+        ),
+        (
+            "pull_request",
+            fixture("pull_request__closed.payload.json"),
+            "without merging",
+        ),
+        (
+            "pull_request",
+            fixture("pull_request__opened.payload.json"),
+            "opened",
+        ),
+        (
+            "issues",
+            br#"{"action":"opened","repository":{"full_name":"Codertocat/Hello-World"}}"#.to_vec(),
+            "does not deploy",
+        ),
+    ];
+    for (i, (event, body, reason)) in cases.into_iter().enumerate() {
+        let (status, answer) = gw.webhook(event, &format!("ignored-{i}"), &body);
+        assert_eq!(status, 202, "case {i}: {answer}");
+        let got = answer["ignored"].as_str().unwrap_or_default();
+        assert!(
+            got.contains(reason),
+            "case {i}: {got:?} should mention {reason:?}"
+        );
+    }
+    assert_eq!(orders(&gw), 0);
+    assert_eq!(deliveries(&gw), 7);
+}
+
+#[test]
+fn ping_is_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (status, answer) = gw.webhook("ping", "ping-1", &fixture("ping__payload.json"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(orders(&gw), 0);
+}
+
+#[test]
+fn form_encoded_body_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let payload = String::from_utf8(push_of(&sha(5), "master")).unwrap();
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload)
+        .finish();
+    let sig = github::sign(SECRET, body.as_bytes());
+    let (status, answer) = gw.raw_webhook(
+        "/pullrequest",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "form-1"),
+            ("X-Hub-Signature-256", &sig),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["sha"], sha(5).as_str());
+}
+
+#[test]
+fn refusals_come_in_the_designs_order_and_record_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(dir.path(), "[http]\nmax_body_bytes = 20000\n");
+    let body = push_of(&sha(7), "master");
+    let good = github::sign(SECRET, &body);
+    let headers = |sig: &'static str, ct: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("Content-Type", ct),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "refused-1"),
+            ("X-Hub-Signature-256", sig),
+        ]
+    };
+    let good: &'static str = Box::leak(good.into_boxed_str());
+
+    // 413 comes first, even with a wrong signature.
+    let big = vec![b' '; 20001];
+    let (status, answer) =
+        gw.raw_webhook("/webhook", &headers("sha256=00", "application/json"), &big);
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("max_body_bytes"));
+
+    // 401: missing, wrong, sha1-only, malformed.
+    let (status, _) = gw.raw_webhook(
+        "/webhook",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "x"),
+        ],
+        &body,
+    );
+    assert_eq!(status, 401);
+    let forged = github::sign("not-the-secret", &body);
+    let forged: &'static str = Box::leak(forged.into_boxed_str());
+    for sig in [
+        forged,
+        "sha1=0123456789abcdef0123456789abcdef01234567",
+        "sha256=nothex",
+        "garbage",
+    ] {
+        let (status, answer) = gw.raw_webhook("/webhook", &headers(sig, "text/plain"), &body);
+        assert_eq!(status, 401, "{sig}: {answer}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("X-Hub-Signature-256"));
+    }
+
+    // 415 after the signature passed.
+    let (status, answer) = gw.raw_webhook("/webhook", &headers(good, "text/plain"), &body);
+    assert_eq!(status, 415, "{answer}");
+
+    // 400: missing headers, malformed payloads.
+    let (status, _) = gw.raw_webhook(
+        "/webhook",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Delivery", "x"),
+            ("X-Hub-Signature-256", good),
+        ],
+        &body,
+    );
+    assert_eq!(status, 400);
+    let (status, _) = gw.raw_webhook(
+        "/webhook",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", good),
+        ],
+        &body,
+    );
+    assert_eq!(status, 400);
+    for bad in [
+        &b"{not json"[..],
+        br#"{"ref":"refs/heads/master"}"#,
+        br#"[]"#,
+    ] {
+        let (status, answer) = gw.webhook("push", "bad-json", bad);
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed push payload"));
+    }
+    let (status, _) = gw.raw_webhook(
+        "/webhook",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "form-bad"),
+            (
+                "X-Hub-Signature-256",
+                Box::leak(github::sign(SECRET, b"nopayload=1").into_boxed_str()),
+            ),
+        ],
+        b"nopayload=1",
+    );
+    assert_eq!(status, 400);
+    assert_eq!(deliveries(&gw), 0, "refused webhooks leave nothing behind");
+    assert_eq!(orders(&gw), 0);
+}
+
+#[test]
+fn githubs_signature_test_vector_passes_the_signature_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with_secret(dir.path(), "It's a Secret to Everybody", "");
+    let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let send = |sig: &str| {
+        gw.raw_webhook(
+            "/webhook",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "vector"),
+                ("X-Hub-Signature-256", sig),
+            ],
+            b"Hello, World!",
+        )
+    };
+    // The signature is right, so the next check (payload) is the one that refuses.
+    assert_eq!(send(header).0, 400);
+    assert_eq!(send(&header.replace("757", "758")).0, 401);
+}
+
+#[test]
+fn body_over_the_limit_is_refused_before_it_is_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(dir.path(), "[http]\nmax_body_bytes = 1000\n");
+    let addr = gw.http.trim_start_matches("http://").to_owned();
+    // Announce 100 MB and send only the headers: the answer must come without the body.
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // Chunked, with no length announced: cut off at the limit.
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big2\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let chunk = vec![b'x'; 600];
+        write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+        stream.write_all(&chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    let n = stream.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+#[test]
+fn duplicate_delivery_before_and_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = push_of(&sha(11), "master");
+    let gw = TestGateway::start(dir.path());
+    assert_eq!(gw.webhook("push", "dup-1", &body).0, 202);
+    let (status, answer) = gw.webhook("push", "dup-1", &body);
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    gw.stop();
+
+    let gw = TestGateway::start(dir.path());
+    let (status, answer) = gw.webhook("push", "dup-1", &body);
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    assert_eq!(orders(&gw), 1);
+}
+
+#[test]
+fn orders_survive_a_restart_and_are_republished() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "s-1", &push_of(&sha(21), "master"));
+    let seq = answer["seq"].as_u64().unwrap();
+    let key = gw.public_key.clone();
+    gw.stop();
+
+    let gw = TestGateway::start(dir.path());
+    assert_eq!(gw.public_key, key, "the signing key persists");
+    let mut sub = gw.mqtt("web-1", "token-web-1");
+    sub.subscribe("orcastrate/+/+/+/desired");
+    let (_, payload) = sub
+        .wait_for(Duration::from_secs(5), |_, _| true)
+        .expect("order re-published after restart");
+    let order: DeployOrder = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(order.seq, seq);
+    // The next order still gets a higher seq.
+    let (_, answer) = gw.webhook("push", "s-2", &push_of(&sha(22), "master"));
+    assert!(answer["seq"].as_u64().unwrap() > seq);
+}
+
+#[test]
+fn paused_env_records_webhooks_without_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (status, _) = gw.admin_post(
+        "/api/v1/pause",
+        serde_json::json!({"repo": REPO, "env": ENV}),
+    );
+    assert_eq!(status, 200);
+    let (status, answer) = gw.webhook("push", "p-1", &push_of(&sha(31), "master"));
+    assert_eq!(status, 202);
+    assert!(answer["ignored"].as_str().unwrap().contains("paused"));
+    assert_eq!(orders(&gw), 0);
+    assert_eq!(deliveries(&gw), 1);
+    let (status, _) = gw.admin_post(
+        "/api/v1/resume",
+        serde_json::json!({"repo": REPO, "env": ENV}),
+    );
+    assert_eq!(status, 200);
+    let (status, answer) = gw.webhook("push", "p-2", &push_of(&sha(31), "master"));
+    assert_eq!(status, 202);
+    assert_eq!(answer["sha"], sha(31).as_str());
+}
