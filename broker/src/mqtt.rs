@@ -1,87 +1,246 @@
-//! `rumqttc` options that every Orcastrate client uses.
+//! `rumqttc` options that every Orcastrate client uses: credentials, 1 MiB packets both
+//! ways, our keep-alive, and TLS for `mqtts://` URLs.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::MqttOptions;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Keep-alive of our clients: short enough that a dead agent goes `offline` within a minute.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
-/// A broker URL that cannot be used.
+/// A broker URL or TLS setting that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid MQTT server URL {url:?}: {reason}")]
-pub struct UrlError {
-    pub url: String,
-    pub reason: &'static str,
+pub enum UrlError {
+    #[error("invalid MQTT server URL {url:?}: {reason}")]
+    Url { url: String, reason: &'static str },
+    #[error("cannot use CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("no trusted root certificates for mqtts://: set SSL_CERT_FILE or a CA file")]
+    NoRoots,
 }
 
-/// Host and port of an `mqtt://host:port` URL (a bare `host:port` is accepted too).
-pub fn parse_url(url: &str) -> Result<(String, u16), UrlError> {
-    let err = |reason| UrlError {
+/// Which certificates a TLS connection trusts.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+    System,
+    /// The certificates of a PEM file (a private CA or a self-signed server certificate).
+    CaFile(PathBuf),
+    /// Any certificate: only for a process checking its own listener on loopback.
+    OwnListener,
+}
+
+/// A parsed server URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Parses `mqtt://host:port` or `mqtts://host:port` (a bare `host:port` means `mqtt://`).
+pub fn parse_url(url: &str) -> Result<ServerUrl, UrlError> {
+    let err = |reason| UrlError::Url {
         url: url.to_owned(),
         reason,
     };
-    let rest = if let Some(rest) = url.strip_prefix("mqtt://").or(url.strip_prefix("tcp://")) {
-        rest
-    } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-        return Err(err(
-            "TLS URLs are not supported by this build yet: use mqtt:// (behind a TLS tunnel if needed)",
-        ));
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://").or(url.strip_prefix("tcp://"))
+    {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("mqtts://").or(url.strip_prefix("ssl://")) {
+        (rest, true)
     } else if url.contains("://") {
-        return Err(err("use mqtt://host:port"));
+        return Err(err("use mqtt://host:port or mqtts://host:port"));
     } else {
-        url
+        (url, false)
     };
+    let default_port = if tls { 8883 } else { 1883 };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => (
+        Some((host, port)) if !host.is_empty() && !port.contains(']') => (
             host,
             port.parse::<u16>()
                 .map_err(|_| err("the port must be a number from 1 to 65535"))?,
         ),
-        None if !rest.is_empty() => (rest, 1883),
+        _ if !rest.is_empty() => (rest, default_port),
         _ => return Err(err("use mqtt://host:port")),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((host.to_owned(), port))
+    if host.is_empty() {
+        return Err(err("use mqtt://host:port"));
+    }
+    Ok(ServerUrl {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
 }
 
-/// Options for one of our clients: credentials, 1 MiB packets both ways, our keep-alive.
+/// Options for one of our clients, trusting the system's roots for `mqtts://`.
 pub fn client_options(
     url: &str,
     client_id: &str,
     username: &str,
     password: &str,
 ) -> Result<MqttOptions, UrlError> {
-    let (host, port) = parse_url(url)?;
-    let mut options = MqttOptions::new(client_id, host, port);
+    client_options_with(url, client_id, username, password, &Trust::System)
+}
+
+/// Options for one of our clients, with an explicit TLS trust for `mqtts://`.
+pub fn client_options_with(
+    url: &str,
+    client_id: &str,
+    username: &str,
+    password: &str,
+    trust: &Trust,
+) -> Result<MqttOptions, UrlError> {
+    let server = parse_url(url)?;
+    let mut options = MqttOptions::new(client_id, server.host, server.port);
     options
         .set_credentials(username, password)
         .set_max_packet_size(crate::MAX_PACKET_BYTES, crate::MAX_PACKET_BYTES)
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_session(true);
+    if server.tls {
+        let config = tls_config(trust)?;
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
+    }
     Ok(options)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_config(trust: &Trust) -> Result<ClientConfig, UrlError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let config = match trust {
+        Trust::OwnListener => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+            .with_no_client_auth(),
+        Trust::System => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(UrlError::NoRoots);
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::CaFile(path) => builder
+            .with_root_certificates(roots_from_file(path)?)
+            .with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+fn roots_from_file(path: &Path) -> Result<RootCertStore, UrlError> {
+    let err = |reason: String| UrlError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| err(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(format!("unusable certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no certificate in it".into()));
+    }
+    Ok(roots)
+}
+
+/// Accepts any server certificate (signatures are still checked): the gateway's health
+/// probe connecting to its own listener on loopback has nothing to authenticate.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn url(host: &str, port: u16, tls: bool) -> ServerUrl {
+        ServerUrl {
+            host: host.into(),
+            port,
+            tls,
+        }
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
             parse_url("mqtt://127.0.0.1:1883").unwrap(),
-            ("127.0.0.1".into(), 1883)
+            url("127.0.0.1", 1883, false)
         );
         assert_eq!(
             parse_url("broker.local").unwrap(),
-            ("broker.local".into(), 1883)
+            url("broker.local", 1883, false)
         );
-        assert_eq!(parse_url("tcp://h:9").unwrap(), ("h".into(), 9));
+        assert_eq!(parse_url("tcp://h:9").unwrap(), url("h", 9, false));
         assert_eq!(
             parse_url("mqtt://[::1]:1883").unwrap(),
-            ("::1".into(), 1883)
+            url("::1", 1883, false)
         );
+        assert_eq!(parse_url("mqtts://h").unwrap(), url("h", 8883, true));
+        assert_eq!(parse_url("mqtts://h:1").unwrap(), url("h", 1, true));
         assert!(parse_url("http://h:1").is_err());
         assert!(parse_url("mqtt://h:x").is_err());
         assert!(parse_url("mqtt://").is_err());
@@ -91,5 +250,19 @@ mod tests {
     fn options_raise_packet_size() {
         let o = client_options("mqtt://127.0.0.1:1", "a", "a", "t").unwrap();
         assert_eq!(o.max_packet_size(), crate::MAX_PACKET_BYTES);
+    }
+
+    #[test]
+    fn bad_ca_file_is_named() {
+        let e = client_options_with(
+            "mqtts://h:1",
+            "a",
+            "a",
+            "t",
+            &Trust::CaFile("/nonexistent/ca.pem".into()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        assert!(client_options_with("mqtts://h:1", "a", "a", "t", &Trust::OwnListener).is_ok());
     }
 }

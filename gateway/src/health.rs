@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use orcastrate_broker::mqtt::Trust;
 use rumqttc::{AsyncClient, Event, Incoming};
 
 use crate::sequencer::Sequencer;
@@ -22,6 +23,8 @@ pub struct HealthProbe {
     pub mqtt_addr: SocketAddr,
     /// The probe user's random token, registered with the broker at start-up.
     pub token: String,
+    /// Whether the listener speaks TLS.
+    pub tls: bool,
 }
 
 impl HealthProbe {
@@ -47,9 +50,16 @@ impl HealthProbe {
     }
 
     async fn mqtt_login(&self) -> Result<(), String> {
-        let url = format!("mqtt://{}", self.mqtt_addr);
-        let options = orcastrate_broker::mqtt::client_options(&url, "", PROBE_USER, &self.token)
-            .map_err(|e| e.to_string())?;
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        let url = format!("{scheme}://{}", self.mqtt_addr);
+        let options = orcastrate_broker::mqtt::client_options_with(
+            &url,
+            "",
+            PROBE_USER,
+            &self.token,
+            &Trust::OwnListener,
+        )
+        .map_err(|e| e.to_string())?;
         let (client, mut eventloop) = AsyncClient::new(options, 4);
         loop {
             match eventloop.poll().await {

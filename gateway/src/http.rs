@@ -103,8 +103,10 @@ where
 /// The router of every route.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/pullrequest", post(webhook))
-        .route("/webhook", post(webhook))
+        // The webhook handler enforces `max_body_bytes` itself, before buffering; other
+        // routes keep axum's default limit.
+        .route("/pullrequest", post(webhook).layer(DefaultBodyLimit::disable()))
+        .route("/webhook", post(webhook).layer(DefaultBodyLimit::disable()))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/deployments", get(deployments))
@@ -113,8 +115,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rollback", post(rollback))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
-        // The webhook handler enforces `max_body_bytes` itself, before buffering.
-        .layer(DefaultBodyLimit::disable())
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &Request| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),

@@ -138,6 +138,7 @@ impl Gateway {
             health: HealthProbe {
                 mqtt_addr,
                 token: probe_token.clone(),
+                tls: tls.is_some(),
             },
             webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
         };

@@ -75,7 +75,12 @@ impl TestGateway {
     pub fn start_with_secret(data_dir: &Path, secret: &str, extra: &str) -> Self {
         let mqtt_port = free_port();
         let text = config_text(data_dir, mqtt_port, secret, extra);
-        let file: FileConfig = toml::from_str(&text).unwrap();
+        Self::start_config(data_dir, mqtt_port, &text)
+    }
+
+    /// Starts a gateway from a whole config text whose MQTT listener is on `mqtt_port`.
+    pub fn start_config(data_dir: &Path, mqtt_port: u16, text: &str) -> Self {
+        let file: FileConfig = toml::from_str(text).unwrap();
         let settings =
             Settings::build(file, None, &[("UNUSED", "")], &Overrides::default()).unwrap();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -42,19 +42,18 @@ fn fleet_summary_holds_verified_statuses_only() {
     }
     let gw = TestGateway::start_with(dir.path(), &extra);
     let mut publisher = gw.mqtt("web-2", "token-web-2");
-    for i in 0..150 {
-        let agent = format!("agent-{i}");
-        let s = status(
-            &agent,
-            ENV,
-            AgentState::Healthy,
-            &format!("token-agent-{i}"),
-        );
-        publisher.publish(
-            &format!("orcastrate/{REPO}/{ENV}/status/{agent}"),
-            serde_json::to_vec(&s).unwrap(),
-            true,
-        );
+    // Two rounds: 300 messages on the gateway's link, past the ~200 notifications after
+    // which rumqttd unschedules a local link that is not woken again.
+    for state in [AgentState::Deploying, AgentState::Healthy] {
+        for i in 0..150 {
+            let agent = format!("agent-{i}");
+            let s = status(&agent, ENV, state, &format!("token-agent-{i}"));
+            publisher.publish(
+                &format!("orcastrate/{REPO}/{ENV}/status/{agent}"),
+                serde_json::to_vec(&s).unwrap(),
+                true,
+            );
+        }
     }
     // A forged MAC (signed with another agent's token).
     let forged = status("agent-0", ENV, AgentState::Failed, "token-agent-1");
@@ -87,7 +86,8 @@ fn fleet_summary_holds_verified_statuses_only() {
             sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
             let (_, payload) = sub.wait_for(Duration::from_secs(2), |_, _| true)?;
             let s: FleetSummary = serde_json::from_slice(&payload).ok()?;
-            (s.agents.len() == 150).then_some(s)
+            (s.agents.len() == 150 && s.agents.iter().all(|a| a.state == AgentState::Healthy))
+                .then_some(s)
         },
     );
     assert!(summary

@@ -117,3 +117,82 @@ fn mosquitto_sub_sees_the_retained_order() {
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn tls_listener_serves_mqtts_and_healthz_still_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // A private CA and a server certificate it signed, as a user would make them.
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > leaf.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile leaf.ext -out cert.pem
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .output()
+        .expect("sh and openssl are installed");
+    assert!(out.status.success(), "openssl: {out:?}");
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    let data = dir.path().join("data");
+    let port = free_port();
+    let text = config_text(&data, port, SECRET, "").replace(
+        "[mqtt]\n",
+        &format!("[mqtt]\ntls_cert = {:?}\ntls_key = {:?}\n", cert, key),
+    );
+    let gw = TestGateway::start_config(&data, port, &text);
+    let (_, answer) = gw.webhook("push", "tls-1", &push_of(&sha(61), "master"));
+    assert!(answer["seq"].is_u64(), "{answer}");
+    // /healthz logs in over TLS.
+    let (status, body) = gw.admin_get("/healthz");
+    assert_eq!(status, 200, "{body}");
+
+    // Our client trusting the certificate.
+    let options = orcastrate_broker::mqtt::client_options_with(
+        &format!("mqtts://localhost:{port}"),
+        "",
+        "web-1",
+        "token-web-1",
+        &orcastrate_broker::mqtt::Trust::CaFile(ca.clone()),
+    )
+    .unwrap();
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .subscribe("orcastrate/+/+/+/desired", rumqttc::QoS::AtLeastOnce)
+        .unwrap();
+    let got = connection.iter().take(10).find_map(|e| match e {
+        Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => Some(p.payload),
+        Ok(_) => None,
+        Err(e) => panic!("TLS connection failed: {e}"),
+    });
+    assert!(String::from_utf8_lossy(&got.unwrap()).contains(&sha(61)));
+
+    // mosquitto_sub with the CA file.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "localhost", "-p", &port.to_string(), "--cafile"])
+        .arg(&ca)
+        .args([
+            "-u",
+            "web-1",
+            "-P",
+            "token-web-1",
+            "-t",
+            "orcastrate/#",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&sha(61)));
+
+    // Plain MQTT is not spoken on a TLS listener.
+    assert!(Mqtt::connect(port, "", "web-1", "token-web-1").is_err());
+}
