@@ -175,6 +175,8 @@ pub enum MqttMode {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
+    /// PEM certificate chain and key: HTTPS when set.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     pub max_body_bytes: usize,
     pub mqtt: MqttMode,
     pub prefix: String,
@@ -282,11 +284,15 @@ impl Settings {
                 "{where_}: [http] max_body_bytes = {max_body_bytes}: use 1 to {GITHUB_MAX_BODY} (GitHub never sends more)"
             )));
         }
-        if file.http.tls_cert.is_some() || file.http.tls_key.is_some() {
-            return Err(err(format!(
-                "{where_}: [http] tls_cert/tls_key are not supported by this build: terminate HTTPS in a reverse proxy (README: Deploying the gateway) and remove these keys"
-            )));
-        }
+        let http_tls = match (file.http.tls_cert, file.http.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(err(format!(
+                    "{where_}: [http] needs both tls_cert and tls_key for HTTPS, or neither"
+                )))
+            }
+        };
 
         let mqtt = match file.mqtt.mode.as_deref().unwrap_or("embedded") {
             "embedded" => {
@@ -358,6 +364,7 @@ impl Settings {
         Ok(Settings {
             data_dir,
             http_listen,
+            http_tls,
             max_body_bytes,
             mqtt,
             prefix,

@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod sequencer;
 pub mod serve;
+pub mod tls;
 pub mod watch;
 
 pub use serve::Gateway;

@@ -143,13 +143,20 @@ impl Gateway {
             webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
         };
         let http_addr = http.local_addr()?;
+        let tls = match &settings.http_tls {
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+            None => None,
+        };
         let router = http::router(state);
         let shutdown = cancel.clone();
         let done = tokio::spawn(async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .context("HTTP server failed")?;
+            match tls {
+                Some(acceptor) => crate::tls::serve(http, router, acceptor, shutdown).await,
+                None => axum::serve(http, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+                    .context("HTTP server failed")?,
+            }
             // Every handler has finished and dropped its sequencer handle: the sequencer
             // drains what was accepted and stops.
             sequencer_done.await.context("sequencer task failed")?;

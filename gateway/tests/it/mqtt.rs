@@ -121,24 +121,7 @@ fn mosquitto_sub_sees_the_retained_order() {
 #[test]
 fn tls_listener_serves_mqtts_and_healthz_still_logs_in() {
     let dir = tempfile::tempdir().unwrap();
-    // A private CA and a server certificate it signed, as a user would make them.
-    let script = r#"set -e
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem
-openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > leaf.ext
-openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile leaf.ext -out cert.pem
-"#;
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(dir.path())
-        .output()
-        .expect("sh and openssl are installed");
-    assert!(out.status.success(), "openssl: {out:?}");
-    let (ca, cert, key) = (
-        dir.path().join("ca.pem"),
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-    );
+    let (ca, cert, key) = make_certificates(dir.path());
     let data = dir.path().join("data");
     let port = free_port();
     let text = config_text(&data, port, SECRET, "").replace(

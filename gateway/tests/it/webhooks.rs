@@ -403,3 +403,44 @@ fn paused_env_records_webhooks_without_orders() {
     assert_eq!(status, 202);
     assert_eq!(answer["sha"], sha(31).as_str());
 }
+
+#[test]
+fn https_listener_accepts_signed_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path());
+    let extra = format!("[http]\ntls_cert = {cert:?}\ntls_key = {key:?}\n");
+    let gw = TestGateway::start_with(&dir.path().join("data"), &extra);
+    let port = gw.http.rsplit(':').next().unwrap().to_owned();
+    let body_file = dir.path().join("push.json");
+    let body = push_of(&sha(71), "master");
+    std::fs::write(&body_file, &body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-GitHub-Event: push",
+        ])
+        .args(["-H", "X-GitHub-Delivery: tls-1"])
+        .args([
+            "-H",
+            &format!("X-Hub-Signature-256: {}", github::sign(SECRET, &body)),
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("https://localhost:{port}/webhook"))
+        .output()
+        .expect("curl is installed");
+    assert!(out.status.success(), "{out:?}");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["sha"], sha(71).as_str(), "{answer}");
+    // Plain HTTP is not spoken there.
+    let plain = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+}
