@@ -1,0 +1,76 @@
+//! A forged order, published by a token holder: the agent refuses it, the gateway repairs
+//! the retained order.
+
+use std::process::Command;
+
+use orcastrate_broker::AgentState;
+
+use crate::harness::*;
+
+#[test]
+fn a_forged_retained_order_is_ignored_by_the_agent_and_overwritten_by_the_gateway() {
+    let mut w = World::new();
+    w.start_agent();
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    let pid = w.wait_app("v1");
+    // A real commit of the origin, so an agent fooled by the order could deploy it.
+    let sha2 = w.commit("v2");
+
+    // rumqttd has no ACLs: a valid agent token may publish on `desired`. A newer seq and
+    // another sha under the gateway's key_id, with a signature the gateway never made.
+    let mut forged = serde_json::to_value(w.gateway.desired().expect("the true order")).unwrap();
+    forged["seq"] = (seq1 + 1).into();
+    forged["sha"] = sha2.as_str().into();
+    forged["kind"] = "manual".into();
+    forged["issued_by"] = "mallory".into();
+    forged["sig"] = format!("{}==", "A".repeat(86)).into(); // 64 zero bytes
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &w.gateway.mqtt_port.to_string()])
+        .args(["-u", AGENT, "-P", AGENT_TOKEN])
+        .args(["-t", &topic("desired"), "-q", "1", "-r"])
+        .args(["-m", &forged.to_string()])
+        .output()
+        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
+    assert!(out.status.success(), "mosquitto_pub failed: {out:?}");
+
+    // The agent saw it and refused it for its signature.
+    eventually(WAIT, "the agent to refuse the forged order", || {
+        w.agent_logs()
+            .lines()
+            .any(|l| l.contains("order refused") && l.contains("signature"))
+            .then_some(())
+    });
+
+    // The gateway put the true order back: a new subscriber sees it, and it verifies.
+    let truth = eventually(WAIT, "the true order to be retained again", || {
+        w.gateway.desired().filter(|o| o.seq == seq1)
+    });
+    assert_eq!(truth.sha, sha1);
+    assert!(w.gateway.verifies(&truth), "{truth:?}");
+    assert_eq!(w.gateway.deployments().len(), 1);
+
+    // The agent kept serving the same process, and its status did not change.
+    assert_eq!(app_identity(w.app_port), Some(("v1".to_owned(), pid)));
+    let status = w
+        .gateway
+        .agent_status()
+        .expect("the agent in the fleet view");
+    assert_eq!(status["state"], "healthy", "{status}");
+    assert_eq!(status["seq"], seq1, "{status}");
+    assert_eq!(status["running_sha"], sha1.as_str(), "{status}");
+    let own = w.retained_status();
+    assert_eq!(own.state, AgentState::Healthy, "{own:?}");
+    assert_eq!(own.seq, Some(seq1));
+    let releases: Vec<_> = std::fs::read_dir(w.root.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(releases, [format!("{seq1}-{}", &sha1[..12])]);
+
+    // Still following the gateway: a real order for that sha deploys.
+    let seq2 = w.push(&sha2);
+    w.wait_healthy(seq2, &sha2);
+    w.wait_app("v2");
+}

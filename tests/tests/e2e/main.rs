@@ -1,0 +1,11 @@
+//! End-to-end tests: the real gateway (its library, with its embedded broker on loopback
+//! ports) and the real agent (its library `run`) working together, with real git
+//! repositories in temp dirs, a tiny Node app, signed GitHub webhooks, and MQTT clients
+//! (rumqttc and mosquitto_pub) watching and attacking the bus.
+//!
+//! Needs `git`, `node` and `mosquitto-clients` (see `.ci/run`).
+#![allow(unreachable_pub)]
+
+mod deploys;
+mod forged;
+mod harness;
