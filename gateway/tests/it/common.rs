@@ -311,6 +311,19 @@ impl Mqtt {
         }
     }
 
+    /// Publishes at QoS 0, as fast as the connection takes it.
+    pub fn publish_qos0(&mut self, topic: &str, payload: Vec<u8>) {
+        while self
+            .client
+            .try_publish(topic, QoS::AtMostOnce, false, payload.clone())
+            .is_err()
+        {
+            if let Ok(Err(e)) = self.connection.recv_timeout(Duration::from_millis(50)) {
+                panic!("MQTT connection failed: {e}");
+            }
+        }
+    }
+
     /// Drives the connection for a moment so queued publishes go out.
     pub fn flush(&mut self) {
         let _ = self.collect(Duration::from_millis(300));

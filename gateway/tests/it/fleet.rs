@@ -147,3 +147,34 @@ fn stale_last_will_does_not_mark_a_reconnected_agent_offline() {
     assert_eq!(agents[0]["agent"], "web-1");
     assert_eq!(agents[0]["state"], "healthy");
 }
+
+#[test]
+fn gateway_link_keeps_up_with_a_burst_of_statuses() {
+    // rumqttd unschedules a local link once ~200 notifications queue up; unless it is woken
+    // the gateway stops hearing anything. A QoS 0 burst of 2,000 statuses queues that many.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut publisher = gw.mqtt("web-2", "token-web-2");
+    let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
+    for n in 1..=2000u64 {
+        let mut s = status("web-1", ENV, AgentState::Deploying, "token-web-1");
+        s.seq = Some(n);
+        sign::seal_status("token-web-1", &mut s);
+        publisher.publish_qos0(&topic, serde_json::to_vec(&s).unwrap());
+    }
+    publisher.flush();
+    // After the burst, one more status must still get through.
+    let mut last = status("web-1", ENV, AgentState::Healthy, "token-web-1");
+    last.seq = Some(5000);
+    sign::seal_status("token-web-1", &mut last);
+    eventually(
+        Duration::from_secs(10),
+        "the status after the burst",
+        || {
+            publisher.publish_qos0(&topic, serde_json::to_vec(&last).unwrap());
+            publisher.flush();
+            let (_, v) = gw.admin_get("/api/v1/agents");
+            (v["agents"][0]["seq"].as_u64() == Some(5000)).then_some(())
+        },
+    );
+}
