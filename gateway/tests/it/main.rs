@@ -3,6 +3,7 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod agent_e2e;
 mod common;
 mod fleet;
 mod mqtt;
