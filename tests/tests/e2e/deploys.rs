@@ -1,7 +1,7 @@
 //! A push deploys; a rollback returns to the warm previous release.
 
 use orcastrate_broker::{AgentState, OrderKind};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::harness::*;
 
@@ -9,8 +9,31 @@ use crate::harness::*;
 fn a_signed_push_deploys_that_commit_and_the_fleet_view_shows_it_healthy() {
     let mut w = World::new();
     w.start_agent();
+    // An operator watching the webhook decisions of the repository (not retained).
+    let mut events = w.gateway.watch(&format!("orcastrate/{REPO}/events"));
     let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
+    let id = delivery();
+    let (code, answer) = w.gateway.push(&sha1, &id);
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["delivery"], id.as_str(), "{answer}");
+    assert_eq!(answer["repo"], REPO, "{answer}");
+    assert_eq!(answer["env"], ENV, "{answer}");
+    assert_eq!(answer["sha"], sha1.as_str(), "{answer}");
+    let seq1 = answer["seq"].as_u64().expect("a seq in the answer");
+    let event = events
+        .wait_for(WAIT, |p| {
+            serde_json::from_slice::<Value>(&p.payload).is_ok_and(|e| e["delivery"] == id.as_str())
+        })
+        .expect("an event for the delivery");
+    let event: Value = serde_json::from_slice(&event).unwrap();
+    assert_eq!(event["outcome"], "accepted", "{event}");
+    assert_eq!(event["seq"], seq1, "{event}");
+    assert_eq!(event["sha"], sha1.as_str(), "{event}");
+
+    // GitHub redelivers: recognised, no second order.
+    let (code, again) = w.gateway.push(&sha1, &id);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
 
     // The gateway's fleet view (verified statuses only) shows the agent healthy on it.
     let status = w.wait_healthy(seq1, &sha1);
@@ -53,6 +76,12 @@ fn a_signed_push_deploys_that_commit_and_the_fleet_view_shows_it_healthy() {
     let entry = &fleet.agents[0];
     assert_eq!(entry.sha12.as_deref(), Some(&sha1[..12]));
     assert_eq!(entry.running_sha12.as_deref(), Some(&sha1[..12]));
+
+    let metrics = w.gateway.metrics();
+    assert!(
+        metrics.contains("orcastrate_connected_agents 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -72,6 +101,8 @@ fn rollback_returns_to_the_warm_first_release_without_fetching() {
 
     // Without its origin the agent cannot fetch anything: a rollback must use what is on disk.
     std::fs::remove_dir_all(&w.origin.bare).unwrap();
+    // What the agent says while it works, as an operator sees it.
+    let mut log = w.gateway.watch(&topic(&format!("log/{AGENT}")));
 
     let (code, answer) = w
         .gateway
@@ -92,12 +123,18 @@ fn rollback_returns_to_the_warm_first_release_without_fetching() {
     assert_eq!(status["release"], warm.as_str(), "{status}");
     assert_eq!(w.current_release(), warm);
     w.wait_app("v1");
-    assert!(
-        w.agent_logs()
-            .contains("switching without fetch or install"),
-        "{}",
-        w.agent_logs()
-    );
+    let line = log
+        .wait_for(WAIT, |p| {
+            serde_json::from_slice::<Value>(&p.payload).is_ok_and(|l| {
+                l["seq"] == seq3
+                    && l["line"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("without fetch"))
+            })
+        })
+        .expect("the agent's log line about the warm release");
+    let line: Value = serde_json::from_slice(&line).unwrap();
+    assert_eq!(line["agent"], AGENT, "{line}");
 
     // The sha rolled back from is marked bad: pushing it again deploys nothing.
     let (code, again) = w.gateway.push(&sha2, &delivery());

@@ -294,6 +294,25 @@ impl Gateway {
         sub.wait_for(Duration::from_secs(2), |p| p.topic == topic && p.retain)
     }
 
+    /// A watcher subscribed to `filter` (the subscription acknowledged before it returns,
+    /// so nothing published afterwards is missed).
+    pub fn watch(&self, filter: &str) -> Mqtt {
+        let mut sub = Mqtt::connect(self.mqtt_port, "", WATCHER, WATCHER_TOKEN).expect("login");
+        sub.subscribe(filter);
+        sub.wait_suback();
+        sub
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let mut r = http_agent()
+            .get(format!("{}/metrics", self.http))
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.body_mut().read_to_string().unwrap()
+    }
+
     /// The retained fleet summary of our repo/env.
     pub fn fleet(&self) -> Option<FleetSummary> {
         serde_json::from_slice(&self.retained(&topic("fleet"))?).ok()
@@ -379,6 +398,20 @@ impl Mqtt {
 
     pub fn subscribe(&mut self, filter: &str) {
         self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    }
+
+    /// Waits for the SUBACK of the subscription just sent.
+    pub fn wait_suback(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.connection.recv_timeout(left) {
+                Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("MQTT connection failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        panic!("no SUBACK within {WAIT:?}");
     }
 
     /// Waits for a publish satisfying `f`; returns its payload.
