@@ -144,3 +144,48 @@ fn rollback_returns_to_the_warm_first_release_without_fetching() {
     let seqs: Vec<_> = ledger.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [seq3, seq2, seq1]);
 }
+
+#[test]
+fn a_broken_push_is_rolled_back_by_the_agent_and_the_operator_rollback_marks_it_bad() {
+    let mut w = World::new();
+    // The broken release fails its health check until this runs out.
+    w.health_timeout_s = 6;
+    w.start_agent();
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    w.wait_app("v1");
+
+    let sha2 = w.commit_unhealthy("v2");
+    let seq2 = w.push(&sha2);
+    let status = w.gateway.wait_agent(&format!("done with seq {seq2}"), |s| {
+        s["seq"] == seq2
+            && matches!(
+                s["state"].as_str(),
+                Some("healthy" | "failed" | "rolled_back" | "skipped")
+            )
+    });
+    // It failed after the switch: the newest healthy release is restored.
+    assert_eq!(status["state"], "rolled_back", "{status}");
+    assert_eq!(status["sha"], sha2.as_str(), "{status}");
+    assert_eq!(status["running_sha"], sha1.as_str(), "{status}");
+    w.wait_app("v1");
+
+    // The operator's rollback: seq2 was never healthy, so the target is the first sha.
+    let (code, answer) = w
+        .gateway
+        .admin_post("/api/v1/rollback", json!({ "repo": REPO, "env": ENV }));
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["order"]["sha"], sha1.as_str(), "{answer}");
+    let seq3 = answer["order"]["seq"].as_u64().unwrap();
+    w.wait_healthy(seq3, &sha1);
+    w.wait_app("v1");
+
+    // The broken sha is marked bad: GitHub redelivering its push (a new delivery) deploys
+    // nothing.
+    let (code, again) = w.gateway.push(&sha2, &delivery());
+    assert_eq!(code, 202, "{again}");
+    assert!(again["ignored"].is_string(), "{again}");
+    let status = w.gateway.agent_status().unwrap();
+    assert_eq!(status["seq"], seq3, "{status}");
+}

@@ -456,9 +456,9 @@ impl Origin {
         Self { bare, work }
     }
 
-    /// Commits version `version` of the app (serving on `port`), pushes it to the origin's
-    /// `main`, and returns the commit's sha.
-    pub fn commit_app(&self, version: &str, port: u16) -> String {
+    /// Commits version `version` of the app (serving on `port`; its `/health` failing unless
+    /// `healthy`), pushes it to the origin's `main`, and returns the commit's sha.
+    pub fn commit_app(&self, version: &str, port: u16, healthy: bool) -> String {
         let files = [
             ("server.js", SERVER_JS.to_owned()),
             ("VERSION", format!("{version}\n")),
@@ -471,6 +471,12 @@ impl Origin {
         ];
         for (name, content) in files {
             std::fs::write(self.work.join(name), content).unwrap();
+        }
+        let unhealthy = self.work.join("UNHEALTHY");
+        if healthy {
+            let _ = std::fs::remove_file(unhealthy);
+        } else {
+            std::fs::write(unhealthy, "").unwrap();
         }
         git(&self.work, &["add", "-A"]);
         git(
@@ -521,15 +527,15 @@ fn git_out(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// The app: answers `/` with its version and pid, `/health` with 200; the port is in the
-/// release's `PORT` file.
+/// The app: answers `/` with its version and pid, `/health` with 200 (500 if the release
+/// has a file `UNHEALTHY`); the port is in the release's `PORT` file.
 const SERVER_JS: &str = r#"
 const http = require('http');
 const fs = require('fs');
 const version = fs.readFileSync('VERSION', 'utf8').trim();
 const port = +fs.readFileSync('PORT', 'utf8').trim();
 http.createServer((q, s) => {
-  if (q.url === '/health') { return s.end('ok'); }
+  if (q.url === '/health') { s.statusCode = fs.existsSync('UNHEALTHY') ? 500 : 200; return s.end('ok'); }
   s.setHeader('content-type', 'application/json');
   s.end(JSON.stringify({ version, pid: process.pid }));
 }).listen(port, '127.0.0.1');
@@ -559,6 +565,7 @@ pub fn agent_config(
     root: &Path,
     public_key: &str,
     app_port: u16,
+    health_timeout_s: u64,
 ) -> String {
     format!(
         r#"name = "{AGENT}"
@@ -580,7 +587,7 @@ stop_timeout_s = 5
 
 [health]
 http = "http://127.0.0.1:{app_port}/health"
-timeout_s = 15
+timeout_s = {health_timeout_s}
 interval_s = 1
 "#,
         origin = origin.display(),
@@ -678,6 +685,8 @@ pub struct World {
     pub origin: Origin,
     pub app_port: u16,
     pub root: PathBuf,
+    /// `[health] timeout_s` of the agent.
+    pub health_timeout_s: u64,
     pub dir: tempfile::TempDir,
 }
 
@@ -692,6 +701,7 @@ impl World {
             origin,
             app_port: free_port(),
             root,
+            health_timeout_s: 15,
             agent: None,
             gateway,
             dir,
@@ -710,6 +720,7 @@ impl World {
                 &self.root,
                 &self.gateway.public_key,
                 self.app_port,
+                self.health_timeout_s,
             ),
         )
         .unwrap();
@@ -727,7 +738,12 @@ impl World {
 
     /// Commits app version `version`; returns its sha.
     pub fn commit(&self, version: &str) -> String {
-        self.origin.commit_app(version, self.app_port)
+        self.origin.commit_app(version, self.app_port, true)
+    }
+
+    /// Commits app version `version` whose health check fails; returns its sha.
+    pub fn commit_unhealthy(&self, version: &str) -> String {
+        self.origin.commit_app(version, self.app_port, false)
     }
 
     /// A signed push of `sha`: asserts the 202 names our repo/env and the sha; returns `seq`.
