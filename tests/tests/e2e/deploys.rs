@@ -82,6 +82,17 @@ fn a_signed_push_deploys_that_commit_and_the_fleet_view_shows_it_healthy() {
         metrics.contains("orcastrate_connected_agents 1"),
         "{metrics}"
     );
+
+    // The agent stops (on_shutdown = "stop"): it says so, and the app stops with it.
+    w.agent.take().unwrap().stop();
+    let status = w.gateway.wait_agent("offline", |s| s["state"] == "offline");
+    assert_eq!(status["seq"], seq1, "{status}");
+    assert!(status["running_sha"].is_null(), "{status}");
+    eventually(WAIT, "the fleet summary to show the agent offline", || {
+        let f = w.gateway.fleet()?;
+        (f.agents.first()?.state == AgentState::Offline).then_some(())
+    });
+    assert_eq!(app_identity(w.app_port), None);
 }
 
 #[test]
