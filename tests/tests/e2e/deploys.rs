@@ -200,3 +200,36 @@ fn a_broken_push_is_rolled_back_by_the_agent_and_the_operator_rollback_marks_it_
     let status = w.gateway.agent_status().unwrap();
     assert_eq!(status["seq"], seq3, "{status}");
 }
+
+#[test]
+fn two_hosts_deploy_the_same_push_and_the_fleet_summary_lists_both() {
+    let mut w = World::new();
+    w.start_agent();
+    let port2 = free_port();
+    w.start_second_agent(port2);
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    let status = w.gateway.wait_agent_of(AGENT2, "healthy", |s| {
+        s["seq"] == seq1 && s["state"] == "healthy"
+    });
+    assert_eq!(status["running_sha"], sha1.as_str(), "{status}");
+    let pid1 = w.wait_app("v1");
+    let (version, pid2) = eventually(WAIT, "the second host's app", || app_identity(port2));
+    assert_eq!(version, "v1");
+    assert_ne!(pid1, pid2);
+
+    let fleet = eventually(WAIT, "the fleet summary to list both hosts healthy", || {
+        let f = w.gateway.fleet()?;
+        (f.agents.len() == 2
+            && f.agents
+                .iter()
+                .all(|a| a.state == AgentState::Healthy && a.seq == Some(seq1)))
+        .then_some(f)
+    });
+    let mut names: Vec<_> = fleet.agents.iter().map(|a| a.agent.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, [AGENT, AGENT2]);
+    let desired = fleet.desired.expect("the desired order in the summary");
+    assert_eq!((desired.seq, desired.sha), (seq1, sha1));
+}

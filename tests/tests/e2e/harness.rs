@@ -35,6 +35,9 @@ pub const AGENT_TOKEN: &str = "token-of-web-1-e2e";
 /// An operator's client, allowed to watch the bus.
 pub const WATCHER: &str = "watcher";
 pub const WATCHER_TOKEN: &str = "token-of-watcher-e2e";
+/// A second host of the same repo/env.
+pub const AGENT2: &str = "web-2";
+pub const AGENT2_TOKEN: &str = "token-of-web-2-e2e";
 
 /// The bound of every wait (normal runs take a small fraction of it).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -153,6 +156,10 @@ name = "{AGENT}"
 token = "{AGENT_TOKEN}"
 scopes = ["{REPO}/{ENV}"]
 [[clients]]
+name = "{AGENT2}"
+token = "{AGENT2_TOKEN}"
+scopes = ["{REPO}/{ENV}"]
+[[clients]]
 name = "{WATCHER}"
 token = "{WATCHER_TOKEN}"
 [[repos]]
@@ -250,22 +257,33 @@ impl Gateway {
 
     /// The agent's latest verified status in the gateway's fleet view (`/api/v1/agents`).
     pub fn agent_status(&self) -> Option<Value> {
+        self.agent_status_of(AGENT)
+    }
+
+    /// Agent `name`'s latest verified status in the gateway's fleet view.
+    pub fn agent_status_of(&self, name: &str) -> Option<Value> {
         let (code, v) = self.admin_get(&format!("/api/v1/agents?repo={REPO}&env={ENV}"));
         assert_eq!(code, 200, "{v}");
         v["agents"]
             .as_array()?
             .iter()
-            .find(|a| a["agent"] == AGENT)
+            .find(|a| a["agent"] == name)
             .cloned()
     }
 
     /// Waits until the fleet view shows a status of the agent satisfying `pred`.
     #[track_caller]
     pub fn wait_agent(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_agent_of(AGENT, what, pred)
+    }
+
+    /// Waits until the fleet view shows a status of agent `name` satisfying `pred`.
+    #[track_caller]
+    pub fn wait_agent_of(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
         let mut last = None;
         loop {
-            if let Some(s) = self.agent_status() {
+            if let Some(s) = self.agent_status_of(name) {
                 if pred(&s) {
                     return s;
                 }
@@ -273,7 +291,7 @@ impl Gateway {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for the agent to be {what}; last status in the fleet view: {}",
+                "timed out waiting for {name} to be {what}; last status in the fleet view: {}",
                 last.map(|s| s.to_string()).unwrap_or_else(|| "none".into())
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -558,19 +576,27 @@ pub fn app_identity(port: u16) -> Option<(String, u64)> {
 // ---------------------------------------------------------------------------------------
 // Agent
 
-/// The agent's config file.
-pub fn agent_config(
-    mqtt_port: u16,
-    origin: &Path,
-    root: &Path,
-    public_key: &str,
-    app_port: u16,
-    health_timeout_s: u64,
-) -> String {
-    format!(
-        r#"name = "{AGENT}"
+/// An agent's config file.
+pub struct AgentConfig<'a> {
+    pub name: &'a str,
+    pub token: &'a str,
+    pub mqtt_port: u16,
+    pub origin: &'a Path,
+    pub root: &'a Path,
+    pub public_key: &'a str,
+    /// Where its health check looks.
+    pub app_port: u16,
+    pub health_timeout_s: u64,
+    /// Appended (TOML tables).
+    pub extra: &'a str,
+}
+
+impl AgentConfig<'_> {
+    pub fn text(&self) -> String {
+        format!(
+            r#"name = "{name}"
 server = ["mqtt://127.0.0.1:{mqtt_port}"]
-token = "{AGENT_TOKEN}"
+token = "{token}"
 repo = "{GITHUB_REPO}"
 env = "{ENV}"
 git_url = "{origin}"
@@ -589,10 +615,18 @@ stop_timeout_s = 5
 http = "http://127.0.0.1:{app_port}/health"
 timeout_s = {health_timeout_s}
 interval_s = 1
-"#,
-        origin = origin.display(),
-        root = root.display(),
-    )
+{extra}"#,
+            name = self.name,
+            token = self.token,
+            mqtt_port = self.mqtt_port,
+            origin = self.origin.display(),
+            root = self.root.display(),
+            public_key = self.public_key,
+            app_port = self.app_port,
+            health_timeout_s = self.health_timeout_s,
+            extra = self.extra,
+        )
+    }
 }
 
 /// The agent running in-process (its library `run`) on its own runtime.
@@ -681,6 +715,8 @@ pub fn delivery() -> String {
 /// Fields drop in this order: the agent (stopping the app), the gateway, then the files.
 pub struct World {
     pub agent: Option<Agent>,
+    /// More hosts of the same repo/env.
+    pub others: Vec<Agent>,
     pub gateway: Gateway,
     pub origin: Origin,
     pub app_port: u16,
@@ -703,6 +739,7 @@ impl World {
             root,
             health_timeout_s: 15,
             agent: None,
+            others: Vec::new(),
             gateway,
             dir,
         }
@@ -711,22 +748,46 @@ impl World {
     /// Starts the agent and waits until the gateway's fleet view has its first verified
     /// status (it logged in, subscribed and reported).
     pub fn start_agent(&mut self) {
-        let config = self.dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            agent_config(
-                self.gateway.mqtt_port,
-                &self.origin.bare,
-                &self.root,
-                &self.gateway.public_key,
-                self.app_port,
-                self.health_timeout_s,
-            ),
-        )
-        .unwrap();
-        self.agent = Some(Agent::start(&config));
+        self.agent = Some(self.agent_with(AGENT, AGENT_TOKEN, &self.root, self.app_port, ""));
+    }
+
+    /// Starts a second host of the same repo/env (`AGENT2`) with its own root; its app
+    /// listens on `port`, from a `[shared]` file `PORT` that replaces the repository's.
+    pub fn start_second_agent(&mut self, port: u16) {
+        let root = self.dir.path().join("agent-root-2");
+        std::fs::create_dir_all(root.join("shared")).unwrap();
+        std::fs::write(root.join("shared/PORT"), format!("{port}\n")).unwrap();
+        let agent = self.agent_with(
+            AGENT2,
+            AGENT2_TOKEN,
+            &root,
+            port,
+            "\n[shared]\nfiles = [\"PORT\"]\n",
+        );
+        self.others.push(agent);
+    }
+
+    /// Writes the config of agent `name` and starts it; returns once the gateway's fleet
+    /// view has its first verified status (it logged in, subscribed and reported).
+    fn agent_with(&self, name: &str, token: &str, root: &Path, port: u16, extra: &str) -> Agent {
+        let config = self.dir.path().join(format!("{name}.toml"));
+        let text = AgentConfig {
+            name,
+            token,
+            mqtt_port: self.gateway.mqtt_port,
+            origin: &self.origin.bare,
+            root,
+            public_key: &self.gateway.public_key,
+            app_port: port,
+            health_timeout_s: self.health_timeout_s,
+            extra,
+        }
+        .text();
+        std::fs::write(&config, text).unwrap();
+        let agent = Agent::start(&config);
         self.gateway
-            .wait_agent("connected (any verified status)", |_| true);
+            .wait_agent_of(name, "connected (any verified status)", |_| true);
+        agent
     }
 
     pub fn agent_logs(&self) -> String {
@@ -815,15 +876,21 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
+        for (n, mut agent) in self
+            .agent
+            .take()
+            .into_iter()
+            .chain(self.others.drain(..))
+            .enumerate()
+        {
             agent.stop();
             if std::thread::panicking() {
-                eprintln!("---- agent log ----\n{}", agent.logs.text());
+                eprintln!("---- agent {n} log ----\n{}", agent.logs.text());
             }
         }
         // Nothing the agent started may outlive the test.
         for _ in 0..50 {
-            let left = processes_under(&self.root);
+            let left = processes_under(self.dir.path());
             if left.is_empty() {
                 break;
             }
