@@ -233,3 +233,36 @@ fn two_hosts_deploy_the_same_push_and_the_fleet_summary_lists_both() {
     let desired = fleet.desired.expect("the desired order in the summary");
     assert_eq!((desired.seq, desired.sha), (seq1, sha1));
 }
+
+#[test]
+fn a_late_push_of_an_older_commit_is_skipped_but_a_manual_deploy_of_it_is_not() {
+    let mut w = World::new();
+    w.start_agent();
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    let sha2 = w.commit("v2");
+    let seq2 = w.push(&sha2);
+    w.wait_healthy(seq2, &sha2);
+    let pid2 = w.wait_app("v2");
+
+    // GitHub does not promise delivery order: the push of v1 arrives again, late.
+    let seq3 = w.push(&sha1);
+    let status = w.gateway.wait_agent(&format!("done with seq {seq3}"), |s| {
+        s["seq"] == seq3 && s["state"] != "deploying" && s["state"] != "idle"
+    });
+    assert_eq!(status["state"], "skipped", "{status}");
+    assert_eq!(status["running_sha"], sha2.as_str(), "{status}");
+    assert_eq!(app_identity(w.app_port), Some(("v2".to_owned(), pid2)));
+
+    // An operator asking for it is obeyed.
+    let (code, answer) = w.gateway.admin_post(
+        "/api/v1/deploy",
+        json!({ "repo": REPO, "env": ENV, "sha": sha1 }),
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["order"]["kind"], "manual", "{answer}");
+    let seq4 = answer["order"]["seq"].as_u64().unwrap();
+    w.wait_healthy(seq4, &sha1);
+    w.wait_app("v1");
+}
