@@ -405,6 +405,30 @@ interval_s = 1
         (app_version(app_port)? == "v2").then_some(())
     });
 
+    // The restarted gateway's retained fleet summary has the agent on the new order.
+    let fleet = eventually(WAIT, "the fleet summary to show seq2 healthy", || {
+        let mut sub = Mqtt::connect(mqtt_port, "", "web-2", "token-web-2").ok()?;
+        sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
+        let (_, payload) = sub.wait_for(Duration::from_secs(2), |_, _| true)?;
+        let f: orcastrate_broker::FleetSummary = serde_json::from_slice(&payload).ok()?;
+        let a = f.agents.iter().find(|a| a.agent == AGENT)?;
+        (a.seq == Some(seq2) && a.state == orcastrate_broker::AgentState::Healthy).then_some(f)
+    });
+    assert_eq!(
+        fleet.desired.map(|d| (d.seq, d.sha)),
+        Some((seq2, sha2.clone()))
+    );
+    let metrics = ureq::get(format!("{}/metrics", gateway.http))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("orcastrate_connected_agents 1"),
+        "{metrics}"
+    );
+
     let v = gateway.admin_get(&format!("/api/v1/deployments?repo={REPO}&env={ENV}"));
     let orders: Vec<(u64, String)> = v["deployments"]
         .as_array()
