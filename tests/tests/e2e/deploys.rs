@@ -266,3 +266,37 @@ fn a_late_push_of_an_older_commit_is_skipped_but_a_manual_deploy_of_it_is_not() 
     w.wait_healthy(seq4, &sha1);
     w.wait_app("v1");
 }
+
+#[test]
+fn a_merged_pull_request_deploys_its_merge_commit_and_the_push_that_follows_is_ignored() {
+    let mut w = World::new();
+    w.start_agent();
+    let sha1 = w.commit("v1");
+    let (code, answer) = w.gateway.webhook(
+        "pull_request",
+        &delivery(),
+        "application/json",
+        &merged_pull_request_body(&sha1),
+    );
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["sha"], sha1.as_str(), "{answer}");
+    let seq1 = answer["seq"].as_u64().unwrap();
+    w.wait_healthy(seq1, &sha1);
+    w.wait_app("v1");
+    let order = w.gateway.desired().unwrap();
+    assert_eq!((order.seq, order.kind), (seq1, OrderKind::Merge));
+
+    // GitHub's merge button also sends the push of that commit (here form-encoded, as
+    // GitHub can send it too).
+    let (code, again) = w.gateway.webhook(
+        "push",
+        &delivery(),
+        "application/x-www-form-urlencoded",
+        &form_encoded(&push_body(&sha1)),
+    );
+    assert_eq!(code, 202, "{again}");
+    assert!(again["ignored"].is_string(), "{again}");
+    assert_eq!(w.gateway.deployments().len(), 1);
+    let status = w.gateway.agent_status().unwrap();
+    assert_eq!(status["seq"], seq1, "{status}");
+}

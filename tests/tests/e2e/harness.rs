@@ -223,15 +223,25 @@ impl Gateway {
 
     /// POSTs a GitHub push of `sha` to the mapped branch, signed as GitHub signs it.
     pub fn push(&self, sha: &str, delivery: &str) -> (u16, Value) {
-        let body = push_body(sha);
+        self.webhook("push", delivery, "application/json", &push_body(sha))
+    }
+
+    /// POSTs a webhook `body` as GitHub sends it, signed with the secret.
+    pub fn webhook(
+        &self,
+        event: &str,
+        delivery: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
         answer(
             http_agent()
                 .post(format!("{}/webhook", self.http))
-                .header("Content-Type", "application/json")
-                .header("X-GitHub-Event", "push")
+                .header("Content-Type", content_type)
+                .header("X-GitHub-Event", event)
                 .header("X-GitHub-Delivery", delivery)
-                .header("X-Hub-Signature-256", github_signature(SECRET, &body))
-                .send(&body[..]),
+                .header("X-Hub-Signature-256", github_signature(SECRET, body))
+                .send(body),
         )
     }
 
@@ -381,6 +391,27 @@ pub fn push_body(sha: &str) -> Vec<u8> {
     v["ref"] = format!("refs/heads/{BRANCH}").into();
     v["repository"]["full_name"] = GITHUB_REPO.into();
     serde_json::to_vec(&v).unwrap()
+}
+
+/// A real GitHub pull request payload (`pull_request__closed`) turned into the merge of a
+/// pull request into `main` of our repository, with merge commit `sha`.
+pub fn merged_pull_request_body(sha: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../gateway/tests/fixtures/github/pull_request__closed.payload.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["pull_request"]["merged"] = true.into();
+    v["pull_request"]["merge_commit_sha"] = sha.into();
+    v["pull_request"]["base"]["ref"] = BRANCH.into();
+    v["repository"]["full_name"] = GITHUB_REPO.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A JSON payload as GitHub's `application/x-www-form-urlencoded` content type sends it.
+pub fn form_encoded(json: &[u8]) -> Vec<u8> {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", std::str::from_utf8(json).unwrap())
+        .finish()
+        .into_bytes()
 }
 
 /// `X-Hub-Signature-256` as GitHub computes it.
