@@ -508,6 +508,17 @@ impl Origin {
     /// Commits version `version` of the app (serving on `port`; its `/health` failing unless
     /// `healthy`), pushes it to the origin's `main`, and returns the commit's sha.
     pub fn commit_app(&self, version: &str, port: u16, healthy: bool) -> String {
+        self.commit_app_with(version, port, healthy, &[])
+    }
+
+    /// Like `commit_app`, with more files (path, content) written before the commit.
+    pub fn commit_app_with(
+        &self,
+        version: &str,
+        port: u16,
+        healthy: bool,
+        more: &[(&str, &str)],
+    ) -> String {
         let files = [
             ("server.js", SERVER_JS.to_owned()),
             ("VERSION", format!("{version}\n")),
@@ -520,6 +531,11 @@ impl Origin {
         ];
         for (name, content) in files {
             std::fs::write(self.work.join(name), content).unwrap();
+        }
+        for (name, content) in more {
+            let path = self.work.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
         }
         let unhealthy = self.work.join("UNHEALTHY");
         if healthy {
@@ -583,15 +599,23 @@ const http = require('http');
 const fs = require('fs');
 const version = fs.readFileSync('VERSION', 'utf8').trim();
 const port = +fs.readFileSync('PORT', 'utf8').trim();
+const configFile = 'config/decrypted_production.json';
+const config = fs.existsSync(configFile) ? JSON.parse(fs.readFileSync(configFile, 'utf8')) : {};
 http.createServer((q, s) => {
   if (q.url === '/health') { s.statusCode = fs.existsSync('UNHEALTHY') ? 500 : 200; return s.end('ok'); }
   s.setHeader('content-type', 'application/json');
-  s.end(JSON.stringify({ version, pid: process.pid }));
+  s.end(JSON.stringify({ version, pid: process.pid, greeting: config.greeting }));
 }).listen(port, '127.0.0.1');
 "#;
 
 /// What the app on `port` answers on `/`: (version, pid), or `None` if nothing answers.
 pub fn app_identity(port: u16) -> Option<(String, u64)> {
+    let v = app_answer(port)?;
+    Some((v["version"].as_str()?.to_owned(), v["pid"].as_u64()?))
+}
+
+/// The app's JSON answer on `/` (version, pid, greeting from its decrypted config).
+pub fn app_answer(port: u16) -> Option<Value> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
@@ -600,8 +624,7 @@ pub fn app_identity(port: u16) -> Option<(String, u64)> {
     if text.split_whitespace().nth(1)? != "200" {
         return None;
     }
-    let v: Value = serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()?;
-    Some((v["version"].as_str()?.to_owned(), v["pid"].as_u64()?))
+    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -618,6 +641,8 @@ pub struct AgentConfig<'a> {
     /// Where its health check looks.
     pub app_port: u16,
     pub health_timeout_s: u64,
+    /// Top-level keys (before the tables).
+    pub top: &'a str,
     /// Appended (TOML tables).
     pub extra: &'a str,
 }
@@ -635,6 +660,7 @@ root = "{root}"
 keep_releases = 3
 gateway_public_keys = ["{public_key}"]
 on_shutdown = "stop"
+{top}
 
 [steps]
 install = "test -f package.json"
@@ -655,6 +681,7 @@ interval_s = 1
             public_key = self.public_key,
             app_port = self.app_port,
             health_timeout_s = self.health_timeout_s,
+            top = self.top,
             extra = self.extra,
         )
     }
@@ -754,6 +781,8 @@ pub struct World {
     pub root: PathBuf,
     /// `[health] timeout_s` of the agent.
     pub health_timeout_s: u64,
+    /// `config_key` of the agent (for the encrypted config), if any.
+    pub config_key: Option<String>,
     pub dir: tempfile::TempDir,
 }
 
@@ -769,6 +798,7 @@ impl World {
             app_port: free_port(),
             root,
             health_timeout_s: 15,
+            config_key: None,
             agent: None,
             others: Vec::new(),
             gateway,
@@ -811,6 +841,11 @@ impl World {
             public_key: &self.gateway.public_key,
             app_port: port,
             health_timeout_s: self.health_timeout_s,
+            top: &self
+                .config_key
+                .as_ref()
+                .map(|k| format!("config_key = \"{k}\""))
+                .unwrap_or_default(),
             extra,
         }
         .text();

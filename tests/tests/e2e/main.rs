@@ -6,6 +6,7 @@
 //! Needs `git`, `node` and `mosquitto-clients` (see `.ci/run`).
 #![allow(unreachable_pub)]
 
+mod config;
 mod deploys;
 mod forged;
 mod harness;
