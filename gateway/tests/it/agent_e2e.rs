@@ -51,7 +51,8 @@ impl GatewayProcess {
             .unwrap();
         let http = format!("http://127.0.0.1:{http_port}");
         eventually(WAIT, "the gateway to answer /healthz with 200", || {
-            ureq::get(format!("{http}/healthz")).call().ok().map(drop)
+            let r = agent().get(format!("{http}/healthz")).call().ok()?;
+            (r.status() == 200).then_some(())
         });
         Self { child, http }
     }
