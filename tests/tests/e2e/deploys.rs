@@ -300,3 +300,29 @@ fn a_merged_pull_request_deploys_its_merge_commit_and_the_push_that_follows_is_i
     let status = w.gateway.agent_status().unwrap();
     assert_eq!(status["seq"], seq1, "{status}");
 }
+
+#[test]
+fn a_paused_env_orders_nothing_until_it_is_resumed() {
+    let mut w = World::new();
+    w.start_agent();
+    let (code, answer) = w
+        .gateway
+        .admin_post("/api/v1/pause", json!({ "repo": REPO, "env": ENV }));
+    assert_eq!(code, 200, "{answer}");
+    let sha1 = w.commit("v1");
+    let (code, answer) = w.gateway.push(&sha1, &delivery());
+    assert_eq!(code, 202, "{answer}");
+    assert!(answer["ignored"].is_string(), "{answer}");
+    assert!(w.gateway.deployments().is_empty());
+    assert!(w.gateway.desired().is_none());
+    let status = w.gateway.agent_status().unwrap();
+    assert_eq!(status["state"], "idle", "{status}");
+
+    let (code, answer) = w
+        .gateway
+        .admin_post("/api/v1/resume", json!({ "repo": REPO, "env": ENV }));
+    assert_eq!(code, 200, "{answer}");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    w.wait_app("v1");
+}
