@@ -196,6 +196,12 @@ fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
+impl From<String> for ConfigError {
+    fn from(msg: String) -> Self {
+        Self(msg)
+    }
+}
+
 /// Reads the environment variables the gateway understands.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;

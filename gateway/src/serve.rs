@@ -59,6 +59,14 @@ impl Gateway {
     ///
     /// `http` is an already-bound listener (tests bind port 0).
     pub async fn start(settings: Settings, http: TcpListener) -> anyhow::Result<Self> {
+        let http_tls = match &settings.http_tls {
+            // A bad certificate is a configuration error (exit 2), like every other key.
+            Some((cert, key)) => Some(
+                crate::tls::acceptor(cert, key)
+                    .map_err(|e| config::ConfigError::from(format!("{e:#}")))?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
                 "cannot create data_dir {}: create it or set data_dir to a writable folder",
@@ -143,14 +151,10 @@ impl Gateway {
             webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
         };
         let http_addr = http.local_addr()?;
-        let tls = match &settings.http_tls {
-            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
-            None => None,
-        };
         let router = http::router(state);
         let shutdown = cancel.clone();
         let done = tokio::spawn(async move {
-            match tls {
+            match http_tls {
                 Some(acceptor) => crate::tls::serve(http, router, acceptor, shutdown).await,
                 None => axum::serve(http, router)
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })

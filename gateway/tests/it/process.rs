@@ -136,6 +136,11 @@ fn startup_errors_name_the_key_and_exit_2() {
     let (code, err) = run("[github]\nsecret = \"x\"\n[mqtt]\nlisten = \"nonsense\"\n");
     assert_eq!(code, Some(2));
     assert!(err.contains("[mqtt] listen"), "{err}");
+    let (code, err) = run(
+        "[github]\nsecret = \"x\"\n[http]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("[http] tls_cert /nonexistent/c.pem"), "{err}");
 }
 
 #[test]
