@@ -10,3 +10,4 @@ mod config;
 mod deploys;
 mod forged;
 mod harness;
+mod quickstart;
