@@ -289,4 +289,82 @@ mod tests {
         ));
         assert!(!signature_valid("s", b"x", Some("sha256=zz")));
     }
+
+    mod fuzz {
+        //! Property tests standing in for a fuzzer: whatever a signed sender puts in the
+        //! body, the parser answers with an intent or an error, never a panic.
+        use super::super::*;
+        use crate::config::RepoRoute;
+        use proptest::prelude::*;
+
+        fn access() -> Access {
+            Access {
+                clients: Vec::new(),
+                repos: vec![RepoRoute {
+                    name: "codertocat/hello-world".into(),
+                    branches: [("master".to_owned(), "production".to_owned())].into(),
+                }],
+            }
+        }
+
+        /// JSON values shaped like webhooks: the fields we read, with arbitrary contents.
+        fn payload() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                ".{0,50}".prop_map(serde_json::Value::from),
+                "[0-9a-f]{40}".prop_map(serde_json::Value::from),
+                "refs/(heads|tags)/[a-z/]{0,12}".prop_map(serde_json::Value::from),
+                "[A-Za-z0-9._/-]{0,30}".prop_map(serde_json::Value::from),
+            ];
+            let value = leaf.prop_recursive(3, 24, 6, |inner| {
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("ref".to_owned()),
+                        Just("after".to_owned()),
+                        Just("deleted".to_owned()),
+                        Just("repository".to_owned()),
+                        Just("full_name".to_owned()),
+                        Just("sender".to_owned()),
+                        Just("login".to_owned()),
+                        Just("action".to_owned()),
+                        Just("pull_request".to_owned()),
+                        Just("merged".to_owned()),
+                        Just("merge_commit_sha".to_owned()),
+                        Just("base".to_owned()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+            });
+            value
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(event in "(push|pull_request|ping|issues|[a-z_]{1,10})", body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = intent(&event, &body, &access());
+            }
+
+            #[test]
+            fn webhook_shaped_json_never_panics_and_deploys_only_valid_shas(event in "(push|pull_request|ping)", value in payload()) {
+                let body = serde_json::to_vec(&value).unwrap();
+                if let Ok(Intent::Deploy { sha, repo, env, .. }) = intent(&event, &body, &access()) {
+                    prop_assert!(names::sha(&sha).is_ok());
+                    prop_assert_eq!(repo, "codertocat/hello-world");
+                    prop_assert_eq!(env, "production");
+                }
+            }
+
+            #[test]
+            fn signature_header_never_panics(header in ".{0,80}", body in prop::collection::vec(any::<u8>(), 0..64)) {
+                prop_assert!(!signature_valid("secret", &body, Some(&header)) || header.trim() == sign("secret", &body));
+            }
+        }
+    }
 }
