@@ -318,7 +318,7 @@ mod tests {
                 "refs/(heads|tags)/[a-z/]{0,12}".prop_map(serde_json::Value::from),
                 "[A-Za-z0-9._/-]{0,30}".prop_map(serde_json::Value::from),
             ];
-            let value = leaf.prop_recursive(3, 24, 6, |inner| {
+            leaf.prop_recursive(3, 24, 6, |inner| {
                 prop::collection::btree_map(
                     prop_oneof![
                         Just("ref".to_owned()),
@@ -339,8 +339,7 @@ mod tests {
                     0..8,
                 )
                 .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
-            });
-            value
+            })
         }
 
         proptest! {

@@ -343,7 +343,9 @@ impl SequencerTask {
                 .take()
                 .expect("the connection is returned after each batch");
             let signer = self.signer.clone();
-            let access = self.access.read().map(|a| a.clone()).unwrap_or_default();
+            // Read under the lock only where a command needs it: cloning every client per
+            // group would cost more than the group's work.
+            let access = self.access.clone();
             let topics = self.topics.clone();
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
@@ -394,7 +396,7 @@ impl SequencerTask {
 fn process(
     conn: &mut Connection,
     signer: &OrderSigner,
-    access: &Access,
+    access: &RwLock<Access>,
     topics: &Topics,
     batch: Vec<Command>,
 ) -> BatchResult {
@@ -470,7 +472,7 @@ fn done_for(cmd: Command) -> Done {
 fn apply(
     conn: &Connection,
     signer: &OrderSigner,
-    access: &Access,
+    access: &RwLock<Access>,
     topics: &Topics,
     cmd: Command,
     out: &mut BatchResult,
@@ -545,8 +547,17 @@ fn apply(
 }
 
 /// Whether the gateway deploys this repo/env: configured now, or ordered before.
-fn known(conn: &Connection, access: &Access, repo: &str, env: &str) -> Result<bool, DeskError> {
-    Ok(access.knows(repo, env)
+fn known(
+    conn: &Connection,
+    access: &RwLock<Access>,
+    repo: &str,
+    env: &str,
+) -> Result<bool, DeskError> {
+    let configured = access
+        .read()
+        .expect("access lock poisoned")
+        .knows(repo, env);
+    Ok(configured
         || ledger::newest_order(conn, repo, env)
             .map_err(internal)?
             .is_some())
@@ -732,7 +743,7 @@ fn new_order(
 fn admin_order(
     conn: &Connection,
     signer: &OrderSigner,
-    access: &Access,
+    access: &RwLock<Access>,
     topics: &Topics,
     (repo, env): (String, String),
     sha: Option<String>,
