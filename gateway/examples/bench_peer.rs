@@ -1,0 +1,709 @@
+//! The gateway's webhook path beside a peer: the same signed push load against the
+//! orcastrate gateway and against `adnanh/webhook` (Debian package `webhook`), one table.
+//!
+//! Run with, from anywhere in the workspace:
+//!
+//! ```text
+//! cargo run --release -p orcastrate-gateway --example bench_peer -- --requests 20000 --connections 32
+//! ```
+//!
+//! What it does:
+//!
+//! 1. Builds the gateway binary (as `bench_webhooks` does; `--gateway-bin PATH` skips it),
+//!    starts it on free loopback ports with a fresh temporary `data_dir`
+//!    (`GITHUB_SECRET`, `ORCASTRATE_REPOS=codertocat/hello-world@master=production`) and
+//!    sends `--requests` signed push deliveries over `--connections` keep-alive connections
+//!    (GitHub's push example, a distinct `after` sha and `X-GitHub-Delivery` each). Every
+//!    answer counted as a success is a 202 with a `seq`: a durable, published order.
+//! 2. Starts `webhook -hooks hooks.json -port P -ip 127.0.0.1` (`--webhook-bin`, default
+//!    `/usr/bin/webhook`; `apt-get install -y webhook`) with an equivalent hook: a
+//!    `payload-hmac-sha256` trigger rule on `X-Hub-Signature-256` with the same secret, and
+//!    `execute-command: /bin/true`; and sends the very same requests to `/hooks/<id>`
+//!    (success: 200).
+//! 3. Prints both side by side: req/s, p50, p99, max, errors, RSS after the run, and the
+//!    ratios gateway/peer for req/s and p99, beside the targets (at least the peer's req/s,
+//!    at most half its p99).
+//!
+//! Both servers share the machine's cores with the load generator, and run one after the
+//! other, never at the same time.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::Parser;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+/// The repo/env the fixture's push deploys to.
+const REPOS: &str = "codertocat/hello-world@master=production";
+/// The peer's hook id (URL `/hooks/<id>`).
+const HOOK_ID: &str = "orcastrate-bench";
+
+/// Environment variables of the gateway that must not leak from the caller's shell.
+const GATEWAY_ENV: &[&str] = &[
+    "GITHUB_SECRET",
+    "TOKENS",
+    "TRUSTED_NAMES",
+    "PORT",
+    "ORCASTRATE_REPOS",
+    "ORCASTRATE_ADMIN_TOKEN",
+    "ORCASTRATE_CONFIG",
+    "ORCASTRATE_DATA_DIR",
+    "ORCASTRATE_HTTP_LISTEN",
+    "ORCASTRATE_MQTT_LISTEN",
+    "ORCASTRATE_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// The gateway beside adnanh/webhook (see the example's documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Webhook deliveries to send to each server.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Concurrent keep-alive connections (one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Gateway binary to measure; by default it is built with cargo first.
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// The peer's binary (Debian package `webhook`).
+    #[arg(long, default_value = "/usr/bin/webhook")]
+    webhook_bin: PathBuf,
+}
+
+/// Figures of one server under the load.
+struct Figures {
+    requests: usize,
+    ok: usize,
+    errors: BTreeMap<String, usize>,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    rss_idle_mb: f64,
+    rss_after_mb: f64,
+    cpu: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.requests > 0, "--requests must be at least 1");
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(
+        args.webhook_bin.exists(),
+        "{} not found: apt-get install -y webhook, or pass --webhook-bin",
+        args.webhook_bin.display()
+    );
+
+    let payload_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/push__with-new-branch.payload.json");
+    let payload = std::fs::read_to_string(&payload_path)
+        .with_context(|| format!("cannot read {}", payload_path.display()))?;
+    let original_after = serde_json::from_str::<serde_json::Value>(&payload)?["after"]
+        .as_str()
+        .context("the payload has no \"after\" sha")?
+        .to_owned();
+    let gateway_bin = match &args.gateway_bin {
+        Some(path) => path.clone(),
+        None => build_gateway()?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("orcastrate-bench-peer-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let secret = format!("bench-secret-{}", std::process::id());
+    let run_id = std::process::id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    // The gateway.
+    let http_addr = free_port()?;
+    let mqtt_addr = free_port()?;
+    let log_path = dir.path().join("gateway.log");
+    let mut command = Command::new(&gateway_bin);
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--http-listen")
+        .arg(http_addr.to_string())
+        .arg("--mqtt-listen")
+        .arg(mqtt_addr.to_string());
+    for name in GATEWAY_ENV {
+        command.env_remove(name);
+    }
+    command
+        .env("GITHUB_SECRET", &secret)
+        .env("ORCASTRATE_REPOS", REPOS)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log_path)?);
+    let mut gateway = ChildGuard(
+        command
+            .spawn()
+            .with_context(|| format!("cannot start {}", gateway_bin.display()))?,
+    );
+    if let Err(e) = runtime.block_on(wait_ready(http_addr, "/healthz", &mut gateway.0)) {
+        bail!(
+            "the gateway did not become ready: {e:#}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    let wire: Vec<Vec<u8>> = (0..args.requests)
+        .map(|i| build_request(i, run_id, &payload, &original_after, &secret, "/webhook"))
+        .collect();
+    let gateway_figures = measure(&runtime, &mut gateway.0, http_addr, wire, &args)?;
+    gateway.0.kill()?;
+    gateway.0.wait()?;
+
+    // The peer.
+    let hooks_path = dir.path().join("hooks.json");
+    let hooks = serde_json::json!([{
+        "id": HOOK_ID,
+        "execute-command": "/bin/true",
+        "trigger-rule": {"match": {
+            "type": "payload-hmac-sha256",
+            "secret": secret,
+            "parameter": {"source": "header", "name": "X-Hub-Signature-256"}
+        }}
+    }]);
+    std::fs::write(&hooks_path, serde_json::to_vec_pretty(&hooks)?)?;
+    let peer_addr = free_port()?;
+    let peer_log = dir.path().join("webhook.log");
+    let mut peer = ChildGuard(
+        Command::new(&args.webhook_bin)
+            .arg("-hooks")
+            .arg(&hooks_path)
+            .arg("-port")
+            .arg(peer_addr.port().to_string())
+            .arg("-ip")
+            .arg("127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&peer_log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", args.webhook_bin.display()))?,
+    );
+    // The peer has no health route: an unknown hook answers 404 once it listens.
+    if let Err(e) = runtime.block_on(wait_ready(peer_addr, "/hooks/none", &mut peer.0)) {
+        bail!(
+            "webhook did not become ready: {e:#}\n{}",
+            std::fs::read_to_string(&peer_log).unwrap_or_default()
+        );
+    }
+    let path = format!("/hooks/{HOOK_ID}");
+    let wire: Vec<Vec<u8>> = (0..args.requests)
+        .map(|i| build_request(i, run_id, &payload, &original_after, &secret, &path))
+        .collect();
+    let peer_figures = measure(&runtime, &mut peer.0, peer_addr, wire, &args)?;
+    peer.0.kill()?;
+    peer.0.wait()?;
+
+    // The table.
+    let (g, p) = (&gateway_figures, &peer_figures);
+    println!();
+    println!(
+        "signed push webhooks: {} requests over {} connections to each server, one after the other",
+        args.requests, args.connections
+    );
+    println!(
+        "  gateway: 202 with seq = durable (SQLite) and published order; webhook {}: 200 = hook ran /bin/true",
+        args.webhook_bin.display()
+    );
+    println!();
+    println!(
+        "  {:<24} {:>12} {:>12} {:>10}",
+        "", "orcastrate", "webhook", "ratio"
+    );
+    let line = |what: &str, a: String, b: String, ratio: String| {
+        println!("  {what:<24} {a:>12} {b:>12} {ratio:>10}");
+    };
+    line(
+        "ok / requests",
+        format!("{}/{}", g.ok, g.requests),
+        format!("{}/{}", p.ok, p.requests),
+        String::new(),
+    );
+    line(
+        "errors",
+        g.errors.values().sum::<usize>().to_string(),
+        p.errors.values().sum::<usize>().to_string(),
+        String::new(),
+    );
+    line(
+        "req/s",
+        format!("{:.0}", g.rps),
+        format!("{:.0}", p.rps),
+        format!("{:.2}", g.rps / p.rps),
+    );
+    line(
+        "p50 (ms)",
+        format!("{:.2}", g.p50),
+        format!("{:.2}", p.p50),
+        format!("{:.2}", g.p50 / p.p50),
+    );
+    line(
+        "p99 (ms)",
+        format!("{:.2}", g.p99),
+        format!("{:.2}", p.p99),
+        format!("{:.2}", g.p99 / p.p99),
+    );
+    line(
+        "max (ms)",
+        format!("{:.2}", g.max),
+        format!("{:.2}", p.max),
+        String::new(),
+    );
+    line(
+        "RSS idle (MB)",
+        format!("{:.1}", g.rss_idle_mb),
+        format!("{:.1}", p.rss_idle_mb),
+        String::new(),
+    );
+    line(
+        "RSS after (MB)",
+        format!("{:.1}", g.rss_after_mb),
+        format!("{:.1}", p.rss_after_mb),
+        format!("{:.2}", g.rss_after_mb / p.rss_after_mb),
+    );
+    line(
+        "server CPU (s)",
+        format!("{:.2}", g.cpu),
+        format!("{:.2}", p.cpu),
+        String::new(),
+    );
+    println!();
+    let rps_ok = g.rps >= p.rps;
+    let p99_ok = g.p99 <= p.p99 / 2.0;
+    println!(
+        "  target req/s >= peer's:        {:.2}x  {}",
+        g.rps / p.rps,
+        if rps_ok { "ok" } else { "MISSED" }
+    );
+    println!(
+        "  target p99 <= half the peer's: {:.2}x  {}",
+        g.p99 / p.p99,
+        if p99_ok { "ok" } else { "MISSED" }
+    );
+    for (who, f) in [("orcastrate", g), ("webhook", p)] {
+        for (what, n) in &f.errors {
+            println!("  {who} error x{n}: {what}");
+        }
+    }
+    Ok(())
+}
+
+/// Sends the load to one running server and reads its figures.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    child: &mut Child,
+    addr: SocketAddr,
+    wire: Vec<Vec<u8>>,
+    args: &Args,
+) -> anyhow::Result<Figures> {
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id();
+    let rss_idle = proc_status_kb(pid, "VmRSS")?;
+    let cpu_before = proc_cpu_seconds(&format!("/proc/{pid}/stat"))?;
+    let (samples, elapsed) = runtime.block_on(run_load(addr, Arc::new(wire), args.connections))?;
+    let cpu = proc_cpu_seconds(&format!("/proc/{pid}/stat"))? - cpu_before;
+    let rss_after = proc_status_kb(pid, "VmRSS")?;
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    latencies.sort_unstable();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut ok = 0;
+    for s in &samples {
+        match &s.outcome {
+            Outcome::Accepted => ok += 1,
+            Outcome::Status(code, body) => {
+                *errors
+                    .entry(format!("HTTP {code}: {}", truncate(body, 160)))
+                    .or_default() += 1;
+            }
+            Outcome::Io(e) => *errors.entry(format!("I/O: {e}")).or_default() += 1,
+        }
+    }
+    Ok(Figures {
+        requests: samples.len(),
+        ok,
+        errors,
+        rps: samples.len() as f64 / elapsed.as_secs_f64(),
+        p50: ms(percentile(&latencies, 50.0)),
+        p99: ms(percentile(&latencies, 99.0)),
+        max: ms(latencies.last().copied().unwrap_or_default()),
+        rss_idle_mb: mb(rss_idle),
+        rss_after_mb: mb(rss_after),
+        cpu,
+    })
+}
+
+/// Kills the gateway if the benchmark stops early.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Builds the gateway binary with this example's cargo and profile; returns its path.
+fn build_gateway() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/examples/bench_webhooks
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("release")
+        .to_owned();
+    if profile == "debug" {
+        eprintln!("warning: this is a debug build; add --release for meaningful figures");
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "-p",
+            "orcastrate-gateway",
+            "--bin",
+            "orcastrate-gateway",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--message-format", "json-render-diagnostics"]);
+    if profile != "debug" {
+        command.args(["--profile", &profile]);
+    }
+    // `cargo run` gives this process the example's own CARGO_MANIFEST_DIR, CARGO_PKG_*, ...;
+    // some build scripts (ring's) track those, so passing them on would rebuild half the tree.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
+    eprintln!("building the gateway: cargo build --profile {profile} -p orcastrate-gateway --bin orcastrate-gateway");
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo: pass --gateway-bin target/release/orcastrate-gateway")?;
+    ensure!(
+        output.status.success(),
+        "building the gateway failed (see above); or pass --gateway-bin PATH"
+    );
+    for line in output.stdout.split(|&b| b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "orcastrate-gateway"
+        {
+            if let Some(path) = message["executable"].as_str() {
+                return Ok(PathBuf::from(path));
+            }
+        }
+    }
+    bail!("cargo built no orcastrate-gateway executable: pass --gateway-bin PATH")
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn build_request(
+    i: usize,
+    run_id: u32,
+    payload: &str,
+    original_after: &str,
+    secret: &str,
+    path: &str,
+) -> Vec<u8> {
+    let sha = format!("{:040x}", i + 1);
+    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
+    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
+    let body = payload.replace(original_after, &sha);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut wire = format!(
+        "POST {path} HTTP/1.1\r\n\
+         Host: orcastrate-bench\r\n\
+         User-Agent: GitHub-Hookshot/bench\r\n\
+         Accept: */*\r\n\
+         Content-Type: application/json\r\n\
+         X-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: {delivery}\r\n\
+         X-GitHub-Hook-ID: 1\r\n\
+         X-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body.as_bytes());
+    wire
+}
+
+/// What one request got.
+enum Outcome {
+    /// 202 with the order's `seq` (gateway), or 200 (peer).
+    Accepted,
+    /// Any other answer.
+    Status(u16, String),
+    Io(String),
+}
+
+struct Sample {
+    latency: Duration,
+    outcome: Outcome,
+}
+
+/// A keep-alive HTTP/1.1 connection with a hand-written request/response exchange.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request and reads one response: status and body.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(response) = self.take_response()? {
+                return Ok(response);
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A complete response from the front of the buffer, if there is one.
+    fn take_response(&mut self) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| invalid("response head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let mut length = 0;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("bad content-length"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(invalid("chunked responses are not supported"));
+            }
+        }
+        let end = head_end + 4 + length;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let body = self.buf[head_end + 4..end].to_vec();
+        self.buf.drain(..end);
+        Ok(Some((status, body)))
+    }
+}
+
+/// One GET on a fresh connection.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut conn = Conn::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: orcastrate-bench\r\n\r\n");
+    conn.exchange(request.as_bytes()).await
+}
+
+/// Waits until `path` answers 200 (the gateway's `/healthz`) or 404 (the peer's unknown hook).
+async fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the gateway exited with {status}");
+        }
+        match get(addr, path).await {
+            Ok((200 | 404, _)) => return Ok(()),
+            Ok((status, body)) if Instant::now() > deadline => {
+                bail!(
+                    "/healthz answers {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            }
+            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Sends every request over `connections` connections; returns the samples and the wall time.
+async fn run_load(
+    addr: SocketAddr,
+    wire: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(connections + 1));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let conn = Conn::connect(addr)
+            .await
+            .context("cannot connect to the gateway")?;
+        let (wire, next, start) = (wire.clone(), next.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Some(conn);
+            let mut samples = Vec::with_capacity(wire.len() / connections + 1);
+            start.wait().await;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= wire.len() {
+                    break;
+                }
+                let started = Instant::now();
+                let result = match conn.as_mut() {
+                    Some(c) => c.exchange(&wire[index]).await,
+                    None => match Conn::connect(addr).await {
+                        Ok(c) => conn.insert(c).exchange(&wire[index]).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                let latency = started.elapsed();
+                let outcome = match result {
+                    Ok((202, body)) => match seq_of(&body) {
+                        Some(_) => Outcome::Accepted,
+                        None => Outcome::Status(202, String::from_utf8_lossy(&body).into()),
+                    },
+                    // The peer's answer when its hook ran.
+                    Ok((200, _)) => Outcome::Accepted,
+                    Ok((status, body)) => {
+                        Outcome::Status(status, String::from_utf8_lossy(&body).into())
+                    }
+                    Err(e) => {
+                        // Reconnect for the next request.
+                        conn = None;
+                        Outcome::Io(e.to_string())
+                    }
+                };
+                samples.push(Sample { latency, outcome });
+            }
+            samples
+        }));
+    }
+    start.wait().await;
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(wire.len());
+    for task in tasks {
+        samples.extend(task.await?);
+    }
+    Ok((samples, started.elapsed()))
+}
+
+fn seq_of(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(body).ok()?["seq"].as_u64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A `/proc/<pid>/status` field in kB (VmRSS, VmHWM).
+fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// User plus system CPU time of a process from its `/proc/.../stat`, in seconds.
+fn proc_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    // USER_HZ is 100 on every Linux platform Orcastrate supports.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the parenthesised command name start at field 3 (state).
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short stat")?
+            .parse::<u64>()
+            .context("bad stat field")? as f64)
+    };
+    // utime is field 14 and stime field 15, i.e. indexes 11 and 12 here.
+    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
+}
