@@ -1,0 +1,684 @@
+//! Fan-out of one order to many connected agents, and webhook → agent latency.
+//!
+//! Run with, from anywhere in the workspace:
+//!
+//! ```text
+//! cargo run --release -p orcastrate-gateway --example bench_fanout -- --agents 2000 --deploys 1000
+//! ```
+//!
+//! What it does:
+//!
+//! 1. Raises this process's `RLIMIT_NOFILE` to its hard limit, builds the gateway binary (as
+//!    `bench_webhooks` does; `--gateway-bin PATH` skips it) and starts it on free loopback
+//!    ports with a fresh temporary `data_dir` and a generated config file: the webhook
+//!    secret, the repo `codertocat/hello-world` (`master` → `production`) and one
+//!    `[[clients]]` entry (name and token) per simulated agent, plus one for the probe.
+//! 2. Connects `--agents` simulated agents: rumqttc `AsyncClient`s on one tokio runtime, one
+//!    task each, with the options real agents use (`orcastrate_broker::mqtt::client_options`:
+//!    clean session, 1 MiB max packet), each subscribing at QoS 1 to the repo/env `desired`
+//!    topic on every ConnAck. They connect in batches of `--batch` (rumqttd's listen backlog
+//!    is 128), a client retrying after an error; the next batch starts when the previous one
+//!    has all its SubAcks.
+//! 3. When every agent has its SubAck, sends ONE signed push webhook (GitHub's push example
+//!    with a new sha) and measures, for every agent, the time from sending the webhook to
+//!    receiving the live (not retained) order carrying that sha: count, p50, p99, max, and
+//!    whether all of them had it within 1 s.
+//! 4. Disconnects them all, connects one probe subscriber, and sends `--deploys` webhooks one
+//!    after the other (distinct shas), each timed from sending it to the probe receiving its
+//!    order: p50, p99, max.
+//!
+//! The simulated agents, the load generator and the gateway share the machine's cores.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::Parser;
+use hmac::{Hmac, Mac};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+const REPO: &str = "codertocat/hello-world";
+const BRANCH: &str = "master";
+const ENV: &str = "production";
+
+/// Targets printed beside the figures.
+const TARGET_ALL_WITHIN: Duration = Duration::from_secs(1);
+const TARGET_DEPLOY_P99_MS: f64 = 10.0;
+
+/// Environment variables of the gateway that must not leak from the caller's shell.
+const GATEWAY_ENV: &[&str] = &[
+    "GITHUB_SECRET",
+    "TOKENS",
+    "TRUSTED_NAMES",
+    "PORT",
+    "ORCASTRATE_REPOS",
+    "ORCASTRATE_ADMIN_TOKEN",
+    "ORCASTRATE_CONFIG",
+    "ORCASTRATE_DATA_DIR",
+    "ORCASTRATE_HTTP_LISTEN",
+    "ORCASTRATE_MQTT_LISTEN",
+    "ORCASTRATE_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// Fan-out and webhook → agent latency (see the example's documentation).
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated agents connected for the fan-out.
+    #[arg(long, default_value_t = 2_000)]
+    agents: usize,
+    /// Sequential webhooks timed to the one probe subscriber.
+    #[arg(long, default_value_t = 1_000)]
+    deploys: usize,
+    /// Agents connecting at once (rumqttd's listen backlog is 128).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Gateway binary to measure; by default it is built with cargo first.
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+}
+
+/// What a simulated agent reports.
+enum Report {
+    /// Its first SubAck.
+    Subscribed,
+    /// A live (not retained) publish on the desired topic, and when it arrived.
+    Order(usize, Instant, rumqttc::Publish),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.agents > 0, "--agents must be at least 1");
+    ensure!(args.batch > 0, "--batch must be at least 1");
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
+    ensure!(
+        nofile as usize > args.agents + 100,
+        "RLIMIT_NOFILE is {nofile}: too few descriptors for {} agents",
+        args.agents
+    );
+
+    let payload_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/push__with-new-branch.payload.json");
+    let payload = std::fs::read_to_string(&payload_path)
+        .with_context(|| format!("cannot read {}", payload_path.display()))?;
+    let original_after = serde_json::from_str::<serde_json::Value>(&payload)?["after"]
+        .as_str()
+        .context("the payload has no \"after\" sha")?
+        .to_owned();
+    let gateway_bin = match &args.gateway_bin {
+        Some(path) => path.clone(),
+        None => build_gateway()?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("orcastrate-bench-fanout-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let secret = format!("bench-secret-{}", std::process::id());
+    let run_id = std::process::id();
+    let http_addr = free_port()?;
+    let mqtt_addr = free_port()?;
+
+    // The config file: one [[clients]] entry per agent, and the probe.
+    let names: Vec<(String, String)> = (0..=args.agents)
+        .map(|i| {
+            (
+                format!("bench-agent-{i:05}"),
+                format!("bench-token-{run_id}-{i:05}"),
+            )
+        })
+        .collect();
+    let mut config = format!(
+        "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\nlisten = \"{mqtt_addr}\"\n\
+         [github]\nsecret = \"{secret}\"\n[[repos]]\nname = \"{REPO}\"\nbranches = {{ {BRANCH} = \"{ENV}\" }}\n",
+        dir.path().join("data").display().to_string()
+    );
+    for (name, token) in &names {
+        config.push_str(&format!(
+            "[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"
+        ));
+    }
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config)?;
+
+    let log_path = dir.path().join("gateway.log");
+    let mut command = Command::new(&gateway_bin);
+    command.arg("serve").arg("--config").arg(&config_path);
+    for name in GATEWAY_ENV {
+        command.env_remove(name);
+    }
+    command
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log_path)?);
+    let mut gateway = ChildGuard(
+        command
+            .spawn()
+            .with_context(|| format!("cannot start {}", gateway_bin.display()))?,
+    );
+    let pid = gateway.0.id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
+        bail!(
+            "the gateway did not become ready: {e:#}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_idle = proc_status_kb(pid, "VmRSS")?;
+    println!("orcastrate-gateway fan-out benchmark");
+    println!(
+        "  gateway   {} (pid {pid}), http {http_addr}, mqtt {mqtt_addr}",
+        gateway_bin.display()
+    );
+    println!(
+        "  RLIMIT_NOFILE {nofile}; gateway RSS idle {:.1} MB",
+        mb(rss_idle)
+    );
+
+    let url = format!("mqtt://{mqtt_addr}");
+    let topic = orcastrate_broker::topics::Topics::default().desired(REPO, ENV);
+    let result = runtime.block_on(async {
+        // Phase 1: fan-out.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let errors = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::with_capacity(args.agents);
+        let connect_started = Instant::now();
+        let mut subscribed = 0;
+        for batch in names[..args.agents].chunks(args.batch) {
+            for (name, token) in batch {
+                let index = tasks.len();
+                tasks.push(spawn_agent(
+                    index,
+                    &url,
+                    name,
+                    token,
+                    &topic,
+                    tx.clone(),
+                    errors.clone(),
+                )?);
+            }
+            let want = tasks.len();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while subscribed < want {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Report::Subscribed)) => subscribed += 1,
+                    Ok(Some(Report::Order(..))) => {}
+                    Ok(None) => bail!("every agent stopped"),
+                    Err(_) => bail!(
+                        "only {subscribed} of {want} agents subscribed within 60 s ({} connection errors)",
+                        errors.load(Ordering::Relaxed)
+                    ),
+                }
+            }
+        }
+        let connect_time = connect_started.elapsed();
+        let connect_errors = errors.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_connected = proc_status_kb(pid, "VmRSS")?;
+
+        let sha = format!("{:040x}", 1);
+        let wire = build_request(0, run_id, &payload, &original_after, &secret, "/webhook");
+        let mut conn = Conn::connect(http_addr).await?;
+        let sent = Instant::now();
+        let (status, body) = conn.exchange(&wire).await?;
+        let answered = sent.elapsed();
+        ensure!(
+            status == 202,
+            "the fan-out webhook got {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let mut arrivals: HashMap<usize, Duration> = HashMap::with_capacity(args.agents);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while arrivals.len() < args.agents {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Report::Order(index, at, publish))) => {
+                    if contains(&publish.payload, sha.as_bytes()) {
+                        arrivals.entry(index).or_insert(at - sent);
+                    }
+                }
+                Ok(Some(Report::Subscribed)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let rss_after = proc_status_kb(pid, "VmRSS")?;
+        for task in &tasks {
+            task.abort();
+        }
+        let mut fan: Vec<Duration> = arrivals.values().copied().collect();
+        fan.sort_unstable();
+
+        // Phase 2: one subscriber, sequential deploys.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (name, token) = &names[args.agents];
+        let probe = spawn_agent(0, &url, name, token, &topic, tx, errors.clone())?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(Report::Subscribed)) => break,
+                Ok(Some(Report::Order(..))) => {}
+                _ => bail!("the probe did not subscribe within 30 s"),
+            }
+        }
+        let mut deploys = Vec::with_capacity(args.deploys);
+        let mut missed = 0;
+        for i in 1..=args.deploys {
+            let sha = format!("{:040x}", i + 1);
+            let wire = build_request(i, run_id, &payload, &original_after, &secret, "/webhook");
+            let sent = Instant::now();
+            let (status, body) = conn.exchange(&wire).await?;
+            ensure!(
+                status == 202,
+                "deploy {i} got {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(Report::Order(_, at, publish))) => {
+                        if contains(&publish.payload, sha.as_bytes()) {
+                            deploys.push(at - sent);
+                            break;
+                        }
+                    }
+                    Ok(Some(Report::Subscribed)) => {}
+                    Ok(None) | Err(_) => {
+                        missed += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        probe.abort();
+        deploys.sort_unstable();
+        anyhow::Ok((
+            connect_time,
+            connect_errors,
+            rss_connected,
+            answered,
+            fan,
+            rss_after,
+            deploys,
+            missed,
+        ))
+    });
+    let (connect_time, connect_errors, rss_connected, answered, fan, rss_after, deploys, missed) =
+        match result {
+            Ok(r) => r,
+            Err(e) => bail!(
+                "{e:#}\n--- last lines of {} ---\n{}",
+                log_path.display(),
+                tail(&log_path, 20)
+            ),
+        };
+    gateway.0.kill()?;
+    gateway.0.wait()?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+
+    let all_within =
+        fan.len() == args.agents && fan.last().is_some_and(|&max| max <= TARGET_ALL_WITHIN);
+    println!();
+    println!("fan-out: one signed push webhook → the order to every connected agent");
+    println!(
+        "  agents connected and subscribed   {} in {:.1} s ({connect_errors} connection errors retried)",
+        args.agents,
+        connect_time.as_secs_f64()
+    );
+    println!(
+        "  gateway RSS with them connected   {:.1} MB; after the order {:.1} MB",
+        mb(rss_connected),
+        mb(rss_after)
+    );
+    println!("  webhook answered (202) after      {:.2} ms", ms(answered));
+    println!(
+        "  agents that received the order    {} / {}",
+        fan.len(),
+        args.agents
+    );
+    println!(
+        "  webhook sent → order received     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(&fan, 50.0)),
+        ms(percentile(&fan, 99.0)),
+        ms(fan.last().copied().unwrap_or_default())
+    );
+    println!(
+        "  {:<34}{}",
+        format!("all {} within 1 s", args.agents),
+        if all_within { "yes  ok" } else { "no  MISSED" }
+    );
+    println!();
+    println!(
+        "webhook → agent: {} sequential deploys (distinct shas), one subscriber",
+        args.deploys
+    );
+    let p99 = ms(percentile(&deploys, 99.0));
+    println!(
+        "  received {} / {} ({missed} not within 5 s)",
+        deploys.len(),
+        args.deploys
+    );
+    println!(
+        "  webhook sent → order received     p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms   target p99 < {TARGET_DEPLOY_P99_MS:.0} ms {}",
+        ms(percentile(&deploys, 50.0)),
+        ms(deploys.last().copied().unwrap_or_default()),
+        if p99 < TARGET_DEPLOY_P99_MS && missed == 0 { "ok" } else { "MISSED" }
+    );
+    Ok(())
+}
+
+/// One simulated agent: connects, subscribes on every ConnAck, reports its first SubAck and
+/// every live order; after an error it waits (capped backoff) and reconnects.
+fn spawn_agent(
+    index: usize,
+    url: &str,
+    name: &str,
+    token: &str,
+    topic: &str,
+    tx: mpsc::UnboundedSender<Report>,
+    errors: Arc<AtomicUsize>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let options = orcastrate_broker::mqtt::client_options(url, name, name, token)?;
+    let topic = topic.to_owned();
+    Ok(tokio::spawn(async move {
+        let (client, mut eventloop) = AsyncClient::new(options, 10);
+        let mut reported = false;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(50);
+                    let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if !reported {
+                        reported = true;
+                        let _ = tx.send(Report::Subscribed);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if !publish.retain {
+                        let _ = tx.send(Report::Order(index, Instant::now(), publish));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Kills the gateway if the benchmark stops early.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Builds the gateway binary with this example's cargo and profile; returns its path.
+fn build_gateway() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/examples/bench_webhooks
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("release")
+        .to_owned();
+    if profile == "debug" {
+        eprintln!("warning: this is a debug build; add --release for meaningful figures");
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "-p",
+            "orcastrate-gateway",
+            "--bin",
+            "orcastrate-gateway",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--message-format", "json-render-diagnostics"]);
+    if profile != "debug" {
+        command.args(["--profile", &profile]);
+    }
+    // `cargo run` gives this process the example's own CARGO_MANIFEST_DIR, CARGO_PKG_*, ...;
+    // some build scripts (ring's) track those, so passing them on would rebuild half the tree.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
+    eprintln!("building the gateway: cargo build --profile {profile} -p orcastrate-gateway --bin orcastrate-gateway");
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo: pass --gateway-bin target/release/orcastrate-gateway")?;
+    ensure!(
+        output.status.success(),
+        "building the gateway failed (see above); or pass --gateway-bin PATH"
+    );
+    for line in output.stdout.split(|&b| b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "orcastrate-gateway"
+        {
+            if let Some(path) = message["executable"].as_str() {
+                return Ok(PathBuf::from(path));
+            }
+        }
+    }
+    bail!("cargo built no orcastrate-gateway executable: pass --gateway-bin PATH")
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn build_request(
+    i: usize,
+    run_id: u32,
+    payload: &str,
+    original_after: &str,
+    secret: &str,
+    path: &str,
+) -> Vec<u8> {
+    let sha = format!("{:040x}", i + 1);
+    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
+    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
+    let body = payload.replace(original_after, &sha);
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut wire = format!(
+        "POST {path} HTTP/1.1\r\n\
+         Host: orcastrate-bench\r\n\
+         User-Agent: GitHub-Hookshot/bench\r\n\
+         Accept: */*\r\n\
+         Content-Type: application/json\r\n\
+         X-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: {delivery}\r\n\
+         X-GitHub-Hook-ID: 1\r\n\
+         X-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body.as_bytes());
+    wire
+}
+
+/// A keep-alive HTTP/1.1 connection with a hand-written request/response exchange.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request and reads one response: status and body.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(response) = self.take_response()? {
+                return Ok(response);
+            }
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// A complete response from the front of the buffer, if there is one.
+    fn take_response(&mut self) -> std::io::Result<Option<(u16, Vec<u8>)>> {
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| invalid("response head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid("bad status line"))?;
+        let mut length = 0;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid("bad content-length"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(invalid("chunked responses are not supported"));
+            }
+        }
+        let end = head_end + 4 + length;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let body = self.buf[head_end + 4..end].to_vec();
+        self.buf.drain(..end);
+        Ok(Some((status, body)))
+    }
+}
+
+/// One GET on a fresh connection.
+async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut conn = Conn::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: orcastrate-bench\r\n\r\n");
+    conn.exchange(request.as_bytes()).await
+}
+
+/// Waits until `/healthz` answers 200 (HTTP, ledger and MQTT login all work).
+async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the gateway exited with {status}");
+        }
+        match get(addr, "/healthz").await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) if Instant::now() > deadline => {
+                bail!(
+                    "/healthz answers {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            }
+            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// A `/proc/<pid>/status` field in kB (VmRSS, VmHWM).
+fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
