@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,9 +40,11 @@ use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Barrier;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::*;
 
 /// The repo/env the fixture's push deploys to.
 const REPOS: &str = "codertocat/hello-world@master=production";
@@ -350,97 +352,6 @@ fn measure(
     })
 }
 
-/// Kills the gateway if the benchmark stops early.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Builds the gateway binary with this example's cargo and profile; returns its path.
-fn build_gateway() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/examples/bench_webhooks
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .and_then(|n| n.to_str())
-        .unwrap_or("release")
-        .to_owned();
-    if profile == "debug" {
-        eprintln!("warning: this is a debug build; add --release for meaningful figures");
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let mut command = Command::new(cargo);
-    command
-        .args([
-            "build",
-            "-p",
-            "orcastrate-gateway",
-            "--bin",
-            "orcastrate-gateway",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .args(["--message-format", "json-render-diagnostics"]);
-    if profile != "debug" {
-        command.args(["--profile", &profile]);
-    }
-    // `cargo run` gives this process the example's own CARGO_MANIFEST_DIR, CARGO_PKG_*, ...;
-    // some build scripts (ring's) track those, so passing them on would rebuild half the tree.
-    for (name, _) in std::env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                name,
-                "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "OUT_DIR"
-            )
-        {
-            command.env_remove(name);
-        }
-    }
-    eprintln!("building the gateway: cargo build --profile {profile} -p orcastrate-gateway --bin orcastrate-gateway");
-    let output = command
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run cargo: pass --gateway-bin target/release/orcastrate-gateway")?;
-    ensure!(
-        output.status.success(),
-        "building the gateway failed (see above); or pass --gateway-bin PATH"
-    );
-    for line in output.stdout.split(|&b| b == b'\n') {
-        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "orcastrate-gateway"
-        {
-            if let Some(path) = message["executable"].as_str() {
-                return Ok(PathBuf::from(path));
-            }
-        }
-    }
-    bail!("cargo built no orcastrate-gateway executable: pass --gateway-bin PATH")
-}
-
-/// A loopback address with a port that was free a moment ago.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
 fn build_request(
     i: usize,
     run_id: u32,
@@ -486,83 +397,6 @@ enum Outcome {
 struct Sample {
     latency: Duration,
     outcome: Outcome,
-}
-
-/// A keep-alive HTTP/1.1 connection with a hand-written request/response exchange.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// Sends one request and reads one response: status and body.
-    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-        self.stream.write_all(request).await?;
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(response) = self.take_response()? {
-                return Ok(response);
-            }
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// A complete response from the front of the buffer, if there is one.
-    fn take_response(&mut self) -> std::io::Result<Option<(u16, Vec<u8>)>> {
-        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-        let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return Ok(None);
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end])
-            .map_err(|_| invalid("response head is not UTF-8"))?;
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| invalid("bad status line"))?;
-        let mut length = 0;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("bad content-length"))?;
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(invalid("chunked responses are not supported"));
-            }
-        }
-        let end = head_end + 4 + length;
-        if self.buf.len() < end {
-            return Ok(None);
-        }
-        let body = self.buf[head_end + 4..end].to_vec();
-        self.buf.drain(..end);
-        Ok(Some((status, body)))
-    }
-}
-
-/// One GET on a fresh connection.
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut conn = Conn::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: orcastrate-bench\r\n\r\n");
-    conn.exchange(request.as_bytes()).await
 }
 
 /// Waits until `path` answers 200 (the gateway's `/healthz`) or 404 (the peer's unknown hook).
@@ -646,64 +480,4 @@ async fn run_load(
         samples.extend(task.await?);
     }
     Ok((samples, started.elapsed()))
-}
-
-fn seq_of(body: &[u8]) -> Option<u64> {
-    serde_json::from_slice::<serde_json::Value>(body).ok()?["seq"].as_u64()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-/// A `/proc/<pid>/status` field in kB (VmRSS, VmHWM).
-fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in {path}"))
-}
-
-/// User plus system CPU time of a process from its `/proc/.../stat`, in seconds.
-fn proc_cpu_seconds(path: &str) -> anyhow::Result<f64> {
-    // USER_HZ is 100 on every Linux platform Orcastrate supports.
-    const TICKS_PER_SECOND: f64 = 100.0;
-    let stat = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    // Fields after the parenthesised command name start at field 3 (state).
-    let after_name = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed stat")?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("short stat")?
-            .parse::<u64>()
-            .context("bad stat field")? as f64)
-    };
-    // utime is field 14 and stime field 15, i.e. indexes 11 and 12 here.
-    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
 }
