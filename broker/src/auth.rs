@@ -86,11 +86,6 @@ impl Credentials {
         self.tokens.insert(name, token);
     }
 
-    /// The token of a client.
-    pub fn token(&self, name: &str) -> Option<&str> {
-        self.tokens.get(name).map(String::as_str)
-    }
-
     /// Applies every login rule.
     pub fn check_login(
         &self,

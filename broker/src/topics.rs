@@ -47,11 +47,6 @@ impl Topics {
         }
     }
 
-    /// The prefix, as configured.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// `{prefix}/{repo}/{env}/desired`.
     pub fn desired(&self, repo: &str, env: &str) -> String {
         format!("{}/{repo}/{env}/desired", self.prefix)

@@ -137,12 +137,6 @@ pub fn record_delivery(conn: &Connection, d: &DeliveryRecord<'_>) -> Result<()> 
     Ok(())
 }
 
-/// How many deliveries are recorded.
-pub fn delivery_count(conn: &Connection) -> Result<u64> {
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
 /// The newest order of a repo/env.
 pub fn newest_order(conn: &Connection, repo: &str, env: &str) -> Result<Option<StoredOrder>> {
     let payload: Option<String> = conn
