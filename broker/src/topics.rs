@@ -72,6 +72,11 @@ impl Topics {
         format!("{}/{repo}/events", self.prefix)
     }
 
+    /// Filter matching every topic under the prefix.
+    pub fn all(&self) -> String {
+        format!("{}/#", self.prefix)
+    }
+
     /// Filter matching every `desired` topic.
     pub fn all_desired(&self) -> String {
         format!("{}/+/+/+/desired", self.prefix)

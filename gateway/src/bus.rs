@@ -1,32 +1,124 @@
-//! The gateway's side of the bus: publishing through the embedded broker's in-process link.
+//! The gateway's side of the bus: the embedded broker's in-process link, or an MQTT client of
+//! an external engine, behind one publish interface and one stream of [`Inbound`] events.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
-use orcastrate_broker::embedded::LinkPublisher;
+use anyhow::Context as _;
+use orcastrate_broker::embedded::{EmbeddedBroker, LinkPublisher, LinkReceiver};
+use orcastrate_broker::mqtt::Trust;
 use orcastrate_broker::Topics;
-use tokio::sync::Mutex;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS, SubscribeReasonCode};
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ExternalMqtt;
+
+/// What the gateway hears on the bus.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message on one of the gateway's subscriptions.
+    Message { topic: String, payload: Vec<u8> },
+    /// The bus is (again) connected and subscribed. An external engine may have lost its
+    /// retained messages meanwhile, so the gateway publishes its newest state again.
+    Connected,
+}
 
 /// Publishes on the bus; cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
-    /// The link's sending half; a mutex because rumqttd's `LinkTx` needs `&mut`.
-    publisher: Arc<Mutex<LinkPublisher>>,
+    /// A mutex so that [`Bus::publish_order`] can compute and send as one step.
+    publisher: Arc<Mutex<Publisher>>,
+    /// Whether the link is up; always true for the embedded broker.
+    connected: Arc<AtomicBool>,
     topics: Topics,
-    /// Orders published on `desired` topics whose copy has not come back over the link yet;
-    /// lets the desired-topic guard tell our own in-flight publishes from foreign ones.
+    /// Orders published on `desired` topics whose copy has not come back yet; lets the
+    /// desired-topic guard tell our own in-flight publishes from foreign ones.
     echoes: Arc<StdMutex<HashMap<String, VecDeque<Vec<u8>>>>>,
 }
 
-/// Own publishes remembered per topic at most; the link echoes in order, so more than this
-/// means echoes are not coming back and the memory is better dropped.
+enum Publisher {
+    Embedded(LinkPublisher),
+    External(AsyncClient),
+}
+
+/// Own publishes remembered per topic at most; echoes come back in order, so more than this
+/// means they are not coming back (say, lost in a reconnect) and the memory is better dropped.
 const MAX_ECHOES: usize = 1024;
 
+/// Inbound events buffered between the link and the gateway's watcher.
+const INBOUND_CAPACITY: usize = 1024;
+
+/// Requests rumqttc buffers for an external engine. While the engine is unreachable further
+/// publishes are dropped (and logged): the newest orders are re-published on reconnect.
+const REQUEST_CAPACITY: usize = 4096;
+
+/// Reconnect delays to an external engine: doubling from the first to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
 impl Bus {
-    /// A bus publishing through `publisher` under `topics`.
-    pub fn new(publisher: LinkPublisher, topics: Topics) -> Self {
+    /// The bus over the embedded broker's link, subscribed to `desired` and `status`.
+    pub fn embedded(
+        broker: EmbeddedBroker,
+        topics: Topics,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<(Self, mpsc::Receiver<Inbound>)> {
+        let EmbeddedBroker {
+            mut publisher,
+            receiver,
+        } = broker;
+        for filter in subscriptions(&topics) {
+            publisher
+                .subscribe(&filter)
+                .with_context(|| format!("cannot subscribe the gateway's link to {filter}"))?;
+        }
+        let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
+        tokio::spawn(forward_link(receiver, tx, cancel));
+        let bus = Self::new(Publisher::Embedded(publisher), topics, true);
+        Ok((bus, rx))
+    }
+
+    /// The bus over an external MQTT engine. Connects in the background and keeps
+    /// reconnecting with a capped backoff until `cancel`; each connection re-subscribes and
+    /// yields [`Inbound::Connected`].
+    pub fn external(
+        engine: &ExternalMqtt,
+        topics: Topics,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<(Self, mpsc::Receiver<Inbound>)> {
+        let trust = engine.ca_file.clone().map_or(Trust::System, Trust::CaFile);
+        // The client id is the username: one gateway per engine login, and the id rule of
+        // the embedded broker and of `mosquitto-config` allows it.
+        let options = orcastrate_broker::mqtt::client_options_with(
+            &engine.url,
+            &engine.username,
+            &engine.username,
+            &engine.password,
+            &trust,
+        )
+        .context("[mqtt] url")?;
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
+        let bus = Self::new(Publisher::External(client.clone()), topics, false);
+        tokio::spawn(drive_engine(
+            eventloop,
+            client,
+            subscriptions(&bus.topics),
+            engine.url.clone(),
+            bus.connected.clone(),
+            tx,
+            cancel,
+        ));
+        Ok((bus, rx))
+    }
+
+    fn new(publisher: Publisher, topics: Topics, connected: bool) -> Self {
         Self {
             publisher: Arc::new(Mutex::new(publisher)),
+            connected: Arc::new(AtomicBool::new(connected)),
             topics,
             echoes: Arc::default(),
         }
@@ -37,13 +129,16 @@ impl Bus {
         &self.topics
     }
 
-    /// Publishes a message; a failure is logged (the broker lives in-process, so it only
-    /// fails when the broker itself has stopped, which `/healthz` reports).
+    /// Whether the bus is connected (an external engine can be unreachable for a while).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a message; a failure is logged. Retained messages go at QoS 1 to an
+    /// external engine, so it has them before it acknowledges.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
         let mut publisher = self.publisher.lock().await;
-        if let Err(e) = publisher.publish(topic, payload, retain).await {
-            tracing::error!(error = %e, topic, "publish failed");
-        }
+        send(&mut publisher, topic, payload, retain).await;
     }
 
     /// Publishes a retained order on a `desired` topic, remembering it as our own.
@@ -61,9 +156,7 @@ impl Bus {
             }
             queue.push_back(payload.clone());
         }
-        if let Err(e) = publisher.publish(topic, payload, true).await {
-            tracing::error!(error = %e, topic, "publish failed");
-        }
+        send(&mut publisher, topic, payload, true).await;
     }
 
     /// Whether `payload` on `topic` is the echo of one of our own [`Bus::publish_order`]s
@@ -82,12 +175,140 @@ impl Bus {
             None => false,
         }
     }
+}
 
-    /// Subscribes the gateway's link to a filter.
-    pub async fn subscribe(
-        &self,
-        filter: &str,
-    ) -> Result<(), orcastrate_broker::embedded::EmbeddedError> {
-        self.publisher.lock().await.subscribe(filter)
+/// What the gateway subscribes to: every `desired` topic (to guard it) and every `status`.
+fn subscriptions(topics: &Topics) -> [String; 2] {
+    [topics.all_desired(), topics.all_status()]
+}
+
+async fn send(publisher: &mut Publisher, topic: &str, payload: Vec<u8>, retain: bool) {
+    let result = match publisher {
+        Publisher::Embedded(link) => link.publish(topic, payload, retain).await.map_err(|e| {
+            // The broker lives in-process: this only fails when it has stopped, which
+            // `/healthz` reports.
+            e.to_string()
+        }),
+        Publisher::External(client) => {
+            let qos = if retain {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            client
+                .try_publish(topic, qos, retain, payload)
+                .map_err(|e| format!("{e} (the engine is unreachable or slow; the newest orders are re-published on reconnect)"))
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, topic, "publish failed");
+    }
+}
+
+/// Moves the embedded link's messages to the watcher; the link is up from the start.
+async fn forward_link(
+    mut receiver: LinkReceiver,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+) {
+    if tx.send(Inbound::Connected).await.is_err() {
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            m = receiver.recv() => m,
+            () = cancel.cancelled() => return,
+        };
+        let inbound = match message {
+            Ok(m) => Inbound::Message {
+                topic: m.topic,
+                payload: m.payload,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "the broker link closed; the bus is down");
+                return;
+            }
+        };
+        if tx.send(inbound).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Polls the engine connection until cancelled: re-subscribes on every CONNACK (sessions are
+/// clean), forwards messages, and waits a capped, doubling backoff after each failure
+/// (rumqttc reconnects on the next poll with no delay of its own).
+async fn drive_engine(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: [String; 2],
+    url: String,
+    connected: Arc<AtomicBool>,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            () = cancel.cancelled() => break,
+        };
+        let inbound = match event {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                backoff = BACKOFF_FIRST;
+                connected.store(true, Ordering::Relaxed);
+                tracing::info!(url, "connected to the MQTT engine");
+                for filter in &filters {
+                    // Queued ahead of any publish the Connected event causes, so the engine
+                    // subscribes us before our re-published orders come back.
+                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, filter, "cannot subscribe");
+                    }
+                }
+                Inbound::Connected
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => Inbound::Message {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            },
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    tracing::error!(
+                        url,
+                        "the MQTT engine refused a subscription: allow the gateway's user to read every desired and status topic"
+                    );
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                if connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(url, error = %e, "lost the MQTT engine; reconnecting");
+                } else {
+                    tracing::warn!(url, error = %e, retry_in = ?backoff, "cannot connect to the MQTT engine: check [mqtt] url, username and password");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = cancel.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+                continue;
+            }
+        };
+        // After the watcher stops (shutdown), keep the connection for the sequencer's last
+        // publishes until `cancel`.
+        let _ = tx.send(inbound).await;
+    }
+    connected.store(false, Ordering::Relaxed);
+    if client.try_disconnect().is_ok() {
+        // Flush the DISCONNECT so the engine ends the session without a last will.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(event) = eventloop.poll().await {
+                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }

@@ -71,6 +71,7 @@ pub struct ClientFile {
     pub name: String,
     pub token: String,
     pub scopes: Option<Vec<String>>,
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,8 +102,19 @@ pub struct Overrides {
 pub struct Client {
     pub name: String,
     pub token: String,
-    /// The repo/envs it may report for; `None`: all.
+    /// The repo/envs it may follow and report for; `None`: all.
     pub scopes: Option<Vec<(String, String)>>,
+    pub role: Role,
+}
+
+/// What a client does on the bus; decides its topic permissions on an external engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// A deploy agent: reads its scopes' orders, reports its own status and log.
+    #[default]
+    Agent,
+    /// A person or dashboard: reads every topic of its scopes, publishes nothing.
+    Watcher,
 }
 
 impl std::fmt::Debug for Client {
@@ -110,16 +122,19 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("name", &self.name)
             .field("scopes", &self.scopes)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Whether this client may report for `repo`/`env`.
+    /// Whether this client may report for `repo`/`env`: an agent within its scopes.
     pub fn may_report(&self, repo: &str, env: &str) -> bool {
-        self.scopes
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|(r, e)| r == repo && e == env))
+        self.role == Role::Agent
+            && self
+                .scopes
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|(r, e)| r == repo && e == env))
     }
 }
 
@@ -168,6 +183,29 @@ pub enum MqttMode {
         listen: SocketAddr,
         tls: Option<(PathBuf, PathBuf)>,
     },
+    /// An MQTT engine the gateway connects to as a client (mosquitto, NATS, EMQX).
+    External(ExternalMqtt),
+}
+
+/// How the gateway logs in to an external MQTT engine.
+#[derive(Clone)]
+pub struct ExternalMqtt {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub username: String,
+    pub password: String,
+    /// The CA certificates (PEM) that sign the engine's certificate; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ExternalMqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalMqtt")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Validated settings.
@@ -240,6 +278,62 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// Validates `[mqtt]` for an external engine; the password may come from
+/// `ORCASTRATE_MQTT_PASSWORD` so it need not sit in the file.
+fn external_mqtt(mqtt: MqttFile, env: &dyn Env, where_: &str) -> Result<ExternalMqtt, ConfigError> {
+    if let Some(key) = [
+        ("listen", mqtt.listen.is_some()),
+        ("tls_cert", mqtt.tls_cert.is_some()),
+        ("tls_key", mqtt.tls_key.is_some()),
+    ]
+    .iter()
+    .find_map(|(k, set)| set.then_some(k))
+    {
+        return Err(err(format!(
+            "{where_}: [mqtt] {key} is for the embedded broker; with mode = \"external\" the engine listens: remove {key}"
+        )));
+    }
+    let url = mqtt.url.filter(|u| !u.is_empty()).ok_or_else(|| {
+        err(format!(
+            "{where_}: [mqtt] mode = \"external\" needs url = \"mqtt://host:1883\" (or mqtts://host:8883 with ca_file)"
+        ))
+    })?;
+    let server = orcastrate_broker::mqtt::parse_url(&url)
+        .map_err(|e| err(format!("{where_}: [mqtt] url: {e}")))?;
+    let username = mqtt.username.filter(|u| !u.is_empty()).ok_or_else(|| {
+        err(format!(
+            "{where_}: [mqtt] mode = \"external\" needs username: the gateway's own login on the engine"
+        ))
+    })?;
+    names::agent(&username).map_err(|e| err(format!("{where_}: [mqtt] username: {e}")))?;
+    let password = env
+        .var("ORCASTRATE_MQTT_PASSWORD")
+        .or(mqtt.password)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            err(format!(
+                "{where_}: [mqtt] mode = \"external\" needs password (or ORCASTRATE_MQTT_PASSWORD): the gateway's own password on the engine"
+            ))
+        })?;
+    if let Some(ca) = &mqtt.ca_file {
+        if !server.tls {
+            return Err(err(format!(
+                "{where_}: [mqtt] ca_file is only used with an mqtts:// url: change url to mqtts://{}:{} or remove ca_file",
+                server.host, server.port
+            )));
+        }
+        let trust = orcastrate_broker::mqtt::Trust::CaFile(ca.clone());
+        orcastrate_broker::mqtt::client_options_with(&url, "", &username, &password, &trust)
+            .map_err(|e| err(format!("{where_}: [mqtt] ca_file: {e}")))?;
+    }
+    Ok(ExternalMqtt {
+        url,
+        username,
+        password,
+        ca_file: mqtt.ca_file,
+    })
+}
+
 fn parse_addr(value: &str, what: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         err(format!(
@@ -251,7 +345,7 @@ fn parse_addr(value: &str, what: &str) -> Result<SocketAddr, ConfigError> {
 impl Settings {
     /// Merges file, environment and overrides, and validates the result.
     pub fn build(
-        file: FileConfig,
+        mut file: FileConfig,
         config_file: Option<PathBuf>,
         env: &dyn Env,
         overrides: &Overrides,
@@ -300,8 +394,26 @@ impl Settings {
             }
         };
 
+        let prefix = file
+            .mqtt
+            .prefix
+            .take()
+            .unwrap_or_else(|| orcastrate_broker::DEFAULT_PREFIX.into());
         let mqtt = match file.mqtt.mode.as_deref().unwrap_or("embedded") {
             "embedded" => {
+                if let Some(key) = [
+                    ("url", file.mqtt.url.is_some()),
+                    ("username", file.mqtt.username.is_some()),
+                    ("password", file.mqtt.password.is_some()),
+                    ("ca_file", file.mqtt.ca_file.is_some()),
+                ]
+                .iter()
+                .find_map(|(k, set)| set.then_some(k))
+                {
+                    return Err(err(format!(
+                        "{where_}: [mqtt] {key} is for mode = \"external\": set mode = \"external\" to use an MQTT engine, or remove {key}"
+                    )));
+                }
                 let listen = parse_addr(
                     overrides
                         .mqtt_listen
@@ -321,21 +433,13 @@ impl Settings {
                 };
                 MqttMode::Embedded { listen, tls }
             }
-            "external" => {
-                return Err(err(format!(
-                    "{where_}: [mqtt] mode = \"external\" is not available in this version yet: use mode = \"embedded\""
-                )))
-            }
+            "external" => MqttMode::External(external_mqtt(file.mqtt, env, &where_)?),
             other => {
                 return Err(err(format!(
-                    "{where_}: [mqtt] mode = {other:?}: use \"embedded\""
+                    "{where_}: [mqtt] mode = {other:?}: use \"embedded\" or \"external\""
                 )))
             }
         };
-        let prefix = file
-            .mqtt
-            .prefix
-            .unwrap_or_else(|| orcastrate_broker::DEFAULT_PREFIX.into());
         if prefix.is_empty()
             || prefix.starts_with('/')
             || prefix.ends_with('/')
@@ -367,6 +471,14 @@ impl Settings {
         }
 
         let access = build_access(file.clients, file.repos, env, &where_)?;
+        if let MqttMode::External(external) = &mqtt {
+            if access.client(&external.username).is_some() {
+                return Err(err(format!(
+                    "{where_}: [mqtt] username = {:?} is also a [[clients]] name: give the gateway its own login on the engine",
+                    external.username
+                )));
+            }
+        }
         Ok(Settings {
             data_dir,
             http_listen,
@@ -432,10 +544,20 @@ fn build_access(
                     .map_err(|e| err(format!("{where_}: [[clients]] {name} scopes: {e}")))?,
             ),
         };
+        let role = match c.role.as_deref() {
+            None | Some("agent") => Role::Agent,
+            Some("watcher") => Role::Watcher,
+            Some(other) => {
+                return Err(err(format!(
+                    "{where_}: [[clients]] {name} role = {other:?}: use \"agent\" (the default) or \"watcher\" (reads, never publishes)"
+                )))
+            }
+        };
         clients.push(Client {
             name,
             token: c.token,
             scopes,
+            role,
         });
     }
     let tokens = env
@@ -461,6 +583,7 @@ fn build_access(
             name,
             token,
             scopes: None,
+            role: Role::Agent,
         });
     }
     let mut seen = HashSet::new();
@@ -637,5 +760,97 @@ mod tests {
         let c = s.access.client("web-1").unwrap();
         assert!(c.may_report("octo-org/web", "production"));
         assert!(!c.may_report("octo-org/web", "staging"));
+    }
+
+    const EXTERNAL: &str = r#"
+        [github]
+        secret = "x"
+        [mqtt]
+        mode = "external"
+        url = "mqtt://10.0.0.5:1883"
+        username = "orcastrate-gateway"
+        password = "gateway-password"
+    "#;
+
+    #[test]
+    fn external_mode_needs_url_username_and_password() {
+        let s = parse(EXTERNAL, &[("X", "y")]).unwrap();
+        let MqttMode::External(e) = &s.mqtt else {
+            panic!("not external: {:?}", s.mqtt)
+        };
+        assert_eq!(
+            (e.url.as_str(), e.username.as_str(), e.password.as_str()),
+            (
+                "mqtt://10.0.0.5:1883",
+                "orcastrate-gateway",
+                "gateway-password"
+            )
+        );
+        assert!(!format!("{e:?}").contains("gateway-password"));
+        let env = [("ORCASTRATE_MQTT_PASSWORD", "from-env")];
+        let MqttMode::External(e) = parse(EXTERNAL, &env).unwrap().mqtt else {
+            unreachable!()
+        };
+        assert_eq!(e.password, "from-env");
+
+        for (drop, expect) in [
+            ("url = ", "needs url"),
+            ("username = ", "needs username"),
+            ("password = ", "needs password"),
+        ] {
+            let text: String = EXTERNAL
+                .lines()
+                .filter(|l| !l.trim_start().starts_with(drop))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+            assert!(e.contains(expect) && e.contains("gw.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn external_mode_refuses_embedded_keys_bad_urls_and_a_shared_name() {
+        let cases = [
+            ("listen = \"0.0.0.0:1883\"", "remove listen"),
+            ("url = \"http://x\"", "use mqtt://host:port"),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"",
+                "only used with an mqtts:// url",
+            ),
+        ];
+        for (line, expect) in cases {
+            let text = EXTERNAL
+                .replace("url = \"mqtt://10.0.0.5:1883\"", "")
+                .replace("[mqtt]", &format!("[mqtt]\n{line}"));
+            let text = if line.starts_with("url") {
+                text
+            } else {
+                text.replace("[mqtt]", "[mqtt]\nurl = \"mqtt://10.0.0.5:1883\"")
+            };
+            let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+            assert!(e.contains(expect), "{line}: {e}");
+        }
+        let text = EXTERNAL
+            .replace("mqtt://", "mqtts://")
+            .replace("[mqtt]", "[mqtt]\nca_file = \"/nonexistent/ca.pem\"");
+        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(
+            e.contains("ca_file") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+
+        let text = format!(
+            "{EXTERNAL}\n[[clients]]\nname = \"orcastrate-gateway\"\ntoken = \"12345678\"\n"
+        );
+        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(e.contains("also a [[clients]] name"), "{e}");
+
+        let e = parse(
+            "[github]\nsecret='x'\n[mqtt]\nurl='mqtt://a:1'\n",
+            &[("X", "y")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("url is for mode = \"external\""), "{e}");
     }
 }

@@ -197,6 +197,20 @@ impl Fleet {
         }
     }
 
+    /// Marks every summary for publishing again (after the bus reconnects).
+    pub fn mark_all_dirty(&self) {
+        let keys: Vec<RepoEnv> = self
+            .newest
+            .read()
+            .expect("newest-orders lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        let mut state = self.state.lock().expect("fleet lock poisoned");
+        let known: Vec<RepoEnv> = state.agents.keys().cloned().collect();
+        state.dirty.extend(keys.into_iter().chain(known));
+    }
+
     /// The repo/envs whose summary changed since it was last published.
     fn take_dirty(&self) -> Vec<RepoEnv> {
         let newest: Vec<(RepoEnv, u64)> = self

@@ -1,5 +1,6 @@
-//! `/healthz`: answers 200 only if the ledger answers and a real MQTT login to the gateway's
-//! own broker succeeds, so a dead listener shows.
+//! `/healthz`: answers 200 only if the ledger answers and the bus works: a real MQTT login to
+//! the embedded broker succeeds (so a dead listener shows), or the connection to the external
+//! engine is up.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use orcastrate_broker::mqtt::Trust;
 use rumqttc::{AsyncClient, Event, Incoming};
 
+use crate::bus::Bus;
 use crate::sequencer::Sequencer;
 
 /// The internal MQTT user of the health probe; its name cannot collide with a configured
@@ -18,20 +20,25 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Checks the parts `/healthz` reports on.
 #[derive(Clone)]
-pub struct HealthProbe {
-    /// Where the embedded broker's listener can be reached from this process.
-    pub mqtt_addr: SocketAddr,
-    /// The probe user's random token, registered with the broker at start-up.
-    pub token: String,
-    /// Whether the listener speaks TLS.
-    pub tls: bool,
+pub enum HealthProbe {
+    /// Logs in to the embedded broker's own listener.
+    Listener {
+        /// Where the listener can be reached from this process.
+        mqtt_addr: SocketAddr,
+        /// The probe user's random token, registered with the broker at start-up.
+        token: String,
+        /// Whether the listener speaks TLS.
+        tls: bool,
+    },
+    /// Asks the bus whether its connection to the external engine is up.
+    Engine { bus: Bus, url: String },
 }
 
 impl HealthProbe {
     /// `Ok` or the list of what is broken.
     pub async fn check(&self, sequencer: &Sequencer) -> Result<(), String> {
         let ledger = sequencer.check();
-        let mqtt = tokio::time::timeout(PROBE_TIMEOUT, self.mqtt_login());
+        let mqtt = tokio::time::timeout(PROBE_TIMEOUT, self.mqtt());
         let (ledger, mqtt) = tokio::join!(ledger, mqtt);
         let mut broken = Vec::new();
         if let Err(e) = ledger {
@@ -49,30 +56,43 @@ impl HealthProbe {
         }
     }
 
-    async fn mqtt_login(&self) -> Result<(), String> {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        let url = format!("{scheme}://{}", self.mqtt_addr);
-        let options = orcastrate_broker::mqtt::client_options_with(
-            &url,
-            "",
-            PROBE_USER,
-            &self.token,
-            &Trust::OwnListener,
-        )
-        .map_err(|e| e.to_string())?;
-        let (client, mut eventloop) = AsyncClient::new(options, 4);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    let _ = client.try_disconnect();
-                    // Flush the DISCONNECT so the broker drops the session cleanly.
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+    async fn mqtt(&self) -> Result<(), String> {
+        match self {
+            Self::Listener {
+                mqtt_addr,
+                token,
+                tls,
+            } => login(*mqtt_addr, token, *tls).await,
+            Self::Engine { bus, url } if !bus.is_connected() => Err(format!(
+                "not connected to the MQTT engine at {url} (the log says why)"
+            )),
+            Self::Engine { .. } => Ok(()),
+        }
+    }
+}
+
+async fn login(mqtt_addr: SocketAddr, token: &str, tls: bool) -> Result<(), String> {
+    let scheme = if tls { "mqtts" } else { "mqtt" };
+    let url = format!("{scheme}://{mqtt_addr}");
+    let options = orcastrate_broker::mqtt::client_options_with(
+        &url,
+        "",
+        PROBE_USER,
+        token,
+        &Trust::OwnListener,
+    )
+    .map_err(|e| e.to_string())?;
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                let _ = client.try_disconnect();
+                // Flush the DISCONNECT so the broker drops the session cleanly.
+                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                return Ok(());
             }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
         }
     }
 }

@@ -6,15 +6,19 @@
 //! - [`github`]: webhook signatures and what a payload asks for.
 //! - [`sequencer`]: the single writer that decides, numbers, commits and publishes orders.
 //! - [`ledger`]: the SQLite tables.
-//! - [`bus`] and [`watch`]: publishing on, and listening to, the embedded broker.
+//! - [`bus`] and [`watch`]: publishing on, and listening to, the embedded broker or an
+//!   external MQTT engine.
+//! - [`acl`] and [`engine_auth`]: topic permissions and the login/ACL hooks for an engine.
 //! - [`fleet`]: verified agent statuses and the retained fleet summaries.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
 
+pub mod acl;
 pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod engine_auth;
 pub mod fleet;
 pub mod github;
 pub mod health;

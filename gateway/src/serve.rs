@@ -1,5 +1,6 @@
-//! `orcastrate-gateway serve`: wires the ledger, the signing key, the embedded broker, the
-//! sequencer, the fleet view and the HTTP server together, and takes them down in order.
+//! `orcastrate-gateway serve`: wires the ledger, the signing key, the bus (the embedded broker
+//! or an external engine), the sequencer, the fleet view and the HTTP server together, and
+//! takes them down in order.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::config::{self, Access, MqttMode, Settings};
+use crate::engine_auth::EngineAuth;
 use crate::fleet::Fleet;
 use crate::health::{self, HealthProbe};
 use crate::http::{self, AppState, MAX_CONCURRENT_WEBHOOKS};
@@ -28,23 +30,34 @@ pub const LEDGER_FILE: &str = "ledger.db";
 /// A started gateway: where it listens, and how to reload and stop it.
 pub struct Gateway {
     pub http_addr: SocketAddr,
-    pub mqtt_addr: SocketAddr,
+    /// Where the embedded broker listens; `None` with an external engine.
+    pub mqtt_addr: Option<SocketAddr>,
     pub public_key: String,
     access: Arc<RwLock<Access>>,
     credentials: Arc<RwLock<Credentials>>,
     probe_token: String,
+    mqtt: MqttMode,
     cancel: CancellationToken,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-fn credentials_for(access: &Access, probe_token: &str) -> Credentials {
+/// Who may log in to the bus: every client, and the gateway's own probe user (embedded) or
+/// its login on the engine (external; answered by the HTTP auth endpoint).
+fn credentials_for(access: &Access, probe_token: &str, mqtt: &MqttMode) -> Credentials {
     let mut c = Credentials::new(
         access
             .clients
             .iter()
             .map(|c| (c.name.clone(), c.token.clone())),
     );
-    c.insert(health::PROBE_USER.to_owned(), probe_token.to_owned());
+    match mqtt {
+        MqttMode::Embedded { .. } => {
+            c.insert(health::PROBE_USER.to_owned(), probe_token.to_owned());
+        }
+        MqttMode::External(engine) => {
+            c.insert(engine.username.clone(), engine.password.clone());
+        }
+    }
     c
 }
 
@@ -83,18 +96,42 @@ impl Gateway {
 
         let access = Arc::new(RwLock::new(settings.access.clone()));
         let probe_token = random_token();
-        let credentials = Arc::new(RwLock::new(credentials_for(&settings.access, &probe_token)));
-        let MqttMode::Embedded { listen, tls } = &settings.mqtt;
-        let broker = EmbeddedBroker::start(
-            &EmbeddedSettings {
-                listen: *listen,
-                tls: tls.clone(),
-            },
-            credentials.clone(),
-        )?;
-        let mqtt_addr = health::local_addr(*listen);
+        let credentials = Arc::new(RwLock::new(credentials_for(
+            &settings.access,
+            &probe_token,
+            &settings.mqtt,
+        )));
         let topics = Topics::new(&settings.prefix);
-        let bus = Bus::new(broker.publisher, topics);
+        // The bus outlives the HTTP server so the sequencer can publish what it drains.
+        let bus_stop = CancellationToken::new();
+        let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
+            MqttMode::Embedded { listen, tls } => {
+                let broker = EmbeddedBroker::start(
+                    &EmbeddedSettings {
+                        listen: *listen,
+                        tls: tls.clone(),
+                    },
+                    credentials.clone(),
+                )?;
+                let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
+                let mqtt_addr = health::local_addr(*listen);
+                let health = HealthProbe::Listener {
+                    mqtt_addr,
+                    token: probe_token.clone(),
+                    tls: tls.is_some(),
+                };
+                (bus, inbound, Some(mqtt_addr), health)
+            }
+            MqttMode::External(engine) => {
+                let (bus, inbound) = Bus::external(engine, topics, bus_stop.clone())
+                    .map_err(|e| config::ConfigError::from(format!("{e:#}")))?;
+                let health = HealthProbe::Engine {
+                    bus: bus.clone(),
+                    url: engine.url.clone(),
+                };
+                (bus, inbound, None, health)
+            }
+        };
         let metrics = Arc::new(Metrics::new());
 
         let (task, newest) = SequencerTask::new(
@@ -114,26 +151,14 @@ impl Gateway {
         ));
 
         let cancel = CancellationToken::new();
+        // Subscribed already; on its Connected event it publishes every newest order.
         tokio::spawn(crate::watch::run(
-            broker.receiver,
+            inbound,
             bus.clone(),
             newest.clone(),
             fleet.clone(),
             cancel.clone(),
         ));
-        // Retained messages live only in the broker's memory: put every newest order back.
-        let orders: Vec<_> = newest
-            .read()
-            .expect("newest-orders lock poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for o in orders {
-            bus.publish_order(&bus.topics().desired(&o.order.repo, &o.order.env), || {
-                Some(o.payload.into_bytes())
-            })
-            .await;
-        }
         tokio::spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
 
         let state = AppState {
@@ -143,15 +168,20 @@ impl Gateway {
             admin_tokens: settings.admin_tokens.clone().into(),
             max_body_bytes: settings.max_body_bytes,
             metrics,
-            health: HealthProbe {
-                mqtt_addr,
-                token: probe_token.clone(),
-                tls: tls.is_some(),
-            },
+            health,
             webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
         };
         let http_addr = http.local_addr()?;
-        let router = http::router(state);
+        let engine_auth = EngineAuth {
+            credentials: credentials.clone(),
+            access: access.clone(),
+            topics: bus.topics().clone(),
+            gateway_user: match &settings.mqtt {
+                MqttMode::External(engine) => Some(engine.username.clone()),
+                MqttMode::Embedded { .. } => None,
+            },
+        };
+        let router = http::router(state).merge(crate::engine_auth::router(engine_auth));
         let shutdown = cancel.clone();
         let done = tokio::spawn(async move {
             match http_tls {
@@ -163,10 +193,15 @@ impl Gateway {
             }
             // Every handler has finished and dropped its sequencer handle: the sequencer
             // drains what was accepted and stops.
-            sequencer_done.await.context("sequencer task failed")?;
+            let drained = sequencer_done.await.context("sequencer task failed");
+            bus_stop.cancel();
+            drained?;
             Ok(())
         });
-        tracing::info!(%http_addr, %mqtt_addr, "gateway ready");
+        match mqtt_addr {
+            Some(mqtt_addr) => tracing::info!(%http_addr, %mqtt_addr, "gateway ready"),
+            None => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
+        }
         Ok(Self {
             http_addr,
             mqtt_addr,
@@ -174,6 +209,7 @@ impl Gateway {
             access,
             credentials,
             probe_token,
+            mqtt: settings.mqtt.clone(),
             cancel,
             done,
         })
@@ -181,7 +217,7 @@ impl Gateway {
 
     /// Replaces `[[clients]]` and `[[repos]]` (SIGHUP) without restarting the broker.
     pub fn reload(&self, access: Access) {
-        let credentials = credentials_for(&access, &self.probe_token);
+        let credentials = credentials_for(&access, &self.probe_token, &self.mqtt);
         *self.credentials.write().expect("credentials lock poisoned") = credentials;
         let (clients, repos) = (access.clients.len(), access.repos.len());
         *self.access.write().expect("access lock poisoned") = access;
