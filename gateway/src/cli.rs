@@ -47,6 +47,22 @@ pub enum Command {
     Pause(RepoEnvArgs),
     /// Resume a paused repo/env.
     Resume(RepoEnvArgs),
+    /// Write mosquitto's password and ACL files (`passwd`, `acl`) from [[clients]] and the
+    /// gateway's [mqtt] login, for mode = "external".
+    MosquittoConfig(EngineFilesArgs),
+    /// Write a NATS `authorization` block with per-user permissions from [[clients]] and the
+    /// gateway's [mqtt] login, for mode = "external".
+    NatsConfig(EngineFilesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EngineFilesArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// Where to write: a folder for mosquitto (created if missing), a file for NATS.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@
 //! - [`ledger`]: the SQLite tables.
 //! - [`bus`] and [`watch`]: publishing on, and listening to, the embedded broker or an
 //!   external MQTT engine.
-//! - [`acl`] and [`engine_auth`]: topic permissions and the login/ACL hooks for an engine.
+//! - [`acl`], [`engine_auth`] and [`engine_config`]: topic permissions, and the login/ACL
+//!   hooks and files for an external engine.
 //! - [`fleet`]: verified agent statuses and the retained fleet summaries.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine_auth;
+pub mod engine_config;
 pub mod fleet;
 pub mod github;
 pub mod health;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use orcastrate_gateway::cli::{Cli, Command, LogFormat, ServeArgs};
+use orcastrate_gateway::cli::{Cli, Command, EngineFilesArgs, LogFormat, ServeArgs};
 use orcastrate_gateway::config::{self, ConfigError, Overrides, Settings};
-use orcastrate_gateway::{client, keys, Gateway};
+use orcastrate_gateway::{client, engine_config, keys, Gateway};
 use tracing_subscriber::EnvFilter;
 
 fn set_up_logging(format: LogFormat, verbose: u8) {
@@ -43,6 +43,8 @@ fn main() -> ExitCode {
         Command::Rollback(args) => client::rollback(args),
         Command::Pause(args) => client::set_paused(args, true),
         Command::Resume(args) => client::set_paused(args, false),
+        Command::MosquittoConfig(args) => mosquitto_config(args),
+        Command::NatsConfig(args) => nats_config(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +92,28 @@ fn public_key(args: &orcastrate_gateway::cli::ConfigArgs) -> anyhow::Result<()> 
         )
     })?;
     println!("{}", signer.public_key_base64());
+    Ok(())
+}
+
+fn mosquitto_config(args: &EngineFilesArgs) -> anyhow::Result<()> {
+    let settings = load_settings(&args.config, Overrides::default())?;
+    engine_config::write_mosquitto(&settings, &args.out)?;
+    println!(
+        "wrote {0}/passwd and {0}/acl for {1} users: set password_file and acl_file in mosquitto.conf to them, and send mosquitto SIGHUP after each change",
+        args.out.display(),
+        settings.access.clients.len() + 1
+    );
+    Ok(())
+}
+
+fn nats_config(args: &EngineFilesArgs) -> anyhow::Result<()> {
+    let settings = load_settings(&args.config, Overrides::default())?;
+    engine_config::write_nats(&settings, &args.out)?;
+    println!(
+        "wrote {} for {} users: include it from each NATS server's config, and run `nats-server --signal reload` after each change",
+        args.out.display(),
+        settings.access.clients.len() + 1
+    );
     Ok(())
 }
 
