@@ -139,14 +139,32 @@ where
 // ---------------------------------------------------------------------------------------
 // Gateway
 
+/// The gateway's login on an external engine.
+pub const GATEWAY_USER: &str = "orcastrate-gateway";
+pub const GATEWAY_PASSWORD: &str = "password-of-the-gateway-e2e";
+
 /// The gateway's config: its broker on `mqtt_port`, the agent bound to our repo/env, an
 /// operator client, and `main` of the repo mapped to `production`.
 pub fn gateway_config(data_dir: &Path, mqtt_port: u16) -> String {
+    gateway_config_with(data_dir, &format!("listen = \"127.0.0.1:{mqtt_port}\""))
+}
+
+/// The same config for an external engine at `url` (mode = "external").
+pub fn gateway_config_external(data_dir: &Path, url: &str) -> String {
+    gateway_config_with(
+        data_dir,
+        &format!(
+            "mode = \"external\"\nurl = \"{url}\"\nusername = \"{GATEWAY_USER}\"\npassword = \"{GATEWAY_PASSWORD}\""
+        ),
+    )
+}
+
+fn gateway_config_with(data_dir: &Path, mqtt: &str) -> String {
     format!(
         r#"
 data_dir = "{data_dir}"
 [mqtt]
-listen = "127.0.0.1:{mqtt_port}"
+{mqtt}
 [github]
 secret = "{SECRET}"
 [admin]
@@ -162,6 +180,7 @@ scopes = ["{REPO}/{ENV}"]
 [[clients]]
 name = "{WATCHER}"
 token = "{WATCHER_TOKEN}"
+role = "watcher"
 [[repos]]
 name = "{GITHUB_REPO}"
 branches = {{ {BRANCH} = "{ENV}" }}
@@ -181,10 +200,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway with its embedded broker on a free port.
     pub fn start(data_dir: &Path) -> Self {
-        use orcastrate_gateway::config::{FileConfig, Overrides, Settings};
         let mqtt_port = free_port();
-        let file: FileConfig = toml::from_str(&gateway_config(data_dir, mqtt_port)).unwrap();
+        Self::start_config(&gateway_config(data_dir, mqtt_port), mqtt_port)
+    }
+
+    /// A gateway whose bus is the external engine listening on `engine_port`.
+    pub fn start_external(data_dir: &Path, engine_port: u16) -> Self {
+        let url = format!("mqtt://127.0.0.1:{engine_port}");
+        Self::start_config(&gateway_config_external(data_dir, &url), engine_port)
+    }
+
+    /// A gateway of config `text`; agents and watchers log in on `mqtt_port`.
+    pub fn start_config(text: &str, mqtt_port: u16) -> Self {
+        use orcastrate_gateway::config::{FileConfig, Overrides, Settings};
+        let file: FileConfig = toml::from_str(text).unwrap();
         let settings = Settings::build(file, None, &[("UNUSED", "")], &Overrides::default())
             .expect("the gateway's config is valid");
         let logs = LogBuf::default();
@@ -789,8 +820,17 @@ pub struct World {
 impl World {
     /// A gateway and an origin; no agent yet.
     pub fn new() -> Self {
+        Self::with_gateway(|data_dir| Gateway::start(data_dir))
+    }
+
+    /// A gateway on the external engine at `engine_port`, and an origin; no agent yet.
+    pub fn with_engine(engine_port: u16) -> Self {
+        Self::with_gateway(|data_dir| Gateway::start_external(data_dir, engine_port))
+    }
+
+    fn with_gateway(start: impl FnOnce(&Path) -> Gateway) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let gateway = Gateway::start(&dir.path().join("gateway-data"));
+        let gateway = start(&dir.path().join("gateway-data"));
         let origin = Origin::new(dir.path());
         let root = dir.path().join("agent-root");
         Self {

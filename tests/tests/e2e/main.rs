@@ -8,6 +8,7 @@
 
 mod config;
 mod deploys;
+mod engines;
 mod forged;
 mod harness;
 mod quickstart;
