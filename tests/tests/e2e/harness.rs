@@ -820,7 +820,7 @@ pub struct World {
 impl World {
     /// A gateway and an origin; no agent yet.
     pub fn new() -> Self {
-        Self::with_gateway(|data_dir| Gateway::start(data_dir))
+        Self::with_gateway(Gateway::start)
     }
 
     /// A gateway on the external engine at `engine_port`, and an origin; no agent yet.
