@@ -853,4 +853,27 @@ mod tests {
         .to_string();
         assert!(e.contains("url is for mode = \"external\""), "{e}");
     }
+
+    #[test]
+    fn the_shipped_example_config_is_valid_in_both_modes() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let s = parse(&text, &[("X", "y")]).unwrap();
+        assert!(matches!(s.mqtt, MqttMode::Embedded { .. }));
+        let watcher = s.access.client("watcher").unwrap();
+        assert_eq!(watcher.role, Role::Watcher);
+
+        // Its external-mode lines, uncommented in place of the embedded ones.
+        let external = text
+            .replace("mode = \"embedded\"", "mode = \"external\"")
+            .replace("listen = \"0.0.0.0:1883\"", "")
+            .replace("# url = ", "url = ")
+            .replace("# username = ", "username = ")
+            .replace("# password = ", "password = ");
+        let s = parse(&external, &[("X", "y")]).unwrap();
+        let MqttMode::External(e) = s.mqtt else {
+            panic!("{:?}", s.mqtt)
+        };
+        assert_eq!(e.url, "mqtts://mqtt.example.com:8883");
+    }
 }

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// A mosquitto server on a loopback port, with the password and ACL files generated from the
-/// gateway's config, and no persistence: a restart loses every retained message.
+/// A mosquitto server on a loopback port, configured as `config/mosquitto.conf` with the
+/// password and ACL files generated from the gateway's config, but without persistence: a
+/// restart loses every retained message.
 struct Mosquitto {
     port: u16,
     conf: PathBuf,
@@ -37,7 +38,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "{user}listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n\
+                "{user}listener {port} 127.0.0.1\nuse_username_as_clientid true\n\
+                 allow_anonymous false\npersistence false\n\
                  password_file {passwd}\nacl_file {acl}\n",
                 passwd = files.join("passwd").display(),
                 acl = files.join("acl").display(),
