@@ -8,6 +8,7 @@ mod batch;
 mod edit;
 mod errors;
 mod exec;
+mod fuzz;
 mod git;
 mod modes;
 mod prop;
