@@ -326,15 +326,49 @@ impl Job<'_> {
         ctx.git
             .fetch(&self.order.sha, self.sink, &ctx.state, cancel)
             .await?;
+        let releases = ctx.layout.releases();
+        let fix = || {
+            format!(
+                "make {} writable by the agent's user and check that its disk has free space, then deploy again",
+                releases.display()
+            )
+        };
         // A leftover of an interrupted try of the same order.
-        release::remove_dir(&dir)
-            .map_err(|e| Early::Failed(format!("cannot clear {}: {e}", dir.display())))?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Early::Failed(format!("cannot create {}: {e}", dir.display())))?;
+        release::remove_dir(&dir).map_err(|e| {
+            Early::Failed(format!(
+                "cannot remove {}, a leftover in the way of the new release: {e}; remove it by hand, {}",
+                dir.display(),
+                fix()
+            ))
+        })?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Early::Failed(format!(
+                "cannot create the release directory {}: {e}; {}",
+                dir.display(),
+                fix()
+            ))
+        })?;
         let index = ctx.layout.tmp().join(format!("index-{name}"));
-        ctx.git
+        let _ = self.sink.take_first_error();
+        if let Err(e) = ctx
+            .git
             .checkout(&self.order.sha, &dir, &index, self.sink, &ctx.state, cancel)
-            .await?;
+            .await
+        {
+            return Err(match e {
+                StepError::Cancelled => Early::Cancelled,
+                e => Early::Failed(format!(
+                    "cannot write the files of {} into {}: {e}{}; {}",
+                    self.order.sha,
+                    dir.display(),
+                    self.sink
+                        .take_first_error()
+                        .map(|git| format!(": {git}"))
+                        .unwrap_or_default(),
+                    fix()
+                )),
+            });
+        }
 
         self.step(Step::Config);
         ctx.layout
@@ -384,7 +418,13 @@ impl Job<'_> {
                     completed_at: orcastrate_broker::time::now(),
                 },
             )
-            .map_err(|e| Early::Failed(format!("cannot write the completion marker: {e}")))?;
+            .map_err(|e| {
+                Early::Failed(format!(
+                    "cannot write the completion marker of {}: {e}; {}",
+                    dir.display(),
+                    fix()
+                ))
+            })?;
         Ok(())
     }
 

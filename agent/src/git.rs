@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use orcastrate_broker::Step;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,9 @@ use crate::steps::{self, Cmd, Sink, StepError};
 
 /// Refs that keep fetched commits alive.
 const REF_PREFIX: &str = "refs/orcastrate/";
+
+/// Waits between the tries of a fetch from the remote: 3 tries, 1 s and 2 s apart.
+const FETCH_BACKOFF: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
 
 /// The bare cache of the service's repository.
 #[derive(Debug, Clone)]
@@ -89,46 +93,114 @@ impl Git {
             steps::run(&init, Step::Fetch, sink, state, cancel).await?;
         }
         if !self.has_commit(sha).await {
-            sink.note(
-                Some(Step::Fetch),
-                &format!("fetching {sha} from {}", self.url),
-            );
-            // Most servers (GitHub included) serve any reachable commit by its sha; older
-            // ones only serve what a ref points to, so fall back to fetching every branch.
-            let by_sha = self.cmd([
-                "fetch",
-                "--no-tags",
-                "--no-write-fetch-head",
-                &self.url,
-                sha,
-            ]);
-            if let Err(e) = steps::run(&by_sha, Step::Fetch, sink, state, cancel).await {
-                if matches!(e, StepError::Cancelled) {
-                    return Err(e.into());
-                }
-                sink.note(
-                    Some(Step::Fetch),
-                    "fetching by sha failed; fetching all branches instead",
-                );
-                let all = self.cmd([
-                    "fetch",
-                    "--no-tags",
-                    "--no-write-fetch-head",
-                    &self.url,
-                    "+refs/heads/*:refs/orcastrate-branches/*",
-                ]);
-                steps::run(&all, Step::Fetch, sink, state, cancel).await?;
-            }
-            if !self.has_commit(sha).await {
-                return Err(FetchError::Missing {
-                    sha: sha.to_owned(),
-                    url: self.url.clone(),
-                });
-            }
+            self.fetch_with_retries(sha, sink, state, cancel).await?;
         }
         let keep = self.cmd(["update-ref", &format!("{REF_PREFIX}{sha}"), sha]);
         steps::run(&keep, Step::Fetch, sink, state, cancel).await?;
         Ok(())
+    }
+
+    /// Fetches `sha` from the remote, trying [`FETCH_BACKOFF`]`.len() + 1` times with those
+    /// waits in between (a network hiccup or a host restarting should not fail a deploy).
+    async fn fetch_with_retries(
+        &self,
+        sha: &str,
+        sink: &Arc<Sink>,
+        state: &SharedState,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        let attempts = FETCH_BACKOFF.len() + 1;
+        for attempt in 1..=attempts {
+            let _ = sink.take_first_error();
+            sink.note(
+                Some(Step::Fetch),
+                &format!(
+                    "fetching {sha} from {} (attempt {attempt} of {attempts})",
+                    self.url
+                ),
+            );
+            let error = match self.fetch_once(sha, sink, state, cancel).await {
+                Ok(()) => return Ok(()),
+                Err(FetchError::Step(StepError::Cancelled)) => {
+                    return Err(StepError::Cancelled.into())
+                }
+                Err(e) => e,
+            };
+            let reason = match &error {
+                FetchError::Step(e) => sink
+                    .take_first_error()
+                    .map_or_else(|| e.to_string(), |git| format!("{e}: {git}")),
+                other => other.to_string(),
+            };
+            let Some(wait) = FETCH_BACKOFF.get(attempt - 1) else {
+                return Err(match error {
+                    // The remote answered: its own message says it best.
+                    FetchError::Missing { .. } => error,
+                    _ => FetchError::GaveUp {
+                        sha: sha.to_owned(),
+                        url: self.url.clone(),
+                        attempts,
+                        reason,
+                    },
+                });
+            };
+            sink.note(
+                Some(Step::Fetch),
+                &format!(
+                    "fetch attempt {attempt} of {attempts} failed: {reason}; retrying in {} s",
+                    wait.as_secs()
+                ),
+            );
+            tokio::select! {
+                () = tokio::time::sleep(*wait) => {}
+                () = cancel.cancelled() => return Err(StepError::Cancelled.into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// One try: by sha, then every branch; the commit must be in the cache afterwards.
+    async fn fetch_once(
+        &self,
+        sha: &str,
+        sink: &Arc<Sink>,
+        state: &SharedState,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        // Most servers (GitHub included) serve any reachable commit by its sha; older ones
+        // only serve what a ref points to, so fall back to fetching every branch.
+        let by_sha = self.cmd([
+            "fetch",
+            "--no-tags",
+            "--no-write-fetch-head",
+            &self.url,
+            sha,
+        ]);
+        if let Err(e) = steps::run(&by_sha, Step::Fetch, sink, state, cancel).await {
+            if matches!(e, StepError::Cancelled) {
+                return Err(e.into());
+            }
+            sink.note(
+                Some(Step::Fetch),
+                "fetching by sha failed; fetching all branches instead",
+            );
+            let all = self.cmd([
+                "fetch",
+                "--no-tags",
+                "--no-write-fetch-head",
+                &self.url,
+                "+refs/heads/*:refs/orcastrate-branches/*",
+            ]);
+            steps::run(&all, Step::Fetch, sink, state, cancel).await?;
+        }
+        if self.has_commit(sha).await {
+            Ok(())
+        } else {
+            Err(FetchError::Missing {
+                sha: sha.to_owned(),
+                url: self.url.clone(),
+            })
+        }
     }
 
     /// Writes the tree of `sha` into `dest` (which must exist), without a `.git`.
@@ -212,4 +284,11 @@ pub(crate) enum FetchError {
     Step(#[from] StepError),
     #[error("commit {sha} is not in {url}: was it pushed? (check git_url and the machine's git credentials)")]
     Missing { sha: String, url: String },
+    #[error("cannot fetch {sha} from {url}: {attempts} attempts failed, the last with: {reason} (check git_url, the network and this machine's git credentials)")]
+    GaveUp {
+        sha: String,
+        url: String,
+        attempts: usize,
+        reason: String,
+    },
 }

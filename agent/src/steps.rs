@@ -46,6 +46,10 @@ pub(crate) struct Sink {
     bus: Bus,
     seq: Option<u64>,
     file: Mutex<Option<File>>,
+    /// The first stderr line starting with `fatal:` or `error:` (git's prefixes) since
+    /// [`Sink::take_first_error`], so an error in the status can say what git said (git's
+    /// first such line is its most specific one).
+    first_error: Mutex<Option<String>>,
 }
 
 impl Sink {
@@ -63,12 +67,24 @@ impl Sink {
             bus,
             seq,
             file: Mutex::new(file),
+            first_error: Mutex::new(None),
         })
+    }
+
+    /// The first stderr line starting with `fatal:` or `error:` since the last call.
+    pub(crate) fn take_first_error(&self) -> Option<String> {
+        self.first_error.lock().ok()?.take()
     }
 
     /// One line of output.
     pub(crate) fn line(&self, step: Option<Step>, stream: LogStream, text: &str) {
         let at = orcastrate_broker::time::now();
+        if stream == LogStream::Stderr && (text.starts_with("fatal:") || text.starts_with("error:"))
+        {
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert_with(|| text.to_owned());
+            }
+        }
         if let Ok(mut file) = self.file.lock() {
             if let Some(f) = file.as_mut() {
                 let step_name = step.map(Step::as_str).unwrap_or("-");

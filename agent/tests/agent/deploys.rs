@@ -281,3 +281,113 @@ async fn old_releases_are_pruned_keeping_current_and_newest_healthy() {
     assert!(dirs.contains(&last));
     assert_eq!(w.current(), last);
 }
+
+/// Makes the release directory `releases/{name}` impossible to create, for root too: the
+/// releases directory is made read-only (mode 0555) where that stops this process's
+/// writes; where it does not (root, or CAP_DAC_OVERRIDE), a regular file is put where the
+/// release directory must go. Undone by `undo`.
+struct UnwritableRelease {
+    releases: std::path::PathBuf,
+    file: Option<std::path::PathBuf>,
+}
+
+impl UnwritableRelease {
+    fn new(releases: &std::path::Path, name: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |m| std::fs::set_permissions(releases, std::fs::Permissions::from_mode(m));
+        mode(0o555).unwrap();
+        let probe = releases.join(".probe");
+        if std::fs::create_dir(&probe).is_err() {
+            eprintln!("the releases directory is read-only (mode 0555)");
+            return Self {
+                releases: releases.to_owned(),
+                file: None,
+            };
+        }
+        // Permission bits do not bind this process (root): block the one path instead.
+        std::fs::remove_dir(&probe).unwrap();
+        mode(0o755).unwrap();
+        let file = releases.join(name);
+        std::fs::write(&file, "not a directory\n").unwrap();
+        eprintln!("running as root: a regular file is in the way of the release directory");
+        Self {
+            releases: releases.to_owned(),
+            file: Some(file),
+        }
+    }
+
+    fn undo(&self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&self.releases, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if let Some(f) = &self.file {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}
+
+impl Drop for UnwritableRelease {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Let the temp dir be deleted whatever happened.
+        let _ = std::fs::set_permissions(&self.releases, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_release_dir_fails_clearly_and_the_old_app_keeps_serving() {
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+
+    let b = w.commit("v2", OK_INSTALL);
+    let s2 = w.next_seq();
+    let name = format!("{s2}-{}", &b[..12]);
+    let releases = w.root.join("releases");
+    let blocked = UnwritableRelease::new(&releases, &name);
+    w.bus.publish(&w.bus.order(s2, &b, OrderKind::Push)).await;
+    let failed = w.bus.wait_outcome(s2).await;
+    assert_eq!(failed.state, AgentState::Failed, "{failed:?}");
+    assert_eq!(failed.running_sha.as_deref(), Some(a.as_str()));
+    // The error names the path and says what to do.
+    let error = failed.error.clone().unwrap();
+    assert!(
+        error.contains(&releases.join(&name).display().to_string()),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("make {} writable", releases.display())),
+        "{error}"
+    );
+    assert!(error.contains("free space"), "{error}");
+    // So does the deploy's log, on the bus.
+    assert!(
+        w.bus
+            .logs()
+            .iter()
+            .any(|l| l.seq == Some(s2) && l.line.contains(&error)),
+        "{:?}",
+        w.bus.logs()
+    );
+    // The old app never stopped and current did not move.
+    assert_eq!(w.wait_app("v1"), pid);
+    assert_eq!(w.current(), format!("{s1}-{}", &a[..12]));
+    assert!(!w
+        .bus
+        .statuses()
+        .iter()
+        .any(|s| s.seq == Some(s2) && s.step == Some(Step::Start)));
+    assert!(w.state_json()["pending"].is_null());
+
+    // Once the directory is writable again, the next order deploys.
+    blocked.undo();
+    let s3 = w.order(&b, OrderKind::Push).await;
+    let out = w.bus.wait_outcome(s3).await;
+    assert_eq!(out.state, AgentState::Healthy, "{out:?}");
+    assert_eq!(out.running_sha.as_deref(), Some(b.as_str()));
+    let pid2 = w.wait_app("v2");
+    assert_eq!(w.app_pids(), vec![pid2 as i32]);
+    assert_eq!(w.current(), format!("{s3}-{}", &b[..12]));
+}
