@@ -9,6 +9,7 @@
 mod config;
 mod deploys;
 mod engines;
+mod faults;
 mod forged;
 mod harness;
 mod quickstart;
