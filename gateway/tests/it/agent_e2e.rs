@@ -70,6 +70,12 @@ impl GatewayProcess {
         })
     }
 
+    /// SIGKILL: no graceful anything.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     fn push(&self, sha: &str, delivery: &str) -> (u16, Value) {
         let body = push_of(sha, "master");
         let sig = orcastrate_gateway::github::sign(SECRET, &body);
@@ -327,31 +333,30 @@ impl Drop for Logs<'_> {
     }
 }
 
-#[test]
-fn gateway_restarted_while_the_agent_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let (http_port, mqtt_port, app_port) = (free_port(), free_port(), free_port());
-    let data = dir.path().join("data");
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, config_text(&data, mqtt_port, SECRET, "")).unwrap();
-    let log = dir.path().join("gateway.log");
-    let gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
-
-    // The agents' gateway_public_keys come from `orcastrate-gateway public-key`.
+/// The gateway's public key, from `orcastrate-gateway public-key` as an operator gets it.
+fn public_key(config: &Path) -> String {
     let out = Command::new(BIN)
         .args(["public-key", "--config"])
-        .arg(&config)
+        .arg(config)
         .env_remove("GITHUB_SECRET")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let public_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
 
-    let origin = Origin::new(dir.path(), app_port);
-    let root = dir.path().join("agent-root");
-    let agent_config = dir.path().join("agent.toml");
+/// Writes the agent's config: `web-1` following our repo/env, fetching from `origin`,
+/// running `install` as its install step.
+fn write_agent_config(
+    path: &Path,
+    mqtt_port: u16,
+    public_key: &str,
+    origin: &Origin,
+    root: &Path,
+    install: &str,
+) {
     std::fs::write(
-        &agent_config,
+        path,
         format!(
             r#"name = "{AGENT}"
 server = ["mqtt://127.0.0.1:{mqtt_port}"]
@@ -363,7 +368,7 @@ root = "{root}"
 gateway_public_keys = ["{public_key}"]
 on_shutdown = "stop"
 [steps]
-install = "test -f server.js"
+install = "{install}"
 start = "exec node server.js"
 stop_timeout_s = 5
 [health]
@@ -373,9 +378,36 @@ interval_s = 1
 "#,
             origin = origin.bare.display(),
             root = root.display(),
+            app_port = origin.app_port,
         ),
     )
     .unwrap();
+}
+
+#[test]
+fn gateway_restarted_while_the_agent_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port, app_port) = (free_port(), free_port(), free_port());
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_text(&data, mqtt_port, SECRET, "")).unwrap();
+    let log = dir.path().join("gateway.log");
+    let gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
+
+    // The agents' gateway_public_keys come from `orcastrate-gateway public-key`.
+    let public_key = public_key(&config);
+
+    let origin = Origin::new(dir.path(), app_port);
+    let root = dir.path().join("agent-root");
+    let agent_config = dir.path().join("agent.toml");
+    write_agent_config(
+        &agent_config,
+        mqtt_port,
+        &public_key,
+        &origin,
+        &root,
+        "test -f server.js",
+    );
     let guard = Logs {
         dir: dir.path(),
         agent: Some(Agent::start(&agent_config)),
@@ -443,5 +475,119 @@ interval_s = 1
         })
         .collect();
     assert_eq!(orders, [(seq2, sha2), (seq1, sha1)]);
+    drop(guard);
+}
+
+#[test]
+fn gateway_sigkilled_during_a_deploy_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port, app_port) = (free_port(), free_port(), free_port());
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, config_text(&data, mqtt_port, SECRET, "")).unwrap();
+    let log = dir.path().join("gateway.log");
+    let gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
+    let origin = Origin::new(dir.path(), app_port);
+    let root = dir.path().join("agent-root");
+    let agent_config = dir.path().join("agent.toml");
+    // The install waits while the file `hold` exists: the test decides when it finishes.
+    let hold = dir.path().join("hold");
+    write_agent_config(
+        &agent_config,
+        mqtt_port,
+        &public_key(&config),
+        &origin,
+        &root,
+        &format!(
+            "while [ -e '{}' ]; do sleep 0.05; done; test -f server.js",
+            hold.display()
+        ),
+    );
+    let guard = Logs {
+        dir: dir.path(),
+        agent: Some(Agent::start(&agent_config)),
+    };
+    let app = |version: &str| {
+        eventually(WAIT, &format!("the app to serve {version}"), || {
+            (app_version(app_port)? == version).then_some(())
+        });
+    };
+
+    let sha1 = origin.commit("v1");
+    let (code, answer) = gateway.push(&sha1, "kill-1");
+    assert_eq!(code, 202, "{answer}");
+    let seq1 = answer["seq"].as_u64().unwrap();
+    gateway.wait_healthy(seq1, &sha1);
+    app("v1");
+
+    // A deploy is in its install step when the gateway is killed.
+    std::fs::write(&hold, "").unwrap();
+    let sha2 = origin.commit("v2");
+    let (code, answer) = gateway.push(&sha2, "kill-2");
+    assert_eq!(code, 202, "{answer}");
+    let seq2 = answer["seq"].as_u64().unwrap();
+    eventually(WAIT, "the agent to install seq2", || {
+        let v = gateway.admin_get(&format!("/api/v1/agents?repo={REPO}&env={ENV}"));
+        let s = v["agents"].as_array()?.first()?.clone();
+        (s["seq"] == seq2 && s["state"] == "deploying" && s["step"] == "install").then_some(())
+    });
+    gateway.kill9();
+
+    // The agent finishes the deploy without the gateway.
+    std::fs::remove_file(&hold).unwrap();
+    app("v2");
+
+    // The restarted gateway has every order, recognises the delivery it answered before
+    // the kill, and shows the agent's true status once it has reconnected.
+    let gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
+    let (code, again) = gateway.push(&sha2, "kill-2");
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    let status = gateway.wait_healthy(seq2, &sha2);
+    assert_eq!(status["sha"], sha2.as_str(), "{status}");
+    let desired = eventually(WAIT, "the retained order of seq2", || {
+        let mut sub = Mqtt::connect(mqtt_port, "", "web-2", "token-web-2").ok()?;
+        sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/desired"));
+        let (_, payload) = sub.wait_for(Duration::from_secs(2), |_, _| true)?;
+        let o: orcastrate_broker::DeployOrder = serde_json::from_slice(&payload).ok()?;
+        (o.seq == seq2).then_some(o)
+    });
+    assert_eq!(desired.sha, sha2);
+    // Not deployed twice: the agent did not start seq2 again after reconnecting.
+    let agent_log = guard.agent.as_ref().unwrap().logs.text();
+    assert_eq!(
+        agent_log.matches(&format!("deploying {sha2}")).count(),
+        1,
+        "{agent_log}"
+    );
+
+    // And it keeps working.
+    let sha3 = origin.commit("v3");
+    let (code, answer) = gateway.push(&sha3, "kill-3");
+    assert_eq!(code, 202, "{answer}");
+    let seq3 = answer["seq"].as_u64().unwrap();
+    gateway.wait_healthy(seq3, &sha3);
+    app("v3");
+    let v = gateway.admin_get(&format!("/api/v1/deployments?repo={REPO}&env={ENV}"));
+    let orders: Vec<(u64, String, String)> = v["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["seq"].as_u64().unwrap(),
+                o["sha"].as_str().unwrap().to_owned(),
+                o["delivery"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        orders,
+        [
+            (seq3, sha3, "kill-3".to_owned()),
+            (seq2, sha2, "kill-2".to_owned()),
+            (seq1, sha1, "kill-1".to_owned())
+        ]
+    );
     drop(guard);
 }
