@@ -1,6 +1,7 @@
-//! Helpers shared by the gateway benchmarks (`bench_webhooks`, `bench_peer`, `bench_fanout`):
-//! building and guarding the gateway process, raw keep-alive HTTP/1.1, percentiles and
-//! `/proc` readings. Each example includes it with `#[path = "support/mod.rs"] mod support;`.
+//! Helpers shared by the gateway benchmarks (`bench_webhooks`, `bench_peer`, `bench_fanout`,
+//! `soak`): building and guarding the gateway process, raw keep-alive HTTP/1.1, signed push
+//! requests, percentiles and `/proc` readings. Each example includes it with
+//! `#[path = "support/mod.rs"] mod support;`.
 
 // Not every example uses every helper.
 #![allow(dead_code)]
@@ -8,11 +9,29 @@
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Environment variables of the gateway that must not leak from the caller's shell.
+pub(crate) const GATEWAY_ENV: &[&str] = &[
+    "GITHUB_SECRET",
+    "TOKENS",
+    "TRUSTED_NAMES",
+    "PORT",
+    "ORCASTRATE_REPOS",
+    "ORCASTRATE_ADMIN_TOKEN",
+    "ORCASTRATE_CONFIG",
+    "ORCASTRATE_DATA_DIR",
+    "ORCASTRATE_HTTP_LISTEN",
+    "ORCASTRATE_MQTT_LISTEN",
+    "ORCASTRATE_LOG_FORMAT",
+    "RUST_LOG",
+];
 
 /// Kills the gateway if the benchmark stops early.
 pub(crate) struct ChildGuard(pub(crate) Child);
@@ -98,6 +117,12 @@ impl Conn {
 
 /// Builds the gateway binary with this example's cargo and profile; returns its path.
 pub(crate) fn build_gateway() -> anyhow::Result<PathBuf> {
+    build_binary("orcastrate-gateway", "orcastrate-gateway")
+}
+
+/// Builds binary `bin` of workspace package `package` with this example's cargo, profile and
+/// target directory (a no-op when it is up to date); returns its path.
+pub(crate) fn build_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/examples/bench_webhooks
     let profile = exe
@@ -114,13 +139,7 @@ pub(crate) fn build_gateway() -> anyhow::Result<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let mut command = Command::new(cargo);
     command
-        .args([
-            "build",
-            "-p",
-            "orcastrate-gateway",
-            "--bin",
-            "orcastrate-gateway",
-        ])
+        .args(["build", "-p", package, "--bin", bin])
         .arg("--manifest-path")
         .arg(&manifest)
         .args(["--message-format", "json-render-diagnostics"]);
@@ -146,28 +165,78 @@ pub(crate) fn build_gateway() -> anyhow::Result<PathBuf> {
             command.env_remove(name);
         }
     }
-    eprintln!("building the gateway: cargo build --profile {profile} -p orcastrate-gateway --bin orcastrate-gateway");
+    eprintln!("building {bin}: cargo build --profile {profile} -p {package} --bin {bin}");
     let output = command
         .stderr(Stdio::inherit())
         .output()
-        .context("cannot run cargo: pass --gateway-bin target/release/orcastrate-gateway")?;
+        .with_context(|| format!("cannot run cargo: pass the path of a built {bin}"))?;
     ensure!(
         output.status.success(),
-        "building the gateway failed (see above); or pass --gateway-bin PATH"
+        "building {bin} failed (see above); or pass the path of a built one"
     );
     for line in output.stdout.split(|&b| b == b'\n') {
         let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
             continue;
         };
-        if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "orcastrate-gateway"
-        {
+        if message["reason"] == "compiler-artifact" && message["target"]["name"] == bin {
             if let Some(path) = message["executable"].as_str() {
                 return Ok(PathBuf::from(path));
             }
         }
     }
-    bail!("cargo built no orcastrate-gateway executable: pass --gateway-bin PATH")
+    bail!("cargo built no {bin} executable: pass the path of a built one")
+}
+
+/// Waits until `/healthz` answers 200 (HTTP, ledger and MQTT login all work).
+pub(crate) async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the gateway exited with {status}");
+        }
+        match get(addr, "/healthz").await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) if Instant::now() > deadline => {
+                bail!(
+                    "/healthz answers {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            }
+            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A complete `POST` of a GitHub `push` delivery, signed with `X-Hub-Signature-256` as
+/// GitHub signs it (HMAC-SHA256 of the body under the webhook secret).
+pub(crate) fn signed_push(path: &str, delivery: &str, body: &str, secret: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut wire = format!(
+        "POST {path} HTTP/1.1\r\n\
+         Host: orcastrate-bench\r\n\
+         User-Agent: GitHub-Hookshot/bench\r\n\
+         Accept: */*\r\n\
+         Content-Type: application/json\r\n\
+         X-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: {delivery}\r\n\
+         X-GitHub-Hook-ID: 1\r\n\
+         X-Hub-Signature-256: sha256={signature}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body.as_bytes());
+    wire
+}
+
+/// The last `n` lines of a file.
+pub(crate) fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A loopback address with a port that was free a moment ago.
