@@ -150,7 +150,7 @@ impl Connection {
         let session = new_session();
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let options = options_for(settings, &settings.servers[0], &session, None);
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
+        let (client, eventloop) = orcastrate_broker::mqtt::async_client(options, REQUEST_QUEUE);
         let bus = Bus {
             inner: Arc::new(Inner {
                 client,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions, TlsConfiguration, Transport};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -111,6 +111,17 @@ pub fn client_options_with(
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
     }
     Ok(options)
+}
+
+/// A client and its event loop, with Nagle's algorithm off: orders and statuses are small
+/// single packets, and rumqttc's default (Nagle on) delays them by up to 40 ms against a
+/// peer's delayed ACKs.
+pub fn async_client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

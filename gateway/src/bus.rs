@@ -100,7 +100,7 @@ impl Bus {
             &trust,
         )
         .context("[mqtt] url")?;
-        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        let (client, eventloop) = orcastrate_broker::mqtt::async_client(options, REQUEST_CAPACITY);
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let bus = Self::new(Publisher::External(client.clone()), topics, false);
         tokio::spawn(drive_engine(
@@ -260,8 +260,10 @@ async fn drive_engine(
                 tracing::info!(url, "connected to the MQTT engine");
                 for filter in &filters {
                     // Queued ahead of any publish the Connected event causes, so the engine
-                    // subscribes us before our re-published orders come back.
-                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                    // subscribes us before our re-published orders come back. QoS 0: the
+                    // session is clean, so QoS 1 adds nothing, and NATS drops the QoS 1
+                    // messages published while it creates a QoS 1 subscription's consumer.
+                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtMostOnce) {
                         tracing::error!(error = %e, filter, "cannot subscribe");
                     }
                 }

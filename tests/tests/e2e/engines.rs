@@ -39,7 +39,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "{user}listener {port} 127.0.0.1\nuse_username_as_clientid true\n\
-                 allow_anonymous false\npersistence false\n\
+                 allow_anonymous false\npersistence false\nset_tcp_nodelay true\n\
                  password_file {passwd}\nacl_file {acl}\n",
                 passwd = files.join("passwd").display(),
                 acl = files.join("acl").display(),
