@@ -248,6 +248,7 @@ async fn drive_engine(
     cancel: CancellationToken,
 ) {
     let mut backoff = BACKOFF_FIRST;
+    let mut refused_backoff = BACKOFF_FIRST;
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
@@ -275,10 +276,25 @@ async fn drive_engine(
             },
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                 if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    // Without the subscriptions no status arrives. NATS refuses one it cannot
+                    // set up in time (JetStream electing leaders after a node loss): ask again,
+                    // for both filters (subscribing twice is harmless).
                     tracing::error!(
                         url,
-                        "the MQTT engine refused a subscription: allow the gateway's user to read every desired and status topic"
+                        retry_in = ?refused_backoff,
+                        "the MQTT engine refused a subscription; retrying (if this repeats, allow the gateway's user to read every desired and status topic)"
                     );
+                    let (client, filters, pause) =
+                        (client.clone(), filters.clone(), refused_backoff);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(pause).await;
+                        for filter in filters {
+                            let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+                        }
+                    });
+                    refused_backoff = (refused_backoff * 2).min(BACKOFF_CAP);
+                } else {
+                    refused_backoff = BACKOFF_FIRST;
                 }
                 continue;
             }
