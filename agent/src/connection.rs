@@ -15,6 +15,7 @@ use std::time::Duration;
 use orcastrate_broker::{AgentState, AgentStatus, LogLine, Topics};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -233,6 +234,8 @@ async fn poll_loop(
     let mut server = 0usize;
     let mut failed_in_round = 0usize;
     let mut round = 0u32;
+    // Refused subscriptions in a row (each retried after a growing pause).
+    let mut refused = 0u32;
     // Set the real last will now that the bus exists (the first options had none).
     let session = new_session();
     eventloop.mqtt_options = options_for(&ctx.settings, &servers[server], &session, Some(&ctx.bus));
@@ -289,7 +292,23 @@ async fn poll_loop(
                 }
                 let _ = ctx.events.send(BusEvent::Connected);
             }
+            Ok(Event::Incoming(Packet::SubAck(ack)))
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
+            {
+                // Without the subscription no order ever arrives. NATS refuses one it cannot
+                // set up in time (JetStream re-electing leaders after a node loss): ask again.
+                let pause = backoff(refused);
+                refused = refused.saturating_add(1);
+                tracing::warn!(topic = %ctx.desired, retry_in = ?pause, "the MQTT server refused the subscription to our orders; retrying (if this repeats, let this agent read its desired topic)");
+                let client = ctx.bus.inner.client.clone();
+                let topic = ctx.desired.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(pause).await;
+                    let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+                });
+            }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
+                refused = 0;
                 tracing::debug!(topic = %ctx.desired, "subscribed");
                 let _ = ctx.events.send(BusEvent::Subscribed);
             }
