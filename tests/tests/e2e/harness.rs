@@ -666,6 +666,8 @@ pub struct AgentConfig<'a> {
     pub name: &'a str,
     pub token: &'a str,
     pub mqtt_port: u16,
+    /// `server` URLs in order of preference; empty: just `mqtt_port` on loopback.
+    pub servers: &'a [String],
     pub origin: &'a Path,
     pub root: &'a Path,
     pub public_key: &'a str,
@@ -680,9 +682,14 @@ pub struct AgentConfig<'a> {
 
 impl AgentConfig<'_> {
     pub fn text(&self) -> String {
+        let servers = if self.servers.is_empty() {
+            vec![format!("mqtt://127.0.0.1:{}", self.mqtt_port)]
+        } else {
+            self.servers.to_vec()
+        };
         format!(
             r#"name = "{name}"
-server = ["mqtt://127.0.0.1:{mqtt_port}"]
+server = {servers:?}
 token = "{token}"
 repo = "{GITHUB_REPO}"
 env = "{ENV}"
@@ -706,7 +713,6 @@ interval_s = 1
 {extra}"#,
             name = self.name,
             token = self.token,
-            mqtt_port = self.mqtt_port,
             origin = self.origin.display(),
             root = self.root.display(),
             public_key = self.public_key,
@@ -849,12 +855,23 @@ impl World {
     /// Starts the agent and waits until the gateway's fleet view has its first verified
     /// status (it logged in, subscribed and reported).
     pub fn start_agent(&mut self) {
-        self.agent = Some(self.agent_with(AGENT, AGENT_TOKEN, &self.root, self.app_port, ""));
+        self.start_agent_on(&[]);
+    }
+
+    /// Starts the agent with `server = servers` (empty: the gateway's MQTT port).
+    pub fn start_agent_on(&mut self, servers: &[String]) {
+        self.agent =
+            Some(self.agent_with(AGENT, AGENT_TOKEN, &self.root, self.app_port, "", servers));
     }
 
     /// Starts a second host of the same repo/env (`AGENT2`) with its own root; its app
     /// listens on `port`, from a `[shared]` file `PORT` that replaces the repository's.
     pub fn start_second_agent(&mut self, port: u16) {
+        self.start_second_agent_on(port, &[]);
+    }
+
+    /// Starts `AGENT2` as `start_second_agent` does, with `server = servers`.
+    pub fn start_second_agent_on(&mut self, port: u16, servers: &[String]) {
         let root = self.dir.path().join("agent-root-2");
         std::fs::create_dir_all(root.join("shared")).unwrap();
         std::fs::write(root.join("shared/PORT"), format!("{port}\n")).unwrap();
@@ -864,18 +881,28 @@ impl World {
             &root,
             port,
             "\n[shared]\nfiles = [\"PORT\"]\n",
+            servers,
         );
         self.others.push(agent);
     }
 
     /// Writes the config of agent `name` and starts it; returns once the gateway's fleet
     /// view has its first verified status (it logged in, subscribed and reported).
-    fn agent_with(&self, name: &str, token: &str, root: &Path, port: u16, extra: &str) -> Agent {
+    fn agent_with(
+        &self,
+        name: &str,
+        token: &str,
+        root: &Path,
+        port: u16,
+        extra: &str,
+        servers: &[String],
+    ) -> Agent {
         let config = self.dir.path().join(format!("{name}.toml"));
         let text = AgentConfig {
             name,
             token,
             mqtt_port: self.gateway.mqtt_port,
+            servers,
             origin: &self.origin.bare,
             root,
             public_key: &self.gateway.public_key,
@@ -891,8 +918,14 @@ impl World {
         .text();
         std::fs::write(&config, text).unwrap();
         let agent = Agent::start(&config);
-        self.gateway
-            .wait_agent_of(name, "connected (any verified status)", |_| true);
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.gateway
+                .wait_agent_of(name, "connected (any verified status)", |_| true)
+        }));
+        if let Err(panic) = waited {
+            eprintln!("---- {name} log ----\n{}", agent.logs.text());
+            std::panic::resume_unwind(panic);
+        }
         agent
     }
 

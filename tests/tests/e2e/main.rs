@@ -12,4 +12,5 @@ mod engines;
 mod faults;
 mod forged;
 mod harness;
+mod nats;
 mod quickstart;
