@@ -21,9 +21,11 @@ use crate::config::ExternalMqtt;
 pub enum Inbound {
     /// A message on one of the gateway's subscriptions.
     Message { topic: String, payload: Vec<u8> },
-    /// The bus is (again) connected and subscribed. An external engine may have lost its
-    /// retained messages meanwhile, so the gateway publishes its newest state again.
-    Connected,
+    /// Publish the newest state again: the bus is (again) connected and subscribed, and an
+    /// external engine may have lost its retained messages meanwhile; or, periodically on an
+    /// external engine, a replica may serve a stale retained message (seen on NATS clusters
+    /// after a node loss). Agents ignore an order they already have.
+    Resync,
 }
 
 /// Publishes on the bus; cheap to clone.
@@ -55,6 +57,11 @@ const INBOUND_CAPACITY: usize = 1024;
 /// publishes are dropped (and logged): the newest orders are re-published on reconnect.
 const REQUEST_CAPACITY: usize = 4096;
 
+/// QoS of the gateway's subscriptions on an external engine. QoS 0: the session is clean,
+/// so QoS 1 adds nothing, and NATS drops the QoS 1 messages published while it creates a
+/// QoS 1 subscription's consumer (about 100 ms on a cluster).
+const SUBSCRIBE_QOS: QoS = QoS::AtMostOnce;
+
 /// Reconnect delays to an external engine: doubling from the first to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
@@ -83,7 +90,7 @@ impl Bus {
 
     /// The bus over an external MQTT engine. Connects in the background and keeps
     /// reconnecting with a capped backoff until `cancel`; each connection re-subscribes and
-    /// yields [`Inbound::Connected`].
+    /// yields [`Inbound::Resync`].
     pub fn external(
         engine: &ExternalMqtt,
         topics: Topics,
@@ -109,6 +116,7 @@ impl Bus {
             subscriptions(&bus.topics),
             engine.url.clone(),
             bus.connected.clone(),
+            engine.republish_interval,
             tx,
             cancel,
         ));
@@ -211,7 +219,7 @@ async fn forward_link(
     tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
 ) {
-    if tx.send(Inbound::Connected).await.is_err() {
+    if tx.send(Inbound::Resync).await.is_err() {
         return;
     }
     loop {
@@ -236,22 +244,33 @@ async fn forward_link(
 }
 
 /// Polls the engine connection until cancelled: re-subscribes on every CONNACK (sessions are
-/// clean), forwards messages, and waits a capped, doubling backoff after each failure
-/// (rumqttc reconnects on the next poll with no delay of its own).
+/// clean), forwards messages, asks for a resync every `resync_every`, and waits a capped,
+/// doubling backoff after each failure (rumqttc reconnects on the next poll with no delay of
+/// its own).
 async fn drive_engine(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: [String; 2],
     url: String,
     connected: Arc<AtomicBool>,
+    resync_every: Duration,
     tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut refused_backoff = BACKOFF_FIRST;
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
+            _ = resync.tick() => {
+                if connected.load(Ordering::Relaxed) {
+                    let _ = tx.send(Inbound::Resync).await;
+                }
+                continue;
+            }
             () = cancel.cancelled() => break,
         };
         let inbound = match event {
@@ -261,14 +280,12 @@ async fn drive_engine(
                 tracing::info!(url, "connected to the MQTT engine");
                 for filter in &filters {
                     // Queued ahead of any publish the Connected event causes, so the engine
-                    // subscribes us before our re-published orders come back. QoS 0: the
-                    // session is clean, so QoS 1 adds nothing, and NATS drops the QoS 1
-                    // messages published while it creates a QoS 1 subscription's consumer.
-                    if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtMostOnce) {
+                    // subscribes us before our re-published orders come back.
+                    if let Err(e) = client.try_subscribe(filter.as_str(), SUBSCRIBE_QOS) {
                         tracing::error!(error = %e, filter, "cannot subscribe");
                     }
                 }
-                Inbound::Connected
+                Inbound::Resync
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => Inbound::Message {
                 topic: p.topic,
@@ -289,7 +306,7 @@ async fn drive_engine(
                     tokio::spawn(async move {
                         tokio::time::sleep(pause).await;
                         for filter in filters {
-                            let _ = client.subscribe(filter, QoS::AtLeastOnce).await;
+                            let _ = client.subscribe(filter, SUBSCRIBE_QOS).await;
                         }
                     });
                     refused_backoff = (refused_backoff * 2).min(BACKOFF_CAP);

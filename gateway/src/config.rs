@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use orcastrate_broker::names;
 use serde::Deserialize;
@@ -57,6 +58,7 @@ pub struct MqttFile {
     pub username: Option<String>,
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub republish_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +198,9 @@ pub struct ExternalMqtt {
     pub password: String,
     /// The CA certificates (PEM) that sign the engine's certificate; `None`: the system's.
     pub ca_file: Option<PathBuf>,
+    /// How often every newest order and fleet summary is published again, besides after
+    /// each reconnect.
+    pub republish_interval: Duration,
 }
 
 impl std::fmt::Debug for ExternalMqtt {
@@ -204,6 +209,7 @@ impl std::fmt::Debug for ExternalMqtt {
             .field("url", &self.url)
             .field("username", &self.username)
             .field("ca_file", &self.ca_file)
+            .field("republish_interval", &self.republish_interval)
             .finish_non_exhaustive()
     }
 }
@@ -326,11 +332,20 @@ fn external_mqtt(mqtt: MqttFile, env: &dyn Env, where_: &str) -> Result<External
         orcastrate_broker::mqtt::client_options_with(&url, "", &username, &password, &trust)
             .map_err(|e| err(format!("{where_}: [mqtt] ca_file: {e}")))?;
     }
+    let republish_interval = match mqtt.republish_interval_s.unwrap_or(60) {
+        0 => {
+            return Err(err(format!(
+                "{where_}: [mqtt] republish_interval_s = 0: use 1 or more seconds (default 60)"
+            )))
+        }
+        s => Duration::from_secs(s),
+    };
     Ok(ExternalMqtt {
         url,
         username,
         password,
         ca_file: mqtt.ca_file,
+        republish_interval,
     })
 }
 
@@ -406,6 +421,10 @@ impl Settings {
                     ("username", file.mqtt.username.is_some()),
                     ("password", file.mqtt.password.is_some()),
                     ("ca_file", file.mqtt.ca_file.is_some()),
+                    (
+                        "republish_interval_s",
+                        file.mqtt.republish_interval_s.is_some(),
+                    ),
                 ]
                 .iter()
                 .find_map(|(k, set)| set.then_some(k))

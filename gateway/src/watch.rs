@@ -29,7 +29,7 @@ pub async fn run(
         };
         let Some(event) = event else { return };
         let (topic, payload) = match event {
-            Inbound::Connected => {
+            Inbound::Resync => {
                 republish(&bus, &newest, &fleet).await;
                 continue;
             }

@@ -284,3 +284,32 @@ fn the_http_login_and_acl_hooks_answer_as_emqx_expects() {
     assert_eq!(code, 400, "a malformed request is 400 (EMQX: ignore): {v}");
     assert!(v["error"].as_str().unwrap().contains("topic"), "{v}");
 }
+
+#[test]
+fn on_an_external_engine_the_newest_order_is_published_again_every_interval() {
+    // A replica of a clustered engine can serve a stale retained order the gateway never
+    // sees; the periodic re-publish puts the newest one on every replica again.
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway_config_external(&dir.path().join("unused"), "mqtt://127.0.0.1:1");
+    let mosquitto = Mosquitto::start(dir.path(), &config);
+    let data_dir = dir.path().join("gateway-data");
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let text = gateway_config_external(&data_dir, &url)
+        .replace("[mqtt]\n", "[mqtt]\nrepublish_interval_s = 1\n");
+    let gateway = Gateway::start_config(&text, mosquitto.port);
+    let sha = "1".repeat(40);
+    let (code, answer) = gateway.push(&sha, &delivery());
+    assert_eq!(code, 202, "{answer}");
+
+    let mut watcher = gateway.watch(&topic("desired"));
+    for round in 1..=2 {
+        let live = watcher.wait_for(WAIT, |p| !p.retain);
+        let order: Value = serde_json::from_slice(&live.expect("a re-published order")).unwrap();
+        assert_eq!(order["sha"], sha.as_str(), "round {round}: {order}");
+    }
+    assert_eq!(
+        gateway.deployments().len(),
+        1,
+        "re-publishing makes no new order"
+    );
+}
