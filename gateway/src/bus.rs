@@ -114,9 +114,8 @@ impl Bus {
             eventloop,
             client,
             subscriptions(&bus.topics),
-            engine.url.clone(),
+            (engine.url.clone(), engine.republish_interval),
             bus.connected.clone(),
-            engine.republish_interval,
             tx,
             cancel,
         ));
@@ -251,9 +250,8 @@ async fn drive_engine(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: [String; 2],
-    url: String,
+    (url, resync_every): (String, Duration),
     connected: Arc<AtomicBool>,
-    resync_every: Duration,
     tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
 ) {
