@@ -243,12 +243,29 @@ impl Gateway {
         }
     }
 
+    /// Graceful shutdown, bounded: a gateway that does not stop within [`WAIT`] is reported
+    /// and left behind, so a shutdown hang fails loudly instead of stalling the suite.
     fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + WAIT;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                eprintln!(
+                    "the gateway did not shut down within {WAIT:?}; its log:\n{}",
+                    self.logs.text()
+                );
+                assert!(
+                    std::thread::panicking(),
+                    "the gateway did not shut down within {WAIT:?}"
+                );
+            }
         }
     }
 
