@@ -35,9 +35,10 @@
 //!
 //! It prints one table and exits non-zero if a check fails: a webhook not accepted, an
 //! accepted delivery missing from the ledger, an agent not at its newest order, a bad order
-//! signature, or gateway RSS growth (the last third of the run more than 25 % and 4 MB above
-//! the first third's peak, or above 50 MB). The load generator, the simulated agents and the
-//! gateway share the machine's cores.
+//! signature, or gateway RSS growth: above 50 MB, or still rising over the second half of the
+//! load by more than 1 MB a minute (least-squares slope of the samples; the first half is
+//! warm-up). The load generator, the simulated agents and the gateway share the machine's
+//! cores.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -69,8 +70,8 @@ const IDLE_ENV: &str = "idle";
 const IDLE_AGENT: &str = "soak-idle";
 /// RSS limits the check applies.
 const RSS_LIMIT_MB: f64 = 50.0;
-const GROWTH_RATIO: f64 = 1.25;
-const GROWTH_MB: f64 = 4.0;
+/// Largest RSS slope over the second half of the load still counted as flat.
+const GROWTH_MB_PER_MIN: f64 = 1.0;
 
 /// Sustained load soak (see the example's documentation).
 #[derive(Debug, Parser)]
@@ -550,15 +551,20 @@ fn main() -> anyhow::Result<()> {
     }
     let mut latencies: Vec<Duration> = o.sent.iter().map(|s| s.latency).collect();
     latencies.sort_unstable();
-    let samples_mb: Vec<f64> = o.rss_samples.iter().map(|&(_, kb)| mb(kb)).collect();
-    let third = samples_mb.len().div_ceil(3).max(1);
-    let early_peak = samples_mb[..third].iter().copied().fold(0.0, f64::max);
-    let late_peak = samples_mb[samples_mb.len() - third..]
+    let rss_max = o
+        .rss_samples
         .iter()
-        .copied()
-        .fold(0.0, f64::max);
-    let rss_max = samples_mb.iter().copied().fold(mb(o.rss_end), f64::max);
-    let growth = late_peak > early_peak * GROWTH_RATIO && late_peak - early_peak > GROWTH_MB;
+        .map(|&(_, kb)| mb(kb))
+        .fold(mb(o.rss_end), f64::max);
+    let half = o.elapsed / 2;
+    let late: Vec<(f64, f64)> = o
+        .rss_samples
+        .iter()
+        .filter(|(t, _)| *t >= half)
+        .map(|&(t, kb)| (t.as_secs_f64() / 60.0, mb(kb)))
+        .collect();
+    let slope = slope(&late);
+    let growth = slope > GROWTH_MB_PER_MIN;
     let rss_ok = !growth && rss_max < RSS_LIMIT_MB;
     let stats = &o.stats;
     let bad_signatures = stats.bad_signature.load(Ordering::Relaxed);
@@ -684,9 +690,10 @@ fn main() -> anyhow::Result<()> {
         Some(rss_ok),
     );
     line(
-        "gateway RSS: first vs last third peak",
+        "gateway RSS trend, second half",
         format!(
-            "{early_peak:.1} → {late_peak:.1} MB{}",
+            "{slope:+.1} MB/min ({} samples){}",
+            late.len(),
             if growth { "  GROWTH" } else { "  flat" }
         ),
         Some(!growth),
@@ -748,6 +755,20 @@ fn main() -> anyhow::Result<()> {
     ensure!(failed.is_empty(), "soak FAILED: {}", failed.join("; "));
     println!("  soak PASSED");
     Ok(())
+}
+
+/// Least-squares slope of `(x, y)` points; 0 for fewer than two distinct x.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    if points.len() < 2 || sxx == 0.0 {
+        0.0
+    } else {
+        sxy / sxx
+    }
 }
 
 /// Everything the async part measured.
