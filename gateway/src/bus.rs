@@ -110,11 +110,17 @@ impl Bus {
         let (client, eventloop) = orcastrate_broker::mqtt::async_client(options, REQUEST_CAPACITY);
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let bus = Self::new(Publisher::External(client.clone()), topics, false);
+        tokio::spawn(resync_periodically(
+            engine.republish_interval,
+            bus.connected.clone(),
+            tx.clone(),
+            cancel.clone(),
+        ));
         tokio::spawn(drive_engine(
             eventloop,
             client,
             subscriptions(&bus.topics),
-            (engine.url.clone(), engine.republish_interval),
+            engine.url.clone(),
             bus.connected.clone(),
             tx,
             cancel,
@@ -242,33 +248,44 @@ async fn forward_link(
     }
 }
 
+/// Asks for a resync every `every` while the engine is connected, until cancelled. A task of
+/// its own: cancelling `EventLoop::poll` mid-write could lose a packet.
+async fn resync_periodically(
+    every: Duration,
+    connected: Arc<AtomicBool>,
+    tx: mpsc::Sender<Inbound>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        if connected.load(Ordering::Relaxed) && tx.send(Inbound::Resync).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Polls the engine connection until cancelled: re-subscribes on every CONNACK (sessions are
-/// clean), forwards messages, asks for a resync every `resync_every`, and waits a capped,
-/// doubling backoff after each failure (rumqttc reconnects on the next poll with no delay of
-/// its own).
+/// clean), forwards messages, and waits a capped, doubling backoff after each failure
+/// (rumqttc reconnects on the next poll with no delay of its own).
 async fn drive_engine(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: [String; 2],
-    (url, resync_every): (String, Duration),
+    url: String,
     connected: Arc<AtomicBool>,
     tx: mpsc::Sender<Inbound>,
     cancel: CancellationToken,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut refused_backoff = BACKOFF_FIRST;
-    let mut resync =
-        tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
-            _ = resync.tick() => {
-                if connected.load(Ordering::Relaxed) {
-                    let _ = tx.send(Inbound::Resync).await;
-                }
-                continue;
-            }
             () = cancel.cancelled() => break,
         };
         let inbound = match event {
@@ -277,7 +294,7 @@ async fn drive_engine(
                 connected.store(true, Ordering::Relaxed);
                 tracing::info!(url, "connected to the MQTT engine");
                 for filter in &filters {
-                    // Queued ahead of any publish the Connected event causes, so the engine
+                    // Queued ahead of any publish the Resync event causes, so the engine
                     // subscribes us before our re-published orders come back.
                     if let Err(e) = client.try_subscribe(filter.as_str(), SUBSCRIBE_QOS) {
                         tracing::error!(error = %e, filter, "cannot subscribe");
