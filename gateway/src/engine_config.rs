@@ -8,7 +8,6 @@
 //!   permissions on the subjects NATS maps MQTT topics to.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -18,6 +17,7 @@ use orcastrate_broker::Topics;
 
 use crate::acl::{self, Grants};
 use crate::config::{ExternalMqtt, MqttMode, Settings};
+use crate::secret_file;
 
 /// PBKDF2 rounds of generated mosquitto hashes. Tokens are long random strings, so the hash
 /// guards a leaked file, not weak passwords; more rounds would cost every agent's login.
@@ -95,8 +95,8 @@ pub fn write_mosquitto(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
         .map(|(user, password, _)| mosquitto_hash(user, password) + "\n")
         .collect();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_private(&dir.join("passwd"), &passwd)?;
-    write_private(&dir.join("acl"), &mosquitto_acl(&users))?;
+    secret_file::write(&dir.join("passwd"), passwd.as_bytes())?;
+    secret_file::write(&dir.join("acl"), mosquitto_acl(&users).as_bytes())?;
     Ok(())
 }
 
@@ -150,24 +150,7 @@ pub fn nats_authorization(settings: &Settings) -> anyhow::Result<String> {
 
 /// Writes the NATS `authorization` block to `path`, 0600.
 pub fn write_nats(settings: &Settings, path: &Path) -> anyhow::Result<()> {
-    write_private(path, &nats_authorization(settings)?)
-}
-
-/// Writes a file readable only by its owner (it holds passwords), replacing it atomically.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    secret_file::write(path, nats_authorization(settings)?.as_bytes())
 }
 
 #[cfg(test)]

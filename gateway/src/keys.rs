@@ -1,11 +1,11 @@
 //! The gateway's order-signing key, kept in `data_dir`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use orcastrate_broker::OrderSigner;
+
+use crate::secret_file;
 
 /// The key file's name inside `data_dir`.
 pub const KEY_FILE: &str = "signing.key";
@@ -43,17 +43,8 @@ pub fn load_or_create(data_dir: &Path, ledger_orders: u64) -> anyhow::Result<Ord
         );
     }
     let signer = OrderSigner::generate();
-    let tmp = path.with_extension("key.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(&signer.seed())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot create {}", path.display()))?;
+    secret_file::write(&path, &signer.seed())
+        .with_context(|| format!("cannot create the signing key {}", path.display()))?;
     tracing::info!(
         public_key = %signer.public_key_base64(),
         key_id = signer.key_id(),

@@ -28,6 +28,7 @@ pub mod http;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod secret_file;
 pub mod sequencer;
 pub mod serve;
 pub mod tls;
