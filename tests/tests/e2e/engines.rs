@@ -112,18 +112,6 @@ fn whoami() -> String {
         .unwrap_or_default()
 }
 
-/// `mosquitto_pub` of a retained message as `user`.
-fn publish(port: u16, user: &str, token: &str, topic: &str, payload: &str) {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-u", user, "-P", token, "-q", "1", "-r"])
-        .args(["-t", topic, "-m", payload])
-        .output()
-        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
-    // mosquitto acknowledges a forbidden v3.1.1 publish and drops it.
-    assert!(out.status.success(), "mosquitto_pub: {out:?}");
-}
-
 /// The first message `mosquitto_sub` gets on `filter` as the watcher.
 fn mosquitto_sub_one(port: u16, filter: &str) -> Value {
     let out = Command::new("mosquitto_sub")
@@ -160,22 +148,22 @@ fn on_mosquitto_two_hosts_deploy_forgeries_are_dropped_and_a_restart_converges()
     assert_eq!(fleet["desired"]["seq"], seq1, "{fleet}");
 
     // An agent token may not write `desired` or another agent's `status`: mosquitto drops
-    // both, so the gateway has nothing to repair and web-2's status stays its own.
+    // both, so the gateway has nothing to repair and web-2's status stays its own. (The
+    // token of an idle agent: with the client id forced to the login name, using a running
+    // agent's own token would take over its session.)
     let status2_before = mosquitto_sub_one(mosquitto.port, &topic("status/web-2"));
-    publish(
-        mosquitto.port,
-        AGENT,
-        AGENT_TOKEN,
-        &topic("desired"),
-        "{\"forged\":1}",
-    );
-    publish(
-        mosquitto.port,
-        AGENT,
-        AGENT_TOKEN,
-        &topic("status/web-2"),
-        "{\"forged\":2}",
-    );
+    for (topic_kind, payload) in [
+        ("desired", "{\"forged\":1}"),
+        ("status/web-2", "{\"forged\":2}"),
+    ] {
+        mosquitto_pub_retained(
+            mosquitto.port,
+            AGENT3,
+            AGENT3_TOKEN,
+            &topic(topic_kind),
+            payload,
+        );
+    }
     let desired = w.gateway.desired().expect("the true order is retained");
     assert_eq!((desired.seq, desired.sha.as_str()), (seq1, sha1.as_str()));
     assert_eq!(

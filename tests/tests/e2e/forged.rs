@@ -1,8 +1,6 @@
 //! A forged order, published by a token holder: the agent refuses it, the gateway repairs
 //! the retained order.
 
-use std::process::Command;
-
 use orcastrate_broker::AgentState;
 
 use crate::harness::*;
@@ -26,14 +24,13 @@ fn a_forged_retained_order_is_ignored_by_the_agent_and_overwritten_by_the_gatewa
     forged["kind"] = "manual".into();
     forged["issued_by"] = "mallory".into();
     forged["sig"] = format!("{}==", "A".repeat(86)).into(); // 64 zero bytes
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &w.gateway.mqtt_port.to_string()])
-        .args(["-u", AGENT, "-P", AGENT_TOKEN])
-        .args(["-t", &topic("desired"), "-q", "1", "-r"])
-        .args(["-m", &forged.to_string()])
-        .output()
-        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
-    assert!(out.status.success(), "mosquitto_pub failed: {out:?}");
+    mosquitto_pub_retained(
+        w.gateway.mqtt_port,
+        AGENT,
+        AGENT_TOKEN,
+        &topic("desired"),
+        &forged.to_string(),
+    );
 
     // The agent saw it and refused it for its signature.
     eventually(WAIT, "the agent to refuse the forged order", || {

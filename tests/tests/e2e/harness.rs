@@ -38,6 +38,10 @@ pub const WATCHER_TOKEN: &str = "token-of-watcher-e2e";
 /// A second host of the same repo/env.
 pub const AGENT2: &str = "web-2";
 pub const AGENT2_TOKEN: &str = "token-of-web-2-e2e";
+/// An agent of the same repo/env that never runs: a token an attacker may hold without
+/// kicking a running agent off (engines that make the client id the login name would).
+pub const AGENT3: &str = "web-3";
+pub const AGENT3_TOKEN: &str = "token-of-web-3-e2e";
 
 /// The bound of every wait (normal runs take a small fraction of it).
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -176,6 +180,10 @@ scopes = ["{REPO}/{ENV}"]
 [[clients]]
 name = "{AGENT2}"
 token = "{AGENT2_TOKEN}"
+scopes = ["{REPO}/{ENV}"]
+[[clients]]
+name = "{AGENT3}"
+token = "{AGENT3_TOKEN}"
 scopes = ["{REPO}/{ENV}"]
 [[clients]]
 name = "{WATCHER}"
@@ -460,6 +468,19 @@ pub fn form_encoded(json: &[u8]) -> Vec<u8> {
         .append_pair("payload", std::str::from_utf8(json).unwrap())
         .finish()
         .into_bytes()
+}
+
+/// `mosquitto_pub` of a retained QoS 1 message as `user` on the broker at `port`. Engines
+/// with ACLs acknowledge a forbidden publish and drop it, so success says nothing about
+/// delivery.
+pub fn mosquitto_pub_retained(port: u16, user: &str, token: &str, topic: &str, payload: &str) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-u", user, "-P", token, "-q", "1", "-r"])
+        .args(["-t", topic, "-m", payload])
+        .output()
+        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
+    assert!(out.status.success(), "mosquitto_pub failed: {out:?}");
 }
 
 /// `X-Hub-Signature-256` as GitHub computes it.

@@ -224,18 +224,6 @@ fn wait_app2(port: u16, version: &str) {
     );
 }
 
-/// `mosquitto_pub` of a retained QoS 1 message as `user` (NATS acknowledges a forbidden
-/// publish, drops it and logs a violation).
-fn publish_as(port: u16, user: &str, token: &str, topic: &str, payload: &str) {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-u", user, "-P", token, "-q", "1", "-r"])
-        .args(["-t", topic, "-m", payload])
-        .output()
-        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
-    assert!(out.status.success(), "mosquitto_pub: {out:?}");
-}
-
 /// The retained message on `topic` as `user` sees it with `mosquitto_sub` at QoS 1, if any
 /// within 2 s (a refused subscription delivers nothing).
 fn retained_as(port: u16, user: &str, token: &str, topic: &str) -> Option<Vec<u8>> {
@@ -278,7 +266,7 @@ fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order(
     // The generated permissions on a real server: a `.` inside a level is `//` in the
     // subject, so a client scoped to `octo/web.site` reads its `desired` (written by the
     // gateway's user on another node) and writes its own status, which a watcher reads.
-    publish_as(
+    mosquitto_pub_retained(
         n1,
         GATEWAY_USER,
         GATEWAY_PASSWORD,
@@ -289,7 +277,7 @@ fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order(
         retained_as(n2, DOTTED, DOTTED_TOKEN, &format!("{DOTTED_TOPIC}/desired"))
     });
     assert_eq!(got, b"dotted-order");
-    publish_as(
+    mosquitto_pub_retained(
         n3,
         DOTTED,
         DOTTED_TOKEN,
@@ -327,8 +315,8 @@ fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order(
 
     // An agent's token may not write `desired` nor another agent's status: NATS refuses
     // both (and logs a violation), so the true order stays retained, untouched.
-    publish_as(n2, AGENT, AGENT_TOKEN, &topic("desired"), "{\"forged\":1}");
-    publish_as(
+    mosquitto_pub_retained(n2, AGENT, AGENT_TOKEN, &topic("desired"), "{\"forged\":1}");
+    mosquitto_pub_retained(
         n2,
         AGENT,
         AGENT_TOKEN,
