@@ -545,10 +545,12 @@ fn start_engine(
         }
         _ => {
             let conf = dir.join("nats.conf");
+            // nats-server 2.15 caps a stream at 1000 consumers; each QoS 1 subscription is one.
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: bench\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n\
+                    "server_name: bench\nlisten: 127.0.0.1:{}\n\
+                     jetstream {{ store_dir: {:?}\n  limits {{ default_max_consumers: -1 }}\n}}\n\
                      mqtt {{ listen: \"{addr}\" }}\ninclude \"nats-auth.conf\"\n",
                     free_port()?.port(),
                     dir.join("jetstream").display().to_string()
