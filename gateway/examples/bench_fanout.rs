@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use hmac::{Hmac, Mac};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
@@ -270,7 +270,7 @@ fn main() -> anyhow::Result<()> {
                     Ok(Some(Report::Order(..))) => {}
                     Ok(None) => bail!("every agent stopped"),
                     Err(_) => bail!(
-                        "only {subscribed} of {want} agents subscribed within 60 s ({} connection errors)",
+                        "only {subscribed} of {want} agents subscribed within 60 s ({} connection errors or refused subscriptions)",
                         errors.load(Ordering::Relaxed)
                     ),
                 }
@@ -393,7 +393,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("fan-out: one signed push webhook → the order to every connected agent");
     println!(
-        "  agents connected and subscribed   {} in {:.1} s ({connect_errors} connection errors retried)",
+        "  agents connected and subscribed   {} in {:.1} s ({connect_errors} connection errors or refused subscriptions retried)",
         args.agents,
         connect_time.as_secs_f64()
     );
@@ -467,6 +467,15 @@ fn spawn_agent(
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(50);
+                    let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack)))
+                    if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
+                {
+                    // Refused (NATS caps consumers per stream): ask again, as agents do.
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -550,7 +559,7 @@ fn start_engine(
                 &conf,
                 format!(
                     "server_name: bench\nlisten: 127.0.0.1:{}\n\
-                     jetstream {{ store_dir: {:?}\n  limits {{ default_max_consumers: -1 }}\n}}\n\
+                     jetstream {{ store_dir: {:?}\n  limits {{ default_max_consumers: 100000 }}\n}}\n\
                      mqtt {{ listen: \"{addr}\" }}\ninclude \"nats-auth.conf\"\n",
                     free_port()?.port(),
                     dir.join("jetstream").display().to_string()

@@ -79,6 +79,7 @@ listen: "127.0.0.1:{client}"
 http: "127.0.0.1:{http_port}"
 jetstream {{
   store_dir: "{store}"
+  limits {{ default_max_consumers: 100000 }}
 }}
 cluster {{
   name: orcastrate
