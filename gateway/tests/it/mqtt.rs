@@ -179,3 +179,48 @@ fn tls_listener_serves_mqtts_and_healthz_still_logs_in() {
     // Plain MQTT is not spoken on a TLS listener.
     assert!(Mqtt::connect(port, "", "web-1", "token-web-1").is_err());
 }
+
+#[test]
+fn external_mode_reaches_an_engine_over_mqtts_trusting_its_ca_file_only() {
+    // The engine: a gateway's embedded broker with TLS, signed by a private CA.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certificates(dir.path());
+    let engine_data = dir.path().join("engine");
+    let port = free_port();
+    let text = config_text(&engine_data, port, SECRET, "").replace(
+        "[mqtt]\n",
+        &format!("[mqtt]\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
+    );
+    let _engine = TestGateway::start_config(&engine_data, port, &text);
+
+    let external = |name: &str, ca_file: &str| {
+        let data = dir.path().join(name);
+        let text = format!(
+            "data_dir = {data:?}\n[admin]\ntokens = [\"{ADMIN}\"]\n[github]\nsecret = \"x\"\n\
+             [mqtt]\nmode = \"external\"\nurl = \"mqtts://localhost:{port}\"\n\
+             username = \"web-2\"\npassword = \"token-web-2\"\n{ca_file}"
+        );
+        TestGateway::start_config(&data, 0, &text)
+    };
+    let trusted = external("trusted", &format!("ca_file = {ca:?}\n"));
+    eventually(Duration::from_secs(20), "healthz over mqtts", || {
+        let (status, _) = trusted.admin_get("/healthz");
+        (status == 200).then_some(())
+    });
+
+    // Another CA's file: the engine's certificate is not trusted.
+    let other = dir.path().join("other-ca");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_ca, _, _) = make_certificates(&other);
+    let untrusted = external("untrusted", &format!("ca_file = {other_ca:?}\n"));
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, body) = untrusted.admin_get("/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not connected to the MQTT engine at mqtts://localhost"),
+        "{body}"
+    );
+}
