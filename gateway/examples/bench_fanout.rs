@@ -40,16 +40,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use hmac::{Hmac, Mac};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 
 #[path = "support/mod.rs"]
@@ -63,22 +61,6 @@ const ENV: &str = "production";
 /// Targets printed beside the figures.
 const TARGET_ALL_WITHIN: Duration = Duration::from_secs(1);
 const TARGET_DEPLOY_P99_MS: f64 = 10.0;
-
-/// Environment variables of the gateway that must not leak from the caller's shell.
-const GATEWAY_ENV: &[&str] = &[
-    "GITHUB_SECRET",
-    "TOKENS",
-    "TRUSTED_NAMES",
-    "PORT",
-    "ORCASTRATE_REPOS",
-    "ORCASTRATE_ADMIN_TOKEN",
-    "ORCASTRATE_CONFIG",
-    "ORCASTRATE_DATA_DIR",
-    "ORCASTRATE_HTTP_LISTEN",
-    "ORCASTRATE_MQTT_LISTEN",
-    "ORCASTRATE_LOG_FORMAT",
-    "RUST_LOG",
-];
 
 /// Fan-out and webhook → agent latency (see the example's documentation).
 #[derive(Debug, Parser)]
@@ -189,21 +171,9 @@ fn main() -> anyhow::Result<()> {
     };
 
     let log_path = dir.path().join("gateway.log");
-    let mut command = Command::new(&gateway_bin);
-    command.arg("serve").arg("--config").arg(&config_path);
-    for name in GATEWAY_ENV {
-        command.env_remove(name);
-    }
-    command
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&log_path)?);
-    let mut gateway = ChildGuard(
-        command
-            .spawn()
-            .with_context(|| format!("cannot start {}", gateway_bin.display()))?,
-    );
+    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
+        command.arg("--config").arg(&config_path);
+    })?;
     let pid = gateway.0.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -282,11 +252,10 @@ fn main() -> anyhow::Result<()> {
         let rss_connected = proc_status_kb(pid, "VmRSS")?;
         let engine_rss_connected = engine_rss()?;
 
-        let sha = format!("{:040x}", 1);
-        let wire = build_request(0, run_id, &payload, &original_after, &secret, "/webhook");
+        let push = numbered_push(0, run_id, &payload, &original_after, &secret, "/webhook");
         let mut conn = Conn::connect(http_addr).await?;
         let sent = Instant::now();
-        let (status, body) = conn.exchange(&wire).await?;
+        let (status, body) = conn.exchange(&push.wire).await?;
         let answered = sent.elapsed();
         ensure!(
             status == 202,
@@ -298,7 +267,7 @@ fn main() -> anyhow::Result<()> {
         while arrivals.len() < args.agents {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Report::Order(index, at, publish))) => {
-                    if contains(&publish.payload, sha.as_bytes()) {
+                    if contains(&publish.payload, push.sha.as_bytes()) {
                         arrivals.entry(index).or_insert(at - sent);
                     }
                 }
@@ -328,10 +297,9 @@ fn main() -> anyhow::Result<()> {
         let mut deploys = Vec::with_capacity(args.deploys);
         let mut missed = 0;
         for i in 1..=args.deploys {
-            let sha = format!("{:040x}", i + 1);
-            let wire = build_request(i, run_id, &payload, &original_after, &secret, "/webhook");
+            let push = numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook");
             let sent = Instant::now();
-            let (status, body) = conn.exchange(&wire).await?;
+            let (status, body) = conn.exchange(&push.wire).await?;
             ensure!(
                 status == 202,
                 "deploy {i} got {status}: {}",
@@ -341,7 +309,7 @@ fn main() -> anyhow::Result<()> {
             loop {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(Report::Order(_, at, publish))) => {
-                        if contains(&publish.payload, sha.as_bytes()) {
+                        if contains(&publish.payload, push.sha.as_bytes()) {
                             deploys.push(at - sent);
                             break;
                         }
@@ -600,65 +568,4 @@ fn is_root() -> bool {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The last `n` lines of a file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn build_request(
-    i: usize,
-    run_id: u32,
-    payload: &str,
-    original_after: &str,
-    secret: &str,
-    path: &str,
-) -> Vec<u8> {
-    let sha = format!("{:040x}", i + 1);
-    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
-    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
-    let body = payload.replace(original_after, &sha);
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let mut wire = format!(
-        "POST {path} HTTP/1.1\r\n\
-         Host: orcastrate-bench\r\n\
-         User-Agent: GitHub-Hookshot/bench\r\n\
-         Accept: */*\r\n\
-         Content-Type: application/json\r\n\
-         X-GitHub-Event: push\r\n\
-         X-GitHub-Delivery: {delivery}\r\n\
-         X-GitHub-Hook-ID: 1\r\n\
-         X-Hub-Signature-256: sha256={signature}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    wire.extend_from_slice(body.as_bytes());
-    wire
-}
-
-/// Waits until `/healthz` answers 200 (HTTP, ledger and MQTT login all work).
-async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the gateway exited with {status}");
-        }
-        match get(addr, "/healthz").await {
-            Ok((200, _)) => return Ok(()),
-            Ok((status, body)) if Instant::now() > deadline => {
-                bail!(
-                    "/healthz answers {status}: {}",
-                    String::from_utf8_lossy(&body)
-                )
-            }
-            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }

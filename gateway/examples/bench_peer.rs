@@ -38,8 +38,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio::sync::Barrier;
 
 #[path = "support/mod.rs"]
@@ -50,22 +48,6 @@ use support::*;
 const REPOS: &str = "codertocat/hello-world@master=production";
 /// The peer's hook id (URL `/hooks/<id>`).
 const HOOK_ID: &str = "orcastrate-bench";
-
-/// Environment variables of the gateway that must not leak from the caller's shell.
-const GATEWAY_ENV: &[&str] = &[
-    "GITHUB_SECRET",
-    "TOKENS",
-    "TRUSTED_NAMES",
-    "PORT",
-    "ORCASTRATE_REPOS",
-    "ORCASTRATE_ADMIN_TOKEN",
-    "ORCASTRATE_CONFIG",
-    "ORCASTRATE_DATA_DIR",
-    "ORCASTRATE_HTTP_LISTEN",
-    "ORCASTRATE_MQTT_LISTEN",
-    "ORCASTRATE_LOG_FORMAT",
-    "RUST_LOG",
-];
 
 /// The gateway beside adnanh/webhook (see the example's documentation).
 #[derive(Debug, Parser)]
@@ -134,38 +116,25 @@ fn main() -> anyhow::Result<()> {
     let http_addr = free_port()?;
     let mqtt_addr = free_port()?;
     let log_path = dir.path().join("gateway.log");
-    let mut command = Command::new(&gateway_bin);
-    command
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--http-listen")
-        .arg(http_addr.to_string())
-        .arg("--mqtt-listen")
-        .arg(mqtt_addr.to_string());
-    for name in GATEWAY_ENV {
-        command.env_remove(name);
-    }
-    command
-        .env("GITHUB_SECRET", &secret)
-        .env("ORCASTRATE_REPOS", REPOS)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&log_path)?);
-    let mut gateway = ChildGuard(
+    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
         command
-            .spawn()
-            .with_context(|| format!("cannot start {}", gateway_bin.display()))?,
-    );
-    if let Err(e) = runtime.block_on(wait_ready(http_addr, "/healthz", &mut gateway.0)) {
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--http-listen")
+            .arg(http_addr.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt_addr.to_string())
+            .env("GITHUB_SECRET", &secret)
+            .env("ORCASTRATE_REPOS", REPOS);
+    })?;
+    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
         bail!(
             "the gateway did not become ready: {e:#}\n{}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
         );
     }
     let wire: Vec<Vec<u8>> = (0..args.requests)
-        .map(|i| build_request(i, run_id, &payload, &original_after, &secret, "/webhook"))
+        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook").wire)
         .collect();
     let gateway_figures = measure(&runtime, &mut gateway.0, http_addr, wire, &args)?;
     gateway.0.kill()?;
@@ -200,7 +169,12 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot start {}", args.webhook_bin.display()))?,
     );
     // The peer has no health route: an unknown hook answers 404 once it listens.
-    if let Err(e) = runtime.block_on(wait_ready(peer_addr, "/hooks/none", &mut peer.0)) {
+    if let Err(e) = runtime.block_on(wait_answering(
+        peer_addr,
+        "/hooks/none",
+        &[200, 404],
+        &mut peer.0,
+    )) {
         bail!(
             "webhook did not become ready: {e:#}\n{}",
             std::fs::read_to_string(&peer_log).unwrap_or_default()
@@ -208,7 +182,7 @@ fn main() -> anyhow::Result<()> {
     }
     let path = format!("/hooks/{HOOK_ID}");
     let wire: Vec<Vec<u8>> = (0..args.requests)
-        .map(|i| build_request(i, run_id, &payload, &original_after, &secret, &path))
+        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, &path).wire)
         .collect();
     let peer_figures = measure(&runtime, &mut peer.0, peer_addr, wire, &args)?;
     peer.0.kill()?;
@@ -352,39 +326,6 @@ fn measure(
     })
 }
 
-fn build_request(
-    i: usize,
-    run_id: u32,
-    payload: &str,
-    original_after: &str,
-    secret: &str,
-    path: &str,
-) -> Vec<u8> {
-    let sha = format!("{:040x}", i + 1);
-    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
-    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
-    let body = payload.replace(original_after, &sha);
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let mut wire = format!(
-        "POST {path} HTTP/1.1\r\n\
-         Host: orcastrate-bench\r\n\
-         User-Agent: GitHub-Hookshot/bench\r\n\
-         Accept: */*\r\n\
-         Content-Type: application/json\r\n\
-         X-GitHub-Event: push\r\n\
-         X-GitHub-Delivery: {delivery}\r\n\
-         X-GitHub-Hook-ID: 1\r\n\
-         X-Hub-Signature-256: sha256={signature}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    wire.extend_from_slice(body.as_bytes());
-    wire
-}
-
 /// What one request got.
 enum Outcome {
     /// 202 with the order's `seq` (gateway), or 200 (peer).
@@ -397,27 +338,6 @@ enum Outcome {
 struct Sample {
     latency: Duration,
     outcome: Outcome,
-}
-
-/// Waits until `path` answers 200 (the gateway's `/healthz`) or 404 (the peer's unknown hook).
-async fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the gateway exited with {status}");
-        }
-        match get(addr, path).await {
-            Ok((200 | 404, _)) => return Ok(()),
-            Ok((status, body)) if Instant::now() > deadline => {
-                bail!(
-                    "/healthz answers {status}: {}",
-                    String::from_utf8_lossy(&body)
-                )
-            }
-            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Sends every request over `connections` connections; returns the samples and the wall time.

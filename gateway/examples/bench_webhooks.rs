@@ -36,16 +36,13 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use hmac::{Hmac, Mac};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use sha2::Sha256;
+use rusqlite::OptionalExtension;
 use tokio::sync::Barrier;
 
 #[path = "support/mod.rs"]
@@ -61,22 +58,6 @@ const ENV: &str = "production";
 const TARGET_RPS: f64 = 3_500.0;
 const TARGET_P99_MS: f64 = 30.0;
 const TARGET_RSS_MB: f64 = 50.0;
-
-/// Environment variables of the gateway that must not leak from the caller's shell.
-const GATEWAY_ENV: &[&str] = &[
-    "GITHUB_SECRET",
-    "TOKENS",
-    "TRUSTED_NAMES",
-    "PORT",
-    "ORCASTRATE_REPOS",
-    "ORCASTRATE_ADMIN_TOKEN",
-    "ORCASTRATE_CONFIG",
-    "ORCASTRATE_DATA_DIR",
-    "ORCASTRATE_HTTP_LISTEN",
-    "ORCASTRATE_MQTT_LISTEN",
-    "ORCASTRATE_LOG_FORMAT",
-    "RUST_LOG",
-];
 
 /// Load test of the gateway's webhook path (see the example's documentation).
 #[derive(Debug, Parser)]
@@ -136,29 +117,17 @@ fn main() -> anyhow::Result<()> {
     let mqtt_addr = free_port()?;
     let secret = format!("bench-secret-{}", std::process::id());
 
-    let mut command = Command::new(&gateway_bin);
-    command
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--http-listen")
-        .arg(http_addr.to_string())
-        .arg("--mqtt-listen")
-        .arg(mqtt_addr.to_string());
-    for name in GATEWAY_ENV {
-        command.env_remove(name);
-    }
-    command
-        .env("GITHUB_SECRET", &secret)
-        .env("ORCASTRATE_REPOS", REPOS)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&log_path)?);
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", gateway_bin.display()))?;
-    let mut gateway = ChildGuard(child);
+    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
+        command
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--http-listen")
+            .arg(http_addr.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt_addr.to_string())
+            .env("GITHUB_SECRET", &secret)
+            .env("ORCASTRATE_REPOS", REPOS);
+    })?;
     let pid = gateway.0.id();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -189,8 +158,8 @@ fn main() -> anyhow::Result<()> {
 
     let prepare_started = Instant::now();
     let run_id = std::process::id();
-    let mut requests: Vec<Request> = (0..args.requests)
-        .map(|i| build_request(i, run_id, &payload, &original_after, &secret, &args.path))
+    let mut requests: Vec<Push> = (0..args.requests)
+        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, &args.path))
         .collect();
     println!(
         "  prepared  {} requests in {:.1} s; sending over {} connections",
@@ -377,50 +346,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One pre-built delivery.
-struct Request {
-    delivery: String,
-    sha: String,
-    wire: Vec<u8>,
-}
-
-fn build_request(
-    i: usize,
-    run_id: u32,
-    payload: &str,
-    original_after: &str,
-    secret: &str,
-    path: &str,
-) -> Request {
-    let sha = format!("{:040x}", i + 1);
-    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
-    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
-    let body = payload.replace(original_after, &sha);
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let mut wire = format!(
-        "POST {path} HTTP/1.1\r\n\
-         Host: orcastrate-bench\r\n\
-         User-Agent: GitHub-Hookshot/bench\r\n\
-         Accept: */*\r\n\
-         Content-Type: application/json\r\n\
-         X-GitHub-Event: push\r\n\
-         X-GitHub-Delivery: {delivery}\r\n\
-         X-GitHub-Hook-ID: 1\r\n\
-         X-Hub-Signature-256: sha256={signature}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    wire.extend_from_slice(body.as_bytes());
-    Request {
-        delivery,
-        sha,
-        wire,
-    }
-}
-
 /// What one request got.
 enum Outcome {
     /// 202 with the order's `seq`.
@@ -434,27 +359,6 @@ struct Sample {
     index: usize,
     latency: Duration,
     outcome: Outcome,
-}
-
-/// Waits until `/healthz` answers 200 (HTTP, ledger and MQTT login all work).
-async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("the gateway exited with {status}");
-        }
-        match get(addr, "/healthz").await {
-            Ok((200, _)) => return Ok(()),
-            Ok((status, body)) if Instant::now() > deadline => {
-                bail!(
-                    "/healthz answers {status}: {}",
-                    String::from_utf8_lossy(&body)
-                )
-            }
-            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Sends every request over `connections` connections; returns the samples and the wall time.
@@ -568,27 +472,17 @@ struct LedgerCheck {
 /// and the order that delivery made.
 fn check_ledger(
     path: &Path,
-    requests: &[Request],
+    requests: &[Push],
     accepted: &[(usize, u64)],
 ) -> anyhow::Result<LedgerCheck> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    let count = |sql: &str| -> anyhow::Result<u64> {
-        let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    };
+    let conn = open_ledger(path)?;
+    let count = |sql: &str| ledger_count(&conn, sql);
     let deliveries = count("SELECT COUNT(*) FROM deliveries")?;
     let accepted_rows = count("SELECT COUNT(*) FROM deliveries WHERE outcome = 'accepted'")?;
     let orders = count(&format!(
         "SELECT COUNT(*) FROM orders WHERE repo = '{REPO}' AND env = '{ENV}'"
     ))?;
-    let accepted_without_order = count(
-        "SELECT COUNT(*) FROM deliveries d WHERE d.outcome = 'accepted' AND NOT EXISTS
-           (SELECT 1 FROM orders o WHERE o.repo = d.repo AND o.env = d.env
-              AND o.seq = d.seq AND o.sha = d.sha)",
-    )?;
+    let accepted_without_order = accepted_without_order(&conn)?;
     let mut delivery = conn.prepare("SELECT seq, sha FROM deliveries WHERE id = ?1")?;
     let mut order = conn
         .prepare("SELECT 1 FROM orders WHERE repo = ?1 AND env = ?2 AND seq = ?3 AND sha = ?4")?;

@@ -54,7 +54,7 @@ use clap::Parser;
 use orcastrate_broker::sign::seal_status;
 use orcastrate_broker::{AgentState, AgentStatus, DeployOrder, OrderVerifier, Topics};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::OptionalExtension;
 use tokio::sync::mpsc;
 
 #[path = "support/mod.rs"]
@@ -255,21 +255,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&config_path, config)?;
 
     let log_path = dir.path().join("gateway.log");
-    let mut command = Command::new(&gateway_bin);
-    command.arg("serve").arg("--config").arg(&config_path);
-    for name in GATEWAY_ENV {
-        command.env_remove(name);
-    }
-    command
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&log_path)?);
-    let mut gateway = ChildGuard(
-        command
-            .spawn()
-            .with_context(|| format!("cannot start {}", gateway_bin.display()))?,
-    );
+    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
+        command.arg("--config").arg(&config_path);
+    })?;
     let pid = gateway.0.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1047,21 +1035,11 @@ struct LedgerCheck {
 /// Checks that every 202 answer is durable: its delivery row, with the same seq and sha,
 /// and the order that delivery made.
 fn check_ledger(path: &Path, targets: &[Target], sent: &[Sent]) -> anyhow::Result<LedgerCheck> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    let count = |sql: &str| -> anyhow::Result<u64> {
-        let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    };
+    let conn = open_ledger(path)?;
+    let count = |sql: &str| ledger_count(&conn, sql);
     let deliveries = count("SELECT COUNT(*) FROM deliveries")?;
     let orders = count("SELECT COUNT(*) FROM orders")?;
-    let accepted_without_order = count(
-        "SELECT COUNT(*) FROM deliveries d WHERE d.outcome = 'accepted' AND NOT EXISTS
-           (SELECT 1 FROM orders o WHERE o.repo = d.repo AND o.env = d.env
-              AND o.seq = d.seq AND o.sha = d.sha)",
-    )?;
+    let accepted_without_order = accepted_without_order(&conn)?;
     let mut delivery = conn.prepare(
         "SELECT repo, env, seq, sha FROM deliveries WHERE id = ?1 AND outcome = 'accepted'",
     )?;

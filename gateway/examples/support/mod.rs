@@ -1,11 +1,12 @@
 //! Helpers shared by the gateway benchmarks (`bench_webhooks`, `bench_peer`, `bench_fanout`,
-//! `soak`): building and guarding the gateway process, raw keep-alive HTTP/1.1, signed push
-//! requests, percentiles and `/proc` readings. Each example includes it with
-//! `#[path = "support/mod.rs"] mod support;`.
+//! `soak`): building, starting and guarding the gateway process, raw keep-alive HTTP/1.1,
+//! signed push requests, the read-only ledger check, percentiles and `/proc` readings. Each
+//! example includes it with `#[path = "support/mod.rs"] mod support;`.
 
 // Not every example uses every helper.
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use hmac::{Hmac, Mac};
+use rusqlite::{Connection, OpenFlags};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -189,23 +191,58 @@ pub(crate) fn build_binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> 
 
 /// Waits until `/healthz` answers 200 (HTTP, ledger and MQTT login all work).
 pub(crate) async fn wait_ready(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
+    wait_answering(addr, "/healthz", &[200], child).await
+}
+
+/// Waits until a GET of `path` answers one of the statuses in `ready`, for up to 30 s, or
+/// `child` exits.
+pub(crate) async fn wait_answering(
+    addr: SocketAddr,
+    path: &str,
+    ready: &[u16],
+    child: &mut Child,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("the gateway exited with {status}");
+            bail!("the process exited with {status}");
         }
-        match get(addr, "/healthz").await {
-            Ok((200, _)) => return Ok(()),
+        match get(addr, path).await {
+            Ok((status, _)) if ready.contains(&status) => return Ok(()),
             Ok((status, body)) if Instant::now() > deadline => {
                 bail!(
-                    "/healthz answers {status}: {}",
+                    "{path} answers {status}: {}",
                     String::from_utf8_lossy(&body)
                 )
             }
-            Err(e) if Instant::now() > deadline => bail!("/healthz: {e}"),
+            Err(e) if Instant::now() > deadline => bail!("{path}: {e}"),
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Starts `bin serve` with the gateway's variables of the caller's shell removed, whatever
+/// `configure` adds (arguments, variables), no colour, and stderr to `log`.
+pub(crate) fn spawn_gateway(
+    bin: &Path,
+    log: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> anyhow::Result<ChildGuard> {
+    let mut command = Command::new(bin);
+    command.arg("serve");
+    for name in GATEWAY_ENV {
+        command.env_remove(name);
+    }
+    configure(&mut command);
+    command
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log)?);
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    Ok(ChildGuard(child))
 }
 
 /// A complete `POST` of a GitHub `push` delivery, signed with `X-Hub-Signature-256` as
@@ -230,6 +267,38 @@ pub(crate) fn signed_push(path: &str, delivery: &str, body: &str, secret: &str) 
     .into_bytes();
     wire.extend_from_slice(body.as_bytes());
     wire
+}
+
+/// Push delivery `i` of a benchmark run, as the webhook benchmarks number them.
+pub(crate) struct Push {
+    /// `X-GitHub-Delivery`: `<run_id>-be0c-4000-8000-<i + 1>`.
+    pub(crate) delivery: String,
+    /// The `after` sha: `i + 1` in 40 hex digits.
+    pub(crate) sha: String,
+    /// The signed request, as [`signed_push`] writes it.
+    pub(crate) wire: Vec<u8>,
+}
+
+/// Push delivery `i` of run `run_id` to `path`: `payload` with its `after` sha
+/// (`original_after`) replaced by a distinct one, a distinct delivery id, signed with `secret`.
+pub(crate) fn numbered_push(
+    i: usize,
+    run_id: u32,
+    payload: &str,
+    original_after: &str,
+    secret: &str,
+    path: &str,
+) -> Push {
+    let sha = format!("{:040x}", i + 1);
+    let delivery = format!("{run_id:08x}-be0c-4000-8000-{:012x}", i + 1);
+    // The fixture names its `after` sha in `after`, `compare` and `head_commit.id`.
+    let body = payload.replace(original_after, &sha);
+    let wire = signed_push(path, &delivery, &body, secret);
+    Push {
+        delivery,
+        sha,
+        wire,
+    }
 }
 
 /// The last `n` lines of a file.
@@ -298,6 +367,30 @@ pub(crate) fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no {field} in {path}"))
+}
+
+/// The gateway's SQLite ledger at `path`, opened read-only (to check it after a run).
+pub(crate) fn open_ledger(path: &Path) -> anyhow::Result<Connection> {
+    Ok(Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?)
+}
+
+/// The count a `SELECT COUNT(*) ...` answers.
+pub(crate) fn ledger_count(conn: &Connection, sql: &str) -> anyhow::Result<u64> {
+    let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Accepted deliveries without the order they made (same repo, env, seq and sha).
+pub(crate) fn accepted_without_order(conn: &Connection) -> anyhow::Result<u64> {
+    ledger_count(
+        conn,
+        "SELECT COUNT(*) FROM deliveries d WHERE d.outcome = 'accepted' AND NOT EXISTS
+           (SELECT 1 FROM orders o WHERE o.repo = d.repo AND o.env = d.env
+              AND o.seq = d.seq AND o.sha = d.sha)",
+    )
 }
 
 pub(crate) fn seq_of(body: &[u8]) -> Option<u64> {
