@@ -149,7 +149,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn summary(name: &str, values: &mut [f64]) {
+/// Prints a row of the figures; returns the median.
+fn summary(name: &str, values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let median = values[values.len() / 2];
     println!(
@@ -157,6 +158,17 @@ fn summary(name: &str, values: &mut [f64]) {
         values[0],
         values[values.len() - 1]
     );
+    median
+}
+
+/// A row of the combined table `scripts/bench.sh` prints (it sets `ORCASTRATE_BENCH_SUMMARY`);
+/// nothing otherwise.
+fn summary_row(what: &str, measured: &str, target: &str, met: bool) {
+    if std::env::var_os("ORCASTRATE_BENCH_SUMMARY").is_none() {
+        return;
+    }
+    let verdict = if met { "ok" } else { "MISSED" };
+    println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -321,8 +333,14 @@ async fn main() -> anyhow::Result<()> {
     summary("user's steps: install + build", &mut push_install);
     summary("user's steps: app start until health passes", &mut push_app);
     println!("rollback order -> previous release (warm, no fetch or install):");
-    summary("order -> previous release started", &mut rb_started);
+    let rollback = summary("order -> previous release started", &mut rb_started);
     summary("order -> healthy", &mut rb_healthy);
+    summary_row(
+        "agent: rollback order → previous release started (median, warm release)",
+        &format!("{rollback:.0} ms"),
+        "< 1 s",
+        rollback < 1000.0,
+    );
 
     idle_rss(mqtt_port, dir.path(), &signer).await;
 
@@ -369,12 +387,22 @@ async fn idle_rss(mqtt_port: u16, dir: &Path, signer: &OrderSigner) {
         .unwrap_or("VmRSS: ?")
         .to_owned();
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    let rss_kb: Option<u64> = rss.split_whitespace().nth(1).and_then(|v| v.parse().ok());
     println!(
         "agent binary: {} ({:.1} MiB); idle {}",
         bin.display(),
         size as f64 / 1048576.0,
         rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
     );
+    if let Some(kb) = rss_kb {
+        let mb = kb as f64 / 1024.0;
+        summary_row(
+            "agent idle RSS (connected, subscribed)",
+            &format!("{mb:.1} MB"),
+            "< 10 MB",
+            mb < 10.0,
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

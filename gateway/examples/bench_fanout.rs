@@ -411,6 +411,37 @@ fn main() -> anyhow::Result<()> {
         ms(deploys.last().copied().unwrap_or_default()),
         if p99 < TARGET_DEPLOY_P99_MS && missed == 0 { "ok" } else { "MISSED" }
     );
+    let bus = format!("{:?}", args.engine).to_lowercase();
+    summary_row(
+        &format!(
+            "webhook → agent receives the order, {} deploys ({bus})",
+            args.deploys
+        ),
+        &format!(
+            "p50 {:.2} ms, p99 {p99:.2} ms",
+            ms(percentile(&deploys, 50.0))
+        ),
+        &format!("p99 < {TARGET_DEPLOY_P99_MS:.0} ms"),
+        Some(p99 < TARGET_DEPLOY_P99_MS && missed == 0),
+    );
+    summary_row(
+        &format!("fan-out: one order to {} agents ({bus})", args.agents),
+        &format!(
+            "{} / {} got it; p50 {:.0} ms, p99 {:.0} ms",
+            fan.len(),
+            args.agents,
+            ms(percentile(&fan, 50.0)),
+            ms(percentile(&fan, 99.0))
+        ),
+        "all within 1 s",
+        Some(all_within),
+    );
+    summary_row(
+        &format!("gateway RSS idle / with {} agents connected", args.agents),
+        &format!("{:.1} / {:.1} MB", mb(rss_idle), mb(rss_connected)),
+        "idle < 30 MB",
+        Some(mb(rss_idle) < 30.0),
+    );
     Ok(())
 }
 

@@ -274,6 +274,34 @@ fn main() -> anyhow::Result<()> {
         g.p99 / p.p99,
         if p99_ok { "ok" } else { "MISSED" }
     );
+    summary_row(
+        "signed pushes → durable order: req/s, gateway vs adnanh/webhook",
+        &format!("{:.0} vs {:.0} ({:.2}×)", g.rps, p.rps, g.rps / p.rps),
+        "≥ the peer's",
+        Some(rps_ok),
+    );
+    summary_row(
+        "the same: p50 / p99, gateway vs peer",
+        &format!(
+            "{:.1} / {:.1} ms vs {:.1} / {:.1} ms ({:.2}× the p99)",
+            g.p50,
+            g.p99,
+            p.p50,
+            p.p99,
+            g.p99 / p.p99
+        ),
+        "p99 ≤ half the peer's",
+        Some(p99_ok),
+    );
+    summary_row(
+        "gateway RSS idle / after that load (peer after)",
+        &format!(
+            "{:.1} / {:.1} MB ({:.1} MB)",
+            g.rss_idle_mb, g.rss_after_mb, p.rss_after_mb
+        ),
+        "< 30 / < 50 MB",
+        Some(g.rss_idle_mb < 30.0 && g.rss_after_mb < 50.0),
+    );
     for (who, f) in [("orcastrate", g), ("webhook", p)] {
         for (what, n) in &f.errors {
             println!("  {who} error x{n}: {what}");

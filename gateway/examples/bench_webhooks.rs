@@ -286,6 +286,18 @@ fn main() -> anyhow::Result<()> {
         "",
         None,
     );
+    summary_row(
+        "signed pushes → durable order: req/s, p50 / p99",
+        &format!("{rps:.0} req/s, {p50:.1} / {p99:.1} ms"),
+        &format!("≥ {TARGET_RPS:.0} req/s, p99 < {TARGET_P99_MS:.0} ms"),
+        Some(rps >= TARGET_RPS && p99 < TARGET_P99_MS && error_count == 0),
+    );
+    summary_row(
+        "gateway RSS idle / after that load",
+        &format!("{:.1} / {rss_after_mb:.1} MB", mb(idle_rss)),
+        &format!("< 30 / < {TARGET_RSS_MB:.0} MB"),
+        Some(mb(idle_rss) < 30.0 && rss_after_mb < TARGET_RSS_MB),
+    );
     println!("  (MB = 2^20 bytes, from /proc/{pid}/status VmRSS and VmHWM; CPU = utime + stime)");
     if let (Some(sum), Some(count)) = (
         metric(&metrics, "orcastrate_ledger_commit_seconds_sum"),

@@ -403,3 +403,17 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
         None => s,
     }
 }
+
+/// One row of the combined table `scripts/bench.sh` prints (it sets `ORCASTRATE_BENCH_SUMMARY`
+/// and collects the `SUMMARY|` lines of every benchmark); nothing otherwise.
+pub(crate) fn summary_row(what: &str, measured: &str, target: &str, met: Option<bool>) {
+    if std::env::var_os("ORCASTRATE_BENCH_SUMMARY").is_none() {
+        return;
+    }
+    let verdict = match met {
+        Some(true) => "ok",
+        Some(false) => "MISSED",
+        None => "",
+    };
+    println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
+}
