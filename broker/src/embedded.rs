@@ -29,9 +29,20 @@ use crate::auth::Credentials;
 /// logins without a CONNACK. Each idle connection costs about 46 KB.
 pub const MAX_CONNECTIONS: usize = 20_000;
 
-/// Segment size and count per filter: orders and statuses are small and the last few are all
-/// that matter (upstream's example uses 100 MiB x 10, about 1 GiB per filter).
-const SEGMENT_BYTES: usize = 1024 * 1024;
+/// Segment size and count of the router's in-memory log, kept per subscription filter: the
+/// gateway's `+/+/+/desired` and `+/+/+/status/+`, and one `desired` filter per repo/env
+/// that agents follow. Each log only lets a lagging subscriber catch up, and everything on
+/// this bus is state whose newest (retained) message is what counts, so a few dozen KiB do.
+///
+/// The log is not the retained store, and rumqttd fills it to the limit before dropping
+/// anything: at 1 MiB x 2 each filter grew until it held 2 MiB of topics and payloads (plus
+/// a ~230-byte entry per message per filter), which on a repo/env taking six orders a second
+/// takes about 12 minutes and looked like a leak (the soak: +4 MB/min, linear at 10 min).
+/// At 32 KiB x 2 such a filter is full within half a minute and the heap then stays flat; a
+/// subscriber more than about 64 KiB behind jumps to the oldest entry kept (rumqttd logs a
+/// warning) and still gets every newer one, so it never misses the newest state.
+/// (Upstream's example uses 100 MiB x 10, about 1 GiB per filter.)
+const SEGMENT_BYTES: usize = 32 * 1024;
 const SEGMENT_COUNT: usize = 2;
 
 /// How long start-up waits for the listener to accept connections.
