@@ -60,7 +60,7 @@ async fn republish(bus: &Bus, newest: &NewestOrders, fleet: &Fleet) {
             .await;
     }
     fleet.mark_all_dirty();
-    tracing::info!(
+    tracing::debug!(
         orders = keys.len(),
         "published the newest order of every repo/env"
     );
