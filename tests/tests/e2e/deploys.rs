@@ -99,10 +99,7 @@ fn a_signed_push_deploys_that_commit_and_the_fleet_view_shows_it_healthy() {
 fn rollback_returns_to_the_warm_first_release_without_fetching() {
     let mut w = World::new();
     w.start_agent();
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
-    w.wait_app("v1");
+    let (sha1, seq1, _) = w.deploy("v1");
 
     let sha2 = w.commit("v2");
     let seq2 = w.push(&sha2);
@@ -162,10 +159,7 @@ fn a_broken_push_is_rolled_back_by_the_agent_and_the_operator_rollback_marks_it_
     // The broken release fails its health check until this runs out.
     w.health_timeout_s = 6;
     w.start_agent();
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
-    w.wait_app("v1");
+    let (sha1, _, _) = w.deploy("v1");
 
     let sha2 = w.commit_unhealthy("v2");
     let seq2 = w.push(&sha2);
@@ -241,10 +235,7 @@ fn a_late_push_of_an_older_commit_is_skipped_but_a_manual_deploy_of_it_is_not() 
     let sha1 = w.commit("v1");
     let seq1 = w.push(&sha1);
     w.wait_healthy(seq1, &sha1);
-    let sha2 = w.commit("v2");
-    let seq2 = w.push(&sha2);
-    w.wait_healthy(seq2, &sha2);
-    let pid2 = w.wait_app("v2");
+    let (sha2, _, pid2) = w.deploy("v2");
 
     // GitHub does not promise delivery order: the push of v1 arrives again, late.
     let seq3 = w.push(&sha1);

@@ -58,10 +58,7 @@ fn push(w: &World, sha: &str) -> (u64, String) {
 fn three_pushes_while_the_agent_is_offline_deploy_only_the_newest() {
     let mut w = World::new();
     w.start_agent();
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
-    w.wait_app("v1");
+    let (sha1, seq1, _) = w.deploy("v1");
 
     w.agent.take().unwrap().stop();
     w.gateway.wait_agent("offline", |s| s["state"] == "offline");
@@ -115,10 +112,7 @@ fn three_pushes_while_the_agent_is_offline_deploy_only_the_newest() {
 fn a_burst_of_20_pushes_deploys_one_at_a_time_and_the_last_sha_wins() {
     let mut w = World::new();
     w.start_agent();
-    let sha0 = w.commit("v0");
-    let seq0 = w.push(&sha0);
-    w.wait_healthy(seq0, &sha0);
-    w.wait_app("v0");
+    w.deploy("v0");
 
     let shas: Vec<String> = (1..=20).map(|n| w.commit(&format!("v{n}"))).collect();
     // Everything the agent says from here on, in the order the broker delivers it.
@@ -228,10 +222,7 @@ fn wait_line(log: &mut Mqtt, seq: u64, text: &str) -> String {
 fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_serving() {
     let mut w = World::new();
     w.start_agent();
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
-    let pid = w.wait_app("v1");
+    let (sha1, seq1, pid) = w.deploy("v1");
 
     let sha2 = w.commit("v2");
     let outage = Outage::start(&w.origin.bare);
@@ -285,10 +276,7 @@ fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_ser
 fn a_git_remote_back_within_the_retries_deploys() {
     let mut w = World::new();
     w.start_agent();
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
-    w.wait_app("v1");
+    let (sha1, seq1, _) = w.deploy("v1");
 
     let sha2 = w.commit("v2");
     let outage = Outage::start(&w.origin.bare);

@@ -9,10 +9,7 @@ use crate::harness::*;
 fn a_forged_retained_order_is_ignored_by_the_agent_and_overwritten_by_the_gateway() {
     let mut w = World::new();
     w.start_agent();
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
-    let pid = w.wait_app("v1");
+    let (sha1, seq1, pid) = w.deploy("v1");
     // A real commit of the origin, so an agent fooled by the order could deploy it.
     let sha2 = w.commit("v2");
 

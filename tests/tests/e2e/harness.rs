@@ -997,6 +997,17 @@ impl World {
         answer["seq"].as_u64().expect("a seq in the answer")
     }
 
+    /// Commits app `version`, pushes it, and waits until the agent is healthy on it and the
+    /// app answers: its sha, the order's seq, and the app's pid.
+    #[track_caller]
+    pub fn deploy(&self, version: &str) -> (String, u64, u64) {
+        let sha = self.commit(version);
+        let seq = self.push(&sha);
+        self.wait_healthy(seq, &sha);
+        let pid = self.wait_app(version);
+        (sha, seq, pid)
+    }
+
     /// Waits until the fleet view shows the agent `healthy` on order `seq` running `sha`.
     #[track_caller]
     pub fn wait_healthy(&self, seq: u64, sha: &str) -> Value {
