@@ -32,13 +32,11 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use tokio::sync::Barrier;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -331,7 +329,7 @@ fn measure(
     let mut ok = 0;
     for s in &samples {
         match &s.outcome {
-            Outcome::Accepted => ok += 1,
+            Outcome::Accepted(_) => ok += 1,
             Outcome::Status(code, body) => {
                 *errors
                     .entry(format!("HTTP {code}: {}", truncate(body, 160)))
@@ -352,80 +350,4 @@ fn measure(
         rss_after_mb: mb(rss_after),
         cpu,
     })
-}
-
-/// What one request got.
-enum Outcome {
-    /// 202 with the order's `seq` (gateway), or 200 (peer).
-    Accepted,
-    /// Any other answer.
-    Status(u16, String),
-    Io(String),
-}
-
-struct Sample {
-    latency: Duration,
-    outcome: Outcome,
-}
-
-/// Sends every request over `connections` connections; returns the samples and the wall time.
-async fn run_load(
-    addr: SocketAddr,
-    wire: Arc<Vec<Vec<u8>>>,
-    connections: usize,
-) -> anyhow::Result<(Vec<Sample>, Duration)> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(connections + 1));
-    let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let conn = Conn::connect(addr)
-            .await
-            .context("cannot connect to the gateway")?;
-        let (wire, next, start) = (wire.clone(), next.clone(), start.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Some(conn);
-            let mut samples = Vec::with_capacity(wire.len() / connections + 1);
-            start.wait().await;
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= wire.len() {
-                    break;
-                }
-                let started = Instant::now();
-                let result = match conn.as_mut() {
-                    Some(c) => c.exchange(&wire[index]).await,
-                    None => match Conn::connect(addr).await {
-                        Ok(c) => conn.insert(c).exchange(&wire[index]).await,
-                        Err(e) => Err(e),
-                    },
-                };
-                let latency = started.elapsed();
-                let outcome = match result {
-                    Ok((202, body)) => match seq_of(&body) {
-                        Some(_) => Outcome::Accepted,
-                        None => Outcome::Status(202, String::from_utf8_lossy(&body).into()),
-                    },
-                    // The peer's answer when its hook ran.
-                    Ok((200, _)) => Outcome::Accepted,
-                    Ok((status, body)) => {
-                        Outcome::Status(status, String::from_utf8_lossy(&body).into())
-                    }
-                    Err(e) => {
-                        // Reconnect for the next request.
-                        conn = None;
-                        Outcome::Io(e.to_string())
-                    }
-                };
-                samples.push(Sample { latency, outcome });
-            }
-            samples
-        }));
-    }
-    start.wait().await;
-    let started = Instant::now();
-    let mut samples = Vec::with_capacity(wire.len());
-    for task in tasks {
-        samples.extend(task.await?);
-    }
-    Ok((samples, started.elapsed()))
 }

@@ -34,16 +34,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use rusqlite::OptionalExtension;
-use tokio::sync::Barrier;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -196,7 +193,7 @@ fn main() -> anyhow::Result<()> {
     let accepted: Vec<(usize, u64)> = samples
         .iter()
         .filter_map(|s| match s.outcome {
-            Outcome::Accepted(seq) => Some((s.index, seq)),
+            Outcome::Accepted(seq) => Some((s.index, seq?)),
             _ => None,
         })
         .collect();
@@ -356,85 +353,6 @@ fn main() -> anyhow::Result<()> {
     }
     ensure!(durable, "durability check failed");
     Ok(())
-}
-
-/// What one request got.
-enum Outcome {
-    /// 202 with the order's `seq`.
-    Accepted(u64),
-    /// Any other answer.
-    Status(u16, String),
-    Io(String),
-}
-
-struct Sample {
-    index: usize,
-    latency: Duration,
-    outcome: Outcome,
-}
-
-/// Sends every request over `connections` connections; returns the samples and the wall time.
-async fn run_load(
-    addr: SocketAddr,
-    wire: Arc<Vec<Vec<u8>>>,
-    connections: usize,
-) -> anyhow::Result<(Vec<Sample>, Duration)> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(connections + 1));
-    let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let conn = Conn::connect(addr)
-            .await
-            .context("cannot connect to the gateway")?;
-        let (wire, next, start) = (wire.clone(), next.clone(), start.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Some(conn);
-            let mut samples = Vec::with_capacity(wire.len() / connections + 1);
-            start.wait().await;
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= wire.len() {
-                    break;
-                }
-                let started = Instant::now();
-                let result = match conn.as_mut() {
-                    Some(c) => c.exchange(&wire[index]).await,
-                    None => match Conn::connect(addr).await {
-                        Ok(c) => conn.insert(c).exchange(&wire[index]).await,
-                        Err(e) => Err(e),
-                    },
-                };
-                let latency = started.elapsed();
-                let outcome = match result {
-                    Ok((202, body)) => match seq_of(&body) {
-                        Some(seq) => Outcome::Accepted(seq),
-                        None => Outcome::Status(202, String::from_utf8_lossy(&body).into()),
-                    },
-                    Ok((status, body)) => {
-                        Outcome::Status(status, String::from_utf8_lossy(&body).into())
-                    }
-                    Err(e) => {
-                        // Reconnect for the next request.
-                        conn = None;
-                        Outcome::Io(e.to_string())
-                    }
-                };
-                samples.push(Sample {
-                    index,
-                    latency,
-                    outcome,
-                });
-            }
-            samples
-        }));
-    }
-    start.wait().await;
-    let started = Instant::now();
-    let mut samples = Vec::with_capacity(wire.len());
-    for task in tasks {
-        samples.extend(task.await?);
-    }
-    Ok((samples, started.elapsed()))
 }
 
 fn row(what: &str, measured: &str, target: &str, met: Option<bool>) {

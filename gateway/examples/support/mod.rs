@@ -10,6 +10,8 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -18,6 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Barrier;
 
 /// Environment variables of the gateway that must not leak from the caller's shell.
 pub(crate) const GATEWAY_ENV: &[&str] = &[
@@ -416,4 +419,86 @@ pub(crate) fn summary_row(what: &str, measured: &str, target: &str, met: Option<
         None => "",
     };
     println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
+}
+
+/// What one request got.
+pub(crate) enum Outcome {
+    /// The gateway's 202 with the order's `seq`, or the peer's 200 (its hook ran): `None`.
+    Accepted(Option<u64>),
+    /// Any other answer.
+    Status(u16, String),
+    Io(String),
+}
+
+pub(crate) struct Sample {
+    /// Which request of the load.
+    pub(crate) index: usize,
+    pub(crate) latency: Duration,
+    pub(crate) outcome: Outcome,
+}
+
+/// Sends every request over `connections` connections; returns the samples and the wall time.
+pub(crate) async fn run_load(
+    addr: SocketAddr,
+    wire: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+) -> anyhow::Result<(Vec<Sample>, Duration)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(connections + 1));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let conn = Conn::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        let (wire, next, start) = (wire.clone(), next.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Some(conn);
+            let mut samples = Vec::with_capacity(wire.len() / connections + 1);
+            start.wait().await;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= wire.len() {
+                    break;
+                }
+                let started = Instant::now();
+                let result = match conn.as_mut() {
+                    Some(c) => c.exchange(&wire[index]).await,
+                    None => match Conn::connect(addr).await {
+                        Ok(c) => conn.insert(c).exchange(&wire[index]).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                let latency = started.elapsed();
+                let outcome = match result {
+                    Ok((202, body)) => match seq_of(&body) {
+                        Some(seq) => Outcome::Accepted(Some(seq)),
+                        None => Outcome::Status(202, String::from_utf8_lossy(&body).into()),
+                    },
+                    // The peer's answer when its hook ran.
+                    Ok((200, _)) => Outcome::Accepted(None),
+                    Ok((status, body)) => {
+                        Outcome::Status(status, String::from_utf8_lossy(&body).into())
+                    }
+                    Err(e) => {
+                        // Reconnect for the next request.
+                        conn = None;
+                        Outcome::Io(e.to_string())
+                    }
+                };
+                samples.push(Sample {
+                    index,
+                    latency,
+                    outcome,
+                });
+            }
+            samples
+        }));
+    }
+    start.wait().await;
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(wire.len());
+    for task in tasks {
+        samples.extend(task.await?);
+    }
+    Ok((samples, started.elapsed()))
 }
