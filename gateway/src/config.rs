@@ -61,6 +61,32 @@ pub struct MqttFile {
     pub republish_interval_s: Option<u64>,
 }
 
+impl MqttFile {
+    /// A key set that only the embedded broker uses.
+    fn embedded_key_set(&self) -> Option<&'static str> {
+        [
+            ("listen", self.listen.is_some()),
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
+    }
+
+    /// A key set that only an external engine uses.
+    fn external_key_set(&self) -> Option<&'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("republish_interval_s", self.republish_interval_s.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubFile {
@@ -287,14 +313,7 @@ fn split_list(value: &str) -> Vec<String> {
 /// Validates `[mqtt]` for an external engine; the password may come from
 /// `ORCASTRATE_MQTT_PASSWORD` so it need not sit in the file.
 fn external_mqtt(mqtt: MqttFile, env: &dyn Env, where_: &str) -> Result<ExternalMqtt, ConfigError> {
-    if let Some(key) = [
-        ("listen", mqtt.listen.is_some()),
-        ("tls_cert", mqtt.tls_cert.is_some()),
-        ("tls_key", mqtt.tls_key.is_some()),
-    ]
-    .iter()
-    .find_map(|(k, set)| set.then_some(k))
-    {
+    if let Some(key) = mqtt.embedded_key_set() {
         return Err(err(format!(
             "{where_}: [mqtt] {key} is for the embedded broker; with mode = \"external\" the engine listens: remove {key}"
         )));
@@ -416,19 +435,7 @@ impl Settings {
             .unwrap_or_else(|| orcastrate_broker::DEFAULT_PREFIX.into());
         let mqtt = match file.mqtt.mode.as_deref().unwrap_or("embedded") {
             "embedded" => {
-                if let Some(key) = [
-                    ("url", file.mqtt.url.is_some()),
-                    ("username", file.mqtt.username.is_some()),
-                    ("password", file.mqtt.password.is_some()),
-                    ("ca_file", file.mqtt.ca_file.is_some()),
-                    (
-                        "republish_interval_s",
-                        file.mqtt.republish_interval_s.is_some(),
-                    ),
-                ]
-                .iter()
-                .find_map(|(k, set)| set.then_some(k))
-                {
+                if let Some(key) = file.mqtt.external_key_set() {
                     return Err(err(format!(
                         "{where_}: [mqtt] {key} is for mode = \"external\": set mode = \"external\" to use an MQTT engine, or remove {key}"
                     )));
