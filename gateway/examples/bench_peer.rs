@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,14 +88,7 @@ fn main() -> anyhow::Result<()> {
         args.webhook_bin.display()
     );
 
-    let payload_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/github/push__with-new-branch.payload.json");
-    let payload = std::fs::read_to_string(&payload_path)
-        .with_context(|| format!("cannot read {}", payload_path.display()))?;
-    let original_after = serde_json::from_str::<serde_json::Value>(&payload)?["after"]
-        .as_str()
-        .context("the payload has no \"after\" sha")?
-        .to_owned();
+    let (payload, original_after) = push_payload(None)?;
     let gateway_bin = match &args.gateway_bin {
         Some(path) => path.clone(),
         None => build_gateway()?,

@@ -84,20 +84,7 @@ fn main() -> anyhow::Result<()> {
     ensure!(args.requests > 0, "--requests must be at least 1");
     ensure!(args.connections > 0, "--connections must be at least 1");
 
-    let payload_path = args.payload.clone().unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/github/push__with-new-branch.payload.json")
-    });
-    let payload = std::fs::read_to_string(&payload_path).with_context(|| {
-        format!(
-            "cannot read the push payload {}: pass --payload with a GitHub push example",
-            payload_path.display()
-        )
-    })?;
-    let original_after = serde_json::from_str::<serde_json::Value>(&payload)?["after"]
-        .as_str()
-        .context("the payload has no \"after\" sha: pass a GitHub push payload")?
-        .to_owned();
+    let (payload, original_after) = push_payload(args.payload.as_deref())?;
 
     let gateway_bin = match &args.gateway_bin {
         Some(path) => path.clone(),
@@ -147,9 +134,10 @@ fn main() -> anyhow::Result<()> {
     println!("  data_dir  {}", data_dir.display());
     println!(
         "  payload   {} ({} bytes), a distinct after sha and X-GitHub-Delivery per request, HMAC-SHA256 signed",
-        payload_path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        args.payload.as_deref().map_or_else(
+            || "the push fixture".to_owned(),
+            |p| p.display().to_string()
+        ),
         payload.len()
     );
 

@@ -502,3 +502,28 @@ pub(crate) async fn run_load(
     }
     Ok((samples, started.elapsed()))
 }
+
+/// A GitHub push payload and its `after` sha (which [`numbered_push`] replaces): the file at
+/// `path`, or by default the real push fixture of the gateway's tests.
+pub(crate) fn push_payload(path: Option<&Path>) -> anyhow::Result<(String, String)> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/github/push__with-new-branch.payload.json");
+    let path = path.unwrap_or(&fixture);
+    let payload = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the push payload {}: pass a GitHub push example",
+            path.display()
+        )
+    })?;
+    let after = serde_json::from_str::<serde_json::Value>(&payload)
+        .with_context(|| format!("{} is not JSON", path.display()))?["after"]
+        .as_str()
+        .with_context(|| {
+            format!(
+                "{} has no \"after\" sha: pass a GitHub push payload",
+                path.display()
+            )
+        })?
+        .to_owned();
+    Ok((payload, after))
+}
