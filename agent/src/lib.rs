@@ -3,8 +3,8 @@
 //! It subscribes to its `desired` topic, accepts only orders signed by a configured gateway
 //! key that are newer than anything it started, builds each release in its own directory,
 //! switches `current` atomically, checks health, rolls back by itself, and publishes what it
-//! does as a retained, MAC'd status. See `README.md` for users and `../shared/design.md` for
-//! the contract.
+//! does as a retained, MAC'd status. See `README.md` for users and `docs/protocol.md` at the
+//! repository's root for the bus contract.
 //!
 //! # Layout
 //!
