@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::{self, Refusal};
+use crate::accept::{self, Refusal, RefusalLog};
 use crate::config::{OnShutdown, Settings, SETTLE};
 use crate::connection::{BusEvent, Connection};
 use crate::deploy::{self, Control, Ctx, Outcome};
@@ -139,7 +139,12 @@ pub async fn run(
     }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let connection = Connection::start(&settings, initial.clone(), events_tx);
-    let git = Git::new(&layout.cache(), &settings.git_url, &settings.root);
+    let git = Git::new(
+        &layout.cache(),
+        &settings.git_url,
+        &settings.root,
+        &settings.git,
+    );
     let ctx = Arc::new(Ctx {
         settings,
         layout,
@@ -316,6 +321,7 @@ async fn main_loop(
     };
     let mut current: Option<Running> = None;
     let mut queued: Option<(DeployOrder, u32)> = None;
+    let mut refusals = RefusalLog::default();
 
     if let Some(p) = pending {
         if p.attempts < MAX_ATTEMPTS {
@@ -442,7 +448,7 @@ async fn main_loop(
                         }
                     }
                     BusEvent::Order(payload) => {
-                        handle_order(ctx, &payload, &mut settle, current.as_ref(), &mut queued);
+                        handle_order(ctx, &payload, &mut settle, current.as_ref(), &mut queued, &mut refusals);
                     }
                 }
             }
@@ -490,6 +496,13 @@ async fn main_loop(
                 check_in_flight = false;
                 if current.is_none() {
                     apply_health(ctx, report);
+                }
+            }
+            () = sleep_until(refusals.next_flush()) => {
+                if refusals.flush(Instant::now()) {
+                    // The flood may have pushed the true order out of the broker's backlog
+                    // for us: ask for the retained one again.
+                    ctx.bus.resubscribe();
                 }
             }
             () = sleep_until(once_wake) => {}
@@ -548,6 +561,7 @@ fn handle_order(
     settle: &mut Settle,
     current: Option<&Running>,
     queued: &mut Option<(DeployOrder, u32)>,
+    refusals: &mut RefusalLog,
 ) {
     let stored = state::lock(&ctx.state).get().floor;
     let floor = [
@@ -569,7 +583,7 @@ fn handle_order(
             return;
         }
         Err(refusal) => {
-            tracing::warn!(reason = %refusal, "order refused");
+            refusals.refused(&refusal, Instant::now());
             return;
         }
     };

@@ -25,6 +25,12 @@ pub const DEFAULT_KEEP_RELEASES: usize = 5;
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 30;
 /// Default period of health checks after `healthy`.
 pub const DEFAULT_HEALTH_INTERVAL_S: u64 = 15;
+/// Default longest time one try of a `git fetch` may take (`[git] fetch_timeout_s`): long
+/// enough for a first fetch of a big repository, short enough that a server that accepts
+/// and never answers does not hold a deploy for long.
+pub const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
+/// Default tries of a fetch before the deploy fails (`[git] fetch_attempts`).
+pub const DEFAULT_FETCH_ATTEMPTS: u32 = 3;
 /// Default time `--once` waits for a server before giving up with exit code 3.
 pub const DEFAULT_CONNECT_TIMEOUT_S: u64 = 30;
 /// How long a host with no floor waits after subscribing before taking the highest order
@@ -51,6 +57,7 @@ pub struct FileConfig {
     pub steps: Option<StepsFile>,
     pub shared: Option<SharedFile>,
     pub health: Option<HealthFile>,
+    pub git: Option<GitFile>,
 }
 
 /// `server = "mqtt://…"` or `server = ["mqtt://a", "mqtt://b"]`.
@@ -87,6 +94,14 @@ pub struct HealthFile {
     pub command: Option<String>,
     pub timeout_s: Option<i64>,
     pub interval_s: Option<i64>,
+}
+
+/// `[git]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitFile {
+    pub fetch_timeout_s: Option<i64>,
+    pub fetch_attempts: Option<i64>,
 }
 
 /// A configuration problem, naming where the value came from, the key and the fix.
@@ -154,6 +169,15 @@ pub struct HealthSettings {
     pub interval: Duration,
 }
 
+/// Fetching the service's code.
+#[derive(Debug, Clone)]
+pub struct GitSettings {
+    /// Longest one try of a fetch may take; its git processes are then killed.
+    pub fetch_timeout: Duration,
+    /// Tries before the deploy fails, with waits of 1, 2, 4 … (at most 30) s in between.
+    pub fetch_attempts: u32,
+}
+
 /// The validated settings the agent runs with; tests build them in code.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -175,6 +199,7 @@ pub struct Settings {
     pub shared_files: Vec<PathBuf>,
     pub shared_dirs: Vec<PathBuf>,
     pub health: HealthSettings,
+    pub git: GitSettings,
     /// `--once`.
     pub once: bool,
     /// With `--once`: how long to try to reach a server.
@@ -491,6 +516,27 @@ impl Settings {
             86_400,
         )?;
 
+        let git_file = file.git.clone().unwrap_or_default();
+        let fetch_timeout = seconds(
+            file_origin,
+            "git.fetch_timeout_s",
+            git_file.fetch_timeout_s,
+            DEFAULT_FETCH_TIMEOUT_S,
+            1,
+            86_400,
+        )?;
+        let fetch_attempts = match git_file.fetch_attempts {
+            None => DEFAULT_FETCH_ATTEMPTS,
+            Some(n) if (1..=20).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(ConfigError::new(
+                    file_origin,
+                    "git.fetch_attempts",
+                    format!("{n} is out of range: use 1 to 20"),
+                ))
+            }
+        };
+
         let connect_timeout = Duration::from_secs(
             cli.connect_timeout_s
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT_S)
@@ -522,6 +568,10 @@ impl Settings {
                 check,
                 timeout,
                 interval,
+            },
+            git: GitSettings {
+                fetch_timeout,
+                fetch_attempts,
             },
             once: cli.once,
             connect_timeout,

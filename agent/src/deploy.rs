@@ -312,7 +312,13 @@ impl Job<'_> {
         }
         if !ctx.git.has_commit(&self.order.sha).await {
             ctx.git
-                .fetch(&self.order.sha, self.sink, &ctx.state, &self.control.cancel)
+                .fetch(
+                    &self.order.sha,
+                    self.sink,
+                    &ctx.state,
+                    &ctx.status,
+                    &self.control.cancel,
+                )
                 .await?;
         }
         Ok(ctx.git.is_ancestor(&self.order.sha, &healthy.sha).await == Some(true))
@@ -324,7 +330,7 @@ impl Job<'_> {
         let cancel = &self.control.cancel;
         let dir = ctx.layout.release(name);
         ctx.git
-            .fetch(&self.order.sha, self.sink, &ctx.state, cancel)
+            .fetch(&self.order.sha, self.sink, &ctx.state, &ctx.status, cancel)
             .await?;
         let releases = ctx.layout.releases();
         let fix = || {

@@ -22,6 +22,7 @@
 //! - `secrets`: decrypting the per-environment config.
 //! - `state`: `state.json`.
 //! - `status`: the status the agent publishes.
+//! - `redact`: credentials in URLs hidden from everything the agent prints or publishes.
 //! - `procs`, `fsutil`: process groups and crash-safe file operations.
 
 mod accept;
@@ -34,6 +35,7 @@ mod fsutil;
 mod git;
 mod health;
 mod procs;
+mod redact;
 mod release;
 mod secrets;
 mod state;

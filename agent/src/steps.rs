@@ -17,6 +17,7 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Bus;
+use crate::redact::redact;
 use crate::state::{self, ProcRecord, SharedState};
 
 /// Longest line kept whole; longer output is cut into pieces of this size.
@@ -41,6 +42,23 @@ pub(crate) fn scrubbed_env() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+/// Opens a log file for appending, readable by the agent's user only (mode 0600, also when
+/// an older agent created it more open): output can hold what the service's own code prints.
+///
+/// # Errors
+///
+/// When the file cannot be opened or its mode set.
+pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 /// Where the output of one deploy goes: the `log` topic and a log file.
 pub(crate) struct Sink {
     bus: Bus,
@@ -56,10 +74,7 @@ impl Sink {
     /// A sink for order `seq`, appending to `log_file` if it can be opened.
     pub(crate) fn new(bus: Bus, seq: Option<u64>, log_file: Option<&Path>) -> Arc<Self> {
         let file = log_file.and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
+            open_log(p)
                 .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot open the deploy log file"))
                 .ok()
         });
@@ -76,8 +91,9 @@ impl Sink {
         self.first_error.lock().ok()?.take()
     }
 
-    /// One line of output.
+    /// One line of output (credentials in URLs hidden).
     pub(crate) fn line(&self, step: Option<Step>, stream: LogStream, text: &str) {
+        let text = &*redact(text);
         let at = orcastrate_broker::time::now();
         if stream == LogStream::Stderr && (text.starts_with("fatal:") || text.starts_with("error:"))
         {
@@ -109,6 +125,7 @@ impl Sink {
 
     /// The agent's own message about the deploy (also logged locally).
     pub(crate) fn note(&self, step: Option<Step>, text: &str) {
+        let text = &*redact(text);
         tracing::info!(seq = self.seq, step = step.map(Step::as_str), "{text}");
         self.line(step, LogStream::Agent, text);
     }
@@ -161,16 +178,17 @@ impl Cmd {
         cmd
     }
 
-    /// How the command is shown in logs and errors.
+    /// How the command is shown in logs and errors (credentials in URLs hidden).
     pub(crate) fn display(&self) -> String {
-        if self.program == "sh" && self.args.first().map(String::as_str) == Some("-c") {
+        let shown = if self.program == "sh" && self.args.first().map(String::as_str) == Some("-c") {
             self.args.get(1).cloned().unwrap_or_default()
         } else {
             std::iter::once(self.program.as_str())
                 .chain(self.args.iter().map(String::as_str))
                 .collect::<Vec<_>>()
                 .join(" ")
-        }
+        };
+        redact(&shown).into_owned()
     }
 
     /// A `tokio` command in its own process group with the scrubbed environment.

@@ -195,10 +195,7 @@ fn spawn_app(
     state: &SharedState,
 ) -> std::io::Result<(tokio::process::Child, ProcRecord)> {
     let dir: PathBuf = layout.release(release);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(layout.logs().join("app.log"))?;
+    let log = crate::steps::open_log(&layout.logs().join("app.log"))?;
     let mut command = Cmd::in_release(start_cmd, &dir).command();
     command
         .stdout(Stdio::from(log.try_clone()?))

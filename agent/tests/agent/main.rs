@@ -4,5 +4,6 @@
 mod common;
 mod crash;
 mod deploys;
+mod hardening;
 mod orders;
 mod process;
