@@ -88,6 +88,7 @@ pub async fn run(
 
     let supervisor = Supervisor::new(
         &settings.steps.start,
+        settings.run_as.clone(),
         settings.steps.stop_timeout,
         layout.clone(),
         state.clone(),
@@ -376,6 +377,7 @@ async fn main_loop(
                 &ctx2.layout.current(),
                 ctx2.settings.health.timeout,
                 || ctx2.supervisor.alive(),
+                ctx2.settings.run_as.as_ref(),
                 &CancellationToken::new(),
             )
             .await;
@@ -486,8 +488,9 @@ async fn main_loop(
                     let check = settings.health.check.clone();
                     let dir = ctx.layout.current();
                     let alive = ctx.supervisor.alive();
+                    let user = settings.run_as.clone();
                     tokio::spawn(async move {
-                        let result = crate::health::check_once(&check, &dir, alive).await;
+                        let result = crate::health::check_once(&check, &dir, alive, user.as_ref()).await;
                         let _ = tx.send(HealthReport { result, boot: false });
                     });
                 }

@@ -119,6 +119,8 @@ impl Git {
                 ("GIT_TERMINAL_PROMPT".into(), "0".into()),
                 ("GIT_ASKPASS".into(), "true".into()),
             ],
+            // git runs as the agent: the credentials for git_url are the agent's.
+            user: None,
         }
     }
 
@@ -155,6 +157,7 @@ impl Git {
                 ],
                 dir: self.root.clone(),
                 extra_env: vec![],
+                user: None,
             };
             steps::run(&init, Step::Fetch, sink, state, cancel).await?;
         }

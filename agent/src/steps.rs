@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RunAs;
 use crate::connection::Bus;
 use crate::redact::redact;
 use crate::state::{self, ProcRecord, SharedState};
@@ -152,6 +153,8 @@ pub(crate) struct Cmd {
     pub(crate) args: Vec<String>,
     pub(crate) dir: PathBuf,
     pub(crate) extra_env: Vec<(String, String)>,
+    /// Runs as this user (`run_as`) instead of the agent's.
+    pub(crate) user: Option<RunAs>,
 }
 
 impl Cmd {
@@ -162,13 +165,20 @@ impl Cmd {
             args: vec!["-c".into(), script.into()],
             dir: dir.to_path_buf(),
             extra_env: Vec::new(),
+            user: None,
         }
     }
 
+    /// The same command, run as `user` when given.
+    pub(crate) fn as_user(mut self, user: Option<&RunAs>) -> Self {
+        self.user = user.cloned();
+        self
+    }
+
     /// `sh -c {script}` in a release directory, marked as the agent's (see
-    /// [`crate::procs::RELEASE_VAR`]).
-    pub(crate) fn in_release(script: &str, dir: &Path) -> Self {
-        let mut cmd = Self::shell(script, dir);
+    /// [`crate::procs::RELEASE_VAR`]), as `user` when given.
+    pub(crate) fn in_release(script: &str, dir: &Path, user: Option<&RunAs>) -> Self {
+        let mut cmd = Self::shell(script, dir).as_user(user);
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -191,7 +201,9 @@ impl Cmd {
         redact(&shown).into_owned()
     }
 
-    /// A `tokio` command in its own process group with the scrubbed environment.
+    /// A `tokio` command in its own process group with the scrubbed environment, switched
+    /// to its user (with that user's `HOME`, `USER` and `LOGNAME`) if it has one.
+    #[allow(unsafe_code)]
     pub(crate) fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         c.args(&self.args)
@@ -202,6 +214,18 @@ impl Cmd {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(user) = self.user.clone() {
+            match &user.home {
+                Some(home) => c.env("HOME", home),
+                None => c.env_remove("HOME"),
+            };
+            c.env("USER", &user.name).env("LOGNAME", &user.name);
+            // SAFETY: runs in the forked child before exec; `become_user` makes only
+            // async-signal-safe system calls and allocates nothing.
+            unsafe {
+                c.pre_exec(move || crate::users::become_user(&user));
+            }
+        }
         c
     }
 }
@@ -369,6 +393,7 @@ mod tests {
             args: vec!["fetch".into(), "origin".into()],
             dir: PathBuf::from("/"),
             extra_env: vec![],
+            user: None,
         };
         assert_eq!(c.display(), "git fetch origin");
     }
