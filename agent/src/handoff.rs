@@ -91,7 +91,13 @@ pub fn reexec(cli: &Cli) -> HandoffError {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&reader);
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| "orcastrate-agent".into());
-    let mut command = std::process::Command::new("/proc/self/exe");
+    // The binary's own path keeps the process name (`comm`) the agent's; /proc/self/exe
+    // still works if the file was replaced since it started.
+    let program = std::env::current_exe()
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "/proc/self/exe".into());
+    let mut command = std::process::Command::new(program);
     command
         .arg0(arg0)
         .args(without_secret_flags(args))

@@ -7,3 +7,4 @@ mod deploys;
 mod hardening;
 mod orders;
 mod process;
+mod secrets;
