@@ -989,6 +989,73 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_names_every_key() {
+        // Every commented `key = value` line, uncommented, is a key the agent knows, and
+        // together they set every key (a key missing from the example stays None).
+        let uncommented: String = crate::EXAMPLE_CONFIG
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig = toml::from_str(&uncommented).unwrap();
+        let shown = format!("{file:?}");
+        assert!(
+            !shown.contains("None"),
+            "a key is not in the example: {shown}"
+        );
+
+        // As shipped (everything commented) it parses too.
+        toml::from_str::<FileConfig>(crate::EXAMPLE_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn secrets_from_files_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "from-file\n").unwrap();
+        let mut f = base_file();
+        f.token = None;
+        f.token_file = Some("token".into());
+        let cli = Cli {
+            config: Some(dir.path().join("agent.toml")),
+            ..Cli::default()
+        };
+        assert_eq!(
+            Settings::merge(&cli, &f, "a.toml").unwrap().token,
+            "from-file"
+        );
+
+        f.token = Some("both".into());
+        assert_eq!(
+            Settings::merge(&cli, &f, "a.toml").unwrap_err().key,
+            "token"
+        );
+
+        f.token = None;
+        f.token_file = Some("missing".into());
+        let e = Settings::merge(&cli, &f, "a.toml").unwrap_err();
+        assert_eq!(e.key, "token_file");
+        assert!(e.problem.contains("missing"), "{e}");
+
+        let mut f = base_file();
+        f.run_as = Some("no-such-user-here".into());
+        assert_eq!(
+            Settings::merge(&Cli::default(), &f, "a.toml")
+                .unwrap_err()
+                .key,
+            "run_as"
+        );
+    }
+
+    #[test]
     fn default_names_are_valid() {
         assert_eq!(default_name("Web.Host_1"), "web-host_1");
         assert_eq!(default_name("--"), "agent");

@@ -138,7 +138,7 @@ pub(crate) async fn check_once(
         match check {
             HealthCheck::Http(url) => http_once(&parse_http_url(url)?).await,
             HealthCheck::Command(cmd) => {
-                let out = crate::steps::output(&Cmd::shell(cmd, dir).as_user(user))
+                let out = crate::steps::output(&Cmd::shell(cmd, dir).run_as(user))
                     .await
                     .map_err(|e| format!("health command `{cmd}` did not start: {e}"))?;
                 if out.0.success() {

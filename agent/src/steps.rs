@@ -28,8 +28,9 @@ const MAX_LINE_BYTES: usize = 3000;
 /// the pipe open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Environment variables never passed to steps or the app.
-const SECRET_VARS: [&str; 2] = ["CONNECT_TOKEN", "CONFIG_KEY"];
+/// Environment variables never passed to steps or the app (the last one is where systemd
+/// puts the agent's credentials).
+const SECRET_VARS: [&str; 3] = ["CONNECT_TOKEN", "CONFIG_KEY", "CREDENTIALS_DIRECTORY"];
 /// Prefix of the agent's own variables, never passed to steps or the app.
 const AGENT_VAR_PREFIX: &str = "ORCASTRATE_";
 
@@ -170,7 +171,7 @@ impl Cmd {
     }
 
     /// The same command, run as `user` when given.
-    pub(crate) fn as_user(mut self, user: Option<&RunAs>) -> Self {
+    pub(crate) fn run_as(mut self, user: Option<&RunAs>) -> Self {
         self.user = user.cloned();
         self
     }
@@ -178,7 +179,7 @@ impl Cmd {
     /// `sh -c {script}` in a release directory, marked as the agent's (see
     /// [`crate::procs::RELEASE_VAR`]), as `user` when given.
     pub(crate) fn in_release(script: &str, dir: &Path, user: Option<&RunAs>) -> Self {
-        let mut cmd = Self::shell(script, dir).as_user(user);
+        let mut cmd = Self::shell(script, dir).run_as(user);
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
