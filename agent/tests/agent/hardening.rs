@@ -344,9 +344,10 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
         log.contains("unknown key id") && log.contains("does not verify"),
         "{log}"
     );
-    // The broker may drop QoS 0 messages for a slow subscriber, but a flood arrived.
+    // The broker drops QoS 0 messages for a subscriber that falls behind (more of them on a
+    // busy machine), but a flood arrived: far more refusals than lines.
     assert!(
-        (1_000..=FORGED).contains(&refusals),
+        (200..=FORGED).contains(&refusals),
         "{refusals} of {FORGED} refused:\n{}",
         warn_lines.join("\n")
     );
