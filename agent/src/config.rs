@@ -296,8 +296,10 @@ impl Settings {
             ));
         }
         for url in &servers {
-            orcastrate_broker::mqtt::parse_url(url)
-                .map_err(|e| ConfigError::new(&servers_origin, "server", e.to_string()))?;
+            orcastrate_broker::mqtt::parse_url(url).map_err(|e| {
+                let problem = crate::redact::redact(&e.to_string()).into_owned();
+                ConfigError::new(&servers_origin, "server", problem)
+            })?;
         }
 
         let (token, token_origin) = m.secret(

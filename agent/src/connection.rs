@@ -287,7 +287,7 @@ async fn poll_loop(
                 failed_in_round = 0;
                 round = 0;
                 ctx.bus.inner.connected.store(true, Ordering::Relaxed);
-                tracing::info!(server = %servers[server], "connected");
+                tracing::info!(server = %crate::redact::redact(&servers[server]), "connected");
                 if let Err(e) = ctx
                     .bus
                     .inner
@@ -335,7 +335,7 @@ async fn poll_loop(
             Err(e) => {
                 ctx.bus.inner.connected.store(false, Ordering::Relaxed);
                 let _ = ctx.events.send(BusEvent::Disconnected);
-                log_failure(&servers[server], &e, got_connack);
+                log_failure(&crate::redact::redact(&servers[server]), &e, got_connack);
                 if std::mem::take(&mut got_connack) {
                     // A lost connection starts a new round from the first (preferred) server.
                     failed_in_round = 0;

@@ -32,10 +32,11 @@ const LOW_SPEED_LIMIT: u32 = 1000;
 /// See [`LOW_SPEED_LIMIT`] (`http.lowSpeedTime`).
 const LOW_SPEED_TIME_S: u32 = 30;
 /// SSH options for git's transport when the user set no `core.sshCommand`/`GIT_SSH_COMMAND`
-/// of their own: give up on a host that does not answer within 15 s, and on a connection
-/// whose server stops answering keep-alives for 30 s.
+/// of their own: never prompt (nobody can answer; an unknown host key or a locked key fails
+/// at once), give up on a host that does not answer within 15 s, and on a connection whose
+/// server stops answering keep-alives for 30 s.
 const SSH_COMMAND: &str =
-    "ssh -o ConnectTimeout=15 -o ServerAliveInterval=15 -o ServerAliveCountMax=2";
+    "ssh -o BatchMode=yes -o ConnectTimeout=15 -o ServerAliveInterval=15 -o ServerAliveCountMax=2";
 
 /// The bare cache of the service's repository.
 #[derive(Debug, Clone)]

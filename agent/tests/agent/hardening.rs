@@ -211,10 +211,14 @@ async fn a_tarpit_git_server_fails_the_deploy_after_retries() {
     let b = w.commit("v2", OK_INSTALL);
     let port = tarpit();
     let mut last = n;
-    for url in [
+    let mut urls = vec![
         format!("http://127.0.0.1:{port}/web.git"),
         format!("git://127.0.0.1:{port}/web.git"),
-    ] {
+    ];
+    if std::process::Command::new("ssh").arg("-V").output().is_ok() {
+        urls.push(format!("ssh://git@127.0.0.1:{port}/web.git"));
+    }
+    for url in urls {
         assert_eq!(w.terminate(last), Some(0));
         w.write_config(&Options {
             on_shutdown: Some("keep".into()),
