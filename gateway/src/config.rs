@@ -1008,6 +1008,70 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_default_safely_and_refuse_bad_values() {
+        let s = parse("[github]\nsecret = 'x'\n", &[("X", "y")]).unwrap();
+        assert_eq!(s.http_limits, HttpLimits::default());
+        let s = parse(
+            "[github]\nsecret = 'x'\n[http]\nmax_body_bytes = 26214400\nheader_timeout_s = 3\n",
+            &[("X", "y")],
+        )
+        .unwrap();
+        assert_eq!(s.http_limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(
+            s.http_limits.body_buffer_bytes,
+            GITHUB_MAX_BODY.max(64 << 20)
+        );
+        for (line, expect) in [
+            ("max_connections = 0", "[http] max_connections = 0"),
+            ("header_timeout_s = 0", "[http] header_timeout_s = 0"),
+            ("body_timeout_s = 9999", "use 1 to 3600 seconds"),
+            ("shutdown_timeout_s = 0", "[http] shutdown_timeout_s"),
+            (
+                "body_min_bytes_per_s = 0",
+                "[http] body_min_bytes_per_s = 0",
+            ),
+            ("body_buffer_bytes = 1000", "below max_body_bytes"),
+        ] {
+            let text = format!("[github]\nsecret = 'x'\n[http]\n{line}\n");
+            let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+            assert!(e.contains(expect) && e.contains("gw.toml"), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn engine_hooks_are_for_external_mode_only() {
+        let e = parse(
+            "[github]\nsecret = 'x'\n[mqtt]\nhooks_listen = '127.0.0.1:8081'\n",
+            &[("X", "y")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hooks_listen is for mode = \"external\""), "{e}");
+        let MqttMode::External(e) = parse(EXTERNAL, &[("X", "y")]).unwrap().mqtt else {
+            unreachable!()
+        };
+        assert_eq!((e.hooks_listen, e.hooks_token), (None, None));
+        let text = EXTERNAL.replace(
+            "[mqtt]",
+            "[mqtt]\nhooks_listen = \"127.0.0.1:8081\"\nhooks_token = \"hooks-token-0123456789\"",
+        );
+        let MqttMode::External(e) = parse(&text, &[("X", "y")]).unwrap().mqtt else {
+            unreachable!()
+        };
+        assert_eq!(e.hooks_listen, Some("127.0.0.1:8081".parse().unwrap()));
+        assert!(!format!("{e:?}").contains("hooks-token"));
+        let text = EXTERNAL.replace("[mqtt]", "[mqtt]\nhooks_token = \"hooks-token-0123456789\"");
+        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(e.contains("hooks_token without hooks_listen"), "{e}");
+        let text = EXTERNAL.replace(
+            "[mqtt]",
+            "[mqtt]\nhooks_listen = \"127.0.0.1:8081\"\nhooks_token = \"short\"",
+        );
+        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(e.contains("hooks_token is shorter than 16"), "{e}");
+    }
+
+    #[test]
     fn the_shipped_example_config_is_valid_in_both_modes() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1022,11 +1086,14 @@ mod tests {
             .replace("listen = \"0.0.0.0:1883\"", "")
             .replace("# url = ", "url = ")
             .replace("# username = ", "username = ")
-            .replace("# password = ", "password = ");
+            .replace("# password = ", "password = ")
+            .replace("# hooks_listen = ", "hooks_listen = ")
+            .replace("# hooks_token = ", "hooks_token = ");
         let s = parse(&external, &[("X", "y")]).unwrap();
         let MqttMode::External(e) = s.mqtt else {
             panic!("{:?}", s.mqtt)
         };
         assert_eq!(e.url, "mqtts://mqtt.example.com:8883");
+        assert_eq!(e.hooks_listen, Some("127.0.0.1:8081".parse().unwrap()));
     }
 }
