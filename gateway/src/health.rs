@@ -31,10 +31,13 @@ pub struct HealthProbe {
     target: ProbeTarget,
     /// The newest answer and when it was made; callers wait on the lock while one check
     /// runs and then reuse its answer.
-    last: Arc<Mutex<Option<(Instant, Result<(), String>)>>>,
+    last: Arc<Mutex<Option<Answer>>>,
     /// Counts the checks actually run (`orcastrate_health_checks_total`).
     runs: Counter,
 }
+
+/// A check's answer and when it was made.
+type Answer = (Instant, Result<(), String>);
 
 /// What the MQTT part of a check logs in to or asks.
 #[derive(Clone)]
