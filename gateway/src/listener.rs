@@ -43,6 +43,10 @@ use crate::config::HttpLimits;
 /// probe and outgoing calls.
 const RESERVED_FDS: u64 = 256;
 
+/// Largest request head, and the largest read buffer of a connection: bounds what one
+/// connection's headers can take (GitHub sends about 2 KiB); a larger head gets 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// First and longest pause after a failed `accept` (out of descriptors, mostly).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -186,7 +190,9 @@ impl Connection {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES);
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();

@@ -162,6 +162,14 @@ fn idle_and_slow_connections_are_closed_after_the_timeouts() {
     );
     assert!(started.elapsed() < within, "{:?}", started.elapsed());
     dripper.join().unwrap();
+    // A head over 64 KiB is refused before it grows further.
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let mut big = connect(&gw, big.as_bytes());
+    let answer = closed_within(&mut big, within).expect("a huge head stayed open");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     // The gateway still serves.
     assert_eq!(timed_push(&gw.http, "after", &sha(7)).0, 202);
 }
