@@ -326,3 +326,28 @@ fn grants_of(auth: &EngineAuth, username: &str) -> Option<Grants> {
         .client(username)
         .map(|c| acl::client_grants(c, &auth.topics))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_past_its_burst_is_throttled_and_others_are_not() {
+        let throttle = Throttle::default();
+        for _ in 0..REFUSALS_BURST as usize {
+            assert!(throttle.may_try("10.0.0.1"));
+            throttle.refused("10.0.0.1");
+        }
+        assert!(!throttle.may_try("10.0.0.1"));
+        assert!(throttle.may_try("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_burst_is_logged_once_with_its_count() {
+        let log = BurstLog::default();
+        assert_eq!(log.note(), Some(1));
+        assert!((0..1000).all(|_| log.note().is_none()));
+        log.state.lock().unwrap().0 = Some(Instant::now() - BURST_WINDOW);
+        assert_eq!(log.note(), Some(1001));
+    }
+}
