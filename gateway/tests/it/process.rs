@@ -32,9 +32,23 @@ impl Process {
     /// Starts `serve --config config` with stderr going to `stderr`, and waits until the
     /// HTTP port answers anything.
     pub fn spawn(config: &Path, stderr: Stdio) -> Self {
+        Self::spawn_via(&[], config, stderr)
+    }
+
+    /// As [`Process::spawn`], run through `wrapper` (a command that execs its arguments,
+    /// such as `prlimit --nofile=400:400`).
+    pub fn spawn_via(wrapper: &[&str], config: &Path, stderr: Stdio) -> Self {
         let http_port = free_port();
         let mqtt_port = free_port();
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(config)
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
