@@ -44,6 +44,12 @@ pub struct HttpFile {
     pub max_body_bytes: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub header_timeout_s: Option<u64>,
+    pub body_timeout_s: Option<u64>,
+    pub body_min_bytes_per_s: Option<u64>,
+    pub body_buffer_bytes: Option<usize>,
+    pub shutdown_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +65,8 @@ pub struct MqttFile {
     pub password: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub republish_interval_s: Option<u64>,
+    pub hooks_listen: Option<String>,
+    pub hooks_token: Option<String>,
 }
 
 impl MqttFile {
@@ -81,6 +89,8 @@ impl MqttFile {
             ("password", self.password.is_some()),
             ("ca_file", self.ca_file.is_some()),
             ("republish_interval_s", self.republish_interval_s.is_some()),
+            ("hooks_listen", self.hooks_listen.is_some()),
+            ("hooks_token", self.hooks_token.is_some()),
         ]
         .into_iter()
         .find_map(|(key, set)| set.then_some(key))
@@ -227,6 +237,10 @@ pub struct ExternalMqtt {
     /// How often every newest order and fleet summary is published again, besides after
     /// each reconnect.
     pub republish_interval: Duration,
+    /// Where the engine's HTTP login/ACL hooks are served; `None`: not served at all.
+    pub hooks_listen: Option<SocketAddr>,
+    /// The bearer token the engine must send to the hooks; `None`: none asked.
+    pub hooks_token: Option<String>,
 }
 
 impl std::fmt::Debug for ExternalMqtt {
@@ -236,6 +250,7 @@ impl std::fmt::Debug for ExternalMqtt {
             .field("username", &self.username)
             .field("ca_file", &self.ca_file)
             .field("republish_interval", &self.republish_interval)
+            .field("hooks_listen", &self.hooks_listen)
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +263,8 @@ pub struct Settings {
     /// PEM certificate chain and key: HTTPS when set.
     pub http_tls: Option<(PathBuf, PathBuf)>,
     pub max_body_bytes: usize,
+    /// Timeouts and caps of the HTTP listener.
+    pub http_limits: HttpLimits,
     pub mqtt: MqttMode,
     pub prefix: String,
     pub github_secret: String,
@@ -255,6 +272,96 @@ pub struct Settings {
     pub access: Access,
     /// The config file, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
+}
+
+/// What one HTTP client may cost the gateway: `[http]` connection cap, timeouts and
+/// buffer budget. Every default is safe for a public listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open HTTP connections at once (lowered at start-up to fit the descriptor limit).
+    pub max_connections: usize,
+    /// Time for a request head to arrive (also the TLS handshake, and how long a kept-alive
+    /// connection may stay idle between requests).
+    pub header_timeout: Duration,
+    /// Time a body may take, plus one second per `body_min_bytes_per_s` bytes received.
+    pub body_timeout: Duration,
+    pub body_min_bytes_per_s: u64,
+    /// Webhook body bytes buffered at once, over all connections.
+    pub body_buffer_bytes: usize,
+    /// After SIGTERM, how long open requests may take before their connections are cut.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            body_min_bytes_per_s: 16 * 1024,
+            body_buffer_bytes: 64 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HttpLimits {
+    /// Validates the `[http]` limit keys, with defaults for those not given.
+    fn from_file(
+        http: &HttpFile,
+        max_body_bytes: usize,
+        where_: &str,
+    ) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let seconds = |value: Option<u64>, default: Duration, key: &str| match value {
+            None => Ok(default),
+            Some(s @ 1..=3600) => Ok(Duration::from_secs(s)),
+            Some(s) => Err(err(format!(
+                "{where_}: [http] {key} = {s}: use 1 to 3600 seconds (default {})",
+                default.as_secs()
+            ))),
+        };
+        let max_connections = http.max_connections.unwrap_or(defaults.max_connections);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(err(format!(
+                "{where_}: [http] max_connections = {max_connections}: use 1 to 1000000 (default {})",
+                defaults.max_connections
+            )));
+        }
+        let body_min_bytes_per_s = http
+            .body_min_bytes_per_s
+            .unwrap_or(defaults.body_min_bytes_per_s);
+        if body_min_bytes_per_s == 0 {
+            return Err(err(format!(
+                "{where_}: [http] body_min_bytes_per_s = 0: use 1 or more (default {})",
+                defaults.body_min_bytes_per_s
+            )));
+        }
+        let body_buffer_bytes = http
+            .body_buffer_bytes
+            .unwrap_or(defaults.body_buffer_bytes.max(max_body_bytes));
+        if body_buffer_bytes < max_body_bytes {
+            return Err(err(format!(
+                "{where_}: [http] body_buffer_bytes = {body_buffer_bytes} is below max_body_bytes ({max_body_bytes}): the largest webhook could never be read; raise it"
+            )));
+        }
+        Ok(Self {
+            max_connections,
+            header_timeout: seconds(
+                http.header_timeout_s,
+                defaults.header_timeout,
+                "header_timeout_s",
+            )?,
+            body_timeout: seconds(http.body_timeout_s, defaults.body_timeout, "body_timeout_s")?,
+            body_min_bytes_per_s,
+            body_buffer_bytes,
+            shutdown_timeout: seconds(
+                http.shutdown_timeout_s,
+                defaults.shutdown_timeout,
+                "shutdown_timeout_s",
+            )?,
+        })
+    }
 }
 
 /// A configuration error, already phrased for the user.
@@ -359,12 +466,30 @@ fn external_mqtt(mqtt: MqttFile, env: &dyn Env, where_: &str) -> Result<External
         }
         s => Duration::from_secs(s),
     };
+    let hooks_listen = mqtt
+        .hooks_listen
+        .as_deref()
+        .map(|a| parse_addr(a, "[mqtt] hooks_listen"))
+        .transpose()?;
+    let hooks_token = mqtt.hooks_token.filter(|t| !t.is_empty());
+    if hooks_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(err(format!(
+            "{where_}: [mqtt] hooks_token is shorter than 16 characters: use a long random one (openssl rand -hex 24)"
+        )));
+    }
+    if hooks_token.is_some() && hooks_listen.is_none() {
+        return Err(err(format!(
+            "{where_}: [mqtt] hooks_token without hooks_listen: the hooks are only served on hooks_listen, so set it (e.g. \"127.0.0.1:8081\") or remove hooks_token"
+        )));
+    }
     Ok(ExternalMqtt {
         url,
         username,
         password,
         ca_file: mqtt.ca_file,
         republish_interval,
+        hooks_listen,
+        hooks_token,
     })
 }
 
@@ -418,6 +543,7 @@ impl Settings {
                 "{where_}: [http] max_body_bytes = {max_body_bytes}: use 1 to {GITHUB_MAX_BODY} (GitHub never sends more)"
             )));
         }
+        let http_limits = HttpLimits::from_file(&file.http, max_body_bytes, &where_)?;
         let http_tls = match (file.http.tls_cert, file.http.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -510,6 +636,7 @@ impl Settings {
             http_listen,
             http_tls,
             max_body_bytes,
+            http_limits,
             mqtt,
             prefix,
             github_secret,
@@ -881,6 +1008,70 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_default_safely_and_refuse_bad_values() {
+        let s = parse("[github]\nsecret = 'x'\n", &[("X", "y")]).unwrap();
+        assert_eq!(s.http_limits, HttpLimits::default());
+        let s = parse(
+            "[github]\nsecret = 'x'\n[http]\nmax_body_bytes = 26214400\nheader_timeout_s = 3\n",
+            &[("X", "y")],
+        )
+        .unwrap();
+        assert_eq!(s.http_limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(
+            s.http_limits.body_buffer_bytes,
+            GITHUB_MAX_BODY.max(64 << 20)
+        );
+        for (line, expect) in [
+            ("max_connections = 0", "[http] max_connections = 0"),
+            ("header_timeout_s = 0", "[http] header_timeout_s = 0"),
+            ("body_timeout_s = 9999", "use 1 to 3600 seconds"),
+            ("shutdown_timeout_s = 0", "[http] shutdown_timeout_s"),
+            (
+                "body_min_bytes_per_s = 0",
+                "[http] body_min_bytes_per_s = 0",
+            ),
+            ("body_buffer_bytes = 1000", "below max_body_bytes"),
+        ] {
+            let text = format!("[github]\nsecret = 'x'\n[http]\n{line}\n");
+            let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+            assert!(e.contains(expect) && e.contains("gw.toml"), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn engine_hooks_are_for_external_mode_only() {
+        let e = parse(
+            "[github]\nsecret = 'x'\n[mqtt]\nhooks_listen = '127.0.0.1:8081'\n",
+            &[("X", "y")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hooks_listen is for mode = \"external\""), "{e}");
+        let MqttMode::External(e) = parse(EXTERNAL, &[("X", "y")]).unwrap().mqtt else {
+            unreachable!()
+        };
+        assert_eq!((e.hooks_listen, e.hooks_token), (None, None));
+        let text = EXTERNAL.replace(
+            "[mqtt]",
+            "[mqtt]\nhooks_listen = \"127.0.0.1:8081\"\nhooks_token = \"hooks-token-0123456789\"",
+        );
+        let MqttMode::External(e) = parse(&text, &[("X", "y")]).unwrap().mqtt else {
+            unreachable!()
+        };
+        assert_eq!(e.hooks_listen, Some("127.0.0.1:8081".parse().unwrap()));
+        assert!(!format!("{e:?}").contains("hooks-token"));
+        let text = EXTERNAL.replace("[mqtt]", "[mqtt]\nhooks_token = \"hooks-token-0123456789\"");
+        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(e.contains("hooks_token without hooks_listen"), "{e}");
+        let text = EXTERNAL.replace(
+            "[mqtt]",
+            "[mqtt]\nhooks_listen = \"127.0.0.1:8081\"\nhooks_token = \"short\"",
+        );
+        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        assert!(e.contains("hooks_token is shorter than 16"), "{e}");
+    }
+
+    #[test]
     fn the_shipped_example_config_is_valid_in_both_modes() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -895,11 +1086,14 @@ mod tests {
             .replace("listen = \"0.0.0.0:1883\"", "")
             .replace("# url = ", "url = ")
             .replace("# username = ", "username = ")
-            .replace("# password = ", "password = ");
+            .replace("# password = ", "password = ")
+            .replace("# hooks_listen = ", "hooks_listen = ")
+            .replace("# hooks_token = ", "hooks_token = ");
         let s = parse(&external, &[("X", "y")]).unwrap();
         let MqttMode::External(e) = s.mqtt else {
             panic!("{:?}", s.mqtt)
         };
         assert_eq!(e.url, "mqtts://mqtt.example.com:8883");
+        assert_eq!(e.hooks_listen, Some("127.0.0.1:8081".parse().unwrap()));
     }
 }

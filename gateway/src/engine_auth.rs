@@ -6,11 +6,19 @@
 //! `POST /api/v1/mqtt/acl` takes `{username, topic, action: "publish" | "subscribe"}` and
 //! answers by [`crate::acl`]. Bodies may be JSON or form-encoded. A malformed body gets 400,
 //! which EMQX treats as "ignore"; a refusal is a 200 with `deny`, as EMQX expects.
+//!
+//! The hooks are a password oracle, so they are served only with an external engine and
+//! only on their own listener (`[mqtt] hooks_listen`), optionally behind a bearer token
+//! (`[mqtt] hooks_token`). Refused logins are throttled per source ([`Throttle`]): past the
+//! burst, a source's attempts are denied without being checked. Refusals are logged once
+//! per [`BURST_WINDOW`] with a count, never once per request.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -24,14 +32,55 @@ use serde_json::json;
 use crate::acl::{self, Action, Grants};
 use crate::config::Access;
 
+/// Largest hook body: three short fields.
+const MAX_HOOK_BODY: usize = 16 * 1024;
+
+/// Refused logins a source may make at once before its attempts go unchecked ...
+const REFUSALS_BURST: f64 = 10.0;
+/// ... and how many a second it earns back.
+const REFUSALS_PER_S: f64 = 1.0;
+/// Sources tracked at once; past it, sources not yet tracked are throttled too.
+const MAX_SOURCES: usize = 10_000;
+
+/// Refusals are logged at most once per window, with how many there were.
+pub const BURST_WINDOW: Duration = Duration::from_secs(10);
+
 /// What the hooks check against; shared with the gateway so SIGHUP reloads apply at once.
 #[derive(Clone)]
 pub struct EngineAuth {
-    pub credentials: Arc<RwLock<Credentials>>,
-    pub access: Arc<RwLock<Access>>,
-    pub topics: Topics,
+    credentials: Arc<RwLock<Credentials>>,
+    access: Arc<RwLock<Access>>,
+    topics: Topics,
     /// The gateway's own login on the engine, which may read and write every topic.
-    pub gateway_user: Option<String>,
+    gateway_user: Option<String>,
+    /// The bearer token the engine must send, if any.
+    token: Option<Arc<str>>,
+    /// Refused logins per source; shared by every request.
+    throttle: Arc<Throttle>,
+    refused_logins: Arc<BurstLog>,
+    refused_topics: Arc<BurstLog>,
+}
+
+impl EngineAuth {
+    /// Hooks that check logins against `credentials` and topics against `access`.
+    pub fn new(
+        credentials: Arc<RwLock<Credentials>>,
+        access: Arc<RwLock<Access>>,
+        topics: Topics,
+        gateway_user: Option<String>,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            credentials,
+            access,
+            topics,
+            gateway_user,
+            token: token.map(Into::into),
+            throttle: Arc::new(Throttle::default()),
+            refused_logins: Arc::new(BurstLog::default()),
+            refused_topics: Arc::new(BurstLog::default()),
+        }
+    }
 }
 
 /// The hook routes.
@@ -42,6 +91,68 @@ pub fn router(auth: EngineAuth) -> Router {
         .with_state(auth)
 }
 
+/// A token bucket of refused logins per source.
+#[derive(Default)]
+struct Throttle {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Throttle {
+    /// Whether `source` may have its next attempt checked.
+    fn may_try(&self, source: &str) -> bool {
+        let mut buckets = self.buckets.lock().expect("throttle lock poisoned");
+        let now = Instant::now();
+        if let Some((tokens, at)) = buckets.get_mut(source) {
+            *tokens = (*tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S).min(REFUSALS_BURST);
+            *at = now;
+            return *tokens >= 1.0;
+        }
+        match buckets.len() {
+            n if n < MAX_SOURCES => true,
+            _ => {
+                // Forget the sources that have earned their whole burst back.
+                let full = REFUSALS_BURST / REFUSALS_PER_S;
+                buckets.retain(|_, (tokens, at)| {
+                    *tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S < full
+                });
+                buckets.len() < MAX_SOURCES
+            }
+        }
+    }
+
+    /// Takes one refusal from `source`'s bucket.
+    fn refused(&self, source: &str) {
+        let mut buckets = self.buckets.lock().expect("throttle lock poisoned");
+        let now = Instant::now();
+        let (tokens, at) = buckets
+            .entry(source.to_owned())
+            .or_insert((REFUSALS_BURST, now));
+        *tokens = (*tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S).min(REFUSALS_BURST) - 1.0;
+        *at = now;
+    }
+}
+
+/// Counts a repeated event and says when to log it: the first time, then at most once per
+/// [`BURST_WINDOW`], with how many happened since the last line.
+#[derive(Default)]
+struct BurstLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl BurstLog {
+    fn note(&self) -> Option<u64> {
+        let mut state = self.state.lock().expect("burst log lock poisoned");
+        state.1 += 1;
+        if state.0.is_none_or(|at| at.elapsed() >= BURST_WINDOW) {
+            let count = state.1;
+            *state = (Some(Instant::now()), 0);
+            Some(count)
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct AuthRequest {
     #[serde(default, alias = "client_id")]
@@ -50,6 +161,10 @@ struct AuthRequest {
     username: String,
     #[serde(default)]
     password: String,
+    /// The MQTT client's address, as EMQX's `${peerhost}`: the throttle's source when the
+    /// engine authenticates with the hooks token.
+    #[serde(default)]
+    peerhost: String,
 }
 
 #[derive(Deserialize)]
@@ -92,11 +207,65 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, Str
     })
 }
 
-async fn authenticate(State(auth): State<EngineAuth>, headers: HeaderMap, body: Bytes) -> Response {
+/// Checks the engine's bearer token, then reads the body (small) and the caller's address.
+async fn admit(auth: &EngineAuth, req: Request) -> Result<(HeaderMap, Vec<u8>, String), Response> {
+    if let Some(token) = &auth.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !orcastrate_broker::auth::secrets_equal(given, token) {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": "missing or wrong hooks token: configure the engine to send Authorization: Bearer <[mqtt] hooks_token>" })),
+            )
+                .into_response());
+        }
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip().to_string())
+        .unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, MAX_HOOK_BODY)
+        .await
+        .map_err(|e| {
+            bad_request(format!(
+                "could not read the body ({e}): send at most {MAX_HOOK_BODY} bytes"
+            ))
+        })?;
+    Ok((parts.headers, body.to_vec(), peer))
+}
+
+async fn authenticate(State(auth): State<EngineAuth>, req: Request) -> Response {
+    let (headers, body, peer) = match admit(&auth, req).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
+    };
     let request: AuthRequest = match parse(&headers, &body) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
+    // The body's peerhost is the engine's word, trusted only from a caller with the token.
+    let source = if auth.token.is_some() && !request.peerhost.is_empty() {
+        request.peerhost.clone()
+    } else {
+        peer
+    };
+    if !auth.throttle.may_try(&source) {
+        // Unchecked: a guess past the burst learns nothing.
+        if let Some(count) = auth.refused_logins.note() {
+            tracing::info!(
+                count,
+                source,
+                "engine logins refused (throttled or wrong), summed over the last burst"
+            );
+        }
+        return result(false);
+    }
     let verdict = auth
         .credentials
         .read()
@@ -105,13 +274,20 @@ async fn authenticate(State(auth): State<EngineAuth>, headers: HeaderMap, body: 
     match verdict {
         Ok(()) => result(true),
         Err(reason) => {
-            tracing::info!(username = request.username, client_id = request.clientid, %reason, "engine login refused");
+            auth.throttle.refused(&source);
+            if let Some(count) = auth.refused_logins.note() {
+                tracing::info!(count, source, username = request.username, %reason, "engine logins refused (throttled or wrong), summed over the last burst");
+            }
             result(false)
         }
     }
 }
 
-async fn authorize(State(auth): State<EngineAuth>, headers: HeaderMap, body: Bytes) -> Response {
+async fn authorize(State(auth): State<EngineAuth>, req: Request) -> Response {
+    let (headers, body, _) = match admit(&auth, req).await {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
+    };
     let request: AclRequest = match parse(&headers, &body) {
         Ok(r) => r,
         Err(e) => return bad_request(e),
@@ -128,12 +304,15 @@ async fn authorize(State(auth): State<EngineAuth>, headers: HeaderMap, body: Byt
     let grants = grants_of(&auth, &request.username);
     let allow = grants.is_some_and(|g| g.allows(action, &request.topic));
     if !allow {
-        tracing::info!(
-            username = request.username,
-            topic = request.topic,
-            action = request.action,
-            "engine topic access refused"
-        );
+        if let Some(count) = auth.refused_topics.note() {
+            tracing::info!(
+                count,
+                username = request.username,
+                topic = request.topic,
+                action = request.action,
+                "engine topic access refused, summed over the last burst"
+            );
+        }
     }
     result(allow)
 }
@@ -146,4 +325,29 @@ fn grants_of(auth: &EngineAuth, username: &str) -> Option<Grants> {
     access
         .client(username)
         .map(|c| acl::client_grants(c, &auth.topics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_past_its_burst_is_throttled_and_others_are_not() {
+        let throttle = Throttle::default();
+        for _ in 0..REFUSALS_BURST as usize {
+            assert!(throttle.may_try("10.0.0.1"));
+            throttle.refused("10.0.0.1");
+        }
+        assert!(!throttle.may_try("10.0.0.1"));
+        assert!(throttle.may_try("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_burst_is_logged_once_with_its_count() {
+        let log = BurstLog::default();
+        assert_eq!(log.note(), Some(1));
+        assert!((0..1000).all(|_| log.note().is_none()));
+        log.state.lock().unwrap().0 = Some(Instant::now() - BURST_WINDOW);
+        assert_eq!(log.note(), Some(1001));
+    }
 }

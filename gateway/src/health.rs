@@ -1,12 +1,16 @@
 //! `/healthz`: answers 200 only if the ledger answers and the bus works: a real MQTT login to
 //! the embedded broker succeeds (so a dead listener shows), or the connection to the external
-//! engine is up.
+//! engine is up. The answer is cached for [`CACHE_FOR`], so a flood of `/healthz` costs the
+//! broker's login path at most one login a second.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use orcastrate_broker::mqtt::Trust;
+use prometheus_client::metrics::counter::Counter;
 use rumqttc::{AsyncClient, Event, Incoming};
+use tokio::sync::Mutex;
 
 use crate::bus::Bus;
 use crate::sequencer::Sequencer;
@@ -18,9 +22,26 @@ pub const PROBE_USER: &str = "_orcastrate-health";
 /// How long the MQTT login may take before the gateway counts as unhealthy.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Checks the parts `/healthz` reports on.
+/// How long one check's answer is reused.
+pub const CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// Checks the parts `/healthz` reports on, at most once per [`CACHE_FOR`].
 #[derive(Clone)]
-pub enum HealthProbe {
+pub struct HealthProbe {
+    target: ProbeTarget,
+    /// The newest answer and when it was made; callers wait on the lock while one check
+    /// runs and then reuse its answer.
+    last: Arc<Mutex<Option<Answer>>>,
+    /// Counts the checks actually run (`orcastrate_health_checks_total`).
+    runs: Counter,
+}
+
+/// A check's answer and when it was made.
+type Answer = (Instant, Result<(), String>);
+
+/// What the MQTT part of a check logs in to or asks.
+#[derive(Clone)]
+pub enum ProbeTarget {
     /// Logs in to the embedded broker's own listener.
     Listener {
         /// Where the listener can be reached from this process.
@@ -35,8 +56,30 @@ pub enum HealthProbe {
 }
 
 impl HealthProbe {
-    /// `Ok` or the list of what is broken.
+    /// A probe of `target` that counts its runs in `runs`.
+    pub fn new(target: ProbeTarget, runs: Counter) -> Self {
+        Self {
+            target,
+            last: Arc::new(Mutex::new(None)),
+            runs,
+        }
+    }
+
+    /// `Ok` or the list of what is broken, as of at most [`CACHE_FOR`] ago.
     pub async fn check(&self, sequencer: &Sequencer) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = &*last {
+            if at.elapsed() < CACHE_FOR {
+                return answer.clone();
+            }
+        }
+        self.runs.inc();
+        let answer = self.run(sequencer).await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn run(&self, sequencer: &Sequencer) -> Result<(), String> {
         let ledger = sequencer.check();
         let mqtt = tokio::time::timeout(PROBE_TIMEOUT, self.mqtt());
         let (ledger, mqtt) = tokio::join!(ledger, mqtt);
@@ -57,16 +100,16 @@ impl HealthProbe {
     }
 
     async fn mqtt(&self) -> Result<(), String> {
-        match self {
-            Self::Listener {
+        match &self.target {
+            ProbeTarget::Listener {
                 mqtt_addr,
                 token,
                 tls,
             } => login(*mqtt_addr, token, *tls).await,
-            Self::Engine { bus, url } if !bus.is_connected() => Err(format!(
+            ProbeTarget::Engine { bus, url } if !bus.is_connected() => Err(format!(
                 "not connected to the MQTT engine at {url} (the log says why)"
             )),
-            Self::Engine { .. } => Ok(()),
+            ProbeTarget::Engine { .. } => Ok(()),
         }
     }
 }

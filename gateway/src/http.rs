@@ -3,19 +3,28 @@
 //! Webhook answers follow the design's order: size (413), signature (401), content type
 //! (415), headers and payload (400), then the decision (200 duplicate or ping, 202 order or
 //! ignored). Errors are JSON `{"error": "<what was wrong and what to do>"}`.
+//!
+//! What a sender can hold: a webhook body is buffered only as its bytes arrive, against one
+//! byte budget for all connections, and the processing permit is taken only once the body
+//! is complete, so stalled senders hold neither. Admin routes check the bearer token before
+//! reading any body, and read at most [`ADMIN_MAX_BODY`]. The listener's timeouts
+//! ([`crate::listener`]) end every stalled body.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use http_body_util::BodyExt;
 use orcastrate_broker::{names, DeployOrder};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Access;
 use crate::github;
@@ -23,8 +32,12 @@ use crate::health::HealthProbe;
 use crate::metrics::Metrics;
 use crate::sequencer::{DeskError, Sequencer, Webhook, WebhookOutcome};
 
-/// Webhooks handled at once; each may buffer up to `max_body_bytes`, so this bounds memory.
+/// Webhooks whose complete body is being checked and decided at once (parsing a payload
+/// takes a few times its size); bodies still arriving do not count.
 pub const MAX_CONCURRENT_WEBHOOKS: usize = 64;
+
+/// Largest admin API body: the API takes a few short fields.
+pub const ADMIN_MAX_BODY: usize = 64 * 1024;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -36,8 +49,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub health: HealthProbe,
-    /// Bounds concurrent webhook bodies in memory; permits are released when a handler ends.
+    /// Bounds webhooks being decided at once; taken once the body is complete, released
+    /// when the handler ends.
     pub webhook_permits: Arc<Semaphore>,
+    /// One permit per webhook body byte buffered, over all connections (`[http]
+    /// body_buffer_bytes`); taken as bytes arrive, released when the body is dropped.
+    pub body_budget: Arc<Semaphore>,
+    /// How long a body waits for budget before the sender is told to retry.
+    pub budget_wait: Duration,
 }
 
 /// An error answer: status plus a message saying what was wrong and what to do.
@@ -89,6 +108,12 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(AppError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {ADMIN_MAX_BODY} bytes: the API takes a few short fields"),
+                ))
+            }
             Err(rejection) => Err(AppError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -102,19 +127,23 @@ where
 
 /// The router of every route.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        // The webhook handler enforces `max_body_bytes` itself, before buffering; other
-        // routes keep axum's default limit.
-        .route("/pullrequest", post(webhook).layer(DefaultBodyLimit::disable()))
-        .route("/webhook", post(webhook).layer(DefaultBodyLimit::disable()))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    // The token is checked before any extractor reads a body.
+    let admin_api = Router::new()
         .route("/api/v1/deployments", get(deployments))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/deploy", post(deploy))
         .route("/api/v1/rollback", post(rollback))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .layer(DefaultBodyLimit::max(ADMIN_MAX_BODY));
+    Router::new()
+        // The webhook handler enforces `max_body_bytes` itself, as bytes arrive.
+        .route("/pullrequest", post(webhook).layer(DefaultBodyLimit::disable()))
+        .route("/webhook", post(webhook).layer(DefaultBodyLimit::disable()))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(admin_api)
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &Request| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),
@@ -127,23 +156,84 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Reads at most `limit` bytes of body; `None` when it is larger.
-async fn read_limited(body: Body, limit: usize) -> Result<Option<Bytes>, AppError> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) => {
-            let too_big = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_big {
-                Ok(None)
+/// A webhook body in memory and the budget bytes it holds until dropped.
+struct Buffered {
+    bytes: Bytes,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Reads at most `limit` bytes of body, taking budget for each chunk as it arrives.
+///
+/// # Errors
+///
+/// 413 past `limit`, 408 when the listener's body deadline passes, 503 when the budget
+/// stays exhausted for `budget_wait`, 400 when the connection fails.
+async fn read_budgeted(app: &AppState, mut body: Body, limit: usize) -> Result<Buffered, AppError> {
+    let mut buf = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if crate::listener::is_too_slow(&e) {
+                AppError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    crate::listener::BodyTooSlow.to_string(),
+                )
             } else {
-                Err(AppError::new(
+                AppError::new(
                     StatusCode::BAD_REQUEST,
                     format!("could not read the request body: {e}"),
-                ))
+                )
             }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(too_large(app));
         }
+        let n = u32::try_from(data.len()).expect("a chunk is far below 4 GiB");
+        let permit = match app.body_budget.clone().try_acquire_many_owned(n) {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = app.body_budget.clone().acquire_many_owned(n);
+                match tokio::time::timeout(app.budget_wait, wait).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        return Err(AppError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the gateway is reading too many webhook bodies at once: redeliver in a moment (or raise [http] body_buffer_bytes)",
+                        ))
+                    }
+                }
+            }
+        };
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        if buf.is_empty() && http_body::Body::is_end_stream(&body) {
+            // The whole body in one chunk: keep it without copying.
+            return Ok(Buffered {
+                bytes: data,
+                _budget: held,
+            });
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok(Buffered {
+        bytes: Bytes::from(buf),
+        _budget: held,
+    })
+}
+
+fn too_large(app: &AppState) -> AppError {
+    AppError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "body is larger than max_body_bytes ({} bytes): raise [http] max_body_bytes (GitHub sends at most 25 MiB)",
+            app.max_body_bytes
+        ),
+    )
 }
 
 async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -152,6 +242,8 @@ async fn webhook(State(app): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok((_, label)) => *label,
         Err(AppError(status, _)) => match status.as_u16() {
             413 => "too_large",
+            408 => "too_slow",
+            503 => "busy",
             401 => "bad_signature",
             415 => "bad_content_type",
             400 => "malformed",
@@ -170,32 +262,24 @@ async fn handle_webhook(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Response, &'static str), AppError> {
-    let too_large = || {
-        AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "body is larger than max_body_bytes ({} bytes): raise [http] max_body_bytes (GitHub sends at most 25 MiB)",
-                app.max_body_bytes
-            ),
-        )
-    };
     let declared =
         header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
-        return Err(too_large());
+        return Err(too_large(app));
     }
+    // Read first, without the processing permit: a sender that stalls holds only the budget
+    // of the bytes it actually sent, until the listener's body deadline ends it.
+    let buffered = read_budgeted(app, body, app.max_body_bytes).await?;
     let _permit = app
         .webhook_permits
         .acquire()
         .await
         .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down: retry"))?;
-    let body = read_limited(body, app.max_body_bytes)
-        .await?
-        .ok_or_else(too_large)?;
+    let body = &buffered.bytes;
 
     if !github::signature_valid(
         &app.github_secret,
-        &body,
+        body,
         header_str(headers, "x-hub-signature-256"),
     ) {
         return Err(AppError::new(
@@ -213,7 +297,7 @@ async fn handle_webhook(
         .to_ascii_lowercase();
     let payload: Vec<u8> = match content_type.as_str() {
         "application/json" => body.to_vec(),
-        "application/x-www-form-urlencoded" => form_urlencoded::parse(&body)
+        "application/x-www-form-urlencoded" => form_urlencoded::parse(body)
             .find(|(k, _)| k == "payload")
             .map(|(_, v)| v.into_owned().into_bytes())
             .ok_or_else(|| {
@@ -343,6 +427,21 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Who made an admin request; `issued_by` of the orders it makes.
+#[derive(Clone)]
+struct Operator(String);
+
+/// Refuses admin requests without a valid bearer token before anything reads their body.
+async fn require_admin(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    match admin(&app, req.headers()) {
+        Ok(who) => {
+            req.extensions_mut().insert(Operator(who));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Checks the bearer token of an admin request; returns the operator's name for `issued_by`.
 fn admin(app: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
     let given = header_str(headers, header::AUTHORIZATION.as_str())
@@ -393,10 +492,8 @@ struct ListQuery {
 
 async fn deployments(
     State(app): State<AppState>,
-    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, AppError> {
-    admin(&app, &headers)?;
     let (repo, env) = filter(q.repo, q.env)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let orders = app.sequencer.history(repo, env, limit).await?;
@@ -405,10 +502,8 @@ async fn deployments(
 
 async fn agents(
     State(app): State<AppState>,
-    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, AppError> {
-    admin(&app, &headers)?;
     let (repo, env) = filter(q.repo, q.env)?;
     let agents = app.sequencer.agents(repo, env).await?;
     Ok(Json(json!({ "agents": agents })))
@@ -452,10 +547,9 @@ fn order_json(order: &DeployOrder) -> Json<Value> {
 
 async fn deploy(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Extension(Operator(who)): Extension<Operator>,
     AppJson(body): AppJson<DeployBody>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let who = admin(&app, &headers)?;
     let (repo, env) = repo_env(&body.repo, &body.env)?;
     let sha = names::sha(&body.sha).map_err(bad_request)?.to_owned();
     if let Some(r) = &body.git_ref {
@@ -470,10 +564,9 @@ async fn deploy(
 
 async fn rollback(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    Extension(Operator(who)): Extension<Operator>,
     AppJson(body): AppJson<RollbackBody>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let who = admin(&app, &headers)?;
     let (repo, env) = repo_env(&body.repo, &body.env)?;
     let to = body
         .to
@@ -486,11 +579,9 @@ async fn rollback(
 
 async fn set_paused(
     app: AppState,
-    headers: HeaderMap,
     body: RepoEnvBody,
     paused: bool,
 ) -> Result<Json<Value>, AppError> {
-    admin(&app, &headers)?;
     let (repo, env) = repo_env(&body.repo, &body.env)?;
     app.sequencer
         .pause(repo.clone(), env.clone(), paused)
@@ -500,16 +591,14 @@ async fn set_paused(
 
 async fn pause(
     State(app): State<AppState>,
-    headers: HeaderMap,
     AppJson(body): AppJson<RepoEnvBody>,
 ) -> Result<Json<Value>, AppError> {
-    set_paused(app, headers, body, true).await
+    set_paused(app, body, true).await
 }
 
 async fn resume(
     State(app): State<AppState>,
-    headers: HeaderMap,
     AppJson(body): AppJson<RepoEnvBody>,
 ) -> Result<Json<Value>, AppError> {
-    set_paused(app, headers, body, false).await
+    set_paused(app, body, false).await
 }

@@ -12,6 +12,7 @@
 //!   hooks and files for an external engine.
 //! - [`fleet`]: verified agent statuses and the retained fleet summaries.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
+//! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
 
 pub mod acl;
@@ -27,6 +28,7 @@ pub mod health;
 pub mod http;
 pub mod keys;
 pub mod ledger;
+pub mod listener;
 pub mod metrics;
 pub mod secret_file;
 pub mod sequencer;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub connected_agents: Gauge,
     /// Time to commit one group of ledger writes.
     pub ledger_commit_seconds: Histogram,
+    /// `/healthz` checks actually run (answers from the one-second cache do not count).
+    pub health_checks: Counter,
 }
 
 impl Default for Metrics {
@@ -68,6 +70,12 @@ impl Metrics {
             "Time to commit one group of ledger writes",
             ledger_commit_seconds.clone(),
         );
+        let health_checks = Counter::default();
+        registry.register(
+            "health_checks",
+            "Health checks run (ledger and a real MQTT login); /healthz answers from a one-second cache in between",
+            health_checks.clone(),
+        );
         Self {
             registry,
             webhooks,
@@ -75,6 +83,7 @@ impl Metrics {
             statuses,
             connected_agents,
             ledger_commit_seconds,
+            health_checks,
         }
     }
 

@@ -18,8 +18,9 @@ use crate::bus::Bus;
 use crate::config::{self, Access, MqttMode, Settings};
 use crate::engine_auth::EngineAuth;
 use crate::fleet::Fleet;
-use crate::health::{self, HealthProbe};
+use crate::health::{self, HealthProbe, ProbeTarget};
 use crate::http::{self, AppState, MAX_CONCURRENT_WEBHOOKS};
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::sequencer::SequencerTask;
 use crate::{keys, ledger};
@@ -30,6 +31,8 @@ pub const LEDGER_FILE: &str = "ledger.db";
 /// A started gateway: where it listens, and how to reload and stop it.
 pub struct Gateway {
     pub http_addr: SocketAddr,
+    /// Where the external engine's login/ACL hooks are served (`[mqtt] hooks_listen`).
+    pub hooks_addr: Option<SocketAddr>,
     /// Where the embedded broker listens; `None` with an external engine.
     pub mqtt_addr: Option<SocketAddr>,
     pub public_key: String,
@@ -102,6 +105,7 @@ impl Gateway {
             &settings.mqtt,
         )));
         let topics = Topics::new(&settings.prefix);
+        let metrics = Arc::new(Metrics::new());
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
         let bus_stop = CancellationToken::new();
         let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
@@ -115,7 +119,7 @@ impl Gateway {
                 )?;
                 let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
                 let mqtt_addr = health::local_addr(*listen);
-                let health = HealthProbe::Listener {
+                let health = ProbeTarget::Listener {
                     mqtt_addr,
                     token: probe_token.clone(),
                     tls: tls.is_some(),
@@ -125,14 +129,24 @@ impl Gateway {
             MqttMode::External(engine) => {
                 let (bus, inbound) = Bus::external(engine, topics, bus_stop.clone())
                     .map_err(|e| config::ConfigError::from(format!("{e:#}")))?;
-                let health = HealthProbe::Engine {
+                let health = ProbeTarget::Engine {
                     bus: bus.clone(),
                     url: engine.url.clone(),
                 };
                 (bus, inbound, None, health)
             }
         };
-        let metrics = Arc::new(Metrics::new());
+        let health = HealthProbe::new(health, metrics.health_checks.clone());
+        // Bound before anything else starts, so a taken port fails start-up cleanly.
+        let hooks = match &settings.mqtt {
+            MqttMode::External(engine) => match engine.hooks_listen {
+                Some(listen) => Some(TcpListener::bind(listen).await.with_context(|| {
+                    format!("cannot listen for the engine hooks on {listen}: is another process using it? set [mqtt] hooks_listen")
+                })?),
+                None => None,
+            },
+            MqttMode::Embedded { .. } => None,
+        };
 
         let (task, newest) = SequencerTask::new(
             conn,
@@ -170,26 +184,50 @@ impl Gateway {
             metrics,
             health,
             webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
+            body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
+            budget_wait: settings.http_limits.body_timeout,
         };
         let http_addr = http.local_addr()?;
-        let engine_auth = EngineAuth {
-            credentials: credentials.clone(),
-            access: access.clone(),
-            topics: bus.topics().clone(),
-            gateway_user: match &settings.mqtt {
-                MqttMode::External(engine) => Some(engine.username.clone()),
-                MqttMode::Embedded { .. } => None,
-            },
+        let broker_share = match settings.mqtt {
+            MqttMode::Embedded { .. } => orcastrate_broker::embedded::MAX_CONNECTIONS,
+            MqttMode::External(_) => 0,
         };
-        let router = http::router(state).merge(crate::engine_auth::router(engine_auth));
-        let shutdown = cancel.clone();
+        let limits = config::HttpLimits {
+            max_connections: listener::connection_cap(
+                settings.http_limits.max_connections,
+                broker_share,
+            ),
+            ..settings.http_limits.clone()
+        };
+        let router = http::router(state);
+        let hooks_addr = hooks.as_ref().map(TcpListener::local_addr).transpose()?;
+        let hooks_server = match (hooks, &settings.mqtt) {
+            (Some(hooks), MqttMode::External(engine)) => {
+                let auth = EngineAuth::new(
+                    credentials.clone(),
+                    access.clone(),
+                    bus.topics().clone(),
+                    Some(engine.username.clone()),
+                    engine.hooks_token.clone(),
+                );
+                let router = crate::engine_auth::router(auth);
+                Some(listener::serve(
+                    hooks,
+                    router,
+                    None,
+                    limits.clone(),
+                    cancel.clone(),
+                ))
+            }
+            _ => None,
+        };
+        let main_server = listener::serve(http, router, http_tls, limits, cancel.clone());
         let done = tokio::spawn(async move {
-            match http_tls {
-                Some(acceptor) => crate::tls::serve(http, router, acceptor, shutdown).await,
-                None => axum::serve(http, router)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-                    .context("HTTP server failed")?,
+            match hooks_server {
+                Some(hooks_server) => {
+                    tokio::join!(main_server, hooks_server);
+                }
+                None => main_server.await,
             }
             // Every handler has finished and dropped its sequencer handle: the sequencer
             // drains what was accepted and stops.
@@ -202,8 +240,12 @@ impl Gateway {
             Some(mqtt_addr) => tracing::info!(%http_addr, %mqtt_addr, "gateway ready"),
             None => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
         }
+        if let Some(hooks_addr) = hooks_addr {
+            tracing::info!(%hooks_addr, "engine login/ACL hooks served");
+        }
         Ok(Self {
             http_addr,
+            hooks_addr,
             mqtt_addr,
             public_key,
             access,

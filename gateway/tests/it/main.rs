@@ -6,6 +6,7 @@ mod admin;
 mod agent_e2e;
 mod common;
 mod fleet;
+mod limits;
 mod mqtt;
 mod process;
 mod webhooks;

@@ -6,19 +6,49 @@ use std::time::Duration;
 
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_orcastrate-gateway");
+pub const BIN: &str = env!("CARGO_BIN_EXE_orcastrate-gateway");
 
-struct Process {
-    child: Child,
-    http: String,
-    mqtt_port: u16,
+/// The real gateway binary on free loopback ports.
+pub struct Process {
+    pub child: Child,
+    pub http: String,
+    pub http_port: u16,
+    pub mqtt_port: u16,
 }
 
 impl Process {
-    fn start(config: &Path) -> Self {
+    /// Starts `serve --config config` and waits until `/healthz` answers 200.
+    pub fn start(config: &Path) -> Self {
+        let gw = Self::spawn(config, Stdio::null());
+        let http = gw.http.clone();
+        eventually(
+            Duration::from_secs(20),
+            "the gateway to answer /healthz",
+            || ureq::get(format!("{http}/healthz")).call().ok().map(drop),
+        );
+        gw
+    }
+
+    /// Starts `serve --config config` with stderr going to `stderr`, and waits until the
+    /// HTTP port answers anything.
+    pub fn spawn(config: &Path, stderr: Stdio) -> Self {
+        Self::spawn_via(&[], config, stderr)
+    }
+
+    /// As [`Process::spawn`], run through `wrapper` (a command that execs its arguments,
+    /// such as `prlimit --nofile=400:400`).
+    pub fn spawn_via(wrapper: &[&str], config: &Path, stderr: Stdio) -> Self {
         let http_port = free_port();
         let mqtt_port = free_port();
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(config)
             .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
@@ -27,25 +57,27 @@ impl Process {
             .env_remove("TOKENS")
             .env_remove("TRUSTED_NAMES")
             .env_remove("PORT")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let http = format!("http://127.0.0.1:{http_port}");
         eventually(
             Duration::from_secs(20),
-            "the gateway to answer /healthz",
-            || ureq::get(format!("{http}/healthz")).call().ok().map(drop),
+            "the gateway's HTTP port to accept connections",
+            || std::net::TcpStream::connect(("127.0.0.1", http_port)).ok(),
         );
         Self {
             child,
-            http,
+            http: format!("http://127.0.0.1:{http_port}"),
+            http_port,
             mqtt_port,
         }
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal (`TERM`, `HUP`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -62,7 +94,8 @@ impl Drop for Process {
     }
 }
 
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+/// Writes the test config (plus `extra`) to `dir/gateway.toml`.
+pub fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config_text(&dir.join("data"), 1, SECRET, extra)).unwrap();
     path
