@@ -360,6 +360,7 @@ async fn handle_webhook(
         .webhook(Webhook {
             delivery: delivery.to_owned(),
             event: event.to_owned(),
+            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
             intent,
         })
         .await?;
@@ -372,10 +373,10 @@ async fn handle_webhook(
                 .into_response(),
             "ping",
         ),
-        WebhookOutcome::Duplicate => (
+        WebhookOutcome::Duplicate(reason) => (
             (
                 StatusCode::OK,
-                Json(json!({ "duplicate": true, "delivery": delivery })),
+                Json(json!({ "duplicate": true, "delivery": delivery, "reason": reason })),
             )
                 .into_response(),
             "duplicate",

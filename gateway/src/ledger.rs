@@ -65,6 +65,17 @@ CREATE TABLE IF NOT EXISTS healthy (
 );
 ";
 
+/// Schema changes after the first release, applied in order to a ledger whose
+/// `PRAGMA user_version` is below their number (a new ledger gets [`SCHEMA`] and then all of
+/// them, so both paths end in the same schema).
+const MIGRATIONS: &[&str] = &[
+    // 1: the SHA-256 of each signed webhook body, so a captured body re-sent with a new
+    // delivery id is a duplicate (the signature does not cover `X-GitHub-Delivery`).
+    // Deliveries recorded before have none (NULL, which a UNIQUE index allows many times).
+    "ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT;
+     CREATE UNIQUE INDEX IF NOT EXISTS deliveries_body_sha256 ON deliveries (body_sha256);",
+];
+
 /// An order as stored: the parsed order and the exact bytes that were published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOrder {
@@ -84,6 +95,8 @@ pub struct DeliveryRecord<'a> {
     pub seq: Option<u64>,
     pub sha: Option<&'a str>,
     pub received_at: &'a str,
+    /// SHA-256 (hex) of the signed body as received.
+    pub body_sha256: &'a str,
 }
 
 /// Opens (creating if needed) the ledger at `path`.
@@ -98,7 +111,28 @@ pub fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Applies the [`MIGRATIONS`] this ledger has not had yet, each in its own transaction
+/// with its `user_version`, so a crash leaves a ledger at one version or the next.
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let to = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if version >= to {
+            continue;
+        }
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql} PRAGMA user_version = {to}; COMMIT;"
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+        tracing::info!(version = to, "ledger schema migrated");
+    }
+    Ok(())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -117,11 +151,19 @@ pub fn delivery_exists(conn: &Connection, id: &str) -> Result<bool> {
         .exists([id])?)
 }
 
+/// The delivery id under which a webhook body (by its SHA-256, hex) was recorded, if it was.
+pub fn delivery_of_body(conn: &Connection, body_sha256: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM deliveries WHERE body_sha256 = ?1")?
+        .query_row([body_sha256], |r| r.get(0))
+        .optional()?)
+}
+
 /// Records a delivery.
 pub fn record_delivery(conn: &Connection, d: &DeliveryRecord<'_>) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO deliveries (id, event, repo, env, outcome, reason, seq, sha, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO deliveries (id, event, repo, env, outcome, reason, seq, sha, received_at, body_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         d.id,
@@ -132,7 +174,8 @@ pub fn record_delivery(conn: &Connection, d: &DeliveryRecord<'_>) -> Result<()> 
         d.reason,
         d.seq.map(to_i64),
         d.sha,
-        d.received_at
+        d.received_at,
+        d.body_sha256
     ])?;
     Ok(())
 }
@@ -305,4 +348,54 @@ pub fn rollback_target(
             r.get(0)
         })
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_of_the_first_release_is_migrated_and_keeps_its_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(SCHEMA).unwrap();
+            old.execute(
+                "INSERT INTO deliveries (id, event, outcome, received_at)
+                 VALUES ('old-1', 'push', 'accepted', '2026-01-01T00:00:00.000Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+        assert!(delivery_exists(&conn, "old-1").unwrap());
+        let record = |id: &'static str| DeliveryRecord {
+            id,
+            event: "push",
+            repo: None,
+            env: None,
+            outcome: "ignored",
+            reason: None,
+            seq: None,
+            sha: None,
+            received_at: "2026-01-01T00:00:01.000Z",
+            body_sha256: "ab",
+        };
+        record_delivery(&conn, &record("new-1")).unwrap();
+        assert_eq!(
+            delivery_of_body(&conn, "ab").unwrap().as_deref(),
+            Some("new-1")
+        );
+        // One body, one delivery: the index refuses a second.
+        assert!(record_delivery(&conn, &record("new-2")).is_err());
+        drop(conn);
+        // Opening again applies nothing twice.
+        let conn = open(&path).unwrap();
+        assert!(delivery_exists(&conn, "new-1").unwrap());
+    }
 }

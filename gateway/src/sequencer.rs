@@ -53,7 +53,9 @@ pub enum DeskError {
 #[derive(Debug, Clone)]
 pub enum WebhookOutcome {
     Ping,
-    Duplicate,
+    /// Seen before: the same delivery id, or the same signed body under another id (a
+    /// replay: the signature does not cover `X-GitHub-Delivery`). Says which.
+    Duplicate(String),
     Ignored(String),
     Accepted(Box<DeployOrder>),
 }
@@ -63,6 +65,9 @@ pub enum WebhookOutcome {
 pub struct Webhook {
     pub delivery: String,
     pub event: String,
+    /// SHA-256 (hex) of the signed body as received: a body is decided once, whatever its
+    /// delivery id.
+    pub body_sha256: String,
     pub intent: Intent,
 }
 
@@ -597,13 +602,17 @@ fn decide_webhook(
             }
         })
     };
-    if ledger::delivery_exists(conn, &w.delivery).map_err(internal)? {
-        out.publish.extend(event(
-            EventOutcome::Duplicate,
-            Some("delivery already received"),
-            None,
-        ));
-        return Ok(WebhookOutcome::Duplicate);
+    let duplicate = if ledger::delivery_exists(conn, &w.delivery).map_err(internal)? {
+        Some("delivery already received".to_owned())
+    } else {
+        ledger::delivery_of_body(conn, &w.body_sha256)
+            .map_err(internal)?
+            .map(|first| format!("the same signed body was received as delivery {first}"))
+    };
+    if let Some(reason) = duplicate {
+        out.publish
+            .extend(event(EventOutcome::Duplicate, Some(&reason), None));
+        return Ok(WebhookOutcome::Duplicate(reason));
     }
     let mut record = DeliveryRecord {
         id: &w.delivery,
@@ -615,6 +624,7 @@ fn decide_webhook(
         seq: None,
         sha: None,
         received_at: &now,
+        body_sha256: &w.body_sha256,
     };
     let (outcome, order) = match &w.intent {
         Intent::Ping { .. } => (WebhookOutcome::Ping, None),

@@ -223,12 +223,17 @@ pub fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A push of `sha` to `branch` of the fixture repo, made from a real payload.
+/// A push of `sha` to `branch` of the fixture repo, made from a real payload. Each call
+/// makes a new body, as each of GitHub's pushes is (`repository.pushed_at` differs): the
+/// gateway answers a body it has seen as a duplicate, whatever its delivery id.
 pub fn push_of(sha: &str, branch: &str) -> Vec<u8> {
+    static PUSHED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut v: Value =
         serde_json::from_slice(&fixture("push__with-new-branch.payload.json")).unwrap();
     v["after"] = sha.into();
     v["ref"] = format!("refs/heads/{branch}").into();
+    v["repository"]["pushed_at"] =
+        (1_700_000_000 + PUSHED_AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).into();
     serde_json::to_vec(&v).unwrap()
 }
 

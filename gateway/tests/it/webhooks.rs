@@ -444,3 +444,74 @@ fn https_listener_accepts_signed_webhooks() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 }
+
+/// Issue 10, finding 6: a captured signed push body re-sent with a new `X-GitHub-Delivery`
+/// made a new order for an old sha (the signature does not cover the delivery header).
+#[test]
+fn r10_replayed_body_with_a_new_delivery_id_is_a_duplicate_before_and_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut events = gw.mqtt("web-2", "token-web-2");
+    events.subscribe("orcastrate/codertocat/hello-world/events");
+    events.flush();
+    let history = |gw: &TestGateway| {
+        let (status, v) =
+            gw.admin_get("/api/v1/deployments?repo=codertocat/hello-world&env=production");
+        assert_eq!(status, 200, "{v}");
+        v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["sha"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let captured = push_of(&sha(41), "master");
+    assert_eq!(gw.webhook("push", "genuine-1", &captured).0, 202);
+    assert_eq!(
+        gw.webhook("push", "genuine-2", &push_of(&sha(42), "master"))
+            .0,
+        202
+    );
+
+    // The captured body again, under a delivery id never seen: a duplicate, no order.
+    let (status, answer) = gw.webhook("push", "replay-1", &captured);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    assert!(
+        answer["reason"].as_str().unwrap().contains("genuine-1"),
+        "{answer}"
+    );
+    assert_eq!(history(&gw), [sha(42), sha(41)]);
+    let duplicate = events
+        .wait_for(Duration::from_secs(5), |_, p| {
+            serde_json::from_slice::<Event>(p).is_ok_and(|e| e.delivery == "replay-1")
+        })
+        .expect("an event for the replay");
+    let event: Event = serde_json::from_slice(&duplicate.1).unwrap();
+    assert_eq!(
+        serde_json::to_value(event.outcome).unwrap(),
+        Value::from("duplicate")
+    );
+    // A new body (a new push of a new sha) still deploys.
+    let (status, answer) = gw.webhook("push", "genuine-3", &push_of(&sha(43), "master"));
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["sha"], sha(43).as_str());
+    let metrics = ureq::get(format!("{}/metrics", gw.http))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("orcastrate_webhooks_total{outcome=\"duplicate\"} 1"),
+        "{metrics}"
+    );
+    gw.stop();
+
+    // The ledger remembers the body across a restart.
+    let gw = TestGateway::start(dir.path());
+    let (status, answer) = gw.webhook("push", "replay-2", &captured);
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    assert_eq!(history(&gw), [sha(43), sha(42), sha(41)]);
+    assert_eq!(deliveries(&gw), 3, "a replay is not recorded as a delivery");
+}

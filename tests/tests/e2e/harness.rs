@@ -438,13 +438,17 @@ fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16
 }
 
 /// A real GitHub push payload (`push__with-new-branch`) turned into a push of `sha` to
-/// `main` of our repository.
+/// `main` of our repository. Each call makes a new body, as each of GitHub's pushes is
+/// (`repository.pushed_at` differs): the gateway answers a body it has seen as a duplicate.
 pub fn push_body(sha: &str) -> Vec<u8> {
+    static PUSHED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../gateway/tests/fixtures/github/push__with-new-branch.payload.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     v["after"] = sha.into();
     v["ref"] = format!("refs/heads/{BRANCH}").into();
+    v["repository"]["pushed_at"] =
+        (1_700_000_000 + PUSHED_AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).into();
     v["repository"]["full_name"] = GITHUB_REPO.into();
     serde_json::to_vec(&v).unwrap()
 }
