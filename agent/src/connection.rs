@@ -69,6 +69,8 @@ struct Inner {
     session: Mutex<String>,
     connected: AtomicBool,
     dropped_logs: AtomicU64,
+    /// The `updated_at` (Unix ms) of the last status sealed; see [`Bus::stamp`].
+    last_stamp_ms: AtomicU64,
 }
 
 impl Bus {
@@ -124,13 +126,28 @@ impl Bus {
         self.seal(status, state_override)
     }
 
+    /// A timestamp later than every one sealed before: the gateway takes a status only if
+    /// its `updated_at` is newer than the newest it holds (so an old one cannot be replayed),
+    /// so two statuses within a millisecond, and the re-publish after a reconnect, each
+    /// need a newer one.
+    fn stamp(&self) -> String {
+        let now = orcastrate_broker::time::unix_ms();
+        let next = |prev: u64| now.max(prev.saturating_add(1));
+        let prev = self
+            .inner
+            .last_stamp_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(next(p)))
+            .unwrap_or_else(|p| p);
+        orcastrate_broker::time::from_unix_ms(next(prev))
+    }
+
     /// A status sealed with this connection's session and the token, as JSON.
     fn seal(&self, mut status: AgentStatus, state_override: Option<AgentState>) -> Option<Vec<u8>> {
         if let Some(state) = state_override {
             status.state = state;
             status.step = None;
-            status.updated_at = orcastrate_broker::time::now();
         }
+        status.updated_at = self.stamp();
         status.session = self
             .inner
             .session
@@ -178,6 +195,7 @@ impl Connection {
                 session: Mutex::new(session),
                 connected: AtomicBool::new(false),
                 dropped_logs: AtomicU64::new(0),
+                last_stamp_ms: AtomicU64::new(0),
             }),
         };
         let close = CancellationToken::new();

@@ -2,7 +2,10 @@
 //!
 //! Any token holder can publish anywhere on the embedded broker, so a status only counts if
 //! its MAC verifies with the named agent's token, its topic names the same agent/repo/env as
-//! its payload, and that agent may report for that repo/env.
+//! its payload, and that agent may report for that repo/env. A genuine old status can be
+//! re-published by anyone who kept it, so it also has to be newer (`updated_at`) than the
+//! newest held for that agent; a last will (`offline`) carries the time its connection
+//! began instead, and counts only if its session is that of the newest status held.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,8 +17,10 @@ use orcastrate_broker::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::burst::{loggable, BurstLog};
 use crate::bus::Bus;
 use crate::config::Access;
+use crate::ledger::RecordedStatus;
 use crate::metrics::Metrics;
 use crate::sequencer::{NewestOrders, Sequencer};
 
@@ -27,6 +32,9 @@ type RepoEnv = (String, String);
 #[derive(Default)]
 struct FleetState {
     agents: HashMap<RepoEnv, BTreeMap<String, AgentStatus>>,
+    /// The newest `updated_at` taken from each agent of a repo/env; kept apart from
+    /// `agents` because the status held may be a last will, which is older.
+    newest_at: HashMap<RepoEnv, HashMap<String, String>>,
     dirty: HashSet<RepoEnv>,
     /// The desired seq each summary was last published with.
     published_desired: HashMap<RepoEnv, u64>,
@@ -39,37 +47,63 @@ pub struct Fleet {
     newest: NewestOrders,
     sequencer: Sequencer,
     metrics: Arc<Metrics>,
+    /// Refusals are logged once per burst: anyone with a token chooses how many there are.
+    refusals: BurstLog,
 }
 
-/// Why a status was not counted (logged at debug; a forger learns nothing from it).
-#[derive(Debug, PartialEq, Eq)]
+/// Why a status was not counted (a forger learns nothing from it: nothing is answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
+    /// Empty, not an `AgentStatus`, or `updated_at` not in the bus format.
     Malformed,
     TopicMismatch,
     UnknownAgent,
     BadMac,
     OutOfScope,
+    /// A last will of a session other than the newest status's: the agent is back already.
     StaleOffline,
+    /// Not newer than the newest status held for this agent: a replay (or a clock gone back).
+    Replay,
+}
+
+impl Rejection {
+    /// The `reason` label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TopicMismatch => "topic_mismatch",
+            Self::UnknownAgent => "unknown_agent",
+            Self::BadMac => "bad_mac",
+            Self::OutOfScope => "out_of_scope",
+            Self::StaleOffline => "stale_offline",
+            Self::Replay => "replay",
+        }
+    }
 }
 
 impl Fleet {
     /// A fleet view seeded with the statuses recorded in the ledger.
     pub fn new(
-        recorded: Vec<AgentStatus>,
+        recorded: Vec<RecordedStatus>,
         access: Arc<RwLock<Access>>,
         newest: NewestOrders,
         sequencer: Sequencer,
         metrics: Arc<Metrics>,
     ) -> Self {
         let mut state = FleetState::default();
-        for s in recorded {
-            let key = (s.repo.clone(), s.env.clone());
+        for RecordedStatus { status, newest_at } in recorded {
+            let key = (status.repo.clone(), status.env.clone());
             state.dirty.insert(key.clone());
+            state
+                .newest_at
+                .entry(key.clone())
+                .or_default()
+                .insert(status.agent.clone(), newest_at);
             state
                 .agents
                 .entry(key)
                 .or_default()
-                .insert(s.agent.clone(), s);
+                .insert(status.agent.clone(), status);
         }
         let fleet = Self {
             state: Mutex::new(state),
@@ -77,6 +111,7 @@ impl Fleet {
             newest,
             sequencer,
             metrics,
+            refusals: BurstLog::default(),
         };
         fleet.update_connected();
         fleet
@@ -90,34 +125,74 @@ impl Fleet {
         agent: &str,
         payload: &[u8],
     ) -> Result<(), Rejection> {
-        let result = self.verify(repo, env, agent, payload);
-        match &result {
-            Ok(_) => self.metrics.status("accepted"),
-            Err(r) => {
-                self.metrics.status("rejected");
-                tracing::debug!(agent, repo, env, reason = ?r, "status not counted");
+        let result = self
+            .verify(repo, env, agent, payload)
+            .and_then(|status| self.take(status));
+        let status = match result {
+            Ok(status) => {
+                self.metrics.status("accepted");
+                status
             }
-        }
-        let status = result?;
-        let key = (repo.to_owned(), env.to_owned());
-        {
-            let mut state = self.state.lock().expect("fleet lock poisoned");
-            let agents = state.agents.entry(key.clone()).or_default();
-            if status.state == AgentState::Offline
-                && agents
-                    .get(agent)
-                    .is_some_and(|prev| prev.session != status.session)
-            {
-                // A last will from an older connection: the agent is back already.
-                return Err(Rejection::StaleOffline);
+            Err(reason) => {
+                self.refused(repo, env, agent, reason);
+                return Err(reason);
             }
-            agents.insert(agent.to_owned(), status.clone());
-            state.dirty.insert(key);
-        }
+        };
         self.update_connected();
         let payload = String::from_utf8_lossy(payload).into_owned();
         self.sequencer.record_status(status, payload);
         Ok(())
+    }
+
+    /// Holds a verified status if it is the agent's newest (see the module doc), and marks
+    /// its summary for publishing.
+    fn take(&self, status: AgentStatus) -> Result<AgentStatus, Rejection> {
+        let key = (status.repo.clone(), status.env.clone());
+        let mut guard = self.state.lock().expect("fleet lock poisoned");
+        let state = &mut *guard;
+        let agents = state.agents.entry(key.clone()).or_default();
+        let newest_at = state.newest_at.entry(key.clone()).or_default();
+        if status.state == AgentState::Offline {
+            if agents
+                .get(&status.agent)
+                .is_some_and(|prev| prev.session != status.session)
+            {
+                // A last will from an older connection: the agent is back already.
+                return Err(Rejection::StaleOffline);
+            }
+        } else if newest_at
+            .get(&status.agent)
+            .is_some_and(|newest| *newest >= status.updated_at)
+        {
+            return Err(Rejection::Replay);
+        }
+        match newest_at.get_mut(&status.agent) {
+            Some(newest) if *newest >= status.updated_at => {}
+            Some(newest) => newest.clone_from(&status.updated_at),
+            None => {
+                newest_at.insert(status.agent.clone(), status.updated_at.clone());
+            }
+        }
+        agents.insert(status.agent.clone(), status.clone());
+        state.dirty.insert(key);
+        Ok(status)
+    }
+
+    /// Counts a refused status, and logs it if it starts a burst.
+    fn refused(&self, repo: &str, env: &str, agent: &str, reason: Rejection) {
+        self.metrics.status("rejected");
+        self.metrics.status_refused(reason.as_str());
+        if let Some(unlogged) = self.refusals.admit(std::time::Instant::now()) {
+            tracing::warn!(
+                agent = ?loggable(agent),
+                repo = ?loggable(repo),
+                env = ?loggable(env),
+                reason = reason.as_str(),
+                unlogged_before = unlogged,
+                "agent status refused; more refusals in the next {}s are only counted (orcastrate_agent_statuses_refused_total)",
+                crate::burst::BURST_WINDOW.as_secs()
+            );
+        }
     }
 
     fn verify(
@@ -132,6 +207,9 @@ impl Fleet {
         }
         let status: AgentStatus =
             serde_json::from_slice(payload).map_err(|_| Rejection::Malformed)?;
+        if !time::is_timestamp(&status.updated_at) {
+            return Err(Rejection::Malformed);
+        }
         if status.agent != agent || status.repo != repo || status.env != env {
             return Err(Rejection::TopicMismatch);
         }

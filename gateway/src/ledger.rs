@@ -74,6 +74,10 @@ const MIGRATIONS: &[&str] = &[
     // Deliveries recorded before have none (NULL, which a UNIQUE index allows many times).
     "ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT;
      CREATE UNIQUE INDEX IF NOT EXISTS deliveries_body_sha256 ON deliveries (body_sha256);",
+    // 2: the newest `updated_at` taken from each agent, so an older status cannot be
+    // replayed after a restart either (the held status may be a last will, which carries
+    // the time its connection began). NULL for statuses recorded before: their own time.
+    "ALTER TABLE statuses ADD COLUMN newest_at TEXT;",
 ];
 
 /// An order as stored: the parsed order and the exact bytes that were published.
@@ -287,13 +291,21 @@ pub fn set_paused(conn: &Connection, repo: &str, env: &str, paused: bool) -> Res
     Ok(())
 }
 
-/// Records a verified status; a `healthy` one also counts as a rollback target.
+/// Records a verified status, and the newest `updated_at` of its agent; a `healthy` one
+/// also counts as a rollback target.
 pub fn record_status(conn: &Connection, status: &AgentStatus, payload: &str) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO statuses (repo, env, agent, payload) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (repo, env, agent) DO UPDATE SET payload = excluded.payload",
+        "INSERT INTO statuses (repo, env, agent, payload, newest_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (repo, env, agent) DO UPDATE SET payload = excluded.payload,
+             newest_at = MAX(COALESCE(statuses.newest_at, ''), excluded.newest_at)",
     )?
-    .execute([&status.repo, &status.env, &status.agent, payload])?;
+    .execute([
+        &status.repo,
+        &status.env,
+        &status.agent,
+        payload,
+        &status.updated_at,
+    ])?;
     if status.state == orcastrate_broker::AgentState::Healthy {
         if let (Some(seq), Some(sha)) = (status.seq, &status.sha) {
             conn.prepare_cached(
@@ -321,6 +333,31 @@ pub fn statuses(
     for row in rows {
         if let Ok(s) = serde_json::from_str(&row?) {
             out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// A status as the fleet view starts from it: the latest one and the newest `updated_at`
+/// its agent reported (later than the status's own when that is a last will).
+#[derive(Debug, Clone)]
+pub struct RecordedStatus {
+    pub status: AgentStatus,
+    pub newest_at: String,
+}
+
+/// Every recorded status with its agent's newest `updated_at`.
+pub fn recorded_statuses(conn: &Connection) -> Result<Vec<RecordedStatus>> {
+    let mut stmt = conn.prepare("SELECT payload, newest_at FROM statuses")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (payload, newest_at) = row?;
+        if let Ok(status) = serde_json::from_str::<AgentStatus>(&payload) {
+            let newest_at = newest_at.unwrap_or_default().max(status.updated_at.clone());
+            out.push(RecordedStatus { status, newest_at });
         }
     }
     Ok(out)

@@ -10,12 +10,14 @@
 //!   external MQTT engine.
 //! - [`acl`], [`engine_auth`] and [`engine_config`]: topic permissions, and the login/ACL
 //!   hooks and files for an external engine.
-//! - [`fleet`]: verified agent statuses and the retained fleet summaries.
+//! - [`fleet`]: verified agent statuses and the retained fleet summaries; [`burst`]:
+//!   refusals logged once per burst.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
 
 pub mod acl;
+pub mod burst;
 pub mod bus;
 pub mod cli;
 pub mod client;

@@ -14,6 +14,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -24,6 +29,7 @@ pub struct Metrics {
     webhooks: Family<OutcomeLabel, Counter>,
     orders: Family<KindLabel, Counter>,
     statuses: Family<OutcomeLabel, Counter>,
+    statuses_refused: Family<ReasonLabel, Counter>,
     /// Agents whose newest verified status is not `offline`.
     pub connected_agents: Gauge,
     /// Time to commit one group of ledger writes.
@@ -56,6 +62,12 @@ impl Metrics {
             "Agent statuses received, by verdict",
             statuses.clone(),
         );
+        let statuses_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "agent_statuses_refused",
+            "Agent statuses not counted, by reason (replay: not newer than the newest held)",
+            statuses_refused.clone(),
+        );
         let connected_agents = Gauge::default();
         registry.register(
             "connected_agents",
@@ -81,6 +93,7 @@ impl Metrics {
             webhooks,
             orders,
             statuses,
+            statuses_refused,
             connected_agents,
             ledger_commit_seconds,
             health_checks,
@@ -111,6 +124,13 @@ impl Metrics {
             .get_or_create(&OutcomeLabel {
                 outcome: verdict.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts a status not counted, by why (it is also counted as `rejected` by [`Self::status`]).
+    pub fn status_refused(&self, reason: &'static str) {
+        self.statuses_refused
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

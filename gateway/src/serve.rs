@@ -93,7 +93,7 @@ impl Gateway {
         let conn = ledger::open(&ledger_path)
             .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?;
         let signer = keys::load_or_create(&settings.data_dir, ledger::order_count(&conn)?)?;
-        let recorded = ledger::statuses(&conn, None, None)?;
+        let recorded = ledger::recorded_statuses(&conn)?;
         let public_key = signer.public_key_base64();
         tracing::info!(public_key = %public_key, key_id = signer.key_id(), "order-signing key");
 

@@ -1,12 +1,16 @@
 //! The fleet view: only verified, in-scope statuses count.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use orcastrate_broker::{sign, AgentState, AgentStatus, FleetSummary};
+use orcastrate_broker::{sign, time, AgentState, AgentStatus, FleetSummary};
 
 use crate::common::*;
 
+/// A status sealed with `token`, newer than every one made before (the gateway takes only
+/// an agent's newest).
 fn status(agent: &str, env: &str, state: AgentState, token: &str) -> AgentStatus {
+    static STAMP: AtomicU64 = AtomicU64::new(0);
     let mut s = AgentStatus {
         v: 1,
         agent: agent.into(),
@@ -21,7 +25,7 @@ fn status(agent: &str, env: &str, state: AgentState, token: &str) -> AgentStatus
         running_sha: Some(sha(1)),
         previous_sha: None,
         release: None,
-        updated_at: "2026-11-26T00:00:00.000Z".into(),
+        updated_at: time::from_unix_ms(1_800_000_000_000 + STAMP.fetch_add(1, Ordering::Relaxed)),
         deploy_ms: None,
         error: None,
         version: "test".into(),
@@ -176,5 +180,118 @@ fn gateway_link_keeps_up_with_a_burst_of_statuses() {
             let (_, v) = gw.admin_get("/api/v1/agents");
             (v["agents"][0]["seq"].as_u64() == Some(5000)).then_some(())
         },
+    );
+}
+
+/// The gateway's `/metrics` text.
+fn metrics(gw: &TestGateway) -> String {
+    ureq::get(format!("{}/metrics", gw.http))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// The state of `agent` in the retained fleet summary, as a fresh subscriber sees it.
+fn fleet_state(gw: &TestGateway, agent: &str) -> Option<AgentState> {
+    let mut sub = gw.mqtt("web-2", "token-web-2");
+    sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
+    let (_, payload) = sub.wait_for(Duration::from_secs(3), |_, _| true)?;
+    let summary: FleetSummary = serde_json::from_slice(&payload).ok()?;
+    summary
+        .agents
+        .iter()
+        .find(|a| a.agent == agent)
+        .map(|a| a.state)
+}
+
+/// web-1's state in `/api/v1/agents`.
+fn api_state(gw: &TestGateway) -> Option<String> {
+    let (_, v) = gw.admin_get("/api/v1/agents");
+    v["agents"][0]["state"].as_str().map(str::to_owned)
+}
+
+/// Waits until `/metrics` counts `n` statuses refused for `reason`.
+#[track_caller]
+fn wait_refused(gw: &TestGateway, reason: &str, n: u64) {
+    let line = format!("orcastrate_agent_statuses_refused_total{{reason=\"{reason}\"}} {n}");
+    eventually(Duration::from_secs(10), &line, || {
+        metrics(gw).lines().any(|l| l == line).then_some(())
+    });
+}
+
+/// Issue 11: an agent's old, genuine `healthy` status (valid MAC) re-published made the
+/// gateway show it healthy while it was in fact `failed`. Published here by web-1 itself on
+/// its own topic, so the broker's ACLs cannot be what stops it.
+#[test]
+fn r11_a_replayed_old_status_is_refused_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    let seal = |state: AgentState, session: &str| {
+        let mut s = status("web-1", ENV, state, "token-web-1");
+        s.session = session.into();
+        sign::seal_status("token-web-1", &mut s);
+        serde_json::to_vec(&s).unwrap()
+    };
+    // The last will of session s1 is made when it connects: it is the oldest.
+    let will = seal(AgentState::Offline, "s1");
+    let healthy = seal(AgentState::Healthy, "s1");
+    let failed = seal(AgentState::Failed, "s1");
+    agent.publish(&topic, healthy.clone(), true);
+    agent.flush();
+    eventually(Duration::from_secs(5), "healthy recorded", || {
+        (api_state(&gw).as_deref() == Some("healthy")).then_some(())
+    });
+    agent.publish(&topic, failed, true);
+    agent.flush();
+    eventually(
+        Duration::from_secs(5),
+        "failed in the fleet summary",
+        || (fleet_state(&gw, "web-1") == Some(AgentState::Failed)).then_some(()),
+    );
+
+    // The replay: refused and counted, and nothing changes.
+    agent.publish(&topic, healthy.clone(), true);
+    agent.flush();
+    wait_refused(&gw, "replay", 1);
+    // Longer than the summary interval (1 s): a summary the replay had changed would be out.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(api_state(&gw).as_deref(), Some("failed"));
+    assert_eq!(fleet_state(&gw, "web-1"), Some(AgentState::Failed));
+
+    // The will of the same session counts although it is older (it carries the time its
+    // connection began) ...
+    agent.publish(&topic, will, true);
+    agent.flush();
+    eventually(Duration::from_secs(5), "offline recorded", || {
+        (api_state(&gw).as_deref() == Some("offline")).then_some(())
+    });
+    // ... and does not lower the bar: the old healthy status is still a replay.
+    agent.publish(&topic, healthy.clone(), true);
+    agent.flush();
+    wait_refused(&gw, "replay", 2);
+    drop(agent);
+    gw.stop();
+
+    // After a restart the ledger still knows the newest time.
+    let gw = TestGateway::start(dir.path());
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    agent.publish(&topic, healthy, true);
+    agent.flush();
+    wait_refused(&gw, "replay", 1);
+    assert_eq!(api_state(&gw).as_deref(), Some("offline"));
+    // A new status of a new session is newer, and counts.
+    agent.publish(&topic, seal(AgentState::Idle, "s2"), true);
+    agent.flush();
+    eventually(Duration::from_secs(5), "the new session's status", || {
+        (api_state(&gw).as_deref() == Some("idle")).then_some(())
+    });
+    assert!(
+        metrics(&gw).contains("orcastrate_agent_statuses_total{outcome=\"accepted\"} 1"),
+        "{}",
+        metrics(&gw)
     );
 }
