@@ -82,6 +82,11 @@ impl Topics {
         format!("{}/+/+/+/desired", self.prefix)
     }
 
+    /// Filter matching every `fleet` topic.
+    pub fn all_fleet(&self) -> String {
+        format!("{}/+/+/+/fleet", self.prefix)
+    }
+
     /// Filter matching every `status` topic.
     pub fn all_status(&self) -> String {
         format!("{}/+/+/+/status/+", self.prefix)

@@ -36,8 +36,9 @@ pub struct Bus {
     /// Whether the link is up; always true for the embedded broker.
     connected: Arc<AtomicBool>,
     topics: Topics,
-    /// Orders published on `desired` topics whose copy has not come back yet; lets the
-    /// desired-topic guard tell our own in-flight publishes from foreign ones.
+    /// Orders published on `desired` topics (and summaries on `fleet` topics) whose copy
+    /// has not come back yet; lets the guards tell our own in-flight publishes from foreign
+    /// ones.
     echoes: Arc<StdMutex<HashMap<String, VecDeque<Vec<u8>>>>>,
 }
 
@@ -67,7 +68,7 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 impl Bus {
-    /// The bus over the embedded broker's link, subscribed to `desired` and `status`.
+    /// The bus over the embedded broker's link, subscribed to `desired`, `status` and `fleet`.
     pub fn embedded(
         broker: EmbeddedBroker,
         topics: Topics,
@@ -154,7 +155,8 @@ impl Bus {
         send(&mut publisher, topic, payload, retain).await;
     }
 
-    /// Publishes a retained order on a `desired` topic, remembering it as our own.
+    /// Publishes a retained order on a `desired` topic (or a summary on a `fleet` topic),
+    /// remembering it as our own.
     ///
     /// `payload` is computed under the publish lock, so a caller that reads "the newest
     /// order" there cannot overtake a newer publish with an older one.
@@ -190,9 +192,14 @@ impl Bus {
     }
 }
 
-/// What the gateway subscribes to: every `desired` topic (to guard it) and every `status`.
-fn subscriptions(topics: &Topics) -> [String; 2] {
-    [topics.all_desired(), topics.all_status()]
+/// What the gateway subscribes to: every `desired` and `fleet` topic (to guard them) and
+/// every `status`.
+fn subscriptions(topics: &Topics) -> [String; 3] {
+    [
+        topics.all_desired(),
+        topics.all_status(),
+        topics.all_fleet(),
+    ]
 }
 
 async fn send(publisher: &mut Publisher, topic: &str, payload: Vec<u8>, retain: bool) {
@@ -275,7 +282,7 @@ async fn resync_periodically(
 async fn drive_engine(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: [String; 2],
+    filters: [String; 3],
     url: String,
     connected: Arc<AtomicBool>,
     tx: mpsc::Sender<Inbound>,

@@ -38,6 +38,20 @@ struct FleetState {
     dirty: HashSet<RepoEnv>,
     /// The desired seq each summary was last published with.
     published_desired: HashMap<RepoEnv, u64>,
+    /// The bytes of each summary last published: any other retained `fleet` payload is
+    /// not the gateway's own.
+    published: HashMap<RepoEnv, Vec<u8>>,
+}
+
+/// What to do about a message seen on a `fleet` topic (only the gateway writes there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryCheck {
+    /// The gateway's own summary (or an empty payload where it has none).
+    Own,
+    /// Not its own: the true summary goes out again with the next publishing round.
+    Replaced,
+    /// A summary of a repo/env the gateway knows nothing of: clear it (empty retained).
+    Clear,
 }
 
 /// Verified statuses of every agent.
@@ -49,6 +63,8 @@ pub struct Fleet {
     metrics: Arc<Metrics>,
     /// Refusals are logged once per burst: anyone with a token chooses how many there are.
     refusals: BurstLog,
+    /// Foreign `fleet` messages, logged once per burst likewise.
+    foreign_summaries: BurstLog,
 }
 
 /// Why a status was not counted (a forger learns nothing from it: nothing is answered).
@@ -112,6 +128,7 @@ impl Fleet {
             sequencer,
             metrics,
             refusals: BurstLog::default(),
+            foreign_summaries: BurstLog::default(),
         };
         fleet.update_connected();
         fleet
@@ -275,6 +292,46 @@ impl Fleet {
         }
     }
 
+    /// Checks a message seen on the `fleet` topic of `repo`/`env` against the summary last
+    /// published there (byte for byte, as the `desired` guard does; the caller has let
+    /// echoes of earlier ones through with [`Bus::take_echo`]). A foreign one is
+    /// replaced within a publishing interval, so a flood of forgeries costs at most one
+    /// publish per second per repo/env.
+    pub fn on_summary(&self, repo: &str, env: &str, payload: &[u8]) -> SummaryCheck {
+        let known_order = self
+            .newest
+            .read()
+            .expect("newest-orders lock poisoned")
+            .contains_key(&(repo.to_owned(), env.to_owned()));
+        let key = (repo.to_owned(), env.to_owned());
+        let check = {
+            let mut state = self.state.lock().expect("fleet lock poisoned");
+            match state.published.get(&key) {
+                Some(own) if own.as_slice() == payload => SummaryCheck::Own,
+                _ if known_order || state.agents.contains_key(&key) => {
+                    state.dirty.insert(key);
+                    SummaryCheck::Replaced
+                }
+                _ if payload.is_empty() => SummaryCheck::Own,
+                _ => SummaryCheck::Clear,
+            }
+        };
+        if check != SummaryCheck::Own {
+            self.metrics.foreign_summaries.inc();
+            if let Some(unlogged) = self.foreign_summaries.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    repo = ?loggable(repo),
+                    env = ?loggable(env),
+                    action = ?check,
+                    unlogged_before = unlogged,
+                    "a fleet summary the gateway did not publish; replacing it (more in the next {}s are only counted)",
+                    crate::burst::BURST_WINDOW.as_secs()
+                );
+            }
+        }
+        check
+    }
+
     /// Marks every summary for publishing again (after the bus reconnects).
     pub fn mark_all_dirty(&self) {
         let keys: Vec<RepoEnv> = self
@@ -320,7 +377,13 @@ impl Fleet {
             for (repo, env) in self.take_dirty() {
                 let summary = self.summary(&repo, &env);
                 let payload = serde_json::to_vec(&summary).expect("summaries serialize");
-                bus.publish(&bus.topics().fleet(&repo, &env), payload, true)
+                self.state
+                    .lock()
+                    .expect("fleet lock poisoned")
+                    .published
+                    .insert((repo.clone(), env.clone()), payload.clone());
+                // Remembered as our own, so its echo is not taken for a forgery.
+                bus.publish_order(&bus.topics().fleet(&repo, &env), || Some(payload))
                     .await;
             }
         }

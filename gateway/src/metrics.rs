@@ -30,6 +30,8 @@ pub struct Metrics {
     orders: Family<KindLabel, Counter>,
     statuses: Family<OutcomeLabel, Counter>,
     statuses_refused: Family<ReasonLabel, Counter>,
+    /// Retained `fleet` messages the gateway did not publish, replaced or cleared.
+    pub foreign_summaries: Counter,
     /// Agents whose newest verified status is not `offline`.
     pub connected_agents: Gauge,
     /// Time to commit one group of ledger writes.
@@ -68,6 +70,12 @@ impl Metrics {
             "Agent statuses not counted, by reason (replay: not newer than the newest held)",
             statuses_refused.clone(),
         );
+        let foreign_summaries = Counter::default();
+        registry.register(
+            "foreign_fleet_summaries",
+            "Retained fleet messages the gateway did not publish (replaced or cleared)",
+            foreign_summaries.clone(),
+        );
         let connected_agents = Gauge::default();
         registry.register(
             "connected_agents",
@@ -94,6 +102,7 @@ impl Metrics {
             orders,
             statuses,
             statuses_refused,
+            foreign_summaries,
             connected_agents,
             ledger_commit_seconds,
             health_checks,

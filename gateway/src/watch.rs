@@ -1,7 +1,10 @@
-//! What the gateway hears on the bus: agent statuses, and any change to a `desired` topic.
+//! What the gateway hears on the bus: agent statuses, and any change to a `desired` or
+//! `fleet` topic.
 //!
 //! A retained `desired` message that is not byte-identical to the ledger's newest order
-//! (forged, stale, or cleared with an empty payload) is replaced by the true one at once.
+//! (forged, stale, or cleared with an empty payload) is replaced by the true one at once; a
+//! `fleet` message that is not the summary the gateway last published there is replaced
+//! with the next summary (within a second, see [`Fleet::on_summary`]).
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Inbound};
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, SummaryCheck};
 use crate::sequencer::NewestOrders;
 
 /// Handles each inbound event until the bus closes or `cancel` (it holds a sequencer handle
@@ -109,6 +112,15 @@ async fn on_message(bus: &Bus, newest: &NewestOrders, fleet: &Fleet, topic: &str
         }
         Some(TopicKind::Status { repo, env, agent }) => {
             let _ = fleet.on_status(&repo, &env, &agent, payload);
+        }
+        Some(TopicKind::Fleet { repo, env }) => {
+            if bus.take_echo(topic, payload) {
+                // Our own summary, perhaps overtaken by a newer one already.
+                return;
+            }
+            if fleet.on_summary(&repo, &env, payload) == SummaryCheck::Clear {
+                bus.publish(topic, Vec::new(), true).await;
+            }
         }
         _ => {}
     }

@@ -295,3 +295,81 @@ fn r11_a_replayed_old_status_is_refused_before_and_after_a_restart() {
         metrics(&gw)
     );
 }
+
+/// The retained message on `topic` as a fresh `mosquitto_sub -C 1` sees it (`None`: none
+/// within 3 s).
+fn mosquitto_retained(gw: &TestGateway, topic: &str) -> Option<String> {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
+        .args(["-u", "web-2", "-P", "token-web-2"])
+        .args(["-t", topic, "-C", "1", "-W", "3"])
+        .output()
+        .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Retains `payload` on `topic` with mosquitto_pub, logged in with a client token.
+fn mosquitto_retain(gw: &TestGateway, topic: &str, payload: &str) {
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
+        .args(["-u", "web-2", "-P", "token-web-2"])
+        .args(["-t", topic, "-r", "-q", "1", "-m", payload])
+        .output()
+        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
+    assert!(out.status.success(), "mosquitto_pub failed: {out:?}");
+}
+
+/// Issue 11: a client retained a forged `fleet` message, still there 26 s later. The
+/// gateway now guards `fleet` as it guards `desired`.
+#[test]
+fn r11_a_forged_retained_fleet_summary_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "f-1", &push_of(&sha(61), "master"));
+    let seq = answer["seq"].as_u64().expect("an order");
+    let topic = format!("orcastrate/{REPO}/{ENV}/fleet");
+    let own = |text: &str| {
+        serde_json::from_str::<FleetSummary>(text)
+            .is_ok_and(|s| s.desired.is_some_and(|d| d.seq == seq) && s.agents.is_empty())
+    };
+    eventually(Duration::from_secs(10), "the gateway's summary", || {
+        mosquitto_retained(&gw, &topic).filter(|t| own(t))
+    });
+
+    let mut forged: serde_json::Value =
+        serde_json::from_str(&mosquitto_retained(&gw, &topic).unwrap()).unwrap();
+    forged["desired"]["sha"] = sha(62).into();
+    forged["agents"] = serde_json::json!([{
+        "agent": "web-1", "state": "healthy", "seq": seq, "sha12": "000000000062",
+        "running_sha12": "000000000062", "updated_at": "2026-11-30T00:00:00.000Z"
+    }]);
+    let forged = forged.to_string();
+    mosquitto_retain(&gw, &topic, &forged);
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the gateway's summary back",
+        || mosquitto_retained(&gw, &topic).filter(|t| own(t)),
+    );
+    eprintln!(
+        "forged fleet summary replaced after {:?}",
+        started.elapsed()
+    );
+    let metrics = metrics(&gw);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("orcastrate_foreign_fleet_summaries_total ")
+                && l != "orcastrate_foreign_fleet_summaries_total 0"
+        ),
+        "{metrics}"
+    );
+
+    // One for a repo/env the gateway knows nothing of is cleared.
+    let stray = "orcastrate/someone/else/production/fleet";
+    mosquitto_retain(&gw, stray, &forged);
+    eventually(Duration::from_secs(10), "the stray summary cleared", || {
+        mosquitto_retained(&gw, stray).is_none().then_some(())
+    });
+}
