@@ -364,6 +364,54 @@ mod tests {
             fn signature_header_never_panics(header in ".{0,80}", body in prop::collection::vec(any::<u8>(), 0..64)) {
                 prop_assert!(!signature_valid("secret", &body, Some(&header)) || header.trim() == sign("secret", &body));
             }
+
+            #[test]
+            fn a_signature_covers_every_byte_of_the_body(
+                body in prop::collection::vec(any::<u8>(), 1..256),
+                at in any::<prop::sample::Index>(),
+                flip in 1u8..,
+            ) {
+                let header = sign("secret", &body);
+                prop_assert!(signature_valid("secret", &body, Some(&header)));
+                // Hex in either case, spaces around: as the header may come.
+                let upper = format!(" sha256={} ", header["sha256=".len()..].to_ascii_uppercase());
+                prop_assert!(signature_valid("secret", &body, Some(&upper)));
+                let mut changed = body.clone();
+                changed[at.index(body.len())] ^= flip;
+                prop_assert!(!signature_valid("secret", &changed, Some(&header)));
+                prop_assert!(!signature_valid("other", &body, Some(&header)));
+            }
+
+            /// GitHub's real push payload with the fields we read replaced by anything: a
+            /// deploy only ever names the mapped repo/env, a valid sha and one-line fields.
+            #[test]
+            fn a_real_push_with_hostile_fields_deploys_only_what_is_valid(
+                git_ref in prop_oneof![".{0,40}", "refs/heads/(master|develop)[\n\r;. ]{0,2}"],
+                after in prop_oneof![".{0,44}", "[0-9a-fA-F]{39,41}", "[0-9a-f]{40}"],
+                full_name in prop_oneof![".{0,30}", "(C|c)odertocat/(H|h)ello-(W|w)orld[./+#]{0,2}"],
+                login in ".{0,20}",
+                deleted in any::<bool>(),
+            ) {
+                let mut v: serde_json::Value = serde_json::from_str(include_str!(
+                    "../tests/fixtures/github/push__with-new-branch.payload.json"
+                ))
+                .unwrap();
+                v["ref"] = git_ref.into();
+                v["after"] = after.into();
+                v["repository"]["full_name"] = full_name.into();
+                v["sender"]["login"] = login.into();
+                v["deleted"] = deleted.into();
+                let body = serde_json::to_vec(&v).unwrap();
+                if let Ok(Intent::Deploy { repo, env, sha, git_ref, issued_by, kind }) = intent("push", &body, &access()) {
+                    prop_assert_eq!(repo, "codertocat/hello-world");
+                    prop_assert_eq!(env, "production");
+                    prop_assert!(names::sha(&sha).is_ok());
+                    prop_assert_eq!(git_ref, "refs/heads/master");
+                    prop_assert!(issued_by.is_none_or(|i| !i.contains(['\n', '\r'])));
+                    prop_assert_eq!(kind, OrderKind::Push);
+                    prop_assert!(!deleted);
+                }
+            }
         }
     }
 }
