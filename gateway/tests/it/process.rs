@@ -271,3 +271,61 @@ fn operator_cli_prints_tables_and_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// Issue 11: refused statuses are logged once per burst, whoever sends them and however
+/// fast (300 replays and 300 forgeries here), and counted exactly in `/metrics`.
+#[test]
+fn r11_a_flood_of_refused_statuses_is_one_log_line() {
+    use orcastrate_broker::{sign, time, AgentState, AgentStatus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let log_path = dir.path().join("gateway.log");
+    let gw = Process::spawn(&config, std::fs::File::create(&log_path).unwrap().into());
+    let mut status = AgentStatus {
+        v: 1,
+        agent: "web-1".into(),
+        host: "h".into(),
+        repo: REPO.into(),
+        env: ENV.into(),
+        session: "s1".into(),
+        state: AgentState::Healthy,
+        step: None,
+        seq: Some(1),
+        sha: Some(sha(1)),
+        running_sha: Some(sha(1)),
+        previous_sha: None,
+        release: None,
+        updated_at: time::now(),
+        deploy_ms: None,
+        error: None,
+        version: "t".into(),
+        mac: String::new(),
+    };
+    sign::seal_status("token-web-1", &mut status);
+    let genuine = serde_json::to_vec(&status).unwrap();
+    let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
+    let mut agent = Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1").unwrap();
+    for _ in 0..301 {
+        agent.publish(&topic, genuine.clone(), false);
+    }
+    for i in 0..300 {
+        agent.publish(&topic, format!("not a status {i}").into_bytes(), false);
+    }
+    agent.flush();
+    let metrics = || {
+        let mut r = ureq::get(format!("{}/metrics", gw.http)).call().unwrap();
+        r.body_mut().read_to_string().unwrap()
+    };
+    eventually(Duration::from_secs(20), "600 refusals counted", || {
+        let m = metrics();
+        (m.contains("orcastrate_agent_statuses_refused_total{reason=\"replay\"} 300")
+            && m.contains("orcastrate_agent_statuses_refused_total{reason=\"malformed\"} 300"))
+        .then_some(())
+    });
+    gw.signal("TERM");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines = log.matches("agent status refused").count();
+    // One for the burst; two if a slow machine stretched it past the 10 s window.
+    assert!((1..=2).contains(&lines), "{lines} refusal lines:\n{log}");
+}
