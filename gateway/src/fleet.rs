@@ -146,10 +146,13 @@ impl Fleet {
             .verify(repo, env, agent, payload)
             .and_then(|status| self.take(status));
         let status = match result {
-            Ok(status) => {
+            Ok(Some(status)) => {
                 self.metrics.status("accepted");
                 status
             }
+            // The status held, again: the retained copy an engine sends on every
+            // (re)subscribe. Neither news nor an attack.
+            Ok(None) => return Ok(()),
             Err(reason) => {
                 self.refused(repo, env, agent, reason);
                 return Err(reason);
@@ -162,12 +165,15 @@ impl Fleet {
     }
 
     /// Holds a verified status if it is the agent's newest (see the module doc), and marks
-    /// its summary for publishing.
-    fn take(&self, status: AgentStatus) -> Result<AgentStatus, Rejection> {
+    /// its summary for publishing; `None` if it is the one held already.
+    fn take(&self, status: AgentStatus) -> Result<Option<AgentStatus>, Rejection> {
         let key = (status.repo.clone(), status.env.clone());
         let mut guard = self.state.lock().expect("fleet lock poisoned");
         let state = &mut *guard;
         let agents = state.agents.entry(key.clone()).or_default();
+        if agents.get(&status.agent) == Some(&status) {
+            return Ok(None);
+        }
         let newest_at = state.newest_at.entry(key.clone()).or_default();
         if status.state == AgentState::Offline {
             if agents
@@ -192,7 +198,7 @@ impl Fleet {
         }
         agents.insert(status.agent.clone(), status.clone());
         state.dirty.insert(key);
-        Ok(status)
+        Ok(Some(status))
     }
 
     /// Counts a refused status, and logs it if it starts a burst.
