@@ -1,7 +1,6 @@
-//! Logging refusals once per burst: whoever sends refused messages chooses how many, so
-//! each one cannot be a log line. The first refusal of a burst is logged at once; the rest
-//! within [`BURST_WINDOW`] are only counted (exactly, in `/metrics`), and their number is
-//! logged with the first refusal of the next burst.
+//! Logging refusals once per burst: whoever sends refused requests or messages chooses how
+//! many, so each one cannot be a log line. The first refusal is logged at once; the rest
+//! within [`BURST_WINDOW`] are only counted, and their number is logged with the next line.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,7 +13,8 @@ pub const BURST_WINDOW: Duration = Duration::from_secs(10);
 /// Longest text taken from a message's sender into a log line (names come from topics).
 pub const MAX_LOGGED_NAME: usize = 64;
 
-/// Decides which refusals of one kind are logged.
+/// Counts one kind of refusal and says when to log it: the first time, then at most once
+/// per [`BURST_WINDOW`], with how many there were since the last line.
 #[derive(Debug, Default)]
 pub struct BurstLog {
     state: Mutex<BurstState>,
@@ -22,25 +22,27 @@ pub struct BurstLog {
 
 #[derive(Debug, Default)]
 struct BurstState {
-    /// When the current burst's logged refusal was; `None` before the first.
+    /// When the last line was logged; `None` before the first.
     logged_at: Option<Instant>,
-    /// Refusals counted but not logged since then.
-    unlogged: u64,
+    /// Refusals since then, this one included.
+    count: u64,
 }
 
 impl BurstLog {
-    /// Whether the refusal seen at `now` is logged; if so, how many went unlogged since the
-    /// last logged one (to log with it).
-    pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut s = self.state.lock().expect("burst lock poisoned");
+    /// Counts a refusal; `Some(n)` if it is to be logged, `n` being the refusals since the
+    /// last line, this one included.
+    pub fn note(&self) -> Option<u64> {
+        self.note_at(Instant::now())
+    }
+
+    fn note_at(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().expect("burst log lock poisoned");
+        s.count += 1;
         match s.logged_at {
-            Some(at) if now.saturating_duration_since(at) < BURST_WINDOW => {
-                s.unlogged += 1;
-                None
-            }
+            Some(at) if now.saturating_duration_since(at) < BURST_WINDOW => None,
             _ => {
                 s.logged_at = Some(now);
-                Some(std::mem::take(&mut s.unlogged))
+                Some(std::mem::take(&mut s.count))
             }
         }
     }
@@ -58,15 +60,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_line_per_window_with_the_count_of_the_rest() {
+    fn one_line_per_window_with_the_count_since_the_last() {
         let log = BurstLog::default();
         let t0 = Instant::now();
-        assert_eq!(log.admit(t0), Some(0));
+        assert_eq!(log.note_at(t0), Some(1));
         for i in 1..=1000 {
-            assert_eq!(log.admit(t0 + Duration::from_millis(i)), None);
+            assert_eq!(log.note_at(t0 + Duration::from_millis(i)), None);
         }
-        assert_eq!(log.admit(t0 + BURST_WINDOW), Some(1000));
-        assert_eq!(log.admit(t0 + BURST_WINDOW * 3), Some(0));
+        assert_eq!(log.note_at(t0 + BURST_WINDOW), Some(1001));
+        assert_eq!(log.note_at(t0 + BURST_WINDOW * 3), Some(1));
     }
 
     #[test]

@@ -11,12 +11,12 @@
 //! only on their own listener (`[mqtt] hooks_listen`), optionally behind a bearer token
 //! (`[mqtt] hooks_token`). Refused logins are throttled per source ([`Throttle`]): past the
 //! burst, a source's attempts are denied without being checked. Refusals are logged once
-//! per [`BURST_WINDOW`] with a count, never once per request.
+//! per [`BURST_WINDOW`](crate::burst::BURST_WINDOW) with a count, never once per request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::acl::{self, Action, Grants};
+use crate::burst::BurstLog;
 use crate::config::Access;
 
 /// Largest hook body: three short fields.
@@ -41,9 +42,6 @@ const REFUSALS_BURST: f64 = 10.0;
 const REFUSALS_PER_S: f64 = 1.0;
 /// Sources tracked at once; past it, sources not yet tracked are throttled too.
 const MAX_SOURCES: usize = 10_000;
-
-/// Refusals are logged at most once per window, with how many there were.
-pub const BURST_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the hooks check against; shared with the gateway so SIGHUP reloads apply at once.
 #[derive(Clone)]
@@ -129,27 +127,6 @@ impl Throttle {
             .or_insert((REFUSALS_BURST, now));
         *tokens = (*tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S).min(REFUSALS_BURST) - 1.0;
         *at = now;
-    }
-}
-
-/// Counts a repeated event and says when to log it: the first time, then at most once per
-/// [`BURST_WINDOW`], with how many happened since the last line.
-#[derive(Default)]
-struct BurstLog {
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl BurstLog {
-    fn note(&self) -> Option<u64> {
-        let mut state = self.state.lock().expect("burst log lock poisoned");
-        state.1 += 1;
-        if state.0.is_none_or(|at| at.elapsed() >= BURST_WINDOW) {
-            let count = state.1;
-            *state = (Some(Instant::now()), 0);
-            Some(count)
-        } else {
-            None
-        }
     }
 }
 
@@ -340,14 +317,5 @@ mod tests {
         }
         assert!(!throttle.may_try("10.0.0.1"));
         assert!(throttle.may_try("10.0.0.2"));
-    }
-
-    #[test]
-    fn a_burst_is_logged_once_with_its_count() {
-        let log = BurstLog::default();
-        assert_eq!(log.note(), Some(1));
-        assert!((0..1000).all(|_| log.note().is_none()));
-        log.state.lock().unwrap().0 = Some(Instant::now() - BURST_WINDOW);
-        assert_eq!(log.note(), Some(1001));
     }
 }

@@ -205,13 +205,13 @@ impl Fleet {
     fn refused(&self, repo: &str, env: &str, agent: &str, reason: Rejection) {
         self.metrics.status("rejected");
         self.metrics.status_refused(reason.as_str());
-        if let Some(unlogged) = self.refusals.admit(std::time::Instant::now()) {
+        if let Some(count) = self.refusals.note() {
             tracing::warn!(
                 agent = ?loggable(agent),
                 repo = ?loggable(repo),
                 env = ?loggable(env),
                 reason = reason.as_str(),
-                unlogged_before = unlogged,
+                refused_since_last_line = count,
                 "agent status refused; more refusals in the next {}s are only counted (orcastrate_agent_statuses_refused_total)",
                 crate::burst::BURST_WINDOW.as_secs()
             );
@@ -324,12 +324,12 @@ impl Fleet {
         };
         if check != SummaryCheck::Own {
             self.metrics.foreign_summaries.inc();
-            if let Some(unlogged) = self.foreign_summaries.admit(std::time::Instant::now()) {
+            if let Some(count) = self.foreign_summaries.note() {
                 tracing::warn!(
                     repo = ?loggable(repo),
                     env = ?loggable(env),
                     action = ?check,
-                    unlogged_before = unlogged,
+                    foreign_since_last_line = count,
                     "a fleet summary the gateway did not publish; replacing it (more in the next {}s are only counted)",
                     crate::burst::BURST_WINDOW.as_secs()
                 );

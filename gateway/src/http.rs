@@ -360,7 +360,7 @@ async fn handle_webhook(
         .webhook(Webhook {
             delivery: delivery.to_owned(),
             event: event.to_owned(),
-            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
             intent,
         })
         .await?;

@@ -309,7 +309,9 @@ fn r11_a_flood_of_refused_statuses_is_one_log_line() {
     sign::seal_status("token-web-1", &mut status);
     let newer = serde_json::to_vec(&status).unwrap();
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
-    let mut agent = Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1").unwrap();
+    let mut agent = eventually(Duration::from_secs(10), "an MQTT login", || {
+        Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1").ok()
+    });
     let metrics = || {
         let mut r = ureq::get(format!("{}/metrics", gw.http)).call().unwrap();
         r.body_mut().read_to_string().unwrap()
