@@ -8,14 +8,19 @@ use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_orcastrate-gateway");
 
-struct Process {
-    child: Child,
-    http: String,
-    mqtt_port: u16,
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) http: String,
+    pub(crate) mqtt_port: u16,
 }
 
 impl Process {
-    fn start(config: &Path) -> Self {
+    pub(crate) fn start(config: &Path) -> Self {
+        Self::start_logging(config, None)
+    }
+
+    /// Starts the binary on `config`, its log (stderr) into `log` when given.
+    pub(crate) fn start_logging(config: &Path, log: Option<&Path>) -> Self {
         let http_port = free_port();
         let mqtt_port = free_port();
         let child = Command::new(BIN)
@@ -27,9 +32,13 @@ impl Process {
             .env_remove("TOKENS")
             .env_remove("TRUSTED_NAMES")
             .env_remove("PORT")
+            .env("RUST_LOG", "info,rumqttd=off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let http = format!("http://127.0.0.1:{http_port}");
@@ -62,7 +71,7 @@ impl Drop for Process {
     }
 }
 
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config_text(&dir.join("data"), 1, SECRET, extra)).unwrap();
     path
