@@ -31,6 +31,22 @@ pub trait TopicPolicy: Send + Sync {
     fn may_subscribe(&self, username: &str, filter: &str) -> bool;
 }
 
+/// rumqttd's own rule: any logged-in client may publish and subscribe anywhere (quotas
+/// still apply). Only for the agent's tests and benchmarks, which run this broker without a
+/// gateway; the gateway always supplies its permission model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenPolicy;
+
+impl TopicPolicy for OpenPolicy {
+    fn may_publish(&self, _username: &str, _topic: &str) -> bool {
+        true
+    }
+
+    fn may_subscribe(&self, _username: &str, _filter: &str) -> bool {
+        true
+    }
+}
+
 /// Limits per client (`[mqtt]` keys of the same names), so one token cannot exhaust the
 /// gateway's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -122,15 +122,11 @@ fn repeated_refused_publishes_close_the_connection() {
     for _ in 0..30 {
         agent.publish_qos0(&topic("desired"), b"x".to_vec());
     }
-    let closed = (0..50).any(|_| {
-        matches!(
-            agent
-                .client
-                .try_publish(topic("desired"), QoS::AtMostOnce, false, "x"),
-            Err(_)
-        ) || !agent.alive(&topic("desired"))
-    });
-    assert!(closed, "the connection is closed after repeated refusals");
+    // Sending them (driven by this subscribe) ends with the broker closing the connection.
+    assert!(
+        !agent.alive(&topic("desired")),
+        "the connection is closed after repeated refusals"
+    );
     // A fresh login works: the refusals closed one connection, not the name.
     assert!(gw.mqtt("web-1", "token-web-1").alive(&topic("desired")));
 }
