@@ -279,3 +279,34 @@ fn external_mode_reaches_an_engine_over_mqtts_trusting_its_ca_file_only() {
         "{body}"
     );
 }
+
+#[test]
+fn mqtt_js_with_default_options_and_a_watcher_token_reads_the_retained_order() {
+    // MQTT.js connects as `mqttjs_<random>`, which the first release refused without a word.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mqttjs");
+    assert!(
+        fixture.join("node_modules/mqtt").is_dir(),
+        "MQTT.js is not installed: run `npm ci` in {} (.ci/run does)",
+        fixture.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "js-1", &push_of(&sha(81), "master"));
+    assert!(answer["seq"].is_u64(), "{answer}");
+    let out = Command::new("node")
+        .arg("read_retained.js")
+        .arg(format!("mqtt://127.0.0.1:{}", gw.mqtt_port))
+        .args([
+            "ops",
+            "token-ops",
+            &format!("orcastrate/{REPO}/{ENV}/desired"),
+        ])
+        .current_dir(&fixture)
+        .output()
+        .expect("node is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("connected as mqttjs_"), "{stderr}");
+    assert!(stdout.contains(&sha(81)), "{stdout}");
+}

@@ -1,10 +1,10 @@
+use crate::authz::{ConnectionGuard, LoginRequest, Verdict};
 use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::authz::{ConnectionGuard, LoginRequest, Verdict};
 use crate::protocol::{
-    ConnAck, Connect, ConnectReturnCode, Login, Packet, PubAck, PubAckReason, Protocol, QoS,
+    ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol, PubAck, PubAckReason, QoS,
     SubAck, SubscribeReasonCode,
 };
 use crate::router::{Event, Notification};
@@ -234,7 +234,10 @@ fn authorize(
                     Verdict::Refuse if publish.qos != QoS::ExactlyOnce => {
                         if publish.qos == QoS::AtLeastOnce {
                             let reason = PubAckReason::NotAuthorized;
-                            let ack = PubAck { pkid: publish.pkid, reason };
+                            let ack = PubAck {
+                                pkid: publish.pkid,
+                                reason,
+                            };
                             replies.push_back(Packet::PubAck(ack, None));
                         }
                         false
@@ -262,7 +265,10 @@ fn authorize(
                 }
                 if refused.len() == subscribe.filters.len() {
                     let return_codes = vec![SubscribeReasonCode::Failure; refused.len()];
-                    let ack = SubAck { pkid: subscribe.pkid, return_codes };
+                    let ack = SubAck {
+                        pkid: subscribe.pkid,
+                        return_codes,
+                    };
                     replies.push_back(Packet::SubAck(ack, None));
                     return false;
                 }
