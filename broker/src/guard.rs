@@ -116,6 +116,9 @@ const LOG_BURST: Duration = Duration::from_secs(10);
 /// Names and reasons whose refusals are being counted.
 const MAX_LOG_KEYS: usize = 1024;
 
+/// The key refusals are counted under while [`MAX_LOG_KEYS`] others are in a burst.
+const OTHER_KEY: &str = "(other clients)";
+
 /// Longest name (in characters) a log line shows.
 const MAX_LOGGED_CHARS: usize = 64;
 
@@ -468,13 +471,13 @@ struct RefusalLog {
 
 impl RefusalLog {
     /// Records one refusal; `Some(count)` when a line should be written now.
-    fn record(&mut self, key: String, now: Instant) -> Option<u64> {
+    fn record(&mut self, mut key: String, now: Instant) -> Option<u64> {
         if self.bursts.len() >= MAX_LOG_KEYS && !self.bursts.contains_key(&key) {
             self.bursts
                 .retain(|_, (since, _)| now.duration_since(*since) < LOG_BURST);
             if self.bursts.len() >= MAX_LOG_KEYS {
-                // Too many distinct keys at once: count them all under one.
-                return self.record("(other)".to_owned(), now);
+                // Too many distinct keys at once: count the rest under one (one entry over).
+                key = OTHER_KEY.to_owned();
             }
         }
         match self.bursts.get_mut(&key) {
@@ -545,6 +548,14 @@ mod tests {
         }
         assert_eq!(log.record("k".into(), t0 + LOG_BURST), Some(50));
         assert_eq!(log.record("other".into(), t0), Some(1));
+
+        // Many distinct names at once: the log stays bounded, the rest counted together.
+        let mut log = RefusalLog::default();
+        let lines = (0..MAX_LOG_KEYS * 3)
+            .filter(|i| log.record(format!("name-{i}"), t0).is_some())
+            .count();
+        assert_eq!(lines, MAX_LOG_KEYS + 1);
+        assert!(log.bursts.len() <= MAX_LOG_KEYS + 1);
     }
 
     #[test]
