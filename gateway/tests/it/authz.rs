@@ -392,3 +392,33 @@ fn hostile_usernames_give_one_short_escaped_log_line() {
     );
     assert!(text.len() < 20_000, "{} bytes of log", text.len());
 }
+
+#[test]
+fn a_reload_changes_what_a_connected_client_may_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let config = write_config(dir.path(), "");
+    let gw = Process::start_logging(&config, Some(&log));
+    let mut client = Mqtt::connect(gw.mqtt_port, "web-1", "web-1", "token-web-1").unwrap();
+    let fleet = topic("fleet");
+    assert_eq!(
+        client.subscribe_acked(&[&fleet]).unwrap(),
+        [SubscribeReasonCode::Failure],
+        "an agent may not read fleet"
+    );
+    // web-1 becomes a watcher of its scope; SIGHUP; the same connection may now read fleet.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "scopes = [\"codertocat/hello-world/production\"]",
+        "scopes = [\"codertocat/hello-world/production\"]\nrole = \"watcher\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    gw.signal("HUP");
+    eventually(Duration::from_secs(10), "the reload", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("reloaded clients and repos").then_some(())
+    });
+    assert_eq!(
+        client.subscribe_acked(&[&fleet]).unwrap(),
+        [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+}
