@@ -5,9 +5,21 @@
 //! wait of a new host, the ancestor skip and the retry-once live in the agent loop and the
 //! deploy, which have the state they need.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use orcastrate_broker::{DeployOrder, NameError, SignError};
+use tokio::time::Instant;
 
 use crate::config::Settings;
+
+/// Largest order payload parsed. A real order is well under 1 KiB; anything much bigger is
+/// refused before JSON parsing costs anything.
+pub(crate) const MAX_ORDER_BYTES: usize = 64 * 1024;
+
+/// Refusals of one kind are logged at most once per this window, then counted: a flood of
+/// forged orders costs a few log lines, not one per message.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why an order was not acted on; every variant is logged with its reason.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +27,8 @@ pub(crate) enum Refusal {
     /// An empty payload clears a retained message: nothing to do.
     #[error("empty payload (retained order cleared)")]
     Empty,
+    #[error("payload of {0} bytes is over the {MAX_ORDER_BYTES}-byte limit of an order")]
+    TooLarge(usize),
     #[error("not a deploy order: {0}")]
     Malformed(String),
     #[error("unsupported payload version {0}")]
@@ -34,7 +48,27 @@ pub(crate) enum Refusal {
     Stale { seq: u64, floor: u64 },
 }
 
+impl Refusal {
+    /// The kind of refusal, for counting them apart in [`RefusalLog`].
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooLarge(_) => "too large",
+            Self::Malformed(_) => "malformed",
+            Self::Version(_) => "version",
+            Self::Name(_) => "name",
+            Self::OtherTarget { .. } => "other target",
+            Self::Signature(SignError::UnknownKey(_)) => "unknown key",
+            Self::Signature(_) => "signature",
+            Self::Stale { .. } => "stale",
+        }
+    }
+}
+
 /// Checks an order payload against everything but the settle and skip rules.
+///
+/// The cheap rules come first (size, parse, names, target, floor) and the Ed25519
+/// verification last, so a flood of forged or replayed orders costs little CPU.
 ///
 /// # Errors
 ///
@@ -46,6 +80,9 @@ pub(crate) fn check(
 ) -> Result<DeployOrder, Refusal> {
     if payload.is_empty() {
         return Err(Refusal::Empty);
+    }
+    if payload.len() > MAX_ORDER_BYTES {
+        return Err(Refusal::TooLarge(payload.len()));
     }
     let order: DeployOrder =
         serde_json::from_slice(payload).map_err(|e| Refusal::Malformed(e.to_string()))?;
@@ -60,7 +97,6 @@ pub(crate) fn check(
             own: format!("{}/{}", settings.repo, settings.env),
         });
     }
-    settings.verifier.verify(&order)?;
     if let Some(floor) = floor {
         if order.seq <= floor {
             return Err(Refusal::Stale {
@@ -69,7 +105,91 @@ pub(crate) fn check(
             });
         }
     }
+    settings.verifier.verify(&order)?;
     Ok(order)
+}
+
+/// Logs refused orders without letting a flood of them flood the log: the first refusal of
+/// each kind at once with its reason, the rest of a burst as one line a window with a count.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    kinds: HashMap<&'static str, Burst>,
+}
+
+#[derive(Debug)]
+struct Burst {
+    /// When a line about this kind was last written.
+    logged_at: Instant,
+    /// Refusals not logged since.
+    suppressed: u64,
+    /// The reason of the latest of them.
+    last_reason: String,
+}
+
+impl RefusalLog {
+    /// Records one refusal: logged with its reason if none of its kind was within the
+    /// window, otherwise counted (and the count written once the window has passed).
+    pub(crate) fn refused(&mut self, refusal: &Refusal, now: Instant) {
+        let kind = refusal.kind();
+        match self.kinds.get_mut(kind) {
+            Some(burst) if burst.suppressed > 0 || now < burst.logged_at + REFUSAL_LOG_WINDOW => {
+                burst.suppressed += 1;
+                burst.last_reason = refusal.to_string();
+                if now >= burst.logged_at + REFUSAL_LOG_WINDOW {
+                    self.flush_kind(kind, now);
+                }
+            }
+            _ => {
+                tracing::warn!(reason = %refusal, "order refused");
+                self.kinds.insert(
+                    kind,
+                    Burst {
+                        logged_at: now,
+                        suppressed: 0,
+                        last_reason: String::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// When [`RefusalLog::flush`] has counts to write, if ever.
+    pub(crate) fn next_flush(&self) -> Option<Instant> {
+        self.kinds
+            .values()
+            .filter(|b| b.suppressed > 0)
+            .map(|b| b.logged_at + REFUSAL_LOG_WINDOW)
+            .min()
+    }
+
+    /// Writes the count of every burst whose window has passed; `true` if there were any.
+    pub(crate) fn flush(&mut self, now: Instant) -> bool {
+        let due: Vec<&'static str> = self
+            .kinds
+            .iter()
+            .filter(|(_, b)| b.suppressed > 0 && now >= b.logged_at + REFUSAL_LOG_WINDOW)
+            .map(|(k, _)| *k)
+            .collect();
+        for kind in &due {
+            self.flush_kind(kind, now);
+        }
+        !due.is_empty()
+    }
+
+    fn flush_kind(&mut self, kind: &'static str, now: Instant) {
+        if let Some(burst) = self.kinds.get_mut(kind) {
+            if burst.suppressed > 0 {
+                tracing::warn!(
+                    count = burst.suppressed,
+                    kind,
+                    last_reason = %burst.last_reason,
+                    "more orders refused since the last line about them"
+                );
+                burst.suppressed = 0;
+                burst.logged_at = now;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +255,27 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_logged_once_per_window_with_a_count() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        let forged = Refusal::Signature(SignError::BadSignature);
+        log.refused(&forged, t0);
+        assert_eq!(log.next_flush(), None);
+        for i in 0..1000 {
+            log.refused(&forged, t0 + Duration::from_micros(i));
+        }
+        // Another kind is logged at once, not hidden by the burst.
+        log.refused(&Refusal::Version(9), t0);
+        assert_eq!(log.next_flush(), Some(t0 + REFUSAL_LOG_WINDOW));
+        assert_eq!(log.kinds["signature"].suppressed, 1000);
+        log.flush(t0 + Duration::from_millis(500));
+        assert_eq!(log.kinds["signature"].suppressed, 1000);
+        log.flush(t0 + REFUSAL_LOG_WINDOW);
+        assert_eq!(log.kinds["signature"].suppressed, 0);
+        assert_eq!(log.next_flush(), None);
+    }
+
+    #[test]
     fn refuses_with_reasons() {
         let (_d, s, signer) = setup();
         assert!(matches!(check(b"", &s, None), Err(Refusal::Empty)));
@@ -166,6 +307,9 @@ mod tests {
             check(&bytes(&bad_name), &s, None),
             Err(Refusal::Name(_))
         ));
+
+        let huge = vec![b' '; MAX_ORDER_BYTES + 1];
+        assert!(matches!(check(&huge, &s, None), Err(Refusal::TooLarge(_))));
 
         let mut v2 = order(&signer, 5);
         v2.v = 2;

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::{self, Refusal};
+use crate::accept::{self, Refusal, RefusalLog};
 use crate::config::{OnShutdown, Settings, SETTLE};
 use crate::connection::{BusEvent, Connection};
 use crate::deploy::{self, Control, Ctx, Outcome};
@@ -88,6 +88,7 @@ pub async fn run(
 
     let supervisor = Supervisor::new(
         &settings.steps.start,
+        settings.run_as.clone(),
         settings.steps.stop_timeout,
         layout.clone(),
         state.clone(),
@@ -139,7 +140,12 @@ pub async fn run(
     }
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let connection = Connection::start(&settings, initial.clone(), events_tx);
-    let git = Git::new(&layout.cache(), &settings.git_url, &settings.root);
+    let git = Git::new(
+        &layout.cache(),
+        &settings.git_url,
+        &settings.root,
+        &settings.git,
+    );
     let ctx = Arc::new(Ctx {
         settings,
         layout,
@@ -316,6 +322,7 @@ async fn main_loop(
     };
     let mut current: Option<Running> = None;
     let mut queued: Option<(DeployOrder, u32)> = None;
+    let mut refusals = RefusalLog::default();
 
     if let Some(p) = pending {
         if p.attempts < MAX_ATTEMPTS {
@@ -370,6 +377,7 @@ async fn main_loop(
                 &ctx2.layout.current(),
                 ctx2.settings.health.timeout,
                 || ctx2.supervisor.alive(),
+                ctx2.settings.run_as.as_ref(),
                 &CancellationToken::new(),
             )
             .await;
@@ -442,7 +450,7 @@ async fn main_loop(
                         }
                     }
                     BusEvent::Order(payload) => {
-                        handle_order(ctx, &payload, &mut settle, current.as_ref(), &mut queued);
+                        handle_order(ctx, &payload, &mut settle, current.as_ref(), &mut queued, &mut refusals);
                     }
                 }
             }
@@ -480,8 +488,9 @@ async fn main_loop(
                     let check = settings.health.check.clone();
                     let dir = ctx.layout.current();
                     let alive = ctx.supervisor.alive();
+                    let user = settings.run_as.clone();
                     tokio::spawn(async move {
-                        let result = crate::health::check_once(&check, &dir, alive).await;
+                        let result = crate::health::check_once(&check, &dir, alive, user.as_ref()).await;
                         let _ = tx.send(HealthReport { result, boot: false });
                     });
                 }
@@ -490,6 +499,13 @@ async fn main_loop(
                 check_in_flight = false;
                 if current.is_none() {
                     apply_health(ctx, report);
+                }
+            }
+            () = sleep_until(refusals.next_flush()) => {
+                if refusals.flush(Instant::now()) {
+                    // The flood may have pushed the true order out of the broker's backlog
+                    // for us: ask for the retained one again.
+                    ctx.bus.resubscribe();
                 }
             }
             () = sleep_until(once_wake) => {}
@@ -548,6 +564,7 @@ fn handle_order(
     settle: &mut Settle,
     current: Option<&Running>,
     queued: &mut Option<(DeployOrder, u32)>,
+    refusals: &mut RefusalLog,
 ) {
     let stored = state::lock(&ctx.state).get().floor;
     let floor = [
@@ -569,7 +586,7 @@ fn handle_order(
             return;
         }
         Err(refusal) => {
-            tracing::warn!(reason = %refusal, "order refused");
+            refusals.refused(&refusal, Instant::now());
             return;
         }
     };

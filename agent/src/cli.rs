@@ -64,9 +64,28 @@ pub struct Cli {
     #[arg(long = "env", env = "ENVIRONMENT", value_name = "ENV")]
     pub environment: Option<String>,
 
+    /// File holding the token (e.g. `$CREDENTIALS_DIRECTORY/token` under systemd's
+    /// `LoadCredential=`), so it need not be in the environment.
+    #[arg(long, env = "ORCASTRATE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Key of the encrypted per-environment config (base64).
     #[arg(long, env = "CONFIG_KEY", hide_env_values = true)]
     pub config_key: Option<String>,
+
+    /// File holding the config key.
+    #[arg(long, env = "ORCASTRATE_CONFIG_KEY_FILE", value_name = "FILE")]
+    pub config_key_file: Option<PathBuf>,
+
+    /// User (name or uid) that steps, health commands and the app run as; needs the agent
+    /// to run as root.
+    #[arg(long, env = "ORCASTRATE_RUN_AS", value_name = "USER")]
+    pub run_as: Option<String>,
+
+    /// The environment variables the secrets came from before the agent moved them out of
+    /// its environment (see `handoff`), for error messages.
+    #[arg(skip)]
+    pub secrets_from_env: Vec<String>,
 
     /// Gateway public keys (base64), comma-separated.
     #[arg(

@@ -25,6 +25,12 @@ pub const DEFAULT_KEEP_RELEASES: usize = 5;
 pub const DEFAULT_HEALTH_TIMEOUT_S: u64 = 30;
 /// Default period of health checks after `healthy`.
 pub const DEFAULT_HEALTH_INTERVAL_S: u64 = 15;
+/// Default longest time one try of a `git fetch` may take (`[git] fetch_timeout_s`): long
+/// enough for a first fetch of a big repository, short enough that a server that accepts
+/// and never answers does not hold a deploy for long.
+pub const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
+/// Default tries of a fetch before the deploy fails (`[git] fetch_attempts`).
+pub const DEFAULT_FETCH_ATTEMPTS: u32 = 3;
 /// Default time `--once` waits for a server before giving up with exit code 3.
 pub const DEFAULT_CONNECT_TIMEOUT_S: u64 = 30;
 /// How long a host with no floor waits after subscribing before taking the highest order
@@ -39,6 +45,7 @@ pub struct FileConfig {
     pub name: Option<String>,
     pub server: Option<ServerList>,
     pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
     pub repo: Option<String>,
     pub env: Option<String>,
     pub git_url: Option<String>,
@@ -46,11 +53,14 @@ pub struct FileConfig {
     pub keep_releases: Option<i64>,
     pub gateway_public_keys: Option<Vec<String>>,
     pub config_key: Option<String>,
+    pub config_key_file: Option<PathBuf>,
+    pub run_as: Option<String>,
     pub on_shutdown: Option<String>,
     pub prefix: Option<String>,
     pub steps: Option<StepsFile>,
     pub shared: Option<SharedFile>,
     pub health: Option<HealthFile>,
+    pub git: Option<GitFile>,
 }
 
 /// `server = "mqtt://…"` or `server = ["mqtt://a", "mqtt://b"]`.
@@ -87,6 +97,14 @@ pub struct HealthFile {
     pub command: Option<String>,
     pub timeout_s: Option<i64>,
     pub interval_s: Option<i64>,
+}
+
+/// `[git]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitFile {
+    pub fetch_timeout_s: Option<i64>,
+    pub fetch_attempts: Option<i64>,
 }
 
 /// A configuration problem, naming where the value came from, the key and the fix.
@@ -154,6 +172,27 @@ pub struct HealthSettings {
     pub interval: Duration,
 }
 
+/// Fetching the service's code.
+#[derive(Debug, Clone)]
+pub struct GitSettings {
+    /// Longest one try of a fetch may take; its git processes are then killed.
+    pub fetch_timeout: Duration,
+    /// Tries before the deploy fails, with waits of 1, 2, 4 … (at most 30) s in between.
+    pub fetch_attempts: u32,
+}
+
+/// The user steps, health commands and the app run as (`run_as`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The primary group and every group listing the user.
+    pub groups: Vec<u32>,
+    /// `HOME` for its processes.
+    pub home: Option<PathBuf>,
+}
+
 /// The validated settings the agent runs with; tests build them in code.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -168,6 +207,8 @@ pub struct Settings {
     pub keep_releases: usize,
     pub verifier: OrderVerifier,
     pub config_key: Option<String>,
+    /// Who steps, health commands and the app run as; `None`: the agent's own user.
+    pub run_as: Option<RunAs>,
     pub on_shutdown: OnShutdown,
     pub prefix: String,
     pub steps: StepSettings,
@@ -175,6 +216,7 @@ pub struct Settings {
     pub shared_files: Vec<PathBuf>,
     pub shared_dirs: Vec<PathBuf>,
     pub health: HealthSettings,
+    pub git: GitSettings,
     /// `--once`.
     pub once: bool,
     /// With `--once`: how long to try to reach a server.
@@ -204,7 +246,12 @@ impl Settings {
     ///
     /// The first problem found, naming its origin, key and fix.
     pub fn merge(cli: &Cli, file: &FileConfig, file_origin: &str) -> Result<Self, ConfigError> {
-        let m = Merge { file_origin };
+        let m = Merge {
+            file_origin,
+            from_env: &cli.secrets_from_env,
+        };
+        // A relative path in the file is relative to the file.
+        let file_dir = cli.config.as_deref().and_then(Path::parent);
         let host = host_name();
 
         let (name, name_origin) = m.pick(
@@ -249,22 +296,31 @@ impl Settings {
             ));
         }
         for url in &servers {
-            orcastrate_broker::mqtt::parse_url(url)
-                .map_err(|e| ConfigError::new(&servers_origin, "server", e.to_string()))?;
+            orcastrate_broker::mqtt::parse_url(url).map_err(|e| {
+                let problem = crate::redact::redact(&e.to_string()).into_owned();
+                ConfigError::new(&servers_origin, "server", problem)
+            })?;
         }
 
-        let (token, token_origin) = m.pick(
-            cli.token.clone(),
-            "--token",
-            "CONNECT_TOKEN",
-            file.token.clone(),
-        );
+        let (token, token_origin) = m.secret(
+            Secret {
+                key: "token",
+                flag: "--token",
+                var: "CONNECT_TOKEN",
+                file_flag: "--token-file",
+                file_var: "ORCASTRATE_TOKEN_FILE",
+                credential: "token",
+            },
+            (cli.token.clone(), cli.token_file.clone()),
+            (file.token.clone(), file.token_file.clone()),
+            file_dir,
+        )?;
         let token = token.map(|t| t.trim().to_owned()).unwrap_or_default();
         if token.is_empty() {
             return Err(ConfigError::new(
                 token_origin,
                 "token",
-                "no token: set token = \"…\" (the one the gateway lists for this agent's name) or CONNECT_TOKEN",
+                "no token: set token = \"…\" (the one the gateway lists for this agent's name), token_file, or CONNECT_TOKEN",
             ));
         }
         if token.contains(['\n', '\r']) {
@@ -324,8 +380,8 @@ impl Settings {
         let root = root.unwrap_or_else(|| PathBuf::from("."));
         // A relative root in the file is relative to the file; from a flag or the
         // environment, to the working directory.
-        let file_dir = cli.config.as_deref().filter(|_| cli.root.is_none());
-        let root = absolute_root(&root, file_dir)
+        let root_file = cli.config.as_deref().filter(|_| cli.root.is_none());
+        let root = absolute_root(&root, root_file)
             .map_err(|p| ConfigError::new(&root_origin, "root", p))?;
 
         let keep_releases = match file.keep_releases {
@@ -364,12 +420,19 @@ impl Settings {
         let verifier = OrderVerifier::new(&keys)
             .map_err(|e| ConfigError::new(&keys_origin, "gateway_public_keys", e.to_string()))?;
 
-        let (config_key, key_origin) = m.pick(
-            cli.config_key.clone(),
-            "--config-key",
-            "CONFIG_KEY",
-            file.config_key.clone(),
-        );
+        let (config_key, key_origin) = m.secret(
+            Secret {
+                key: "config_key",
+                flag: "--config-key",
+                var: "CONFIG_KEY",
+                file_flag: "--config-key-file",
+                file_var: "ORCASTRATE_CONFIG_KEY_FILE",
+                credential: "config_key",
+            },
+            (cli.config_key.clone(), cli.config_key_file.clone()),
+            (file.config_key.clone(), file.config_key_file.clone()),
+            file_dir,
+        )?;
         let config_key = config_key
             .map(|k| k.trim().to_owned())
             .filter(|k| !k.is_empty());
@@ -382,6 +445,33 @@ impl Settings {
                 )
             })?;
         }
+
+        let (run_as, run_as_origin) = m.pick(
+            cli.run_as.clone(),
+            "--run-as",
+            "ORCASTRATE_RUN_AS",
+            file.run_as.clone(),
+        );
+        let run_as = match run_as.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(user) => {
+                let found = crate::users::lookup(&user)
+                    .map_err(|p| ConfigError::new(&run_as_origin, "run_as", p))?;
+                if current_uid() == found.uid {
+                    None
+                } else if current_uid() != 0 {
+                    return Err(ConfigError::new(
+                        run_as_origin,
+                        "run_as",
+                        format!(
+                            "switching to {user:?} needs the agent to run as root: run it as root, or remove run_as"
+                        ),
+                    ));
+                } else {
+                    Some(found)
+                }
+            }
+        };
 
         let on_shutdown = match file.on_shutdown.as_deref() {
             None | Some("keep") => OnShutdown::Keep,
@@ -491,6 +581,27 @@ impl Settings {
             86_400,
         )?;
 
+        let git_file = file.git.clone().unwrap_or_default();
+        let fetch_timeout = seconds(
+            file_origin,
+            "git.fetch_timeout_s",
+            git_file.fetch_timeout_s,
+            DEFAULT_FETCH_TIMEOUT_S,
+            1,
+            86_400,
+        )?;
+        let fetch_attempts = match git_file.fetch_attempts {
+            None => DEFAULT_FETCH_ATTEMPTS,
+            Some(n) if (1..=20).contains(&n) => n as u32,
+            Some(n) => {
+                return Err(ConfigError::new(
+                    file_origin,
+                    "git.fetch_attempts",
+                    format!("{n} is out of range: use 1 to 20"),
+                ))
+            }
+        };
+
         let connect_timeout = Duration::from_secs(
             cli.connect_timeout_s
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT_S)
@@ -508,6 +619,7 @@ impl Settings {
             keep_releases,
             verifier,
             config_key,
+            run_as,
             on_shutdown,
             prefix,
             steps: StepSettings {
@@ -523,6 +635,10 @@ impl Settings {
                 timeout,
                 interval,
             },
+            git: GitSettings {
+                fetch_timeout,
+                fetch_attempts,
+            },
             once: cli.once,
             connect_timeout,
             host,
@@ -532,6 +648,8 @@ impl Settings {
 
 struct Merge<'a> {
     file_origin: &'a str,
+    /// Variables the agent moved out of its environment (see `crate::handoff`).
+    from_env: &'a [String],
 }
 
 impl Merge<'_> {
@@ -545,16 +663,108 @@ impl Merge<'_> {
     ) -> (Option<T>, String) {
         match cli {
             Some(v) => {
-                let origin = if std::env::var_os(var).is_some() {
-                    format!("environment variable {var}")
-                } else {
-                    flag.to_owned()
-                };
+                let origin =
+                    if std::env::var_os(var).is_some() || self.from_env.iter().any(|v| v == var) {
+                        format!("environment variable {var}")
+                    } else {
+                        flag.to_owned()
+                    };
                 (Some(v), origin)
             }
             None => (file, self.file_origin.to_owned()),
         }
     }
+}
+
+/// The names of a secret that can be given as a value or as a file.
+struct Secret {
+    /// The key in the file; with `_file` appended, the key of the file holding it.
+    key: &'static str,
+    flag: &'static str,
+    var: &'static str,
+    file_flag: &'static str,
+    file_var: &'static str,
+    /// Its name in `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`), the last resort.
+    credential: &'static str,
+}
+
+impl Merge<'_> {
+    /// A secret given as a value or a file, on the command line (or environment) or in the
+    /// config file, or as a systemd credential; returns it and its origin.
+    fn secret(
+        &self,
+        names: Secret,
+        cli: (Option<String>, Option<PathBuf>),
+        file: (Option<String>, Option<PathBuf>),
+        file_dir: Option<&Path>,
+    ) -> Result<(Option<String>, String), ConfigError> {
+        let file_key = format!("{}_file", names.key);
+        match (cli, file) {
+            ((Some(v), _), _) => Ok(self.pick(Some(v), names.flag, names.var, None)),
+            ((None, Some(path)), _) => {
+                let (_, origin) = self.pick(Some(()), names.file_flag, names.file_var, None);
+                read_secret(&path, &origin, &file_key).map(|v| (Some(v), origin))
+            }
+            (_, (Some(_), Some(_))) => Err(ConfigError::new(
+                self.file_origin,
+                names.key,
+                format!("set {} or {file_key}, not both", names.key),
+            )),
+            (_, (Some(v), None)) => Ok((Some(v), self.file_origin.to_owned())),
+            (_, (None, Some(path))) => {
+                let path = match file_dir {
+                    Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => {
+                        dir.join(path)
+                    }
+                    _ => path,
+                };
+                read_secret(&path, self.file_origin, &file_key)
+                    .map(|v| (Some(v), self.file_origin.to_owned()))
+            }
+            (_, (None, None)) => {
+                let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+                    return Ok((None, self.file_origin.to_owned()));
+                };
+                let path = Path::new(&dir).join(names.credential);
+                let origin = format!("systemd credential {}", path.display());
+                if path.exists() {
+                    read_secret(&path, &origin, names.key).map(|v| (Some(v), origin))
+                } else {
+                    Ok((None, self.file_origin.to_owned()))
+                }
+            }
+        }
+    }
+}
+
+/// Reads a one-line secret from a file (trailing newline and spaces dropped).
+fn read_secret(path: &Path, origin: &str, key: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            origin,
+            key,
+            format!(
+                "cannot read {}: {e}; check the path and that the agent's user may read it",
+                path.display()
+            ),
+        )
+    })?;
+    let value = text.trim();
+    if value.is_empty() || value.contains(['\n', '\r']) {
+        return Err(ConfigError::new(
+            origin,
+            key,
+            format!("{} must hold the secret on one line", path.display()),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// The real uid of the agent.
+#[allow(unsafe_code)]
+fn current_uid() -> u32 {
+    // SAFETY: getuid takes nothing and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -778,6 +988,73 @@ mod tests {
         let e = read_file(&path).unwrap_err();
         assert_eq!(e.key, "line 4");
         assert!(e.problem.contains("instal"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_names_every_key() {
+        // Every commented `key = value` line, uncommented, is a key the agent knows, and
+        // together they set every key (a key missing from the example stays None).
+        let uncommented: String = crate::EXAMPLE_CONFIG
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file: FileConfig = toml::from_str(&uncommented).unwrap();
+        let shown = format!("{file:?}");
+        assert!(
+            !shown.contains("None"),
+            "a key is not in the example: {shown}"
+        );
+
+        // As shipped (everything commented) it parses too.
+        toml::from_str::<FileConfig>(crate::EXAMPLE_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn secrets_from_files_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "from-file\n").unwrap();
+        let mut f = base_file();
+        f.token = None;
+        f.token_file = Some("token".into());
+        let cli = Cli {
+            config: Some(dir.path().join("agent.toml")),
+            ..Cli::default()
+        };
+        assert_eq!(
+            Settings::merge(&cli, &f, "a.toml").unwrap().token,
+            "from-file"
+        );
+
+        f.token = Some("both".into());
+        assert_eq!(
+            Settings::merge(&cli, &f, "a.toml").unwrap_err().key,
+            "token"
+        );
+
+        f.token = None;
+        f.token_file = Some("missing".into());
+        let e = Settings::merge(&cli, &f, "a.toml").unwrap_err();
+        assert_eq!(e.key, "token_file");
+        assert!(e.problem.contains("missing"), "{e}");
+
+        let mut f = base_file();
+        f.run_as = Some("no-such-user-here".into());
+        assert_eq!(
+            Settings::merge(&Cli::default(), &f, "a.toml")
+                .unwrap_err()
+                .key,
+            "run_as"
+        );
     }
 
     #[test]

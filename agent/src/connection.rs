@@ -59,6 +59,7 @@ struct Inner {
     token: String,
     status_topic: String,
     log_topic: String,
+    desired_topic: String,
     /// The latest status, without session and MAC (sealed when published, because the
     /// session changes with each connection); re-published on every CONNACK.
     latest: Mutex<AgentStatus>,
@@ -95,6 +96,18 @@ impl Bus {
         let _ = self.inner.changes.send(status);
     }
 
+    /// Subscribes to `desired` again, which makes the broker send the retained order again:
+    /// under a flood of forged orders the broker may drop messages for this agent (rumqttd
+    /// keeps a bounded backlog per subscription), the true order among them.
+    pub(crate) fn resubscribe(&self) {
+        if self.is_connected() {
+            let _ = self
+                .inner
+                .client
+                .try_subscribe(&self.inner.desired_topic, QoS::AtLeastOnce);
+        }
+    }
+
     /// Whether a CONNACK was received and the connection has not failed since.
     pub(crate) fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
@@ -124,9 +137,9 @@ impl Bus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        status.error = status
-            .error
-            .map(|e| orcastrate_broker::message::truncate_text(&e, MAX_ERROR_BYTES));
+        status.error = status.error.map(|e| {
+            orcastrate_broker::message::truncate_text(&crate::redact::redact(&e), MAX_ERROR_BYTES)
+        });
         orcastrate_broker::sign::seal_status(&self.inner.token, &mut status);
         serde_json::to_vec(&status).ok()
     }
@@ -159,6 +172,7 @@ impl Connection {
                 token: settings.token.clone(),
                 status_topic: topics.status(&settings.repo, &settings.env, &settings.name),
                 log_topic: topics.log(&settings.repo, &settings.env, &settings.name),
+                desired_topic: topics.desired(&settings.repo, &settings.env),
                 latest: Mutex::new(initial),
                 changes,
                 session: Mutex::new(session),
@@ -273,7 +287,7 @@ async fn poll_loop(
                 failed_in_round = 0;
                 round = 0;
                 ctx.bus.inner.connected.store(true, Ordering::Relaxed);
-                tracing::info!(server = %servers[server], "connected");
+                tracing::info!(server = %crate::redact::redact(&servers[server]), "connected");
                 if let Err(e) = ctx
                     .bus
                     .inner
@@ -321,7 +335,7 @@ async fn poll_loop(
             Err(e) => {
                 ctx.bus.inner.connected.store(false, Ordering::Relaxed);
                 let _ = ctx.events.send(BusEvent::Disconnected);
-                log_failure(&servers[server], &e, got_connack);
+                log_failure(&crate::redact::redact(&servers[server]), &e, got_connack);
                 if std::mem::take(&mut got_connack) {
                     // A lost connection starts a new round from the first (preferred) server.
                     failed_in_round = 0;

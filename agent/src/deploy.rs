@@ -312,7 +312,13 @@ impl Job<'_> {
         }
         if !ctx.git.has_commit(&self.order.sha).await {
             ctx.git
-                .fetch(&self.order.sha, self.sink, &ctx.state, &self.control.cancel)
+                .fetch(
+                    &self.order.sha,
+                    self.sink,
+                    &ctx.state,
+                    &ctx.status,
+                    &self.control.cancel,
+                )
                 .await?;
         }
         Ok(ctx.git.is_ancestor(&self.order.sha, &healthy.sha).await == Some(true))
@@ -324,7 +330,7 @@ impl Job<'_> {
         let cancel = &self.control.cancel;
         let dir = ctx.layout.release(name);
         ctx.git
-            .fetch(&self.order.sha, self.sink, &ctx.state, cancel)
+            .fetch(&self.order.sha, self.sink, &ctx.state, &ctx.status, cancel)
             .await?;
         let releases = ctx.layout.releases();
         let fix = || {
@@ -388,6 +394,10 @@ impl Job<'_> {
             Err(e) => return Err(Early::Failed(e)),
         }
 
+        if let Some(user) = &ctx.settings.run_as {
+            self.hand_over(&dir, user)?;
+        }
+
         for (step, command) in [
             (Step::Install, &ctx.settings.steps.install),
             (Step::Build, &ctx.settings.steps.build),
@@ -401,7 +411,7 @@ impl Job<'_> {
             self.step(step);
             self.sink.note(Some(step), &format!("running `{command}`"));
             steps::run(
-                &Cmd::in_release(command, &dir),
+                &Cmd::in_release(command, &dir, ctx.settings.run_as.as_ref()),
                 step,
                 self.sink,
                 &ctx.state,
@@ -425,6 +435,32 @@ impl Job<'_> {
                     fix()
                 ))
             })?;
+        Ok(())
+    }
+
+    /// Makes the `run_as` user the owner of the release (its decrypted config included) and
+    /// of the `[shared]` entries, so its steps and app can use them.
+    fn hand_over(&self, dir: &std::path::Path, user: &crate::config::RunAs) -> Result<(), Early> {
+        let ctx = self.ctx;
+        let fail = |e: std::io::Error| {
+            Early::Failed(format!(
+                "cannot give the release to run_as user {}: {e}; the agent must run as root to use run_as",
+                user.name
+            ))
+        };
+        crate::users::chown_tree(dir, user).map_err(fail)?;
+        let shared = ctx.layout.shared();
+        for path in ctx
+            .settings
+            .shared_files
+            .iter()
+            .chain(&ctx.settings.shared_dirs)
+        {
+            let target = shared.join(path);
+            if target.exists() {
+                std::os::unix::fs::lchown(&target, Some(user.uid), Some(user.gid)).map_err(fail)?;
+            }
+        }
         Ok(())
     }
 
@@ -464,6 +500,7 @@ impl Job<'_> {
             &ctx.layout.release(release),
             ctx.settings.health.timeout,
             || ctx.supervisor.alive(),
+            ctx.settings.run_as.as_ref(),
             &never,
         )
         .await;
@@ -614,6 +651,7 @@ impl Job<'_> {
                 &ctx.layout.release(&target.release),
                 ctx.settings.health.timeout,
                 || ctx.supervisor.alive(),
+                ctx.settings.run_as.as_ref(),
                 &CancellationToken::new(),
             )
             .await

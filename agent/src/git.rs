@@ -11,31 +11,97 @@ use std::time::Duration;
 use orcastrate_broker::Step;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::GitSettings;
 use crate::state::SharedState;
+use crate::status::StatusBoard;
 use crate::steps::{self, Cmd, Sink, StepError};
 
 /// Refs that keep fetched commits alive.
 const REF_PREFIX: &str = "refs/orcastrate/";
 
-/// Waits between the tries of a fetch from the remote: 3 tries, 1 s and 2 s apart.
-const FETCH_BACKOFF: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+/// First wait between two tries of a fetch; doubled after each failed try up to
+/// [`FETCH_BACKOFF_MAX`].
+const FETCH_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a fetch.
+const FETCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// An HTTP(S) transfer slower than this many bytes a second for [`LOW_SPEED_TIME_S`] is
+/// aborted by git (`http.lowSpeedLimit`): a server that accepts and never answers would
+/// otherwise hold a fetch for as long as TCP keeps the connection.
+const LOW_SPEED_LIMIT: u32 = 1000;
+/// See [`LOW_SPEED_LIMIT`] (`http.lowSpeedTime`).
+const LOW_SPEED_TIME_S: u32 = 30;
+/// SSH options for git's transport when the user set no `core.sshCommand`/`GIT_SSH_COMMAND`
+/// of their own: never prompt (nobody can answer; an unknown host key or a locked key fails
+/// at once), give up on a host that does not answer within 15 s, and on a connection whose
+/// server stops answering keep-alives for 30 s.
+const SSH_COMMAND: &str =
+    "ssh -o BatchMode=yes -o ConnectTimeout=15 -o ServerAliveInterval=15 -o ServerAliveCountMax=2";
 
 /// The bare cache of the service's repository.
 #[derive(Debug, Clone)]
 pub(crate) struct Git {
     cache: PathBuf,
     url: String,
+    /// `url` as shown in messages: credentials it carries hidden.
+    shown_url: String,
     /// Working directory of git commands (the agent's root).
     root: PathBuf,
+    /// Longest one try of a fetch may take before its process group is killed.
+    fetch_timeout: Duration,
+    /// Tries of a fetch before the deploy fails.
+    fetch_attempts: u32,
 }
 
 impl Git {
-    pub(crate) fn new(cache: &Path, url: &str, root: &Path) -> Self {
+    pub(crate) fn new(cache: &Path, url: &str, root: &Path, settings: &GitSettings) -> Self {
         Self {
             cache: cache.to_path_buf(),
             url: url.to_owned(),
+            shown_url: crate::redact::redact(url).into_owned(),
             root: root.to_path_buf(),
+            fetch_timeout: settings.fetch_timeout,
+            fetch_attempts: settings.fetch_attempts.max(1),
         }
+    }
+
+    /// The `-c` options and environment that bound a transfer's stalls, except where the
+    /// user configured their own (in git's config or the agent's environment).
+    async fn network_options(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let query = self.cmd([
+            "config",
+            "--get-regexp",
+            r"^(core\.sshcommand|http\.lowspeedlimit|http\.lowspeedtime)$",
+        ]);
+        let user: Vec<String> = match steps::output(&query).await {
+            Ok((_, out)) => out
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_ascii_lowercase)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut config = Vec::new();
+        if !user.iter().any(|k| k == "http.lowspeedlimit") {
+            config.extend([
+                "-c".to_owned(),
+                format!("http.lowSpeedLimit={LOW_SPEED_LIMIT}"),
+            ]);
+        }
+        if !user.iter().any(|k| k == "http.lowspeedtime") {
+            config.extend([
+                "-c".to_owned(),
+                format!("http.lowSpeedTime={LOW_SPEED_TIME_S}"),
+            ]);
+        }
+        let mut env = Vec::new();
+        let own_ssh = user.iter().any(|k| k == "core.sshcommand")
+            || std::env::var_os("GIT_SSH_COMMAND").is_some()
+            || std::env::var_os("GIT_SSH").is_some();
+        if !own_ssh {
+            env.push(("GIT_SSH_COMMAND".to_owned(), SSH_COMMAND.to_owned()));
+        }
+        (config, env)
     }
 
     fn cmd<I, S>(&self, args: I) -> Cmd
@@ -54,6 +120,8 @@ impl Git {
                 ("GIT_TERMINAL_PROMPT".into(), "0".into()),
                 ("GIT_ASKPASS".into(), "true".into()),
             ],
+            // git runs as the agent: the credentials for git_url are the agent's.
+            user: None,
         }
     }
 
@@ -76,6 +144,7 @@ impl Git {
         sha: &str,
         sink: &Arc<Sink>,
         state: &SharedState,
+        status: &StatusBoard,
         cancel: &CancellationToken,
     ) -> Result<(), FetchError> {
         if !self.cache.join("HEAD").exists() {
@@ -89,38 +158,53 @@ impl Git {
                 ],
                 dir: self.root.clone(),
                 extra_env: vec![],
+                user: None,
             };
             steps::run(&init, Step::Fetch, sink, state, cancel).await?;
         }
         if !self.has_commit(sha).await {
-            self.fetch_with_retries(sha, sink, state, cancel).await?;
+            self.fetch_with_retries(sha, sink, state, status, cancel)
+                .await?;
         }
         let keep = self.cmd(["update-ref", &format!("{REF_PREFIX}{sha}"), sha]);
         steps::run(&keep, Step::Fetch, sink, state, cancel).await?;
         Ok(())
     }
 
-    /// Fetches `sha` from the remote, trying [`FETCH_BACKOFF`]`.len() + 1` times with those
-    /// waits in between (a network hiccup or a host restarting should not fail a deploy).
+    /// Fetches `sha` from the remote, trying `fetch_attempts` times with growing waits in
+    /// between (a network hiccup or a host restarting should not fail a deploy). Each try is
+    /// killed after `fetch_timeout`. While it retries, the status `error` says
+    /// `fetch: retrying (n/N): <reason>`.
     async fn fetch_with_retries(
         &self,
         sha: &str,
         sink: &Arc<Sink>,
         state: &SharedState,
+        status: &StatusBoard,
         cancel: &CancellationToken,
     ) -> Result<(), FetchError> {
-        let attempts = FETCH_BACKOFF.len() + 1;
+        let attempts = self.fetch_attempts;
+        let network = self.network_options().await;
+        let mut wait = FETCH_BACKOFF;
         for attempt in 1..=attempts {
             let _ = sink.take_first_error();
             sink.note(
                 Some(Step::Fetch),
                 &format!(
                     "fetching {sha} from {} (attempt {attempt} of {attempts})",
-                    self.url
+                    self.shown_url
                 ),
             );
-            let error = match self.fetch_once(sha, sink, state, cancel).await {
-                Ok(()) => return Ok(()),
+            let error = match self
+                .fetch_deadline(sha, &network, sink, state, cancel)
+                .await
+            {
+                Ok(()) => {
+                    if attempt > 1 {
+                        status.update(|s| s.error = None);
+                    }
+                    return Ok(());
+                }
                 Err(FetchError::Step(StepError::Cancelled)) => {
                     return Err(StepError::Cancelled.into())
                 }
@@ -132,18 +216,18 @@ impl Git {
                     .map_or_else(|| e.to_string(), |git| format!("{e}: {git}")),
                 other => other.to_string(),
             };
-            let Some(wait) = FETCH_BACKOFF.get(attempt - 1) else {
+            if attempt == attempts {
                 return Err(match error {
                     // The remote answered: its own message says it best.
                     FetchError::Missing { .. } => error,
                     _ => FetchError::GaveUp {
                         sha: sha.to_owned(),
-                        url: self.url.clone(),
+                        url: self.shown_url.clone(),
                         attempts,
                         reason,
                     },
                 });
-            };
+            }
             sink.note(
                 Some(Step::Fetch),
                 &format!(
@@ -151,32 +235,82 @@ impl Git {
                     wait.as_secs()
                 ),
             );
+            status.update(|s| {
+                s.error = Some(format!(
+                    "fetch: retrying ({}/{attempts}): {reason}",
+                    attempt + 1
+                ));
+            });
             tokio::select! {
-                () = tokio::time::sleep(*wait) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => return Err(StepError::Cancelled.into()),
             }
+            wait = (wait * 2).min(FETCH_BACKOFF_MAX);
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// One try, its git processes killed (by process group) once `fetch_timeout` passes.
+    async fn fetch_deadline(
+        &self,
+        sha: &str,
+        network: &(Vec<String>, Vec<(String, String)>),
+        sink: &Arc<Sink>,
+        state: &SharedState,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        let attempt = cancel.child_token();
+        // A timer that cancels the try, rather than a timeout around it: cancelling lets
+        // the running step kill its process group and clean up before it returns.
+        let timer = {
+            let attempt = attempt.clone();
+            let limit = self.fetch_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                attempt.cancel();
+            })
+        };
+        let result = self.fetch_once(sha, network, sink, state, &attempt).await;
+        timer.abort();
+        match result {
+            Err(FetchError::Step(StepError::Cancelled)) if !cancel.is_cancelled() => {
+                Err(FetchError::TimedOut {
+                    seconds: self.fetch_timeout.as_secs(),
+                })
+            }
+            other => other,
+        }
     }
 
     /// One try: by sha, then every branch; the commit must be in the cache afterwards.
     async fn fetch_once(
         &self,
         sha: &str,
+        network: &(Vec<String>, Vec<(String, String)>),
         sink: &Arc<Sink>,
         state: &SharedState,
         cancel: &CancellationToken,
     ) -> Result<(), FetchError> {
+        let (config, env) = network;
+        let fetch = |refspec: &str| {
+            let mut args = config.clone();
+            args.extend(
+                [
+                    "fetch",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    &self.url,
+                    refspec,
+                ]
+                .map(str::to_owned),
+            );
+            let mut cmd = self.cmd(args);
+            cmd.extra_env.extend(env.iter().cloned());
+            cmd
+        };
         // Most servers (GitHub included) serve any reachable commit by its sha; older ones
         // only serve what a ref points to, so fall back to fetching every branch.
-        let by_sha = self.cmd([
-            "fetch",
-            "--no-tags",
-            "--no-write-fetch-head",
-            &self.url,
-            sha,
-        ]);
-        if let Err(e) = steps::run(&by_sha, Step::Fetch, sink, state, cancel).await {
+        if let Err(e) = steps::run(&fetch(sha), Step::Fetch, sink, state, cancel).await {
             if matches!(e, StepError::Cancelled) {
                 return Err(e.into());
             }
@@ -184,13 +318,7 @@ impl Git {
                 Some(Step::Fetch),
                 "fetching by sha failed; fetching all branches instead",
             );
-            let all = self.cmd([
-                "fetch",
-                "--no-tags",
-                "--no-write-fetch-head",
-                &self.url,
-                "+refs/heads/*:refs/orcastrate-branches/*",
-            ]);
+            let all = fetch("+refs/heads/*:refs/orcastrate-branches/*");
             steps::run(&all, Step::Fetch, sink, state, cancel).await?;
         }
         if self.has_commit(sha).await {
@@ -198,7 +326,7 @@ impl Git {
         } else {
             Err(FetchError::Missing {
                 sha: sha.to_owned(),
-                url: self.url.clone(),
+                url: self.shown_url.clone(),
             })
         }
     }
@@ -284,11 +412,13 @@ pub(crate) enum FetchError {
     Step(#[from] StepError),
     #[error("commit {sha} is not in {url}: was it pushed? (check git_url and the machine's git credentials)")]
     Missing { sha: String, url: String },
+    #[error("git did not finish within {seconds} s ([git] fetch_timeout_s): the server accepted but did not answer, or the transfer stalled")]
+    TimedOut { seconds: u64 },
     #[error("cannot fetch {sha} from {url}: {attempts} attempts failed, the last with: {reason} (check git_url, the network and this machine's git credentials)")]
     GaveUp {
         sha: String,
         url: String,
-        attempts: usize,
+        attempts: u32,
         reason: String,
     },
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, RunAs};
 use crate::steps::Cmd;
 
 /// Longest single attempt; a slow app gets more attempts within `timeout_s`.
@@ -132,12 +132,13 @@ pub(crate) async fn check_once(
     check: &HealthCheck,
     dir: &Path,
     app_alive: bool,
+    user: Option<&RunAs>,
 ) -> Result<(), String> {
     let attempt = async {
         match check {
             HealthCheck::Http(url) => http_once(&parse_http_url(url)?).await,
             HealthCheck::Command(cmd) => {
-                let out = crate::steps::output(&Cmd::shell(cmd, dir))
+                let out = crate::steps::output(&Cmd::shell(cmd, dir).run_as(user))
                     .await
                     .map_err(|e| format!("health command `{cmd}` did not start: {e}"))?;
                 if out.0.success() {
@@ -177,6 +178,7 @@ pub(crate) async fn wait_healthy(
     dir: &Path,
     timeout: Duration,
     app_alive: impl Fn() -> bool,
+    user: Option<&RunAs>,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -192,7 +194,7 @@ pub(crate) async fn wait_healthy(
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = tokio::time::timeout(
             remaining.max(Duration::from_millis(100)),
-            check_once(check, dir, app_alive()),
+            check_once(check, dir, app_alive(), user),
         );
         last = match attempt.await {
             Ok(Ok(())) => return Ok(()),
@@ -254,30 +256,43 @@ mod tests {
         let bad = serve_once("HTTP/1.0 503 Busy\r\n\r\n").await;
         let dir = Path::new("/");
         let check = |p: u16| HealthCheck::Http(format!("http://127.0.0.1:{p}/h"));
-        assert_eq!(check_once(&check(ok), dir, true).await, Ok(()));
-        assert!(check_once(&check(bad), dir, true)
+        assert_eq!(check_once(&check(ok), dir, true, None).await, Ok(()));
+        assert!(check_once(&check(bad), dir, true, None)
             .await
             .unwrap_err()
             .contains("503"));
         let cancel = CancellationToken::new();
-        let err = wait_healthy(&check(bad), dir, Duration::from_secs(1), || true, &cancel)
-            .await
-            .unwrap_err();
+        let err = wait_healthy(
+            &check(bad),
+            dir,
+            Duration::from_secs(1),
+            || true,
+            None,
+            &cancel,
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains("not healthy within 1 s"), "{err}");
     }
 
     #[tokio::test]
     async fn command_and_running_checks() {
         let dir = Path::new("/");
-        assert!(check_once(&HealthCheck::Command("true".into()), dir, false)
-            .await
-            .is_ok());
         assert!(
-            check_once(&HealthCheck::Command("exit 3".into()), dir, true)
+            check_once(&HealthCheck::Command("true".into()), dir, false, None)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check_once(&HealthCheck::Command("exit 3".into()), dir, true, None)
                 .await
                 .is_err()
         );
-        assert!(check_once(&HealthCheck::Running, dir, true).await.is_ok());
-        assert!(check_once(&HealthCheck::Running, dir, false).await.is_err());
+        assert!(check_once(&HealthCheck::Running, dir, true, None)
+            .await
+            .is_ok());
+        assert!(check_once(&HealthCheck::Running, dir, false, None)
+            .await
+            .is_err());
     }
 }

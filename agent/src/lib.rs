@@ -3,8 +3,8 @@
 //! It subscribes to its `desired` topic, accepts only orders signed by a configured gateway
 //! key that are newer than anything it started, builds each release in its own directory,
 //! switches `current` atomically, checks health, rolls back by itself, and publishes what it
-//! does as a retained, MAC'd status. See `README.md` for users and `../shared/design.md` for
-//! the contract.
+//! does as a retained, MAC'd status. See `README.md` for users and `docs/protocol.md` at the
+//! repository's root for the bus contract.
 //!
 //! # Layout
 //!
@@ -20,8 +20,11 @@
 //! - `supervisor`: the app process: start, restart, stop, adopt.
 //! - `health`: HTTP and command health checks.
 //! - `secrets`: decrypting the per-environment config.
+//! - [`handoff`]: secrets moved out of the environment at start-up, the process non-dumpable.
+//! - `users`: the `run_as` user of steps and the app.
 //! - `state`: `state.json`.
 //! - `status`: the status the agent publishes.
+//! - `redact`: credentials in URLs hidden from everything the agent prints or publishes.
 //! - `procs`, `fsutil`: process groups and crash-safe file operations.
 
 mod accept;
@@ -32,18 +35,21 @@ mod connection;
 mod deploy;
 mod fsutil;
 mod git;
+pub mod handoff;
 mod health;
 mod procs;
+mod redact;
 mod release;
 mod secrets;
 mod state;
 mod status;
 mod steps;
 mod supervisor;
+mod users;
 
 pub use agent::{run, AgentError, RunOutcome};
 pub use cli::{Cli, LogFormat};
-pub use config::{ConfigError, HealthCheck, OnShutdown, Settings};
+pub use config::{ConfigError, HealthCheck, OnShutdown, RunAs, Settings};
 
 /// The commented example config (`config/agent.example.toml`).
 pub const EXAMPLE_CONFIG: &str = include_str!("../../config/agent.example.toml");

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use orcastrate_agent::{Cli, LogFormat, Settings};
+use orcastrate_agent::{handoff, Cli, LogFormat, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -12,12 +12,26 @@ use tracing_subscriber::EnvFilter;
 const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     if cli.print_example_config {
         print!("{}", orcastrate_agent::EXAMPLE_CONFIG);
         return ExitCode::SUCCESS;
     }
+    // Before any thread starts: secrets in the environment or on the command line move to a
+    // fresh image of the agent (same pid); it continues below with them in `cli`.
+    let handoff_failed = handoff::exposed().then(|| handoff::reexec(&cli));
+    if let Err(e) = handoff::receive(&mut cli) {
+        eprintln!("orcastrate-agent: {e}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let inspectable = handoff::forbid_inspection().err();
     set_up_logging(cli.log_format);
+    if let Some(e) = handoff_failed {
+        tracing::warn!(error = %e, "the token and config key stay readable in /proc/<pid>/environ by processes of this user; give them with token_file/config_key_file instead");
+    }
+    if let Some(e) = inspectable {
+        tracing::warn!(error = %e, "cannot make the agent non-dumpable: processes of its user may read its memory");
+    }
     let settings = match Settings::load(&cli) {
         Ok(s) => s,
         Err(e) => {

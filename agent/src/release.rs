@@ -71,10 +71,15 @@ impl Layout {
         self.root.join("tmp")
     }
 
-    /// Creates the directories of the layout.
+    /// Creates the directories of the layout; `logs/` and `tmp/` are the agent's user's
+    /// only (mode 0700), since output and scratch files can hold what the code prints.
     pub(crate) fn create(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
         for dir in [self.releases(), self.shared(), self.logs(), self.tmp()] {
             std::fs::create_dir_all(dir)?;
+        }
+        for private in [self.logs(), self.tmp()] {
+            std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o700))?;
         }
         Ok(())
     }

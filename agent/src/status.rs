@@ -58,6 +58,9 @@ impl StatusBoard {
     pub(crate) fn update(&self, change: impl FnOnce(&mut AgentStatus)) {
         let mut s = self.current.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut s);
+        if let Some(e) = &s.error {
+            s.error = Some(crate::redact::redact(e).into_owned());
+        }
         s.updated_at = orcastrate_broker::time::now();
         if s.state != AgentState::Deploying {
             s.step = None;

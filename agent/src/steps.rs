@@ -16,7 +16,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RunAs;
 use crate::connection::Bus;
+use crate::redact::redact;
 use crate::state::{self, ProcRecord, SharedState};
 
 /// Longest line kept whole; longer output is cut into pieces of this size.
@@ -26,8 +28,9 @@ const MAX_LINE_BYTES: usize = 3000;
 /// the pipe open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Environment variables never passed to steps or the app.
-const SECRET_VARS: [&str; 2] = ["CONNECT_TOKEN", "CONFIG_KEY"];
+/// Environment variables never passed to steps or the app (the last one is where systemd
+/// puts the agent's credentials).
+const SECRET_VARS: [&str; 3] = ["CONNECT_TOKEN", "CONFIG_KEY", "CREDENTIALS_DIRECTORY"];
 /// Prefix of the agent's own variables, never passed to steps or the app.
 const AGENT_VAR_PREFIX: &str = "ORCASTRATE_";
 
@@ -39,6 +42,23 @@ pub(crate) fn scrubbed_env() -> Vec<(OsString, OsString)> {
             !SECRET_VARS.contains(&k.as_ref()) && !k.starts_with(AGENT_VAR_PREFIX)
         })
         .collect()
+}
+
+/// Opens a log file for appending, readable by the agent's user only (mode 0600, also when
+/// an older agent created it more open): output can hold what the service's own code prints.
+///
+/// # Errors
+///
+/// When the file cannot be opened or its mode set.
+pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Where the output of one deploy goes: the `log` topic and a log file.
@@ -56,10 +76,7 @@ impl Sink {
     /// A sink for order `seq`, appending to `log_file` if it can be opened.
     pub(crate) fn new(bus: Bus, seq: Option<u64>, log_file: Option<&Path>) -> Arc<Self> {
         let file = log_file.and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
+            open_log(p)
                 .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot open the deploy log file"))
                 .ok()
         });
@@ -76,8 +93,9 @@ impl Sink {
         self.first_error.lock().ok()?.take()
     }
 
-    /// One line of output.
+    /// One line of output (credentials in URLs hidden).
     pub(crate) fn line(&self, step: Option<Step>, stream: LogStream, text: &str) {
+        let text = &*redact(text);
         let at = orcastrate_broker::time::now();
         if stream == LogStream::Stderr && (text.starts_with("fatal:") || text.starts_with("error:"))
         {
@@ -109,6 +127,7 @@ impl Sink {
 
     /// The agent's own message about the deploy (also logged locally).
     pub(crate) fn note(&self, step: Option<Step>, text: &str) {
+        let text = &*redact(text);
         tracing::info!(seq = self.seq, step = step.map(Step::as_str), "{text}");
         self.line(step, LogStream::Agent, text);
     }
@@ -135,6 +154,8 @@ pub(crate) struct Cmd {
     pub(crate) args: Vec<String>,
     pub(crate) dir: PathBuf,
     pub(crate) extra_env: Vec<(String, String)>,
+    /// Runs as this user (`run_as`) instead of the agent's.
+    pub(crate) user: Option<RunAs>,
 }
 
 impl Cmd {
@@ -145,13 +166,20 @@ impl Cmd {
             args: vec!["-c".into(), script.into()],
             dir: dir.to_path_buf(),
             extra_env: Vec::new(),
+            user: None,
         }
     }
 
+    /// The same command, run as `user` when given.
+    pub(crate) fn run_as(mut self, user: Option<&RunAs>) -> Self {
+        self.user = user.cloned();
+        self
+    }
+
     /// `sh -c {script}` in a release directory, marked as the agent's (see
-    /// [`crate::procs::RELEASE_VAR`]).
-    pub(crate) fn in_release(script: &str, dir: &Path) -> Self {
-        let mut cmd = Self::shell(script, dir);
+    /// [`crate::procs::RELEASE_VAR`]), as `user` when given.
+    pub(crate) fn in_release(script: &str, dir: &Path, user: Option<&RunAs>) -> Self {
+        let mut cmd = Self::shell(script, dir).run_as(user);
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -161,19 +189,22 @@ impl Cmd {
         cmd
     }
 
-    /// How the command is shown in logs and errors.
+    /// How the command is shown in logs and errors (credentials in URLs hidden).
     pub(crate) fn display(&self) -> String {
-        if self.program == "sh" && self.args.first().map(String::as_str) == Some("-c") {
+        let shown = if self.program == "sh" && self.args.first().map(String::as_str) == Some("-c") {
             self.args.get(1).cloned().unwrap_or_default()
         } else {
             std::iter::once(self.program.as_str())
                 .chain(self.args.iter().map(String::as_str))
                 .collect::<Vec<_>>()
                 .join(" ")
-        }
+        };
+        redact(&shown).into_owned()
     }
 
-    /// A `tokio` command in its own process group with the scrubbed environment.
+    /// A `tokio` command in its own process group with the scrubbed environment, switched
+    /// to its user (with that user's `HOME`, `USER` and `LOGNAME`) if it has one.
+    #[allow(unsafe_code)]
     pub(crate) fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         c.args(&self.args)
@@ -184,6 +215,18 @@ impl Cmd {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(user) = self.user.clone() {
+            match &user.home {
+                Some(home) => c.env("HOME", home),
+                None => c.env_remove("HOME"),
+            };
+            c.env("USER", &user.name).env("LOGNAME", &user.name);
+            // SAFETY: runs in the forked child before exec; `become_user` makes only
+            // async-signal-safe system calls and allocates nothing.
+            unsafe {
+                c.pre_exec(move || crate::users::become_user(&user));
+            }
+        }
         c
     }
 }
@@ -351,6 +394,7 @@ mod tests {
             args: vec!["fetch".into(), "origin".into()],
             dir: PathBuf::from("/"),
             extra_env: vec![],
+            user: None,
         };
         assert_eq!(c.display(), "git fetch origin");
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RunAs;
 use crate::procs::{self, Stopped};
 use crate::release::Layout;
 use crate::state::{self, AppRecord, ProcRecord, SharedState};
@@ -48,6 +49,8 @@ struct Running {
 /// Runs at most one app at a time.
 pub(crate) struct Supervisor {
     start_cmd: String,
+    /// `run_as`.
+    user: Option<RunAs>,
     stop_timeout: Duration,
     layout: Layout,
     state: SharedState,
@@ -62,12 +65,14 @@ enum Process {
 impl Supervisor {
     pub(crate) fn new(
         start_cmd: &str,
+        user: Option<RunAs>,
         stop_timeout: Duration,
         layout: Layout,
         state: SharedState,
     ) -> Self {
         Self {
             start_cmd: start_cmd.to_owned(),
+            user,
             stop_timeout,
             layout,
             state,
@@ -154,7 +159,13 @@ impl Supervisor {
     }
 
     fn spawn(&self, release: &str) -> std::io::Result<(tokio::process::Child, ProcRecord)> {
-        spawn_app(&self.start_cmd, &self.layout, release, &self.state)
+        spawn_app(
+            &self.start_cmd,
+            self.user.as_ref(),
+            &self.layout,
+            release,
+            &self.state,
+        )
     }
 
     fn watch(&self, info: AppInfo, process: Process) {
@@ -163,6 +174,7 @@ impl Supervisor {
         let task = tokio::spawn(watch_task(
             WatchCtx {
                 start_cmd: self.start_cmd.clone(),
+                user: self.user.clone(),
                 stop_timeout: self.stop_timeout,
                 layout: self.layout.clone(),
                 state: self.state.clone(),
@@ -181,6 +193,7 @@ impl Supervisor {
 
 struct WatchCtx {
     start_cmd: String,
+    user: Option<RunAs>,
     stop_timeout: Duration,
     layout: Layout,
     state: SharedState,
@@ -190,16 +203,14 @@ struct WatchCtx {
 /// records its process group in `state.json`.
 fn spawn_app(
     start_cmd: &str,
+    user: Option<&RunAs>,
     layout: &Layout,
     release: &str,
     state: &SharedState,
 ) -> std::io::Result<(tokio::process::Child, ProcRecord)> {
     let dir: PathBuf = layout.release(release);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(layout.logs().join("app.log"))?;
-    let mut command = Cmd::in_release(start_cmd, &dir).command();
+    let log = crate::steps::open_log(&layout.logs().join("app.log"))?;
+    let mut command = Cmd::in_release(start_cmd, &dir, user).command();
     command
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
@@ -265,7 +276,13 @@ async fn watch_task(
             () = stop.cancelled() => return Stopped::NotRunning,
         }
         pause = (pause * 2).min(RESTART_MAX);
-        match spawn_app(&ctx.start_cmd, &ctx.layout, &release, &ctx.state) {
+        match spawn_app(
+            &ctx.start_cmd,
+            ctx.user.as_ref(),
+            &ctx.layout,
+            &release,
+            &ctx.state,
+        ) {
             Ok((child, new)) => {
                 let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
                 i.proc = new;

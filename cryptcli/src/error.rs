@@ -103,7 +103,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code documented for this error in `shared/design.md`.
+    /// The process exit code documented for this error in the crate's README.
     ///
     /// 2 usage, 3 wrong key, 4 integrity, 5 malformed or unknown version, 6 I/O; a merge
     /// conflict is 1, which is what git expects from a merge driver that did not merge.

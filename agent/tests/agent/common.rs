@@ -20,6 +20,9 @@ pub(crate) const REPO: &str = "octo-org/web";
 pub(crate) const ENV: &str = "production";
 pub(crate) const AGENT: &str = "web-1";
 pub(crate) const TOKEN: &str = "agent-token-7f3a9c";
+/// A second login, for the tests' own MQTT clients (a watcher, or an attacker with a token).
+pub(crate) const WATCHER: &str = "watcher";
+pub(crate) const WATCHER_TOKEN: &str = "watcher-token-51c0de";
 
 /// Default bound of every wait.
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
@@ -72,7 +75,10 @@ impl Bus {
 
     /// A broker on `port` whose gateway signs with the key of `seed`.
     pub(crate) async fn start_on(port: u16, seed: [u8; 32]) -> Self {
-        let creds = Credentials::new([(AGENT.to_owned(), TOKEN.to_owned())]);
+        let creds = Credentials::new([
+            (AGENT.to_owned(), TOKEN.to_owned()),
+            (WATCHER.to_owned(), WATCHER_TOKEN.to_owned()),
+        ]);
         let broker = EmbeddedBroker::start(
             &EmbeddedSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -402,6 +408,10 @@ pub(crate) struct Options {
     pub(crate) config_key: Option<String>,
     pub(crate) token: Option<String>,
     pub(crate) on_shutdown: Option<String>,
+    /// Replaces the local origin as `git_url`.
+    pub(crate) git_url: Option<String>,
+    /// TOML tables appended at the end (e.g. `[git]`).
+    pub(crate) extra_tables: String,
 }
 
 impl World {
@@ -431,6 +441,10 @@ impl World {
     }
 
     pub(crate) fn write_config(&self, opts: &Options) {
+        let git_url = opts
+            .git_url
+            .clone()
+            .unwrap_or_else(|| self.origin.bare.display().to_string());
         let key_line = match &opts.config_key {
             Some(k) => format!("config_key = \"{k}\"\n"),
             None => String::new(),
@@ -438,8 +452,7 @@ impl World {
         let text = format!(
             r#"name = "{AGENT}"
 server = ["{server}"]
-token = "{token}"
-repo = "Octo-Org/Web"
+{token_line}repo = "Octo-Org/Web"
 env = "{ENV}"
 git_url = "{git_url}"
 root = "{root}"
@@ -461,10 +474,14 @@ dirs = ["uploads"]
 http = "http://127.0.0.1:{port}/health"
 timeout_s = {timeout}
 interval_s = 1
+{extra_tables}
 "#,
             server = self.bus.url(),
-            token = opts.token.as_deref().unwrap_or(TOKEN),
-            git_url = self.origin.bare.display(),
+            token_line = match opts.token.as_deref() {
+                Some("") => String::new(),
+                t => format!("token = \"{}\"\n", t.unwrap_or(TOKEN)),
+            },
+            extra_tables = opts.extra_tables,
             root = self.root.display(),
             key = self.bus.signer.public_key_base64(),
             extra = opts.extra_top,
@@ -521,9 +538,28 @@ interval_s = 1
 
     /// Starts the agent binary with exactly these arguments and extra environment.
     pub(crate) fn spawn_agent(&mut self, args: &[&str], env: &[(&str, &str)]) -> usize {
+        self.spawn_agent_as(args, env, None)
+    }
+
+    /// The pid of agent run `n`.
+    pub(crate) fn agent_pid(&self, n: usize) -> u32 {
+        self.agents[n].id()
+    }
+
+    /// Like [`World::spawn_agent`], as user `uid` (group `uid` too) when given.
+    pub(crate) fn spawn_agent_as(
+        &mut self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+    ) -> usize {
         let n = self.agents.len();
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{n}.log"))).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orcastrate-agent"));
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt as _;
+            cmd.uid(uid).gid(uid);
+        }
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "orcastrate_agent=debug,info")
@@ -674,6 +710,87 @@ impl Drop for World {
             }
         }
     }
+}
+
+/// A test MQTT client (rumqttc, logged in as [`WATCHER`]) that records every message under
+/// `orcastrate/#` as (topic, payload text).
+pub(crate) struct Watcher {
+    pub(crate) client: rumqttc::AsyncClient,
+    pub(crate) seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Watcher {
+    pub(crate) async fn connect(port: u16) -> Self {
+        let options = orcastrate_broker::mqtt::client_options(
+            &format!("mqtt://127.0.0.1:{port}"),
+            &format!("{WATCHER}:t{}", free_port()),
+            WATCHER,
+            WATCHER_TOKEN,
+        )
+        .unwrap();
+        let (client, mut eventloop) = orcastrate_broker::mqtt::async_client(options, 10_000);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        client
+            .subscribe("orcastrate/#", rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        sink.lock().unwrap().push((
+                            p.topic.clone(),
+                            String::from_utf8_lossy(&p.payload).into_owned(),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, subscribed)
+            .await
+            .expect("the watcher's SUBACK")
+            .unwrap();
+        Self { client, seen }
+    }
+
+    /// Every message seen so far, as `topic payload` lines.
+    pub(crate) fn text(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, p)| format!("{t} {p}\n"))
+            .collect()
+    }
+}
+
+/// Every file under `dir` (recursively, not following links) and its content.
+pub(crate) fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            out.extend(files_under(&e.path()));
+        } else if meta.is_file() {
+            out.push((e.path(), std::fs::read(e.path()).unwrap_or_default()));
+        }
+    }
+    out
 }
 
 /// Reads a key=value file into a map (for decrypted dotenv configs).

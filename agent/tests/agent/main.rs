@@ -4,5 +4,7 @@
 mod common;
 mod crash;
 mod deploys;
+mod hardening;
 mod orders;
 mod process;
+mod secrets;

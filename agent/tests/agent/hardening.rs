@@ -1,0 +1,360 @@
+//! The attacks of issue 10 against the agent, repeated against the real binary: credentials
+//! in `git_url` (finding 8), a git server that accepts and never answers (finding 10), and
+//! a flood of forged orders (finding 11).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use orcastrate_broker::{AgentState, OrderKind, OrderSigner, Topics};
+
+use crate::common::*;
+
+const OK_INSTALL: &str = "true\n";
+
+/// The secret part of the `git_url` of these tests.
+const GIT_SECRET: &str = "ghp_s3cretT0kenInTheUrl";
+
+/// A "dumb HTTP" git server for the files under `dir` that, like GitHub, asks for
+/// credentials (401) and serves only requests carrying `user:password`; records the
+/// `Authorization` headers it saw.
+fn dumb_http_git(dir: &Path, user: &str, password: &str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let dir = dir.to_path_buf();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (dir, expected, record) = (dir.clone(), expected.clone(), record.clone());
+            std::thread::spawn(move || serve_one(stream, &dir, &expected, &record));
+        }
+    });
+    (port, seen)
+}
+
+fn serve_one(mut stream: TcpStream, dir: &Path, expected: &str, seen: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = String::new();
+    let _ = reader.read_line(&mut request);
+    let mut auth = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                auth = Some(value.trim().to_owned());
+            }
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let path = path.split('?').next().unwrap_or("/");
+    let file: PathBuf = dir.join(path.trim_start_matches('/'));
+    let answer = |stream: &mut TcpStream, head: &str, body: &[u8]| {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(body);
+    };
+    if let Some(a) = &auth {
+        seen.lock().unwrap().push(a.clone());
+    }
+    if auth.as_deref() != Some(expected) {
+        answer(
+            &mut stream,
+            "401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"",
+            b"",
+        );
+    } else if path.contains("..") || !file.is_file() {
+        answer(&mut stream, "404 Not Found", b"");
+    } else {
+        answer(&mut stream, "200 OK", &std::fs::read(&file).unwrap());
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Finding 8: a token in `git_url` is used to fetch, but never shows on the bus (log lines
+/// and statuses, as a real subscriber sees them), in the status `error`, in the agent's
+/// files or in its own log; its log files are mode 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_git_url_never_leaves_the_agent() {
+    let mut w = World::new().await;
+    let (port, auth) = dumb_http_git(w.dir.path(), "deploy", GIT_SECRET);
+    let url = format!("http://deploy:{GIT_SECRET}@127.0.0.1:{port}/origin.git");
+    w.write_config(&Options {
+        git_url: Some(url),
+        extra_tables: "[git]\nfetch_attempts = 2\n".into(),
+        ..Options::default()
+    });
+    let watcher = Watcher::connect(w.bus.port).await;
+    let a = w.commit("v1", OK_INSTALL);
+    git(&w.origin.bare, &["update-server-info"]);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let n = w.start_agent();
+    let out = w.bus.wait_outcome(s1).await;
+    assert_eq!(out.state, AgentState::Healthy, "{out:?}");
+    w.wait_app("v1");
+    assert!(
+        auth.lock().unwrap().iter().any(|a| a
+            == &format!(
+                "Basic {}",
+                base64(format!("deploy:{GIT_SECRET}").as_bytes())
+            )),
+        "the credentials of git_url were not used"
+    );
+
+    // A commit the server lacks: git's errors and the agent's own name the URL.
+    let missing = "0123456789abcdef".repeat(3)[..40].to_owned();
+    let s2 = w.order(&missing, OrderKind::Manual).await;
+    let out = w.bus.wait_outcome(s2).await;
+    assert_eq!(out.state, AgentState::Failed, "{out:?}");
+    let error = out.error.unwrap();
+    assert!(error.contains("http://***@127.0.0.1"), "{error}");
+    assert!(!error.contains(GIT_SECRET), "{error}");
+    w.wait_app("v1");
+
+    // The bus, as a subscriber saw it: the URL went out, redacted.
+    let bus = poll("the failure on the watcher", WAIT, || {
+        let text = watcher.text();
+        text.contains("\"failed\"").then_some(text)
+    });
+    assert!(bus.contains("http://***@127.0.0.1"), "{bus}");
+    assert!(
+        !bus.contains(GIT_SECRET),
+        "the token went out on the bus:\n{bus}"
+    );
+    assert!(!bus.contains("deploy:"), "{bus}");
+
+    // The agent's files and its own log.
+    for (path, content) in files_under(&w.root) {
+        let text = String::from_utf8_lossy(&content);
+        assert!(
+            !text.contains(GIT_SECRET),
+            "the token is in {}",
+            path.display()
+        );
+    }
+    let own = w.agent_log(n);
+    assert!(own.contains("***@127.0.0.1"), "{own}");
+    assert!(
+        !own.contains(GIT_SECRET),
+        "the token is in the agent's log:\n{own}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&w.root.join("logs")), 0o700);
+    let logs: Vec<PathBuf> = std::fs::read_dir(w.root.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(logs.iter().any(|p| p.ends_with("app.log")), "{logs:?}");
+    assert!(logs.len() >= 2, "{logs:?}");
+    for log in logs {
+        assert_eq!(mode(&log), 0o600, "{}", log.display());
+    }
+    assert_eq!(mode(&w.root.join("state.json")), 0o600);
+}
+
+/// Accepts connections and never answers them (kept open until the test ends).
+fn tarpit() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Finding 10: a git server that accepts and never answers (over http:// and git://) turns
+/// into a retried, then `failed`, deploy within the configured deadline, the old release
+/// serving all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarpit_git_server_fails_the_deploy_after_retries() {
+    let mut w = World::with(Options {
+        on_shutdown: Some("keep".into()),
+        ..Options::default()
+    })
+    .await;
+    let a = w.commit("v1", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let n = w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+    let b = w.commit("v2", OK_INSTALL);
+    let port = tarpit();
+    let mut last = n;
+    let mut urls = vec![
+        format!("http://127.0.0.1:{port}/web.git"),
+        format!("git://127.0.0.1:{port}/web.git"),
+    ];
+    if std::process::Command::new("ssh").arg("-V").output().is_ok() {
+        urls.push(format!("ssh://git@127.0.0.1:{port}/web.git"));
+    }
+    for url in urls {
+        assert_eq!(w.terminate(last), Some(0));
+        w.write_config(&Options {
+            on_shutdown: Some("keep".into()),
+            git_url: Some(url.clone()),
+            extra_tables: "[git]\nfetch_timeout_s = 2\nfetch_attempts = 2\n".into(),
+            ..Options::default()
+        });
+        last = w.start_agent();
+        let began = Instant::now();
+        let seq = w.order(&b, OrderKind::Push).await;
+        let out = w.bus.wait_outcome(seq).await;
+        let took = began.elapsed();
+        assert_eq!(out.state, AgentState::Failed, "{url}: {out:?}");
+        let error = out.error.unwrap_or_default();
+        assert!(error.contains("2 attempts failed"), "{url}: {error}");
+        assert!(
+            error.contains("did not finish within 2 s"),
+            "{url}: {error}"
+        );
+        // Two tries of 2 s and a 1 s wait; without a deadline git waits for minutes.
+        assert!(took < Duration::from_secs(40), "{url}: took {took:?}");
+        assert!(
+            w.bus.statuses().iter().any(|s| s.seq == Some(seq)
+                && s.state == AgentState::Deploying
+                && s.error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("fetch: retrying (2/2): "))),
+            "{url}: no retrying status"
+        );
+        // The old release served throughout, and no git process was left behind.
+        assert_eq!(w.wait_app("v1"), pid);
+        assert!(
+            !w.processes_in_root()
+                .iter()
+                .any(|(_, cmd)| cmd.contains("git")),
+            "{:?}",
+            w.processes_in_root()
+        );
+    }
+}
+
+/// Finding 11: thousands of forged orders from a client with a token cost a handful of log
+/// lines (with a count), and the true order still deploys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
+    const FORGED: u64 = 5_000;
+    let mut w = World::new().await;
+    let a = w.commit("v1", OK_INSTALL);
+    let b = w.commit("v2", OK_INSTALL);
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let n = w.start_agent();
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+
+    let attacker = Watcher::connect(w.bus.port).await;
+    let desired = Topics::default().desired(REPO, ENV);
+    // Two forgeries, signed once (signing is slow in a debug build) and sent with ever
+    // new seqs: signed by a key the agent does not know, and the gateway's key id with a
+    // signature over other fields (which costs the agent a verification).
+    let mut unknown_key = w.bus.order(10_000_000, &b, OrderKind::Manual);
+    OrderSigner::generate().sign(&mut unknown_key);
+    let mut bad_signature = w.bus.order(10_000_000, &b, OrderKind::Manual);
+    bad_signature.sha = a.clone();
+    let began = Instant::now();
+    for i in 0..FORGED {
+        let mut order = if i % 10 == 0 {
+            bad_signature.clone()
+        } else {
+            unknown_key.clone()
+        };
+        order.seq = 10_000_000 + i;
+        attacker
+            .client
+            .publish(
+                &desired,
+                rumqttc::QoS::AtMostOnce,
+                false,
+                serde_json::to_vec(&order).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    // The true order, after the flood.
+    let s2 = w.order(&b, OrderKind::Push).await;
+    assert_eq!(w.bus.wait_outcome(s2).await.state, AgentState::Healthy);
+    w.wait_app("v2");
+    // Wait until the agent has refused all it got (the counts stop growing; the last ones
+    // are written a window after the burst).
+    let tally = |log: &str| -> (Vec<String>, u64) {
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("refused"))
+            .map(str::to_owned)
+            .collect();
+        let refusals = lines
+            .iter()
+            .map(|l| match l.split("count=").nth(1) {
+                Some(n) => n
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                None => 1,
+            })
+            .sum();
+        (lines, refusals)
+    };
+    let mut last = (0, Instant::now());
+    let (warn_lines, refusals) = poll("the refusals to settle", WAIT * 2, || {
+        let (lines, refusals) = tally(&w.agent_log(n));
+        if refusals != last.0 {
+            last = (refusals, Instant::now());
+            return None;
+        }
+        (last.1.elapsed() > Duration::from_millis(2_500)).then_some((lines, refusals))
+    });
+    let burst = began.elapsed();
+    // Two kinds of forgery, each one line as it starts and one a second after.
+    let bound = 2 * (2 + burst.as_secs());
+    assert!(
+        (warn_lines.len() as u64) <= bound,
+        "{} WARN lines for {refusals} refused orders in {burst:?} (bound {bound}):\n{}",
+        warn_lines.len(),
+        warn_lines.join("\n")
+    );
+    let log = w.agent_log(n);
+    assert!(
+        log.contains("unknown key id") && log.contains("does not verify"),
+        "{log}"
+    );
+    // The broker drops QoS 0 messages for a subscriber that falls behind (more of them on a
+    // busy machine), but a flood arrived: far more refusals than lines.
+    assert!(
+        (200..=FORGED).contains(&refusals),
+        "{refusals} of {FORGED} refused:\n{}",
+        warn_lines.join("\n")
+    );
+    let seqs: Vec<Option<u64>> = w.bus.statuses().iter().map(|s| s.seq).collect();
+    assert!(!seqs.iter().any(|s| s.is_some_and(|s| s >= 10_000_000)));
+}
