@@ -422,3 +422,63 @@ fn a_reload_changes_what_a_connected_client_may_do() {
         [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
 }
+
+#[test]
+fn topics_and_connections_per_name_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: max_topics_per_client = 32, max_connections_per_client = 8.
+    let gw = TestGateway::start(dir.path());
+    let mut watcher = gw.mqtt("ops", "token-ops");
+    watcher.subscribe_acked(&["orcastrate/#"]).unwrap();
+    // web-2 reports for every repo/env: 19 distinct status topics per connection (under the
+    // 20 refusals that close one), 40 in all; the first 32 are taken.
+    let mut sent = 0;
+    while sent < 40 {
+        let mut agent = gw.mqtt("web-2", "token-web-2");
+        for _ in 0..19.min(40 - sent) {
+            let t = format!("orcastrate/o/r/e{sent}/status/web-2");
+            agent.publish(&t, format!("quota-{sent}").into_bytes(), false);
+            sent += 1;
+        }
+        agent.flush();
+    }
+    let got = watcher.collect(Duration::from_millis(1000));
+    let quota: Vec<_> = got
+        .iter()
+        .filter(|(_, p)| String::from_utf8_lossy(p).starts_with("quota-"))
+        .collect();
+    assert_eq!(quota.len(), 32, "max_topics_per_client");
+    // Publishing again on a topic it already holds is fine.
+    let mut agent = gw.mqtt("web-2", "token-web-2");
+    agent.publish(
+        "orcastrate/o/r/e0/status/web-2",
+        b"quota-again".to_vec(),
+        false,
+    );
+    agent.flush();
+    assert!(watcher
+        .collect(Duration::from_millis(800))
+        .iter()
+        .any(|(_, p)| p == b"quota-again"));
+    drop(agent);
+
+    // Eight connections under one name; the ninth is told to come back later.
+    // (The connections above may take a moment to be counted as gone.)
+    let mut open = Vec::new();
+    eventually(Duration::from_secs(5), "eight connections", || {
+        while open.len() < 8 {
+            open.push(Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2").ok()?);
+        }
+        Some(())
+    });
+    let e = Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2")
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("ServiceUnavailable"), "{e}");
+    drop(open);
+    eventually(
+        Duration::from_secs(5),
+        "a login once the others left",
+        || Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2").ok(),
+    );
+}
