@@ -127,8 +127,12 @@ pub struct BrokerAuthorizer {
     shared: Arc<Shared>,
 }
 
+/// State shared by every login and connection of the listener; each connection's guard
+/// holds an `Arc` of it until the connection ends.
 struct Shared {
+    /// The gateway's, replaced in place on SIGHUP; read on every login.
     credentials: Arc<RwLock<Credentials>>,
+    /// The gateway's permission model; asked on every publish and subscribe.
     policy: Arc<dyn TopicPolicy>,
     topics: Topics,
     quotas: Quotas,
