@@ -66,10 +66,11 @@ wait_for() { for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2
 app_says() { curl -fsS "http://127.0.0.1:$APP_PORT/" | grep -q "$1"; }
 healthy_at() { grep '/status/web-1 ' "$WORK/bus.log" | tail -n 1 | grep -q "\"state\":\"healthy\".*\"sha\":\"$1\""; }
 
-GITHUB_SECRET=change-me TOKENS=token-of-web-1-0123,token-of-watcher-0123 TRUSTED_NAMES=web-1,watcher \
+printf '[[clients]]\nname = "watcher"\ntoken = "token-of-watcher-0123"\nrole = "watcher"\n' >"$WORK/gateway.toml"
+GITHUB_SECRET=change-me TOKENS=token-of-web-1-0123 TRUSTED_NAMES=web-1 \
 ORCASTRATE_REPOS=demo/hello-service@main=production ORCASTRATE_ADMIN_TOKEN=admin-token-0123456789 \
 ORCASTRATE_DATA_DIR="$WORK/gateway" ORCASTRATE_HTTP_LISTEN="127.0.0.1:$HTTP_PORT" ORCASTRATE_MQTT_LISTEN="127.0.0.1:$MQTT_PORT" \
-orcastrate-gateway serve >"$WORK/gateway.log" 2>&1 &
+orcastrate-gateway serve --config "$WORK/gateway.toml" >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 wait_for curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz"
 export ORCASTRATE_GATEWAY="http://127.0.0.1:$HTTP_PORT" ORCASTRATE_ADMIN_TOKEN=admin-token-0123456789

@@ -94,8 +94,13 @@ async fn main() -> anyhow::Result<()> {
         &EmbeddedSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
             tls: None,
+            topics: Topics::default(),
+            quotas: Default::default(),
         },
         Arc::new(RwLock::new(creds)),
+        // The attacker must reach the agent: no topic permissions here (the gateway's
+        // broker would refuse its forgeries before they got there).
+        Arc::new(orcastrate_broker::guard::OpenPolicy),
     )?;
     let topics = Topics::default();
     publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;

@@ -191,8 +191,11 @@ async fn main() -> anyhow::Result<()> {
         &EmbeddedSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
             tls: None,
+            topics: Topics::default(),
+            quotas: Default::default(),
         },
         Arc::new(RwLock::new(creds)),
+        Arc::new(orcastrate_broker::guard::OpenPolicy),
     )?;
     let topics = Topics::default();
     publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;

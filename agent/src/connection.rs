@@ -432,7 +432,7 @@ fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
         _ if matches!(e, ConnectionError::ConnectionRefused(_)) => {
             tracing::error!(%server, error = %e, "login refused: check name and token")
         }
-        // rumqttd closes a refused login without a CONNACK.
+        // A connection closed before any CONNACK (unpatched rumqttd closed refused logins so).
         _ => {
             tracing::error!(%server, error = %e, "login refused or connection dropped: check name and token")
         }

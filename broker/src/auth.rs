@@ -1,9 +1,11 @@
 //! MQTT login rules, shared by the embedded broker and the HTTP auth endpoint for external engines.
 //!
-//! Username = client name, password = its token. The client id must be empty (the broker
-//! assigns one), equal to the username, or `{username}:{suffix}`, so nobody can take over an
-//! agent's session by reusing its id. Ids with `/ + # $` are refused before rumqttd sees
-//! them (rumqtt #1062: such an id reconnecting poisons the listener for everyone).
+//! Username = client name, password = its token. The embedded broker takes any client id
+//! ([`Credentials::check_credentials`]) and keeps logins apart by keying sessions
+//! `{username}:{client id}` inside. An external engine keys sessions by the id alone, so its
+//! HTTP auth hook keeps the stricter rule ([`Credentials::check_login`]): the id must be
+//! empty, the username, or `{username}:{suffix}`. Ids with `/ + # $` are refused everywhere
+//! (rumqtt #1062: such an id reconnecting poisons rumqttd's listener for everyone).
 
 use std::collections::HashMap;
 
@@ -86,7 +88,28 @@ impl Credentials {
         self.tokens.insert(name, token);
     }
 
-    /// Applies every login rule.
+    /// The embedded broker's login rules: any client id without `/ + # $`, and the token.
+    pub fn check_credentials(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), LoginRefusal> {
+        if username.is_empty() || password.is_empty() {
+            return Err(LoginRefusal::Anonymous);
+        }
+        if client_id.contains(['/', '+', '#', '$']) {
+            return Err(LoginRefusal::BadClientIdCharacter);
+        }
+        match self.tokens.get(username) {
+            Some(token) if secrets_equal(password, token) => Ok(()),
+            _ => Err(LoginRefusal::BadCredentials),
+        }
+    }
+
+    /// The login rules for an external engine, which keys sessions by client id alone:
+    /// [`Self::check_credentials`] and the client id must be empty, the username, or
+    /// `{username}:{suffix}`.
     pub fn check_login(
         &self,
         client_id: &str,
@@ -138,6 +161,28 @@ mod tests {
         for bad in ["web-1/x", "web-1:+", "#", "$SYS"] {
             assert_eq!(
                 c.check_login(bad, "web-1", "t0k"),
+                Err(LoginRefusal::BadClientIdCharacter)
+            );
+        }
+    }
+
+    #[test]
+    fn the_embedded_broker_takes_any_client_id_without_wildcards() {
+        let c = Credentials::new([("web-1".to_owned(), "t0k".to_owned())]);
+        for id in ["", "web-1", "web-2", "mqttjs_3f2a9c1b", "paho-123"] {
+            assert_eq!(c.check_credentials(id, "web-1", "t0k"), Ok(()), "{id}");
+        }
+        assert_eq!(
+            c.check_credentials("web-1", "web-1", "nope"),
+            Err(LoginRefusal::BadCredentials)
+        );
+        assert_eq!(
+            c.check_credentials("x", "", ""),
+            Err(LoginRefusal::Anonymous)
+        );
+        for bad in ["web-1/x", "a+", "#", "$SYS"] {
+            assert_eq!(
+                c.check_credentials(bad, "web-1", "t0k"),
                 Err(LoginRefusal::BadClientIdCharacter)
             );
         }

@@ -1,4 +1,9 @@
-//! The embedded rumqttd broker: token logins, and an in-process link for the gateway.
+//! The embedded rumqttd broker: token logins, per-packet authorization (see [`crate::guard`]),
+//! and an in-process link for the gateway, which bypasses both.
+//!
+//! rumqttd is patched in-tree (`vendor/rumqttd`, see its `README.orcastrate.md`) with an
+//! authorization hook: a refused login gets a CONNACK code, sessions are keyed by login, and
+//! every PUBLISH and SUBSCRIBE is checked before the router sees it.
 //!
 //! rumqttd 0.20 has sharp edges, each handled here (see `../shared/notes/rumqtt.md`):
 //!
@@ -24,6 +29,8 @@ use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
 
 use crate::auth::Credentials;
+use crate::guard::{BrokerAuthorizer, Quotas, TopicPolicy};
+use crate::topics::Topics;
 
 /// Connections the router accepts; far above one gateway's fleet, since past it rumqttd drops
 /// logins without a CONNACK. Each idle connection costs about 46 KB.
@@ -58,6 +65,10 @@ pub struct EmbeddedSettings {
     pub listen: SocketAddr,
     /// PEM certificate chain and key; TLS on the listener when set.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The bus's topics (their prefix), for the size limit of each topic kind.
+    pub topics: Topics,
+    /// Limits per client.
+    pub quotas: Quotas,
 }
 
 /// Why the embedded broker did not start or the link failed.
@@ -89,8 +100,8 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts the broker on its own thread and waits until its listener accepts connections.
     ///
-    /// `credentials` is read on every login, so replacing its contents (on SIGHUP) takes
-    /// effect without a restart.
+    /// `credentials` is read on every login and `policy` on every packet, so replacing what
+    /// they read (on SIGHUP) takes effect without a restart.
     ///
     /// # Errors
     ///
@@ -99,6 +110,7 @@ impl EmbeddedBroker {
     pub fn start(
         settings: &EmbeddedSettings,
         credentials: Arc<RwLock<Credentials>>,
+        policy: Arc<dyn TopicPolicy>,
     ) -> Result<Self, EmbeddedError> {
         raise_fd_limit();
         // rumqttd binds on its own thread and only logs a failure: probe the address first
@@ -109,7 +121,7 @@ impl EmbeddedBroker {
                 source,
             })?,
         );
-        let config = broker_config(settings, credentials)?;
+        let config = broker_config(settings, credentials, policy)?;
         let mut broker = Broker::new(config);
         let (tx, rx) = broker
             .link(LINK_NAME)
@@ -133,6 +145,7 @@ impl EmbeddedBroker {
 fn broker_config(
     settings: &EmbeddedSettings,
     credentials: Arc<RwLock<Credentials>>,
+    policy: Arc<dyn TopicPolicy>,
 ) -> Result<Config, EmbeddedError> {
     let tls = match &settings.tls {
         Some((cert, key)) => {
@@ -149,32 +162,24 @@ fn broker_config(
         }
         None => None,
     };
-    let mut connections = ConnectionSettings {
+    let quotas = settings.quotas.clone();
+    let connections = ConnectionSettings {
         connection_timeout_ms: 5_000,
-        max_payload_size: crate::MAX_PACKET_BYTES,
+        // Frames past the largest message any client may send close the connection before
+        // they are buffered (the gateway's own link is not limited by this).
+        max_payload_size: quotas.max_packet_bytes(),
+        // Packets read from one connection per batch handed to the router.
         max_inflight_count: 100,
         auth: None,
         external_auth: None,
         dynamic_filters: true,
+        authorizer: Some(Arc::new(BrokerAuthorizer::new(
+            credentials,
+            policy,
+            settings.topics.clone(),
+            quotas.clone(),
+        ))),
     };
-    connections.set_auth_handler(
-        move |client_id: String, username: String, password: String| {
-            let verdict = credentials
-                .read()
-                .map(|c| c.check_login(&client_id, &username, &password))
-                .unwrap_or(Err(crate::auth::LoginRefusal::BadCredentials));
-            async move {
-                match verdict {
-                    Ok(()) => true,
-                    Err(reason) => {
-                        // The username is not secret and helps operators; the password never appears.
-                        tracing::warn!(%username, %reason, "MQTT login refused");
-                        false
-                    }
-                }
-            }
-        },
-    );
     let server = ServerSettings {
         name: "v4-1".into(),
         listen: settings.listen,
@@ -188,7 +193,7 @@ fn broker_config(
         id: 0,
         router: RouterConfig {
             max_connections: MAX_CONNECTIONS,
-            max_outgoing_packet_count: 200,
+            max_outgoing_packet_count: quotas.max_inflight as u64,
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
             custom_segment: None,

@@ -12,10 +12,13 @@
 //! - [`mqtt`]: `rumqttc` options every client of ours uses.
 //! - [`time`]: the one timestamp format.
 //! - `embedded` (feature `embedded`): the in-process rumqttd broker with token auth.
+//! - `guard` (feature `embedded`): what each login may do there, checked on every packet.
 
 pub mod auth;
 #[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "embedded")]
+pub mod guard;
 pub mod message;
 pub mod mqtt;
 pub mod names;

@@ -1,15 +1,17 @@
-//! Topic permissions for an external MQTT engine, derived from `[[clients]]` in one place and
-//! rendered for each engine: mosquitto's ACL file, NATS permissions, and the HTTP
-//! authorization endpoint EMQX calls.
+//! Topic permissions, derived from `[[clients]]` in one place and enforced by the embedded
+//! broker on every packet ([`AccessPolicy`]) or rendered for an external engine: mosquitto's
+//! ACL file, NATS permissions, and the HTTP authorization endpoint EMQX calls.
 //!
 //! An agent reads only its scopes' `desired` topics and writes only its own `status` and
 //! `log` topics; a watcher reads every topic of its scopes and writes nothing; only the
-//! gateway writes `desired`, `fleet` and `events`. The embedded broker has no ACLs: there,
-//! signed orders and MAC'd statuses are the whole defence (as they stay everywhere).
+//! gateway writes `desired`, `fleet` and `events`. Signed orders and MAC'd statuses stay a
+//! second line of defence where an engine's ACLs are wrong.
+
+use std::sync::{Arc, RwLock};
 
 use orcastrate_broker::Topics;
 
-use crate::config::{Client, Role};
+use crate::config::{Access, Client, Role};
 
 /// The topic filters one bus user may subscribe to (`read`) and publish on (`write`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +33,11 @@ pub fn client_grants(client: &Client, topics: &Topics) -> Grants {
     let all = [("+/+".to_owned(), "+".to_owned())];
     let scopes = client.scopes.as_deref().unwrap_or(&all);
     let mut grants = Grants::default();
+    if client.role == Role::Watcher && client.scopes.is_none() {
+        // Every repo/env is in its scope: one filter, so `mosquitto_sub -t 'prefix/#'` works.
+        grants.read.push(topics.all());
+        return grants;
+    }
     for (repo, env) in scopes {
         match client.role {
             Role::Agent => {
@@ -70,6 +77,33 @@ impl Grants {
             }
             Action::Subscribe => self.read.iter().any(|f| covers(f, topic)),
         }
+    }
+}
+
+/// The permission model as the embedded broker asks it: the clients are read on every
+/// check, so a SIGHUP reload applies to connected clients' next packets.
+pub struct AccessPolicy {
+    pub access: Arc<RwLock<Access>>,
+    pub topics: Topics,
+}
+
+impl AccessPolicy {
+    fn allows(&self, username: &str, action: Action, topic: &str) -> bool {
+        let access = self.access.read().unwrap_or_else(|e| e.into_inner());
+        access
+            .client(username)
+            .is_some_and(|c| client_grants(c, &self.topics).allows(action, topic))
+    }
+}
+
+#[cfg(feature = "embedded")]
+impl orcastrate_broker::guard::TopicPolicy for AccessPolicy {
+    fn may_publish(&self, username: &str, topic: &str) -> bool {
+        self.allows(username, Action::Publish, topic)
+    }
+
+    fn may_subscribe(&self, username: &str, filter: &str) -> bool {
+        self.allows(username, Action::Subscribe, filter)
     }
 }
 
@@ -173,6 +207,12 @@ mod tests {
         }
         assert!(!g.allows(Action::Subscribe, "orcastrate/octo/web/#"));
         assert!(!g.allows(Action::Subscribe, "orcastrate/octo/api/production/fleet"));
+
+        let all = client_grants(&client(Role::Watcher, None), &Topics::default());
+        assert!(all.write.is_empty());
+        assert!(all.allows(Action::Subscribe, "orcastrate/#"));
+        assert!(!all.allows(Action::Subscribe, "#"));
+        assert!(!all.allows(Action::Subscribe, "other/#"));
     }
 
     #[test]

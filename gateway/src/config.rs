@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use orcastrate_broker::guard::Quotas;
 use orcastrate_broker::names;
 use serde::Deserialize;
 
@@ -67,6 +68,12 @@ pub struct MqttFile {
     pub republish_interval_s: Option<u64>,
     pub hooks_listen: Option<String>,
     pub hooks_token: Option<String>,
+    pub max_message_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
+    pub max_topics_per_client: Option<usize>,
+    pub max_subscriptions_per_client: Option<usize>,
+    pub max_inflight: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
 }
 
 impl MqttFile {
@@ -76,9 +83,70 @@ impl MqttFile {
             ("listen", self.listen.is_some()),
             ("tls_cert", self.tls_cert.is_some()),
             ("tls_key", self.tls_key.is_some()),
+            ("max_message_bytes", self.max_message_bytes.is_some()),
+            ("max_log_bytes", self.max_log_bytes.is_some()),
+            (
+                "max_topics_per_client",
+                self.max_topics_per_client.is_some(),
+            ),
+            (
+                "max_subscriptions_per_client",
+                self.max_subscriptions_per_client.is_some(),
+            ),
+            ("max_inflight", self.max_inflight.is_some()),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client.is_some(),
+            ),
         ]
         .into_iter()
         .find_map(|(key, set)| set.then_some(key))
+    }
+
+    /// The embedded broker's quotas: each key between 1 and a ceiling, default when unset.
+    fn quotas(&self, where_: &str) -> Result<Quotas, ConfigError> {
+        let d = Quotas::default();
+        let key = |name: &str, value: Option<usize>, default: usize, max: usize| match value {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v),
+            Some(v) => Err(err(format!(
+                "{where_}: [mqtt] {name} = {v}: use 1 to {max} (default {default})"
+            ))),
+        };
+        let max_bytes = orcastrate_broker::MAX_PACKET_BYTES;
+        Ok(Quotas {
+            max_message_bytes: key(
+                "max_message_bytes",
+                self.max_message_bytes,
+                d.max_message_bytes,
+                max_bytes,
+            )?,
+            max_log_bytes: key(
+                "max_log_bytes",
+                self.max_log_bytes,
+                d.max_log_bytes,
+                max_bytes,
+            )?,
+            max_topics_per_client: key(
+                "max_topics_per_client",
+                self.max_topics_per_client,
+                d.max_topics_per_client,
+                10_000,
+            )?,
+            max_subscriptions_per_client: key(
+                "max_subscriptions_per_client",
+                self.max_subscriptions_per_client,
+                d.max_subscriptions_per_client,
+                10_000,
+            )?,
+            max_inflight: key("max_inflight", self.max_inflight, d.max_inflight, 65_535)?,
+            max_connections_per_client: key(
+                "max_connections_per_client",
+                self.max_connections_per_client,
+                d.max_connections_per_client,
+                100_000,
+            )?,
+        })
     }
 
     /// A key set that only an external engine uses.
@@ -220,6 +288,7 @@ pub enum MqttMode {
     Embedded {
         listen: SocketAddr,
         tls: Option<(PathBuf, PathBuf)>,
+        quotas: Quotas,
     },
     /// An MQTT engine the gateway connects to as a client (mosquitto, NATS, EMQX).
     External(ExternalMqtt),
@@ -574,6 +643,7 @@ impl Settings {
                         .unwrap_or("0.0.0.0:1883"),
                     "[mqtt] listen",
                 )?;
+                let quotas = file.mqtt.quotas(&where_)?;
                 let tls = match (file.mqtt.tls_cert, file.mqtt.tls_key) {
                     (Some(c), Some(k)) => Some((c, k)),
                     (None, None) => None,
@@ -583,7 +653,11 @@ impl Settings {
                         )))
                     }
                 };
-                MqttMode::Embedded { listen, tls }
+                MqttMode::Embedded {
+                    listen,
+                    tls,
+                    quotas,
+                }
             }
             "external" => MqttMode::External(external_mqtt(file.mqtt, env, &where_)?),
             other => {
@@ -1095,5 +1169,42 @@ mod tests {
         };
         assert_eq!(e.url, "mqtts://mqtt.example.com:8883");
         assert_eq!(e.hooks_listen, Some("127.0.0.1:8081".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_example_quota_lines_are_the_defaults_and_bad_quotas_are_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut uncommented = text.clone();
+        for key in [
+            "max_message_bytes",
+            "max_log_bytes",
+            "max_topics_per_client",
+            "max_subscriptions_per_client",
+            "max_inflight",
+            "max_connections_per_client",
+        ] {
+            let line = format!("# {key} = ");
+            assert!(text.contains(&line), "the example documents {key}");
+            uncommented = uncommented.replace(&line, &format!("{key} = "));
+        }
+        let s = parse(&uncommented, &[("X", "y")]).unwrap();
+        let MqttMode::Embedded { quotas, .. } = s.mqtt else {
+            panic!("{:?}", s.mqtt)
+        };
+        assert_eq!(quotas, Quotas::default());
+
+        let bad = text.replace("[mqtt]\n", "[mqtt]\nmax_inflight = 0\n");
+        let e = parse(&bad, &[("X", "y")]).unwrap_err().to_string();
+        assert!(e.contains("[mqtt] max_inflight = 0: use 1 to 65535"), "{e}");
+        let external = text
+            .replace("[mqtt]\n", "[mqtt]\nmax_log_bytes = 100\n")
+            .replace("mode = \"embedded\"", "mode = \"external\"")
+            .replace("listen = \"0.0.0.0:1883\"", "");
+        let e = parse(&external, &[("X", "y")]).unwrap_err().to_string();
+        assert!(
+            e.contains("max_log_bytes is for the embedded broker"),
+            "{e}"
+        );
     }
 }

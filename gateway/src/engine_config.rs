@@ -195,7 +195,8 @@ mod tests {
             ),
             "{acl}"
         );
-        assert!(acl.contains("user ops\ntopic read orcastrate/+/+/+/desired\ntopic read orcastrate/+/+/+/fleet\n"), "{acl}");
+        // A watcher of every repo/env reads everything under the prefix.
+        assert!(acl.contains("user ops\ntopic read orcastrate/#\n"), "{acl}");
         assert!(!acl.contains("token"), "no secret in the ACL");
     }
 

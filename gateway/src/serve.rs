@@ -109,13 +109,24 @@ impl Gateway {
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
         let bus_stop = CancellationToken::new();
         let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
-            MqttMode::Embedded { listen, tls } => {
+            MqttMode::Embedded {
+                listen,
+                tls,
+                quotas,
+            } => {
+                let policy = crate::acl::AccessPolicy {
+                    access: access.clone(),
+                    topics: topics.clone(),
+                };
                 let broker = EmbeddedBroker::start(
                     &EmbeddedSettings {
                         listen: *listen,
                         tls: tls.clone(),
+                        topics: topics.clone(),
+                        quotas: quotas.clone(),
                     },
                     credentials.clone(),
+                    Arc::new(policy),
                 )?;
                 let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
                 let mqtt_addr = health::local_addr(*listen);

@@ -83,8 +83,11 @@ impl Bus {
             &EmbeddedSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], port)),
                 tls: None,
+                topics: Topics::default(),
+                quotas: Default::default(),
             },
             Arc::new(RwLock::new(creds)),
+            Arc::new(orcastrate_broker::guard::OpenPolicy),
         )
         .expect("embedded broker starts");
         let EmbeddedBroker {

@@ -440,7 +440,7 @@ fn gateway_restarted_while_the_agent_waits() {
 
     // The restarted gateway's retained fleet summary has the agent on the new order.
     let fleet = eventually(WAIT, "the fleet summary to show seq2 healthy", || {
-        let mut sub = Mqtt::connect(mqtt_port, "", "web-2", "token-web-2").ok()?;
+        let mut sub = Mqtt::connect(mqtt_port, "", "ops", "token-ops").ok()?;
         sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
         let (_, payload) = sub.wait_for(Duration::from_secs(2), |_, _| true)?;
         let f: orcastrate_broker::FleetSummary = serde_json::from_slice(&payload).ok()?;

@@ -41,6 +41,10 @@ scopes = ["codertocat/hello-world/production"]
 [[clients]]
 name = "web-2"
 token = "token-web-2"
+[[clients]]
+name = "ops"
+token = "token-ops"
+role = "watcher"
 [[repos]]
 name = "Codertocat/Hello-World"
 branches = {{ master = "production", develop = "staging" }}
@@ -251,11 +255,22 @@ pub struct Mqtt {
 impl Mqtt {
     /// Connects and waits for the CONNACK; `Err` if the broker refuses or drops the login.
     pub fn connect(port: u16, client_id: &str, user: &str, token: &str) -> Result<Self, String> {
+        Self::connect_with(Self::options(port, client_id, user, token))
+    }
+
+    /// The options `connect` uses, to add to (a last will, ...).
+    pub fn options(port: u16, client_id: &str, user: &str, token: &str) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_max_packet_size(1 << 20, 1 << 20);
         if !user.is_empty() {
             options.set_credentials(user, token);
         }
+        options
+    }
+
+    /// Connects with `options` and waits for the CONNACK; `Err` says why not (a refused
+    /// login's return code shows as `ConnectionRefused(...)`).
+    pub fn connect_with(options: MqttOptions) -> Result<Self, String> {
         let (client, mut connection) = Client::new(options, 100);
         match connection.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => Ok(Self { client, connection }),
@@ -268,6 +283,36 @@ impl Mqtt {
     /// Subscribes at QoS 1.
     pub fn subscribe(&mut self, filter: &str) {
         self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    }
+
+    /// Subscribes to `filters` at QoS 1 in one SUBSCRIBE and returns the SUBACK's codes;
+    /// `Err` if the connection ends first.
+    pub fn subscribe_acked(
+        &mut self,
+        filters: &[&str],
+    ) -> Result<Vec<rumqttc::SubscribeReasonCode>, String> {
+        let filters = filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+        self.client
+            .subscribe_many(filters)
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.connection.recv_timeout(left) {
+                Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => return Ok(ack.return_codes),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => break,
+            }
+        }
+        Err("no SUBACK within 10 s".to_owned())
+    }
+
+    /// Whether the connection still answers a ping-sized round trip: a QoS 1 subscribe to
+    /// `filter` gets its SUBACK.
+    pub fn alive(&mut self, filter: &str) -> bool {
+        self.subscribe_acked(&[filter]).is_ok()
     }
 
     /// Waits for a publish whose topic and payload satisfy `f`.

@@ -45,11 +45,14 @@ fn fleet_summary_holds_verified_statuses_only() {
         ));
     }
     let gw = TestGateway::start_with(dir.path(), &extra);
-    let mut publisher = gw.mqtt("web-2", "token-web-2");
+    // Each agent publishes its own status (the broker refuses anyone else's).
+    let mut agents: Vec<Mqtt> = (0..150)
+        .map(|i| gw.mqtt(&format!("agent-{i}"), &format!("token-agent-{i}")))
+        .collect();
     // Two rounds: 300 messages on the gateway's link, past the ~200 notifications after
     // which rumqttd unschedules a local link that is not woken again.
     for state in [AgentState::Deploying, AgentState::Healthy] {
-        for i in 0..150 {
+        for (i, publisher) in agents.iter_mut().enumerate() {
             let agent = format!("agent-{i}");
             let s = status(&agent, ENV, state, &format!("token-agent-{i}"));
             publisher.publish(
@@ -59,21 +62,27 @@ fn fleet_summary_holds_verified_statuses_only() {
             );
         }
     }
+    for publisher in &mut agents {
+        publisher.flush();
+    }
     // A forged MAC (signed with another agent's token).
     let forged = status("agent-0", ENV, AgentState::Failed, "token-agent-1");
-    publisher.publish(
+    agents[0].publish(
         &format!("orcastrate/{REPO}/{ENV}/status/agent-0"),
         serde_json::to_vec(&forged).unwrap(),
         true,
     );
-    // web-1 may only report for production.
+    agents[0].flush();
+    // web-1 may only report for production (the broker refuses this one already).
+    let mut publisher = gw.mqtt("web-1", "token-web-1");
     let out_of_scope = status("web-1", "staging", AgentState::Healthy, "token-web-1");
     publisher.publish(
         &format!("orcastrate/{REPO}/staging/status/web-1"),
         serde_json::to_vec(&out_of_scope).unwrap(),
         true,
     );
-    // A status published on another agent's topic.
+    // A status published on another agent's topic (refused by the broker too).
+    let mut publisher = gw.mqtt("web-2", "token-web-2");
     let wrong_topic = status("web-2", ENV, AgentState::Healthy, "token-web-2");
     publisher.publish(
         &format!("orcastrate/{REPO}/{ENV}/status/agent-5"),
@@ -86,7 +95,7 @@ fn fleet_summary_holds_verified_statuses_only() {
         Duration::from_secs(10),
         "a fleet summary with 150 agents",
         || {
-            let mut sub = gw.mqtt("web-2", "token-web-2");
+            let mut sub = gw.mqtt("ops", "token-ops");
             sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
             let (_, payload) = sub.wait_for(Duration::from_secs(2), |_, _| true)?;
             let s: FleetSummary = serde_json::from_slice(&payload).ok()?;
@@ -103,7 +112,7 @@ fn fleet_summary_holds_verified_statuses_only() {
     assert_eq!(status_code, 200);
     assert_eq!(agents["agents"].as_array().unwrap().len(), 150);
     // No staging fleet from the out-of-scope status.
-    let mut sub = gw.mqtt("web-2", "token-web-2");
+    let mut sub = gw.mqtt("ops", "token-ops");
     sub.subscribe(&format!("orcastrate/{REPO}/staging/fleet"));
     assert!(sub
         .wait_for(Duration::from_millis(1500), |_, _| true)
@@ -125,7 +134,7 @@ fn fleet_summary_holds_verified_statuses_only() {
 fn stale_last_will_does_not_mark_a_reconnected_agent_offline() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(dir.path());
-    let mut publisher = gw.mqtt("web-2", "token-web-2");
+    let mut publisher = gw.mqtt("web-1", "token-web-1");
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
     let mut fresh = status("web-1", ENV, AgentState::Healthy, "token-web-1");
     fresh.session = "new".into();
@@ -136,7 +145,9 @@ fn stale_last_will_does_not_mark_a_reconnected_agent_offline() {
     sign::seal_status("token-web-1", &mut old_will);
     publisher.publish(&topic, serde_json::to_vec(&old_will).unwrap(), true);
     // A marker after the will: once it is recorded, the will has been handled.
+    publisher.flush();
     let marker = status("web-2", ENV, AgentState::Idle, "token-web-2");
+    let mut publisher = gw.mqtt("web-2", "token-web-2");
     publisher.publish(
         &format!("orcastrate/{REPO}/{ENV}/status/web-2"),
         serde_json::to_vec(&marker).unwrap(),
@@ -158,7 +169,7 @@ fn gateway_link_keeps_up_with_a_burst_of_statuses() {
     // the gateway stops hearing anything. A QoS 0 burst of 2,000 statuses queues that many.
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(dir.path());
-    let mut publisher = gw.mqtt("web-2", "token-web-2");
+    let mut publisher = gw.mqtt("web-1", "token-web-1");
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
     for n in 1..=2000u64 {
         let mut s = status("web-1", ENV, AgentState::Deploying, "token-web-1");

@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent_e2e;
+mod authz;
 mod common;
 mod fleet;
 mod limits;

@@ -19,7 +19,16 @@ pub struct Process {
 impl Process {
     /// Starts `serve --config config` and waits until `/healthz` answers 200.
     pub fn start(config: &Path) -> Self {
-        let gw = Self::spawn(config, Stdio::null());
+        Self::start_logging(config, None)
+    }
+
+    /// As [`Process::start`], its log (stderr) into `log` when given.
+    pub fn start_logging(config: &Path, log: Option<&Path>) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
+        let gw = Self::spawn(config, stderr);
         let http = gw.http.clone();
         eventually(
             Duration::from_secs(20),

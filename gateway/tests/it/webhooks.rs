@@ -22,7 +22,7 @@ fn orders(gw: &TestGateway) -> i64 {
 fn push_to_mapped_branch_becomes_a_signed_retained_order() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(dir.path());
-    let mut events = gw.mqtt("web-2", "token-web-2");
+    let mut events = gw.mqtt("ops", "token-ops");
     events.subscribe("orcastrate/codertocat/hello-world/events");
     events.flush();
 
@@ -38,7 +38,7 @@ fn push_to_mapped_branch_becomes_a_signed_retained_order() {
     assert_eq!(orders(&gw), 1);
 
     // A subscriber that comes later gets the retained order, verifiable with the public key.
-    let mut sub = gw.mqtt("web-1", "token-web-1");
+    let mut sub = gw.mqtt("ops", "token-ops");
     sub.subscribe("orcastrate/codertocat/hello-world/production/desired");
     let (_, payload) = sub
         .wait_for(Duration::from_secs(5), |_, _| true)
@@ -368,7 +368,7 @@ fn orders_survive_a_restart_and_are_republished() {
 
     let gw = TestGateway::start(dir.path());
     assert_eq!(gw.public_key, key, "the signing key persists");
-    let mut sub = gw.mqtt("web-1", "token-web-1");
+    let mut sub = gw.mqtt("ops", "token-ops");
     sub.subscribe("orcastrate/+/+/+/desired");
     let (_, payload) = sub
         .wait_for(Duration::from_secs(5), |_, _| true)

@@ -1,0 +1,484 @@
+//! The embedded broker's authorization, one attack per test, each asserting the refusal and
+//! that nothing changed: what an agent token may publish and read, its last will, failed
+//! logins from one address, oversized messages and filter floods (gateway RSS from /proc),
+//! and hostile usernames in the log.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orcastrate_broker::{sign, AgentState, AgentStatus};
+use rumqttc::{LastWill, QoS, SubscribeReasonCode};
+
+use crate::common::*;
+use crate::process::{write_config, Process};
+
+fn topic(rest: &str) -> String {
+    format!("orcastrate/{REPO}/{ENV}/{rest}")
+}
+
+fn own_status(state: AgentState) -> AgentStatus {
+    let mut s = AgentStatus {
+        v: 1,
+        agent: "web-1".into(),
+        host: "h".into(),
+        repo: REPO.into(),
+        env: ENV.into(),
+        session: "s1".into(),
+        state,
+        step: None,
+        seq: None,
+        sha: None,
+        running_sha: None,
+        previous_sha: None,
+        release: None,
+        updated_at: orcastrate_broker::time::now(),
+        deploy_ms: None,
+        error: None,
+        version: "t".into(),
+        mac: String::new(),
+    };
+    sign::seal_status("token-web-1", &mut s);
+    s
+}
+
+#[test]
+fn an_agent_token_publishes_only_its_own_status_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "a-1", &push_of(&sha(11), "master"));
+    let seq = answer["seq"].as_u64().unwrap();
+    let mut watcher = gw.mqtt("ops", "token-ops");
+    assert_eq!(
+        watcher.subscribe_acked(&["orcastrate/#"]).unwrap(),
+        [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let retained = watcher.collect(Duration::from_millis(500));
+    assert_eq!(
+        retained.len(),
+        1,
+        "only the order is retained: {retained:?}"
+    );
+
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    let marker = "forged-by-web-1";
+    for target in [
+        topic("desired"),
+        topic("fleet"),
+        format!("orcastrate/{REPO}/events"),
+        topic("status/web-2"),
+        format!("orcastrate/{REPO}/staging/status/web-1"),
+        "junk/web-1".to_owned(),
+        "$SYS/x".to_owned(),
+    ] {
+        agent.publish(&target, marker.as_bytes().to_vec(), true);
+    }
+    agent.flush();
+    // The control: what it may publish gets through, so the silence above is a refusal.
+    let own = own_status(AgentState::Healthy);
+    agent.publish(
+        &topic("status/web-1"),
+        serde_json::to_vec(&own).unwrap(),
+        true,
+    );
+    agent.publish(&topic("log/web-1"), b"a log line".to_vec(), false);
+    agent.flush();
+    let seen = watcher.collect(Duration::from_millis(1500));
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(
+        topics.contains(&topic("status/web-1").as_str()),
+        "{topics:?}"
+    );
+    assert!(topics.contains(&topic("log/web-1").as_str()), "{topics:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, p)| String::from_utf8_lossy(p).contains(marker)),
+        "a forged message got through: {topics:?}"
+    );
+    // Nothing forged is retained: a new watcher sees the true order and web-1's status.
+    let mut late = gw.mqtt("ops", "token-ops");
+    late.subscribe("orcastrate/#");
+    let retained = late.collect(Duration::from_millis(800));
+    let order = retained
+        .iter()
+        .find(|(t, _)| *t == topic("desired"))
+        .expect("the order");
+    assert!(String::from_utf8_lossy(&order.1).contains(&format!("\"seq\":{seq}")));
+    assert!(retained
+        .iter()
+        .all(|(_, p)| !String::from_utf8_lossy(p).contains(marker)));
+    // The fleet view holds web-1 only, as it reported itself.
+    let (_, v) = gw.admin_get("/api/v1/agents");
+    let agents = v["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{v}");
+    assert_eq!(agents[0]["agent"], "web-1");
+}
+
+#[test]
+fn repeated_refused_publishes_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    for _ in 0..30 {
+        agent.publish_qos0(&topic("desired"), b"x".to_vec());
+    }
+    // Sending them (driven by this subscribe) ends with the broker closing the connection.
+    assert!(
+        !agent.alive(&topic("desired")),
+        "the connection is closed after repeated refusals"
+    );
+    // A fresh login works: the refusals closed one connection, not the name.
+    assert!(gw.mqtt("web-1", "token-web-1").alive(&topic("desired")));
+}
+
+#[test]
+fn an_agent_token_reads_only_its_scopes_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    let codes = agent
+        .subscribe_acked(&[
+            "#",
+            "orcastrate/#",
+            "orcastrate/+/+/+/desired",
+            &format!("orcastrate/{REPO}/staging/desired"),
+            &topic("log/web-1"),
+            &topic("log/+"),
+            &topic("status/+"),
+            &topic("fleet"),
+            &topic("desired"),
+        ])
+        .unwrap();
+    let refused = SubscribeReasonCode::Failure;
+    assert_eq!(
+        codes,
+        [
+            refused,
+            refused,
+            refused,
+            refused,
+            refused,
+            refused,
+            refused,
+            refused,
+            SubscribeReasonCode::Success(QoS::AtLeastOnce)
+        ]
+    );
+    // Orders for staging, a status and a log line of another agent: none reach it.
+    let (_, answer) = gw.webhook("push", "r-1", &push_of(&sha(21), "develop"));
+    assert!(answer["seq"].is_u64(), "{answer}");
+    let mut other = gw.mqtt("web-2", "token-web-2");
+    other.publish(&topic("log/web-2"), b"secret step output".to_vec(), false);
+    other.flush();
+    let (_, answer) = gw.webhook("push", "r-2", &push_of(&sha(22), "master"));
+    assert!(answer["seq"].is_u64(), "{answer}");
+    let got = agent.collect(Duration::from_millis(1500));
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, [topic("desired").as_str()], "only its own order");
+    assert!(String::from_utf8_lossy(&got[0].1).contains(&sha(22)));
+}
+
+#[test]
+fn a_last_will_on_another_agents_status_is_refused_at_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let will = |t: String| {
+        let mut o = Mqtt::options(gw.mqtt_port, "web-1", "web-1", "token-web-1");
+        o.set_last_will(LastWill::new(t, "forged-will", QoS::AtLeastOnce, true));
+        Mqtt::connect_with(o)
+    };
+    for t in [topic("status/web-2"), topic("desired"), "junk/x".to_owned()] {
+        let e = will(t.clone()).err().unwrap_or_default();
+        assert!(e.contains("NotAuthorized"), "{t}: {e}");
+    }
+    // Its own status as the will: accepted, and it fires when the connection drops.
+    let agent = will(topic("status/web-1")).expect("its own will");
+    drop(agent);
+    let mut watcher = gw.mqtt("ops", "token-ops");
+    watcher.subscribe(&topic("status/+"));
+    let got = watcher.collect(Duration::from_millis(2000));
+    assert!(
+        got.iter().all(|(t, _)| *t == topic("status/web-1")),
+        "no will on another agent's topic: {got:?}"
+    );
+}
+
+#[test]
+fn failed_logins_are_throttled_per_source_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let (_, answer) = gw.webhook("push", "t-1", &push_of(&sha(71), "master"));
+    assert!(answer["seq"].is_u64(), "{answer}");
+    let sub = |source: &str, token: &str| {
+        let mut c = Command::new("mosquitto_sub");
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &gw.mqtt_port.to_string(),
+            "-A",
+            source,
+        ])
+        .args(["-u", "web-1", "-P", token, "-t", &topic("desired")])
+        .args(["-C", "1", "-W", "10"]);
+        c
+    };
+    // 50 wrong logins at once from 127.0.0.1.
+    let started = Instant::now();
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            sub("127.0.0.1", "wrong-token")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("mosquitto_sub is installed")
+        })
+        .collect();
+    // Meanwhile the right token from 127.0.0.2 gets in at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let right = Instant::now();
+    let out = sub("127.0.0.2", "token-web-1").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&sha(71)));
+    assert!(
+        right.elapsed() < Duration::from_secs(2),
+        "the other address waited {:?}",
+        right.elapsed()
+    );
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_lowercase();
+    let checked = outputs
+        .iter()
+        .filter(|o| said(o).contains("not authori"))
+        .count();
+    let throttled = outputs
+        .iter()
+        .filter(|o| said(o).contains("unavailable"))
+        .count();
+    assert!(outputs.iter().all(|o| !o.status.success()));
+    // A burst of 10 checked at once, then about 2 a second up to a 3 s wait; the rest are
+    // refused unchecked ("server unavailable"), so guessing runs at a few tries a second.
+    assert!(checked <= 20, "{checked} of 50 wrong logins were checked");
+    assert_eq!(checked + throttled, 50, "every login got an answer");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+/// The gateway process's resident memory, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+#[test]
+fn oversized_messages_and_filter_floods_leave_memory_near_its_baseline() {
+    // Bounds: the quotas let one token add a few MB at most; without them, 300 retained
+    // 1 MB messages took the gateway from 70 to 508 MB and 50,000 filters added 294 MB.
+    const PEAK_MB: f64 = 40.0;
+    const AFTER_MB: f64 = 20.0;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Process::start(&write_config(dir.path(), ""));
+    let pid = gw.child.id();
+    let baseline = rss_mb(pid);
+    let mut peak: f64 = baseline;
+
+    // 300 retained 1 MB messages: each closes the connection before it is buffered.
+    let big = vec![b'x'; 1_000_000];
+    let mut refused = 0;
+    for i in 0..300 {
+        let Ok(mut c) = Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2") else {
+            continue;
+        };
+        let t = if i % 2 == 0 {
+            format!("junk/{i}")
+        } else {
+            topic("status/web-2")
+        };
+        c.publish(&t, big.clone(), true);
+        if !c.alive(&topic("desired")) {
+            refused += 1;
+        }
+        peak = peak.max(rss_mb(pid));
+    }
+    assert!(
+        refused >= 290,
+        "only {refused} of 300 big publishes were refused"
+    );
+
+    // 50,000 distinct filters it may read (every repo/env's desired), 400 per SUBSCRIBE.
+    let mut accepted = 0;
+    let mut n = 0;
+    while n < 50_000 {
+        let Ok(mut c) = Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2") else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        while n < 50_000 {
+            let filters: Vec<String> = (n..n + 400)
+                .map(|i| format!("orcastrate/o/r/e{i}/desired"))
+                .collect();
+            n += 400;
+            let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+            match c.subscribe_acked(&refs) {
+                Ok(codes) => {
+                    accepted += codes
+                        .iter()
+                        .filter(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                        .count()
+                }
+                Err(_) => break,
+            }
+        }
+        peak = peak.max(rss_mb(pid));
+    }
+    assert!(
+        accepted <= 64,
+        "{accepted} filters accepted past max_subscriptions_per_client"
+    );
+    assert!(
+        peak - baseline < PEAK_MB,
+        "RSS went from {baseline:.1} to {peak:.1} MB"
+    );
+    // The client is gone: memory is back near where it started.
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_mb(pid);
+    assert!(
+        after - baseline < AFTER_MB,
+        "RSS {after:.1} MB after the client left (baseline {baseline:.1} MB)"
+    );
+    // And the gateway still serves an honest agent.
+    assert!(Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1")
+        .unwrap()
+        .alive(&topic("desired")));
+}
+
+#[test]
+fn hostile_usernames_give_one_short_escaped_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let gw = Process::start_logging(&write_config(dir.path(), ""), Some(&log));
+    let long = "u".repeat(65_000);
+    let forging = "web-1\nINFO forged: deploy approved";
+    for user in [long.as_str(), forging] {
+        for _ in 0..5 {
+            let e = Mqtt::connect(gw.mqtt_port, "", user, "wrong")
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains("NotAuthorized"), "{e}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("login refused"))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        2,
+        "one line per burst per name: {refusals:#?}"
+    );
+    assert!(refusals.iter().all(|l| l.len() < 600), "{refusals:#?}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("INFO forged")),
+        "a forged line: {text}"
+    );
+    assert!(text.len() < 20_000, "{} bytes of log", text.len());
+}
+
+#[test]
+fn a_reload_changes_what_a_connected_client_may_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let config = write_config(dir.path(), "");
+    let gw = Process::start_logging(&config, Some(&log));
+    let mut client = Mqtt::connect(gw.mqtt_port, "web-1", "web-1", "token-web-1").unwrap();
+    let fleet = topic("fleet");
+    assert_eq!(
+        client.subscribe_acked(&[&fleet]).unwrap(),
+        [SubscribeReasonCode::Failure],
+        "an agent may not read fleet"
+    );
+    // web-1 becomes a watcher of its scope; SIGHUP; the same connection may now read fleet.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "scopes = [\"codertocat/hello-world/production\"]",
+        "scopes = [\"codertocat/hello-world/production\"]\nrole = \"watcher\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    gw.signal("HUP");
+    eventually(Duration::from_secs(10), "the reload", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("reloaded clients and repos").then_some(())
+    });
+    assert_eq!(
+        client.subscribe_acked(&[&fleet]).unwrap(),
+        [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+}
+
+#[test]
+fn topics_and_connections_per_name_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: max_topics_per_client = 32, max_connections_per_client = 8.
+    let gw = TestGateway::start(dir.path());
+    let mut watcher = gw.mqtt("ops", "token-ops");
+    watcher.subscribe_acked(&["orcastrate/#"]).unwrap();
+    // web-2 reports for every repo/env: 19 distinct status topics per connection (under the
+    // 20 refusals that close one), 40 in all; the first 32 are taken.
+    let mut sent = 0;
+    while sent < 40 {
+        let mut agent = gw.mqtt("web-2", "token-web-2");
+        for _ in 0..19.min(40 - sent) {
+            let t = format!("orcastrate/o/r/e{sent}/status/web-2");
+            agent.publish(&t, format!("quota-{sent}").into_bytes(), false);
+            sent += 1;
+        }
+        agent.flush();
+    }
+    let got = watcher.collect(Duration::from_millis(1000));
+    let quota: Vec<_> = got
+        .iter()
+        .filter(|(_, p)| String::from_utf8_lossy(p).starts_with("quota-"))
+        .collect();
+    assert_eq!(quota.len(), 32, "max_topics_per_client");
+    // Publishing again on a topic it already holds is fine.
+    let mut agent = gw.mqtt("web-2", "token-web-2");
+    agent.publish(
+        "orcastrate/o/r/e0/status/web-2",
+        b"quota-again".to_vec(),
+        false,
+    );
+    agent.flush();
+    assert!(watcher
+        .collect(Duration::from_millis(800))
+        .iter()
+        .any(|(_, p)| p == b"quota-again"));
+    drop(agent);
+
+    // Eight connections under one name; the ninth is told to come back later.
+    // (The connections above may take a moment to be counted as gone.)
+    let mut open = Vec::new();
+    eventually(Duration::from_secs(5), "eight connections", || {
+        while open.len() < 8 {
+            open.push(Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2").ok()?);
+        }
+        Some(())
+    });
+    let e = Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2")
+        .err()
+        .unwrap_or_default();
+    assert!(e.contains("ServiceUnavailable"), "{e}");
+    drop(open);
+    eventually(
+        Duration::from_secs(5),
+        "a login once the others left",
+        || Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2").ok(),
+    );
+}
