@@ -4,7 +4,8 @@
 # corpus is GitHub's own payloads (gateway/tests/fixtures/github); what the fuzzer finds
 # stays in gateway/fuzz/corpus (not committed), crashes in gateway/fuzz/artifacts.
 #
-#   scripts/fuzz.sh                 # 30 s per target: a smoke run, as CI does
+#   scripts/fuzz.sh                 # 30 s per target: a smoke run
+#   FUZZ_SANITIZER=none scripts/fuzz.sh 20   # as CI runs it
 #   scripts/fuzz.sh 3600            # an hour per target
 #   scripts/fuzz.sh 600 webhook_intent
 #
@@ -28,6 +29,9 @@ command -v cargo-fuzz >/dev/null || {
   exit 2
 }
 export RUSTC_BOOTSTRAP=1
+# AddressSanitizer by default; CI's smoke run sets FUZZ_SANITIZER=none, which builds in a
+# fraction of the time (the gateway has no unsafe code of its own).
+sanitizer="${FUZZ_SANITIZER:-address}"
 
 # Seeds for webhook_intent: one byte picking the event (push 0, pull_request 1, ping 2),
 # then a real payload of that event.
@@ -50,6 +54,6 @@ for target in "${targets[@]}"; do
   [ "$target" = webhook_intent ] && seed_intent
   mkdir -p "fuzz/corpus/$target"
   echo "fuzz: $target for ${seconds}s"
-  cargo fuzz run "$target" "fuzz/corpus/$target" -- \
+  cargo fuzz run --sanitizer "$sanitizer" "$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -max_len=65536 -print_final_stats=1
 done
