@@ -15,6 +15,7 @@ use crate::config::{OnShutdown, Settings, SETTLE};
 use crate::connection::{BusEvent, Connection};
 use crate::deploy::{self, Control, Ctx, Outcome};
 use crate::git::Git;
+use crate::outcome::{self, Record};
 use crate::release::Layout;
 use crate::state::{
     self, AppRecord, HealthyRelease, LastOutcome, Loaded, ProcRecord, SharedState, StateStore,
@@ -337,26 +338,24 @@ async fn main_loop(
                 p.order.seq, p.attempts
             );
             tracing::error!("{error}");
-            state::update(&ctx.state, |s| {
-                s.pending = None;
-                s.last = Some(LastOutcome {
-                    state: AgentState::Failed,
-                    seq: Some(p.order.seq),
-                    sha: Some(p.order.sha.clone()),
-                    release: None,
-                    previous_sha: None,
-                    deploy_ms: None,
-                    error: Some(error.clone()),
-                });
-            });
-            let running = ctx.running_sha();
-            ctx.status.update(|s| {
-                s.state = AgentState::Failed;
-                s.seq = Some(p.order.seq);
-                s.sha = Some(p.order.sha.clone());
-                s.running_sha = running;
-                s.error = Some(error);
-            });
+            outcome::record(
+                &ctx.state,
+                &ctx.status,
+                Record {
+                    last: LastOutcome {
+                        state: AgentState::Failed,
+                        seq: Some(p.order.seq),
+                        sha: Some(p.order.sha.clone()),
+                        release: None,
+                        previous_sha: None,
+                        deploy_ms: None,
+                        error: Some(error),
+                    },
+                    healthy: None,
+                    running_sha: ctx.running_sha(),
+                    keep_status_release: true,
+                },
+            );
         }
     }
 

@@ -12,6 +12,7 @@ use orcastrate_broker::{names, OrderVerifier};
 use serde::Deserialize;
 
 use crate::cli::Cli;
+pub use crate::users::RunAs;
 
 /// Default `install` step.
 pub const DEFAULT_INSTALL: &str = "npm install";
@@ -179,18 +180,6 @@ pub struct GitSettings {
     pub fetch_timeout: Duration,
     /// Tries before the deploy fails, with waits of 1, 2, 4 … (at most 30) s in between.
     pub fetch_attempts: u32,
-}
-
-/// The user steps, health commands and the app run as (`run_as`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// The primary group and every group listing the user.
-    pub groups: Vec<u32>,
-    /// `HOME` for its processes.
-    pub home: Option<PathBuf>,
 }
 
 /// The validated settings the agent runs with; tests build them in code.
@@ -557,7 +546,7 @@ impl Settings {
                 ))
             }
             (Some(url), None) => {
-                crate::health::parse_http_url(&url)
+                parse_http_url(&url)
                     .map_err(|p| ConfigError::new(file_origin, "health.http", p))?;
                 HealthCheck::Http(url)
             }
@@ -889,6 +878,56 @@ fn default_name(host: &str) -> String {
     }
 }
 
+/// Host, port and request path of an `http://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpTarget {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
+}
+
+/// Parses an `http://host[:port][/path]` URL.
+///
+/// # Errors
+///
+/// A message saying what to write instead.
+pub(crate) fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        if url.starts_with("https://") {
+            "https is not supported for the built-in check (the app runs on this host): use http://127.0.0.1:PORT/… or command = \"curl -fsS https://…\"".to_owned()
+        } else {
+            format!("{url:?} is not an http:// URL: use e.g. \"http://127.0.0.1:3000/health\"")
+        }
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let bad =
+        || format!("{url:?} has no usable host:port: use e.g. \"http://127.0.0.1:3000/health\"");
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None => 80,
+        };
+        (h.to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None => (authority.to_owned(), 80),
+        }
+    };
+    if host.is_empty() || path.contains(['\r', '\n', ' ']) {
+        return Err(bad());
+    }
+    Ok(HttpTarget {
+        host,
+        port,
+        path: path.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -910,6 +949,24 @@ mod tests {
                 .display()
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:3000/health").unwrap(),
+            HttpTarget {
+                host: "127.0.0.1".into(),
+                port: 3000,
+                path: "/health".into()
+            }
+        );
+        assert_eq!(parse_http_url("http://localhost").unwrap().port, 80);
+        assert_eq!(parse_http_url("http://[::1]:8/x").unwrap().host, "::1");
+        assert!(parse_http_url("https://x/").unwrap_err().contains("curl"));
+        assert!(parse_http_url("ftp://x/").is_err());
+        assert!(parse_http_url("http://:80/").is_err());
+        assert!(parse_http_url("http://h:x/").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::connection::Bus;
 use crate::git::{FetchError, Git};
+use crate::outcome::{self, Record};
 use crate::release::{self, Layout, Marker};
 use crate::state::{self, HealthyRelease, LastOutcome, Pending, SharedState};
 use crate::status::StatusBoard;
@@ -511,28 +512,25 @@ impl Job<'_> {
     }
 
     fn healthy(&self, release: &str) -> Outcome {
-        let ctx = self.ctx;
         let ms = self.began.elapsed().as_millis() as u64;
         self.sink
             .note(Some(Step::Health), &format!("healthy after {ms} ms"));
-        state::update(&ctx.state, |s| {
-            s.push_healthy(HealthyRelease {
+        self.record(Record {
+            last: self.last(AgentState::Healthy, Some(release), Some(ms), None),
+            healthy: Some(HealthyRelease {
                 seq: self.order.seq,
                 sha: self.order.sha.clone(),
                 release: release.to_owned(),
                 at: orcastrate_broker::time::now(),
-            });
-            s.pending = None;
-            s.last = Some(self.last(AgentState::Healthy, Some(release), Some(ms), None));
-        });
-        ctx.status.update(|s| {
-            s.state = AgentState::Healthy;
-            s.running_sha = Some(self.order.sha.clone());
-            s.release = Some(release.to_owned());
-            s.deploy_ms = Some(ms);
-            s.error = None;
+            }),
+            running_sha: Some(self.order.sha.clone()),
+            keep_status_release: false,
         });
         Outcome::Healthy
+    }
+
+    fn record(&self, record: Record) {
+        outcome::record(&self.ctx.state, &self.ctx.status, record);
     }
 
     fn last(
@@ -559,16 +557,11 @@ impl Job<'_> {
             self.order.sha, healthy.sha
         );
         self.sink.note(None, &format!("skipped: {reason}"));
-        state::update(&self.ctx.state, |s| {
-            s.pending = None;
-            s.last = Some(self.last(AgentState::Skipped, None, None, Some(reason.clone())));
-        });
-        let running = self.ctx.running_sha();
-        self.ctx.status.update(|s| {
-            s.state = AgentState::Skipped;
-            s.release = None;
-            s.running_sha = running;
-            s.error = Some(reason);
+        self.record(Record {
+            last: self.last(AgentState::Skipped, None, None, Some(reason)),
+            healthy: None,
+            running_sha: self.ctx.running_sha(),
+            keep_status_release: false,
         });
         Outcome::Skipped
     }
@@ -595,16 +588,11 @@ impl Job<'_> {
             &format!("failed: {error}; the old release keeps serving"),
         );
         tracing::warn!(seq = self.order.seq, error = %error, "deploy failed before the switch");
-        state::update(&ctx.state, |s| {
-            s.pending = None;
-            s.last = Some(self.last(AgentState::Failed, None, Some(ms), Some(error.clone())));
-        });
-        let running = ctx.running_sha();
-        ctx.status.update(|s| {
-            s.state = AgentState::Failed;
-            s.running_sha = running;
-            s.deploy_ms = Some(ms);
-            s.error = Some(error);
+        self.record(Record {
+            last: self.last(AgentState::Failed, None, Some(ms), Some(error)),
+            healthy: None,
+            running_sha: ctx.running_sha(),
+            keep_status_release: true,
         });
         Outcome::Failed
     }
@@ -664,21 +652,16 @@ impl Job<'_> {
                     Some(Step::Health),
                     &format!("rolled back to {} ({})", target.release, target.sha),
                 );
-                state::update(&ctx.state, |s| {
-                    s.pending = None;
-                    s.last = Some(self.last(
+                self.record(Record {
+                    last: self.last(
                         AgentState::RolledBack,
                         Some(&target.release),
                         Some(ms),
-                        Some(error.clone()),
-                    ));
-                });
-                ctx.status.update(|s| {
-                    s.state = AgentState::RolledBack;
-                    s.running_sha = Some(target.sha.clone());
-                    s.release = Some(target.release.clone());
-                    s.deploy_ms = Some(ms);
-                    s.error = Some(error);
+                        Some(error),
+                    ),
+                    healthy: None,
+                    running_sha: Some(target.sha.clone()),
+                    keep_status_release: false,
                 });
                 Outcome::RolledBack
             }
@@ -693,24 +676,12 @@ impl Job<'_> {
     }
 
     fn final_failure(&self, release: &str, error: String, ms: u64) -> Outcome {
-        let ctx = self.ctx;
         self.sink.note(None, &format!("failed: {error}"));
-        state::update(&ctx.state, |s| {
-            s.pending = None;
-            s.last = Some(self.last(
-                AgentState::Failed,
-                Some(release),
-                Some(ms),
-                Some(error.clone()),
-            ));
-        });
-        let running = ctx.running_sha();
-        ctx.status.update(|s| {
-            s.state = AgentState::Failed;
-            s.running_sha = running;
-            s.release = Some(release.to_owned());
-            s.deploy_ms = Some(ms);
-            s.error = Some(error);
+        self.record(Record {
+            last: self.last(AgentState::Failed, Some(release), Some(ms), Some(error)),
+            healthy: None,
+            running_sha: self.ctx.running_sha(),
+            keep_status_release: false,
         });
         Outcome::Failed
     }

@@ -23,6 +23,7 @@
 //! - [`handoff`]: secrets moved out of the environment at start-up, the process non-dumpable.
 //! - `users`: the `run_as` user of steps and the app.
 //! - `state`: `state.json`.
+//! - `outcome`: how an order ended, recorded in `state.json` and the status at once.
 //! - `status`: the status the agent publishes.
 //! - `redact`: credentials in URLs hidden from everything the agent prints or publishes.
 //! - `procs`, `fsutil`: process groups and crash-safe file operations.
@@ -37,6 +38,7 @@ mod fsutil;
 mod git;
 pub mod handoff;
 mod health;
+mod outcome;
 mod procs;
 mod redact;
 mod release;

@@ -5,7 +5,17 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::RunAs;
+/// The user steps, health commands and the app run as (`run_as`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The primary group and every group listing the user.
+    pub groups: Vec<u32>,
+    /// `HOME` for its processes.
+    pub home: Option<PathBuf>,
+}
 
 /// Looks `user` (a name or a numeric uid) up in `/etc/passwd` and its groups in
 /// `/etc/group`.
