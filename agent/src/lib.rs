@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line, with environment fallbacks.
-//! - [`config`]: the TOML shape and the validated [`Settings`].
+//! - [`config`]: the TOML shape, validated in stages (pure per-section checks, every problem
+//!   at once) into the [`Settings`].
 //! - `agent`: the loop: recovery, orders, supersede, settle, retry-once, health, shutdown.
 //! - `accept`: the order acceptance rules.
 //! - `connection`: the MQTT client: login, last will, resubscribe, backoff, publishing.
