@@ -11,7 +11,8 @@
 //! - [`cli`]: the command line, with environment fallbacks.
 //! - [`config`]: the TOML shape, validated in stages (pure per-section checks, every problem
 //!   at once) into the [`Settings`].
-//! - `agent`: the loop: recovery, orders, supersede, settle, retry-once, health, shutdown.
+//! - `agent`: recovery and shutdown, and the loop (orders, supersede, settle, retry-once,
+//!   health, `--once`) as a state machine with one handler per event.
 //! - `accept`: the order acceptance rules.
 //! - `connection`: the MQTT client: login, last will, resubscribe, backoff, publishing.
 //! - `deploy`: one deploy in the design's sequence, and the rollback.
