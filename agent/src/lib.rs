@@ -30,6 +30,8 @@
 //! - `redact`: credentials in URLs hidden from everything the agent prints or publishes.
 //! - `procs`, `fsutil`: process groups and crash-safe file operations.
 
+#![warn(clippy::too_many_lines)]
+
 mod accept;
 mod agent;
 pub mod cli;
