@@ -5,6 +5,7 @@
 use std::path::{Component, PathBuf};
 use std::time::Duration;
 
+use super::error::Problems;
 use super::{
     ConfigError, FileConfig, GitSettings, HealthCheck, HealthSettings, OnShutdown, StepSettings,
     DEFAULT_FETCH_ATTEMPTS, DEFAULT_FETCH_TIMEOUT_S, DEFAULT_HEALTH_INTERVAL_S,
@@ -54,38 +55,53 @@ fn one_line(origin: &str, key: &str, v: &str) -> Result<String, ConfigError> {
 /// `[steps]`.
 pub(super) fn steps(origin: &str, file: &FileConfig) -> Result<StepSettings, ConfigError> {
     let steps = file.steps.clone().unwrap_or_default();
-    let install = one_line(
+    let mut p = Problems::default();
+    let install = p.check(one_line(
         origin,
         "steps.install",
         steps.install.as_deref().unwrap_or(DEFAULT_INSTALL),
-    )?;
-    let build = one_line(origin, "steps.build", steps.build.as_deref().unwrap_or(""))?;
-    let start = one_line(
+    ));
+    let build = p.check(one_line(
         origin,
-        "steps.start",
-        steps.start.as_deref().unwrap_or(DEFAULT_START),
-    )?;
-    if start.is_empty() {
-        return Err(ConfigError::new(
+        "steps.build",
+        steps.build.as_deref().unwrap_or(""),
+    ));
+    let start = p.check(
+        one_line(
             origin,
             "steps.start",
-            "must not be empty: the command that runs the app in the foreground, e.g. \"npm run start\"",
-        ));
-    }
-    let stop_timeout = seconds(
+            steps.start.as_deref().unwrap_or(DEFAULT_START),
+        )
+        .and_then(|start| {
+            if start.is_empty() {
+                Err(ConfigError::new(
+                    origin,
+                    "steps.start",
+                    "must not be empty: the command that runs the app in the foreground, e.g. \"npm run start\"",
+                ))
+            } else {
+                Ok(start)
+            }
+        }),
+    );
+    let stop_timeout = p.check(seconds(
         origin,
         "steps.stop_timeout_s",
         steps.stop_timeout_s,
         DEFAULT_STOP_TIMEOUT_S,
         0,
         3600,
-    )?;
-    Ok(StepSettings {
-        install,
-        build,
-        start,
-        stop_timeout,
-    })
+    ));
+    let value = match (install, build, start, stop_timeout) {
+        (Some(install), Some(build), Some(start), Some(stop_timeout)) => Some(StepSettings {
+            install,
+            build,
+            start,
+            stop_timeout,
+        }),
+        _ => None,
+    };
+    p.finish(value, origin)
 }
 
 /// `[shared]`: `(files, dirs)`.
@@ -94,78 +110,91 @@ pub(super) fn shared(
     file: &FileConfig,
 ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError> {
     let shared = file.shared.clone().unwrap_or_default();
-    let files = shared_paths(origin, "shared.files", shared.files.unwrap_or_default())?;
-    let dirs = shared_paths(origin, "shared.dirs", shared.dirs.unwrap_or_default())?;
-    Ok((files, dirs))
+    let mut p = Problems::default();
+    let files = p.check(shared_paths(
+        origin,
+        "shared.files",
+        shared.files.unwrap_or_default(),
+    ));
+    let dirs = p.check(shared_paths(
+        origin,
+        "shared.dirs",
+        shared.dirs.unwrap_or_default(),
+    ));
+    p.finish(files.zip(dirs), origin)
 }
 
 /// `[health]`.
 pub(super) fn health(origin: &str, file: &FileConfig) -> Result<HealthSettings, ConfigError> {
     let health = file.health.clone().unwrap_or_default();
-    let check = match (health.http, health.command) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                origin,
-                "health",
-                "set either http or command, not both",
-            ))
-        }
-        (Some(url), None) => {
-            parse_http_url(&url).map_err(|p| ConfigError::new(origin, "health.http", p))?;
-            HealthCheck::Http(url)
-        }
-        (None, Some(cmd)) => HealthCheck::Command(one_line(origin, "health.command", &cmd)?),
-        (None, None) => HealthCheck::Running,
-    };
-    let timeout = seconds(
+    let mut p = Problems::default();
+    let check = p.check(match (health.http, health.command) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            origin,
+            "health",
+            "set either http or command, not both",
+        )),
+        (Some(url), None) => parse_http_url(&url)
+            .map(|_| HealthCheck::Http(url))
+            .map_err(|p| ConfigError::new(origin, "health.http", p)),
+        (None, Some(cmd)) => one_line(origin, "health.command", &cmd).map(HealthCheck::Command),
+        (None, None) => Ok(HealthCheck::Running),
+    });
+    let timeout = p.check(seconds(
         origin,
         "health.timeout_s",
         health.timeout_s,
         DEFAULT_HEALTH_TIMEOUT_S,
         1,
         86_400,
-    )?;
-    let interval = seconds(
+    ));
+    let interval = p.check(seconds(
         origin,
         "health.interval_s",
         health.interval_s,
         DEFAULT_HEALTH_INTERVAL_S,
         1,
         86_400,
-    )?;
-    Ok(HealthSettings {
-        check,
-        timeout,
-        interval,
-    })
+    ));
+    let value = match (check, timeout, interval) {
+        (Some(check), Some(timeout), Some(interval)) => Some(HealthSettings {
+            check,
+            timeout,
+            interval,
+        }),
+        _ => None,
+    };
+    p.finish(value, origin)
 }
 
 /// `[git]`.
 pub(super) fn git(origin: &str, file: &FileConfig) -> Result<GitSettings, ConfigError> {
     let git = file.git.clone().unwrap_or_default();
-    let fetch_timeout = seconds(
+    let mut p = Problems::default();
+    let fetch_timeout = p.check(seconds(
         origin,
         "git.fetch_timeout_s",
         git.fetch_timeout_s,
         DEFAULT_FETCH_TIMEOUT_S,
         1,
         86_400,
-    )?;
-    let fetch_attempts = match git.fetch_attempts {
-        None => DEFAULT_FETCH_ATTEMPTS,
-        Some(n) if (1..=20).contains(&n) => n as u32,
-        Some(n) => {
-            return Err(ConfigError::new(
-                origin,
-                "git.fetch_attempts",
-                format!("{n} is out of range: use 1 to 20"),
-            ))
-        }
-    };
-    Ok(GitSettings {
-        fetch_timeout,
-        fetch_attempts,
-    })
+    ));
+    let fetch_attempts = p.check(match git.fetch_attempts {
+        None => Ok(DEFAULT_FETCH_ATTEMPTS),
+        Some(n) if (1..=20).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ConfigError::new(
+            origin,
+            "git.fetch_attempts",
+            format!("{n} is out of range: use 1 to 20"),
+        )),
+    });
+    let value = fetch_timeout
+        .zip(fetch_attempts)
+        .map(|(fetch_timeout, fetch_attempts)| GitSettings {
+            fetch_timeout,
+            fetch_attempts,
+        });
+    p.finish(value, origin)
 }
 
 fn seconds(

@@ -57,6 +57,20 @@ impl Problems {
         result.map_err(|e| self.0.extend(e.all().cloned())).ok()
     }
 
+    /// `value` when every check passed, else all problems as one error.
+    pub(super) fn finish<T>(self, value: Option<T>, origin: &str) -> Result<T, ConfigError> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            _ => Err(self.fail(origin)),
+        }
+    }
+
+    /// All problems as one error (a value is missing only where its check failed).
+    pub(super) fn fail(self, origin: &str) -> ConfigError {
+        self.into_error()
+            .unwrap_or_else(|| ConfigError::new(origin, "(file)", "incomplete configuration"))
+    }
+
     /// All problems as one error (`None` when there were none).
     pub(super) fn into_error(self) -> Option<ConfigError> {
         let mut all = self.0.into_iter().map(|mut e| {

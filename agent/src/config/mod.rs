@@ -253,11 +253,8 @@ impl Settings {
             git,
         )
         else {
-            // A value is missing only where its check failed (a git_url without a valid
-            // repo goes with the repo's problem).
-            return Err(p.into_error().unwrap_or_else(|| {
-                ConfigError::new(file_origin, "(file)", "incomplete configuration")
-            }));
+            // A git_url is missing without a valid repo: that goes with the repo's problem.
+            return Err(p.fail(file_origin));
         };
         Ok(Self {
             name,

@@ -212,7 +212,13 @@ fn every_problem_of_a_file_is_reported_at_once() {
     f.env = Some("Prod.1".into());
     f.keep_releases = Some(0);
     f.on_shutdown = Some("maybe".into());
+    f.steps = Some(StepsFile {
+        install: Some("a\nb".into()),
+        start: Some(" ".into()),
+        ..StepsFile::default()
+    });
     f.health = Some(HealthFile {
+        http: Some("https://x/".into()),
         timeout_s: Some(0),
         ..HealthFile::default()
     });
@@ -228,13 +234,16 @@ fn every_problem_of_a_file_is_reported_at_once() {
             "env",
             "keep_releases",
             "on_shutdown",
+            "steps.install",
+            "steps.start",
+            "health.http",
             "health.timeout_s",
             "git.fetch_attempts"
         ],
         "{e}"
     );
     assert!(e.all().all(|p| p.origin == "a.toml"), "{e}");
-    assert_eq!(e.to_string().lines().count(), 5, "{e}");
+    assert_eq!(e.to_string().lines().count(), 8, "{e}");
     // The first problem keeps the single-problem shape.
     assert_eq!((e.origin.as_str(), e.key.as_str()), ("a.toml", "env"));
 }
