@@ -17,20 +17,13 @@ pub struct RunAs {
     pub home: Option<PathBuf>,
 }
 
-/// Looks `user` (a name or a numeric uid) up in `/etc/passwd` and its groups in
-/// `/etc/group`.
+/// Looks `user` (a name or a numeric uid) up in the text of `/etc/passwd` and its groups
+/// in that of `/etc/group`.
 ///
 /// # Errors
 ///
 /// What is wrong, for a config error.
-pub(crate) fn lookup(user: &str) -> Result<RunAs, String> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    lookup_in(user, &passwd, &group)
-}
-
-fn lookup_in(user: &str, passwd: &str, group: &str) -> Result<RunAs, String> {
+pub(crate) fn lookup_in(user: &str, passwd: &str, group: &str) -> Result<RunAs, String> {
     let user = user.trim();
     let numeric: Option<u32> = user.parse().ok();
     let entry = passwd.lines().find_map(|line| {

@@ -26,6 +26,10 @@ pub struct Environment {
     pub host_name: String,
     /// The real uid of the agent.
     pub uid: u32,
+    /// `/etc/passwd`, to look the `run_as` user up (or why it cannot be read).
+    pub passwd: Result<String, String>,
+    /// `/etc/group`, for the `run_as` user's groups.
+    pub group: String,
 }
 
 impl Environment {
@@ -43,6 +47,9 @@ impl Environment {
                 .map_err(|e| format!("cannot read the working directory: {e}")),
             host_name: host_name(),
             uid: current_uid(),
+            passwd: std::fs::read_to_string("/etc/passwd")
+                .map_err(|e| format!("cannot read /etc/passwd: {e}")),
+            group: std::fs::read_to_string("/etc/group").unwrap_or_default(),
         }
     }
 

@@ -256,7 +256,7 @@ pub(super) fn config_key(
     Ok(config_key)
 }
 
-/// `run_as`, looked up in `/etc/passwd`; `None` when unset or the agent's own user.
+/// `run_as`, looked up in the environment's `/etc/passwd`; `None` when unset or the agent's own user.
 pub(super) fn run_as(
     src: &Sources,
     cli: &Cli,
@@ -271,7 +271,12 @@ pub(super) fn run_as(
     let Some(user) = run_as.filter(|u| !u.trim().is_empty()) else {
         return Ok(None);
     };
-    let found = crate::users::lookup(&user).map_err(|p| ConfigError::new(&origin, "run_as", p))?;
+    let found = src
+        .env
+        .passwd
+        .clone()
+        .and_then(|passwd| crate::users::lookup_in(&user, &passwd, &src.env.group))
+        .map_err(|p| ConfigError::new(&origin, "run_as", p))?;
     let uid = src.env.uid;
     if uid == found.uid {
         Ok(None)

@@ -203,6 +203,8 @@ fn bare_env() -> Environment {
         working_dir: Ok("/work".into()),
         host_name: "Web.Host".into(),
         uid: 1000,
+        passwd: Ok("web:x:1000:1000::/home/web:/bin/sh\n".into()),
+        group: String::new(),
     }
 }
 
@@ -300,4 +302,21 @@ fn validation_creates_nothing_and_reads_the_environment_it_is_given() {
     let s = Settings::merge(&Cli::default(), &f, "a.toml").unwrap();
     assert!(root.is_dir());
     assert_eq!(s.root, root.canonicalize().unwrap());
+}
+
+#[test]
+fn run_as_is_looked_up_in_the_environment_given() {
+    let mut f = base_file();
+    f.run_as = Some("web".into());
+    let mut env = bare_env();
+    // The agent's own user: nothing to switch.
+    let s = Settings::validate(&Cli::default(), &f, "a.toml", &env).unwrap();
+    assert_eq!(s.run_as, None);
+    env.uid = 0;
+    let s = Settings::validate(&Cli::default(), &f, "a.toml", &env).unwrap();
+    assert_eq!(s.run_as.map(|u| (u.uid, u.gid)), Some((1000, 1000)));
+    env.uid = 1234;
+    let e = Settings::validate(&Cli::default(), &f, "a.toml", &env).unwrap_err();
+    assert_eq!(e.key, "run_as");
+    assert!(e.problem.contains("root"), "{e}");
 }
