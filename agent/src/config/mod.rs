@@ -176,8 +176,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Validates without side effects: the environment comes in as a value and `root` is
-    /// made absolute but not created.
+    /// Validates without side effects: the environment comes in as a value, `root` is made
+    /// absolute but not created, and the only reads are of the secret files the
+    /// configuration names (`token_file`, `config_key_file`, systemd credentials).
     ///
     /// # Errors
     ///
