@@ -257,157 +257,247 @@ fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>
     options
 }
 
+/// The reconnection state: which server to try next, when a round of them all failed and
+/// how long to pause, and how often the subscription was refused in a row.
+///
+/// Pure transitions, one per event, so the rotation is tested without a broker; the poll
+/// loop does the I/O they call for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rotation {
+    servers: usize,
+    /// Index of the server connected to or tried next.
+    server: usize,
+    /// Servers that failed since the last CONNACK or the last pause.
+    failed_in_round: usize,
+    /// Rounds of failures in a row, for the backoff.
+    round: u32,
+    /// Refused subscriptions in a row (each retried after a growing pause).
+    refused: u32,
+    /// A CONNACK was received on the current connection.
+    connected: bool,
+}
+
+/// What the poll loop does after a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AfterFailure {
+    /// The connection had been established (lost, rather than not made).
+    was_connected: bool,
+    /// Every server failed: pause for [`backoff`] of this round before the next try.
+    backoff_round: Option<u32>,
+}
+
+impl Rotation {
+    fn new(servers: usize) -> Self {
+        Self {
+            servers: servers.max(1),
+            server: 0,
+            failed_in_round: 0,
+            round: 0,
+            refused: 0,
+            connected: false,
+        }
+    }
+
+    fn on_connack(&mut self) {
+        self.connected = true;
+        self.failed_in_round = 0;
+        self.round = 0;
+    }
+
+    /// The subscription was refused: returns the backoff round of the retry.
+    fn on_subscription_refused(&mut self) -> u32 {
+        let round = self.refused;
+        self.refused = self.refused.saturating_add(1);
+        round
+    }
+
+    fn on_subscribed(&mut self) {
+        self.refused = 0;
+    }
+
+    fn on_failure(&mut self) -> AfterFailure {
+        let was_connected = std::mem::take(&mut self.connected);
+        if was_connected {
+            // A lost connection starts a new round from the first (preferred) server.
+            self.failed_in_round = 0;
+            self.server = 0;
+        } else {
+            self.failed_in_round += 1;
+            self.server = (self.server + 1) % self.servers;
+        }
+        let backoff_round = (self.failed_in_round >= self.servers).then(|| {
+            self.failed_in_round = 0;
+            let round = self.round;
+            self.round = self.round.saturating_add(1);
+            round
+        });
+        AfterFailure {
+            was_connected,
+            backoff_round,
+        }
+    }
+}
+
+impl PollCtx {
+    /// Options for the rotation's current server, with a new session and its last will.
+    fn options(&self, rotation: &Rotation) -> MqttOptions {
+        let session = new_session();
+        options_for(
+            &self.settings,
+            &self.settings.servers[rotation.server],
+            &session,
+            Some(&self.bus),
+        )
+    }
+
+    fn server_shown(&self, rotation: &Rotation) -> String {
+        crate::redact::redact(&self.settings.servers[rotation.server]).into_owned()
+    }
+
+    fn on_connack(&self, rotation: &mut Rotation) {
+        rotation.on_connack();
+        self.bus.inner.connected.store(true, Ordering::Relaxed);
+        tracing::info!(server = %self.server_shown(rotation), "connected");
+        if let Err(e) = self
+            .bus
+            .inner
+            .client
+            .try_subscribe(&self.desired, QoS::AtLeastOnce)
+        {
+            tracing::warn!(error = %e, "could not queue the subscription");
+        }
+        if let Some(payload) = self.bus.sealed(None) {
+            let _ = self.bus.inner.client.try_publish(
+                &self.bus.inner.status_topic,
+                QoS::AtLeastOnce,
+                true,
+                payload,
+            );
+        }
+        let _ = self.events.send(BusEvent::Connected);
+    }
+
+    fn on_suback(&self, rotation: &mut Rotation, ack: &rumqttc::SubAck) {
+        if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+            // Without the subscription no order ever arrives. NATS refuses one it cannot
+            // set up in time (JetStream re-electing leaders after a node loss): ask again.
+            let pause = backoff(rotation.on_subscription_refused());
+            tracing::warn!(topic = %self.desired, retry_in = ?pause, "the MQTT server refused the subscription to our orders; retrying (if this repeats, let this agent read its desired topic)");
+            let client = self.bus.inner.client.clone();
+            let topic = self.desired.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+            });
+        } else {
+            rotation.on_subscribed();
+            tracing::debug!(topic = %self.desired, "subscribed");
+            let _ = self.events.send(BusEvent::Subscribed);
+        }
+    }
+
+    fn on_publish(&self, publish: &rumqttc::Publish) {
+        if publish.topic == self.desired {
+            let _ = self.events.send(BusEvent::Order(publish.payload.to_vec()));
+        }
+    }
+
+    /// Returns the pause before the next try, if every server failed.
+    fn on_failure(&self, rotation: &mut Rotation, e: &ConnectionError) -> Option<Duration> {
+        self.bus.inner.connected.store(false, Ordering::Relaxed);
+        let _ = self.events.send(BusEvent::Disconnected);
+        let server = self.server_shown(rotation);
+        let after = rotation.on_failure();
+        log_failure(&server, e, after.was_connected);
+        after.backoff_round.map(backoff)
+    }
+
+    /// Says `offline`, disconnects and waits (bounded) for the DISCONNECT to leave.
+    async fn close(&self, eventloop: &mut EventLoop) {
+        if self.bus.is_connected() {
+            // A graceful DISCONNECT does not fire the last will: say `offline` ourselves.
+            if let Some(payload) = self.bus.sealed(Some(AgentState::Offline)) {
+                let _ = self.bus.inner.client.try_publish(
+                    &self.bus.inner.status_topic,
+                    QoS::AtLeastOnce,
+                    true,
+                    payload,
+                );
+            }
+            let _ = self.bus.inner.client.try_disconnect();
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
+        self.bus.inner.connected.store(false, Ordering::Relaxed);
+        let dropped = self.bus.inner.dropped_logs.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                "log lines not sent while disconnected or congested"
+            );
+        }
+    }
+}
+
+/// Publishes each new status; it may wait on the client's queue, which only this task
+/// does, never the poll loop.
+fn spawn_flusher(bus: Bus, mut changes: mpsc::UnboundedReceiver<AgentStatus>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(status) = changes.recv().await {
+            if !bus.is_connected() {
+                // The latest is published on the next CONNACK instead.
+                continue;
+            }
+            if let Some(payload) = bus.seal(status, None) {
+                let _ = bus
+                    .inner
+                    .client
+                    .publish(&bus.inner.status_topic, QoS::AtLeastOnce, true, payload)
+                    .await;
+            }
+        }
+    })
+}
+
 async fn poll_loop(
     ctx: PollCtx,
     mut eventloop: EventLoop,
-    mut changes: mpsc::UnboundedReceiver<AgentStatus>,
+    changes: mpsc::UnboundedReceiver<AgentStatus>,
 ) {
-    let servers = ctx.settings.servers.clone();
-    let mut server = 0usize;
-    let mut failed_in_round = 0usize;
-    let mut round = 0u32;
-    // Refused subscriptions in a row (each retried after a growing pause).
-    let mut refused = 0u32;
+    let mut rotation = Rotation::new(ctx.settings.servers.len());
     // Set the real last will now that the bus exists (the first options had none).
-    let session = new_session();
-    eventloop.mqtt_options = options_for(&ctx.settings, &servers[server], &session, Some(&ctx.bus));
-
-    // Publishes each new status; it may wait on the client's queue, which only this task
-    // does, never the poll loop.
-    let flusher = {
-        let bus = ctx.bus.clone();
-        tokio::spawn(async move {
-            while let Some(status) = changes.recv().await {
-                if !bus.is_connected() {
-                    // The latest is published on the next CONNACK instead.
-                    continue;
-                }
-                if let Some(payload) = bus.seal(status, None) {
-                    let _ = bus
-                        .inner
-                        .client
-                        .publish(&bus.inner.status_topic, QoS::AtLeastOnce, true, payload)
-                        .await;
-                }
-            }
-        })
-    };
-
-    let mut got_connack = false;
+    eventloop.mqtt_options = ctx.options(&rotation);
+    let flusher = spawn_flusher(ctx.bus.clone(), changes);
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
             () = ctx.close.cancelled() => break,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                got_connack = true;
-                failed_in_round = 0;
-                round = 0;
-                ctx.bus.inner.connected.store(true, Ordering::Relaxed);
-                tracing::info!(server = %crate::redact::redact(&servers[server]), "connected");
-                if let Err(e) = ctx
-                    .bus
-                    .inner
-                    .client
-                    .try_subscribe(&ctx.desired, QoS::AtLeastOnce)
-                {
-                    tracing::warn!(error = %e, "could not queue the subscription");
-                }
-                if let Some(payload) = ctx.bus.sealed(None) {
-                    let _ = ctx.bus.inner.client.try_publish(
-                        &ctx.bus.inner.status_topic,
-                        QoS::AtLeastOnce,
-                        true,
-                        payload,
-                    );
-                }
-                let _ = ctx.events.send(BusEvent::Connected);
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack)))
-                if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
-            {
-                // Without the subscription no order ever arrives. NATS refuses one it cannot
-                // set up in time (JetStream re-electing leaders after a node loss): ask again.
-                let pause = backoff(refused);
-                refused = refused.saturating_add(1);
-                tracing::warn!(topic = %ctx.desired, retry_in = ?pause, "the MQTT server refused the subscription to our orders; retrying (if this repeats, let this agent read its desired topic)");
-                let client = ctx.bus.inner.client.clone();
-                let topic = ctx.desired.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(pause).await;
-                    let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
-                });
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                refused = 0;
-                tracing::debug!(topic = %ctx.desired, "subscribed");
-                let _ = ctx.events.send(BusEvent::Subscribed);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if p.topic == ctx.desired {
-                    let _ = ctx.events.send(BusEvent::Order(p.payload.to_vec()));
-                }
-            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => ctx.on_connack(&mut rotation),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => ctx.on_suback(&mut rotation, &ack),
+            Ok(Event::Incoming(Packet::Publish(p))) => ctx.on_publish(&p),
             Ok(_) => {}
             Err(e) => {
-                ctx.bus.inner.connected.store(false, Ordering::Relaxed);
-                let _ = ctx.events.send(BusEvent::Disconnected);
-                log_failure(&crate::redact::redact(&servers[server]), &e, got_connack);
-                if std::mem::take(&mut got_connack) {
-                    // A lost connection starts a new round from the first (preferred) server.
-                    failed_in_round = 0;
-                    server = 0;
-                } else {
-                    failed_in_round += 1;
-                    server = (server + 1) % servers.len();
-                }
-                if failed_in_round >= servers.len() {
-                    // Every server failed: back off before the next round.
-                    failed_in_round = 0;
-                    let pause = backoff(round);
-                    round = round.saturating_add(1);
+                if let Some(pause) = ctx.on_failure(&mut rotation, &e) {
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
                         () = ctx.close.cancelled() => break,
                     }
                 }
-                let session = new_session();
-                eventloop.mqtt_options =
-                    options_for(&ctx.settings, &servers[server], &session, Some(&ctx.bus));
+                eventloop.mqtt_options = ctx.options(&rotation);
             }
         }
     }
     flusher.abort();
-    if ctx.bus.is_connected() {
-        // A graceful DISCONNECT does not fire the last will: say `offline` ourselves.
-        if let Some(payload) = ctx.bus.sealed(Some(AgentState::Offline)) {
-            let _ = ctx.bus.inner.client.try_publish(
-                &ctx.bus.inner.status_topic,
-                QoS::AtLeastOnce,
-                true,
-                payload,
-            );
-        }
-        let _ = ctx.bus.inner.client.try_disconnect();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-    }
-    ctx.bus.inner.connected.store(false, Ordering::Relaxed);
-    let dropped = ctx.bus.inner.dropped_logs.load(Ordering::Relaxed);
-    if dropped > 0 {
-        tracing::debug!(
-            dropped,
-            "log lines not sent while disconnected or congested"
-        );
-    }
+    ctx.close(&mut eventloop).await;
 }
 
 fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
@@ -460,5 +550,62 @@ mod tests {
             assert!(b >= BACKOFF_MIN / 2, "{b:?}");
         }
         assert_eq!(new_session().len(), 16);
+    }
+
+    #[test]
+    fn failures_rotate_through_the_servers_then_back_off() {
+        let mut r = Rotation::new(3);
+        let tries: Vec<_> = (0..7)
+            .map(|_| (r.on_failure().backoff_round, r.server))
+            .collect();
+        assert_eq!(
+            tries,
+            [
+                (None, 1),
+                (None, 2),
+                (Some(0), 0),
+                (None, 1),
+                (None, 2),
+                (Some(1), 0),
+                (None, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_connection_starts_again_from_the_first_server() {
+        let mut r = Rotation::new(3);
+        r.on_failure();
+        r.on_failure();
+        assert_eq!(r.server, 2);
+        r.on_connack();
+        let after = r.on_failure();
+        assert!(after.was_connected);
+        assert_eq!(after.backoff_round, None);
+        assert_eq!(r.server, 0);
+        // The backoff restarted with the connection.
+        r.on_failure();
+        r.on_failure();
+        assert_eq!(r.on_failure().backoff_round, Some(0));
+        assert!(!r.on_failure().was_connected);
+    }
+
+    #[test]
+    fn one_server_backs_off_after_each_failure() {
+        let mut r = Rotation::new(1);
+        assert_eq!(r.on_failure().backoff_round, Some(0));
+        assert_eq!(r.on_failure().backoff_round, Some(1));
+        r.on_connack();
+        assert_eq!(r.on_failure().backoff_round, None);
+        assert_eq!(r.on_failure().backoff_round, Some(0));
+    }
+
+    #[test]
+    fn refused_subscriptions_back_off_until_one_is_granted() {
+        let mut r = Rotation::new(2);
+        assert_eq!(r.on_subscription_refused(), 0);
+        assert_eq!(r.on_subscription_refused(), 1);
+        r.on_subscribed();
+        assert_eq!(r.on_subscription_refused(), 0);
     }
 }

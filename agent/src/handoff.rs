@@ -52,12 +52,15 @@ pub fn exposed() -> bool {
         return false;
     }
     SECRET_VARS.iter().any(|v| std::env::var_os(v).is_some())
-        || std::env::args_os().any(|a| {
-            let a = a.to_string_lossy();
-            SECRET_FLAGS
-                .iter()
-                .any(|f| a == *f || a.starts_with(&format!("{f}=")))
-        })
+        || SECRET_FLAGS.iter().any(|f| flag_given(f))
+}
+
+/// Whether `flag` is on the command line (`--flag value` or `--flag=value`).
+fn flag_given(flag: &str) -> bool {
+    std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    })
 }
 
 /// Re-executes the agent (same pid) without the secrets in its environment and arguments,
@@ -71,10 +74,12 @@ pub fn reexec(cli: &Cli) -> HandoffError {
     let handover = Handover {
         token: cli.token.clone(),
         config_key: cli.config_key.clone(),
+        // A variable counts only where its flag did not beat it.
         from_env: SECRET_VARS
             .iter()
-            .filter(|v| std::env::var_os(v).is_some())
-            .map(|v| (*v).to_owned())
+            .zip(SECRET_FLAGS)
+            .filter(|(v, flag)| std::env::var_os(v).is_some() && !flag_given(flag))
+            .map(|(v, _)| (*v).to_owned())
             .collect(),
     };
     let (mut writer, reader) = match std::os::unix::net::UnixStream::pair() {

@@ -11,8 +11,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HealthCheck, RunAs};
+use crate::config::{parse_http_url, HealthCheck, HttpTarget};
 use crate::steps::Cmd;
+use crate::users::RunAs;
 
 /// Longest single attempt; a slow app gets more attempts within `timeout_s`.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,56 +28,6 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(250);
 /// Without a configured check, the app must still run this long after start to count as
 /// healthy (it would usually crash on a bad config within it).
 const RUNNING_GRACE: Duration = Duration::from_secs(1);
-
-/// Host, port and request path of an `http://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpTarget {
-    pub(crate) host: String,
-    pub(crate) port: u16,
-    pub(crate) path: String,
-}
-
-/// Parses an `http://host[:port][/path]` URL.
-///
-/// # Errors
-///
-/// A message saying what to write instead.
-pub(crate) fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            "https is not supported for the built-in check (the app runs on this host): use http://127.0.0.1:PORT/… or command = \"curl -fsS https://…\"".to_owned()
-        } else {
-            format!("{url:?} is not an http:// URL: use e.g. \"http://127.0.0.1:3000/health\"")
-        }
-    })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let bad =
-        || format!("{url:?} has no usable host:port: use e.g. \"http://127.0.0.1:3000/health\"");
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None => 80,
-        };
-        (h.to_owned(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None => (authority.to_owned(), 80),
-        }
-    };
-    if host.is_empty() || path.contains(['\r', '\n', ' ']) {
-        return Err(bad());
-    }
-    Ok(HttpTarget {
-        host,
-        port,
-        path: path.to_owned(),
-    })
-}
 
 /// One GET; `Ok` on a 2xx status line.
 async fn http_once(target: &HttpTarget) -> Result<(), String> {
@@ -218,24 +169,6 @@ pub(crate) async fn wait_healthy(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_http_url("http://127.0.0.1:3000/health").unwrap(),
-            HttpTarget {
-                host: "127.0.0.1".into(),
-                port: 3000,
-                path: "/health".into()
-            }
-        );
-        assert_eq!(parse_http_url("http://localhost").unwrap().port, 80);
-        assert_eq!(parse_http_url("http://[::1]:8/x").unwrap().host, "::1");
-        assert!(parse_http_url("https://x/").unwrap_err().contains("curl"));
-        assert!(parse_http_url("ftp://x/").is_err());
-        assert!(parse_http_url("http://:80/").is_err());
-        assert!(parse_http_url("http://h:x/").is_err());
-    }
 
     async fn serve_once(answer: &'static str) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -9,8 +9,10 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line, with environment fallbacks.
-//! - [`config`]: the TOML shape and the validated [`Settings`].
-//! - `agent`: the loop: recovery, orders, supersede, settle, retry-once, health, shutdown.
+//! - [`config`]: the TOML shape, validated in stages (pure per-section checks, every problem
+//!   at once) into the [`Settings`].
+//! - `agent`: recovery and shutdown, and the loop (orders, supersede, settle, retry-once,
+//!   health, `--once`) as a state machine with one handler per event.
 //! - `accept`: the order acceptance rules.
 //! - `connection`: the MQTT client: login, last will, resubscribe, backoff, publishing.
 //! - `deploy`: one deploy in the design's sequence, and the rollback.
@@ -23,9 +25,12 @@
 //! - [`handoff`]: secrets moved out of the environment at start-up, the process non-dumpable.
 //! - `users`: the `run_as` user of steps and the app.
 //! - `state`: `state.json`.
+//! - `outcome`: how an order ended, recorded in `state.json` and the status at once.
 //! - `status`: the status the agent publishes.
 //! - `redact`: credentials in URLs hidden from everything the agent prints or publishes.
 //! - `procs`, `fsutil`: process groups and crash-safe file operations.
+
+#![warn(clippy::too_many_lines)]
 
 mod accept;
 mod agent;
@@ -37,6 +42,7 @@ mod fsutil;
 mod git;
 pub mod handoff;
 mod health;
+mod outcome;
 mod procs;
 mod redact;
 mod release;

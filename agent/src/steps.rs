@@ -16,10 +16,10 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RunAs;
 use crate::connection::Bus;
 use crate::redact::redact;
 use crate::state::{self, ProcRecord, SharedState};
+use crate::users::RunAs;
 
 /// Longest line kept whole; longer output is cut into pieces of this size.
 const MAX_LINE_BYTES: usize = 3000;

@@ -14,11 +14,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RunAs;
 use crate::procs::{self, Stopped};
 use crate::release::Layout;
 use crate::state::{self, AppRecord, ProcRecord, SharedState};
 use crate::steps::Cmd;
+use crate::users::RunAs;
 
 /// First pause before restarting an app that died; doubled on each quick death.
 const RESTART_MIN: Duration = Duration::from_millis(500);

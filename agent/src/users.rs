@@ -5,22 +5,25 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::RunAs;
+/// The user steps, health commands and the app run as (`run_as`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The primary group and every group listing the user.
+    pub groups: Vec<u32>,
+    /// `HOME` for its processes.
+    pub home: Option<PathBuf>,
+}
 
-/// Looks `user` (a name or a numeric uid) up in `/etc/passwd` and its groups in
-/// `/etc/group`.
+/// Looks `user` (a name or a numeric uid) up in the text of `/etc/passwd` and its groups
+/// in that of `/etc/group`.
 ///
 /// # Errors
 ///
 /// What is wrong, for a config error.
-pub(crate) fn lookup(user: &str) -> Result<RunAs, String> {
-    let passwd = std::fs::read_to_string("/etc/passwd")
-        .map_err(|e| format!("cannot read /etc/passwd: {e}"))?;
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    lookup_in(user, &passwd, &group)
-}
-
-fn lookup_in(user: &str, passwd: &str, group: &str) -> Result<RunAs, String> {
+pub(crate) fn lookup_in(user: &str, passwd: &str, group: &str) -> Result<RunAs, String> {
     let user = user.trim();
     let numeric: Option<u32> = user.parse().ok();
     let entry = passwd.lines().find_map(|line| {

@@ -73,6 +73,36 @@ async fn bad_config_exits_2_naming_file_and_key() {
     );
 }
 
+/// Issue 12: every problem of a file in one run, and a flag that beat its environment
+/// variable named as the origin (the secrets' too, after they are moved out of the
+/// environment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i12_config_problems_all_at_once_and_the_flag_that_won_named() {
+    let mut w = World::new().await;
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("timeout_s = 15", "timeout_s = -4")
+        .replace("keep_releases = 3", "keep_releases = 0");
+    std::fs::write(&w.config, text).unwrap();
+    let n = w.start_agent();
+    assert_eq!(w.wait_exit(n), Some(2));
+    let log = w.agent_log(n);
+    assert!(
+        log.contains("keep_releases") && log.contains("health.timeout_s"),
+        "{log}"
+    );
+
+    let n = w.start_agent_with(
+        &["--env", "Bad.Env", "--token", "two\nlines"],
+        &[("ENVIRONMENT", "production"), ("CONNECT_TOKEN", "t0k")],
+    );
+    assert_eq!(w.wait_exit(n), Some(2));
+    let log = w.agent_log(n);
+    assert!(log.contains("--env: env:"), "{log}");
+    assert!(log.contains("--token: token:"), "{log}");
+    assert!(!log.contains("environment variable"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the_app() {
     let mut w = World::new().await;

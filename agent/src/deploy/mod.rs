@@ -5,6 +5,9 @@
 //! Until the old app is stopped the deploy can be cancelled by a newer order; a failure up
 //! to there removes the half-built release and leaves the old app serving (`failed`). After
 //! it, a failure switches back to the newest release recorded healthy (`rolled_back`).
+//!
+//! - `build`: fetch, checkout, `[shared]`, config, `install`, `build`, the marker.
+//! - `rollback`: a failure after the switch.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,11 +18,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::connection::Bus;
 use crate::git::{FetchError, Git};
-use crate::release::{self, Layout, Marker};
+use crate::outcome::{self, Record};
+use crate::release::{self, Layout};
 use crate::state::{self, HealthyRelease, LastOutcome, Pending, SharedState};
 use crate::status::StatusBoard;
-use crate::steps::{self, Cmd, Sink, StepError};
+use crate::steps::{Sink, StepError};
 use crate::supervisor::Supervisor;
+
+mod build;
+mod rollback;
 
 /// Everything a deploy works with, shared with the agent loop.
 pub(crate) struct Ctx {
@@ -324,146 +331,6 @@ impl Job<'_> {
         Ok(ctx.git.is_ancestor(&self.order.sha, &healthy.sha).await == Some(true))
     }
 
-    /// Fetch, checkout, shared links, config, install, build, marker.
-    async fn build(&self, name: &str) -> Result<(), Early> {
-        let ctx = self.ctx;
-        let cancel = &self.control.cancel;
-        let dir = ctx.layout.release(name);
-        ctx.git
-            .fetch(&self.order.sha, self.sink, &ctx.state, &ctx.status, cancel)
-            .await?;
-        let releases = ctx.layout.releases();
-        let fix = || {
-            format!(
-                "make {} writable by the agent's user and check that its disk has free space, then deploy again",
-                releases.display()
-            )
-        };
-        // A leftover of an interrupted try of the same order.
-        release::remove_dir(&dir).map_err(|e| {
-            Early::Failed(format!(
-                "cannot remove {}, a leftover in the way of the new release: {e}; remove it by hand, {}",
-                dir.display(),
-                fix()
-            ))
-        })?;
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            Early::Failed(format!(
-                "cannot create the release directory {}: {e}; {}",
-                dir.display(),
-                fix()
-            ))
-        })?;
-        let index = ctx.layout.tmp().join(format!("index-{name}"));
-        let _ = self.sink.take_first_error();
-        if let Err(e) = ctx
-            .git
-            .checkout(&self.order.sha, &dir, &index, self.sink, &ctx.state, cancel)
-            .await
-        {
-            return Err(match e {
-                StepError::Cancelled => Early::Cancelled,
-                e => Early::Failed(format!(
-                    "cannot write the files of {} into {}: {e}{}; {}",
-                    self.order.sha,
-                    dir.display(),
-                    self.sink
-                        .take_first_error()
-                        .map(|git| format!(": {git}"))
-                        .unwrap_or_default(),
-                    fix()
-                )),
-            });
-        }
-
-        self.step(Step::Config);
-        ctx.layout
-            .link_shared(name, &ctx.settings.shared_files, &ctx.settings.shared_dirs)
-            .map_err(|e| {
-                Early::Failed(format!("cannot link [shared] files into the release: {e}"))
-            })?;
-        match crate::secrets::decrypt(&dir, &ctx.settings.env, ctx.settings.config_key.as_deref()) {
-            Ok(Some(path)) => self.sink.note(
-                Some(Step::Config),
-                &format!(
-                    "decrypted {}",
-                    path.strip_prefix(&dir).unwrap_or(&path).display()
-                ),
-            ),
-            Ok(None) => {}
-            Err(e) => return Err(Early::Failed(e)),
-        }
-
-        if let Some(user) = &ctx.settings.run_as {
-            self.hand_over(&dir, user)?;
-        }
-
-        for (step, command) in [
-            (Step::Install, &ctx.settings.steps.install),
-            (Step::Build, &ctx.settings.steps.build),
-        ] {
-            if cancel.is_cancelled() {
-                return Err(Early::Cancelled);
-            }
-            if command.is_empty() {
-                continue;
-            }
-            self.step(step);
-            self.sink.note(Some(step), &format!("running `{command}`"));
-            steps::run(
-                &Cmd::in_release(command, &dir, ctx.settings.run_as.as_ref()),
-                step,
-                self.sink,
-                &ctx.state,
-                cancel,
-            )
-            .await?;
-        }
-        ctx.layout
-            .mark_complete(
-                name,
-                &Marker {
-                    seq: self.order.seq,
-                    sha: self.order.sha.clone(),
-                    completed_at: orcastrate_broker::time::now(),
-                },
-            )
-            .map_err(|e| {
-                Early::Failed(format!(
-                    "cannot write the completion marker of {}: {e}; {}",
-                    dir.display(),
-                    fix()
-                ))
-            })?;
-        Ok(())
-    }
-
-    /// Makes the `run_as` user the owner of the release (its decrypted config included) and
-    /// of the `[shared]` entries, so its steps and app can use them.
-    fn hand_over(&self, dir: &std::path::Path, user: &crate::config::RunAs) -> Result<(), Early> {
-        let ctx = self.ctx;
-        let fail = |e: std::io::Error| {
-            Early::Failed(format!(
-                "cannot give the release to run_as user {}: {e}; the agent must run as root to use run_as",
-                user.name
-            ))
-        };
-        crate::users::chown_tree(dir, user).map_err(fail)?;
-        let shared = ctx.layout.shared();
-        for path in ctx
-            .settings
-            .shared_files
-            .iter()
-            .chain(&ctx.settings.shared_dirs)
-        {
-            let target = shared.join(path);
-            if target.exists() {
-                std::os::unix::fs::lchown(&target, Some(user.uid), Some(user.gid)).map_err(fail)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Stops the old app, switches `current`, starts the new release and checks its health.
     async fn switch_and_start(&self, release: &str) -> Outcome {
         let ctx = self.ctx;
@@ -511,28 +378,25 @@ impl Job<'_> {
     }
 
     fn healthy(&self, release: &str) -> Outcome {
-        let ctx = self.ctx;
         let ms = self.began.elapsed().as_millis() as u64;
         self.sink
             .note(Some(Step::Health), &format!("healthy after {ms} ms"));
-        state::update(&ctx.state, |s| {
-            s.push_healthy(HealthyRelease {
+        self.record(Record {
+            last: self.last(AgentState::Healthy, Some(release), Some(ms), None),
+            healthy: Some(HealthyRelease {
                 seq: self.order.seq,
                 sha: self.order.sha.clone(),
                 release: release.to_owned(),
                 at: orcastrate_broker::time::now(),
-            });
-            s.pending = None;
-            s.last = Some(self.last(AgentState::Healthy, Some(release), Some(ms), None));
-        });
-        ctx.status.update(|s| {
-            s.state = AgentState::Healthy;
-            s.running_sha = Some(self.order.sha.clone());
-            s.release = Some(release.to_owned());
-            s.deploy_ms = Some(ms);
-            s.error = None;
+            }),
+            running_sha: Some(self.order.sha.clone()),
+            keep_status_release: false,
         });
         Outcome::Healthy
+    }
+
+    fn record(&self, record: Record) {
+        outcome::record(&self.ctx.state, &self.ctx.status, record);
     }
 
     fn last(
@@ -559,16 +423,11 @@ impl Job<'_> {
             self.order.sha, healthy.sha
         );
         self.sink.note(None, &format!("skipped: {reason}"));
-        state::update(&self.ctx.state, |s| {
-            s.pending = None;
-            s.last = Some(self.last(AgentState::Skipped, None, None, Some(reason.clone())));
-        });
-        let running = self.ctx.running_sha();
-        self.ctx.status.update(|s| {
-            s.state = AgentState::Skipped;
-            s.release = None;
-            s.running_sha = running;
-            s.error = Some(reason);
+        self.record(Record {
+            last: self.last(AgentState::Skipped, None, None, Some(reason)),
+            healthy: None,
+            running_sha: self.ctx.running_sha(),
+            keep_status_release: false,
         });
         Outcome::Skipped
     }
@@ -595,122 +454,11 @@ impl Job<'_> {
             &format!("failed: {error}; the old release keeps serving"),
         );
         tracing::warn!(seq = self.order.seq, error = %error, "deploy failed before the switch");
-        state::update(&ctx.state, |s| {
-            s.pending = None;
-            s.last = Some(self.last(AgentState::Failed, None, Some(ms), Some(error.clone())));
-        });
-        let running = ctx.running_sha();
-        ctx.status.update(|s| {
-            s.state = AgentState::Failed;
-            s.running_sha = running;
-            s.deploy_ms = Some(ms);
-            s.error = Some(error);
-        });
-        Outcome::Failed
-    }
-
-    /// After the switch: back to the newest release recorded healthy.
-    async fn failed_after(&self, failed_release: &str, error: String) -> Outcome {
-        let ctx = self.ctx;
-        self.sink.note(
-            Some(Step::Health),
-            &format!("failed after the switch: {error}"),
-        );
-        tracing::warn!(seq = self.order.seq, error = %error, "deploy failed after the switch; rolling back");
-        let target = {
-            let st = state::lock(&ctx.state);
-            st.get()
-                .healthy
-                .iter()
-                .rev()
-                .filter(|h| h.release != failed_release && h.sha != self.order.sha)
-                .find_map(|h| {
-                    // The release recorded may have been rebuilt under another name.
-                    let on_disk = ctx.layout.complete_release_of(&h.sha)?;
-                    Some(HealthyRelease {
-                        release: on_disk.name,
-                        ..h.clone()
-                    })
-                })
-        };
-        let ms = || self.began.elapsed().as_millis() as u64;
-        let Some(target) = target else {
-            let error = format!("{error}; no earlier healthy release to roll back to");
-            return self.final_failure(failed_release, error, ms());
-        };
-        ctx.supervisor.stop().await;
-        let restored = async {
-            ctx.layout
-                .switch_current(&target.release)
-                .map_err(|e| format!("cannot switch current back to {}: {e}", target.release))?;
-            ctx.supervisor
-                .start(&target.release)
-                .map_err(|e| format!("`{}` did not start: {e}", ctx.settings.steps.start))?;
-            crate::health::wait_healthy(
-                &ctx.settings.health.check,
-                &ctx.layout.release(&target.release),
-                ctx.settings.health.timeout,
-                || ctx.supervisor.alive(),
-                ctx.settings.run_as.as_ref(),
-                &CancellationToken::new(),
-            )
-            .await
-        }
-        .await;
-        match restored {
-            Ok(()) => {
-                let ms = ms();
-                self.sink.note(
-                    Some(Step::Health),
-                    &format!("rolled back to {} ({})", target.release, target.sha),
-                );
-                state::update(&ctx.state, |s| {
-                    s.pending = None;
-                    s.last = Some(self.last(
-                        AgentState::RolledBack,
-                        Some(&target.release),
-                        Some(ms),
-                        Some(error.clone()),
-                    ));
-                });
-                ctx.status.update(|s| {
-                    s.state = AgentState::RolledBack;
-                    s.running_sha = Some(target.sha.clone());
-                    s.release = Some(target.release.clone());
-                    s.deploy_ms = Some(ms);
-                    s.error = Some(error);
-                });
-                Outcome::RolledBack
-            }
-            Err(e) => {
-                let error = format!(
-                    "{error}; rolling back to {} failed too: {e}",
-                    target.release
-                );
-                self.final_failure(&target.release, error, ms())
-            }
-        }
-    }
-
-    fn final_failure(&self, release: &str, error: String, ms: u64) -> Outcome {
-        let ctx = self.ctx;
-        self.sink.note(None, &format!("failed: {error}"));
-        state::update(&ctx.state, |s| {
-            s.pending = None;
-            s.last = Some(self.last(
-                AgentState::Failed,
-                Some(release),
-                Some(ms),
-                Some(error.clone()),
-            ));
-        });
-        let running = ctx.running_sha();
-        ctx.status.update(|s| {
-            s.state = AgentState::Failed;
-            s.running_sha = running;
-            s.release = Some(release.to_owned());
-            s.deploy_ms = Some(ms);
-            s.error = Some(error);
+        self.record(Record {
+            last: self.last(AgentState::Failed, None, Some(ms), Some(error)),
+            healthy: None,
+            running_sha: ctx.running_sha(),
+            keep_status_release: true,
         });
         Outcome::Failed
     }

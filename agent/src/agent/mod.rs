@@ -1,0 +1,263 @@
+//! The agent loop: recovery at start-up, orders from the bus, one deploy at a time (with
+//! supersede), the settle wait of a new host, the retry-once, periodic health, `--once`,
+//! and the graceful shutdown.
+//!
+//! - `machine`: the loop's state and its rules, as pure transitions.
+//! - `event_loop`: the events it waits for and the I/O the machine decides.
+//! - here: start-up (layout, recovery, adopting the app) and shutdown.
+
+mod event_loop;
+mod machine;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{OnShutdown, Settings};
+use crate::connection::Connection;
+use crate::deploy::Ctx;
+use crate::git::Git;
+use crate::release::Layout;
+use crate::state::{self, AppRecord, HealthyRelease, Loaded, ProcRecord, SharedState, StateStore};
+use crate::status::{self, StatusBoard};
+use crate::supervisor::Supervisor;
+
+/// How the agent finished; [`RunOutcome::exit_code`] maps it to the documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Stopped by a signal or the caller.
+    Stopped,
+    /// `--once`: no new order.
+    UpToDate,
+    /// `--once`: the order deployed and is healthy.
+    Healthy,
+    /// `--once`: the order was skipped (an ancestor of what runs).
+    Skipped,
+    /// `--once`: the deploy failed before the switch.
+    Failed,
+    /// `--once`: the deploy failed after the switch and the previous release was restored.
+    RolledBack,
+    /// `--once`: no server could be reached.
+    NoConnection,
+}
+
+impl RunOutcome {
+    /// The process exit code: 0 healthy or up to date, 1 failed or rolled back, 3 no
+    /// connection (2, bad config, is decided before the agent runs).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Stopped | Self::UpToDate | Self::Healthy | Self::Skipped => 0,
+            Self::Failed | Self::RolledBack => 1,
+            Self::NoConnection => 3,
+        }
+    }
+}
+
+/// A failure that stops the agent at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "cannot prepare the agent's directory {path}: {source} (check root and its permissions)"
+    )]
+    Layout {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until `shutdown` is cancelled (or, with `--once`, until it is done).
+///
+/// # Errors
+///
+/// When the directory layout under `root` cannot be created.
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<RunOutcome, AgentError> {
+    let layout = Layout::new(&settings.root);
+    layout.create().map_err(|source| AgentError::Layout {
+        path: settings.root.display().to_string(),
+        source,
+    })?;
+    let (store, loaded) = StateStore::load(&settings.root);
+    let state: SharedState = Arc::new(Mutex::new(store));
+    recover(&layout, &state, &loaded).await;
+
+    let supervisor = Supervisor::new(
+        &settings.steps.start,
+        settings.run_as.clone(),
+        settings.steps.stop_timeout,
+        layout.clone(),
+        state.clone(),
+    );
+    let mut started_at_boot = false;
+    let app = state::lock(&state).get().app.clone();
+    if let Some(app) = app {
+        if supervisor.adopt(&app) {
+            tracing::info!(pgid = app.proc.pgid, release = %app.release, "adopted the running app");
+        } else {
+            tracing::info!(
+                pgid = app.proc.pgid,
+                "the app recorded in state.json is gone"
+            );
+            state::update(&state, |s| s.app = None);
+        }
+    }
+    adopt_or_kill_strays(&layout, &state, &supervisor).await;
+    if supervisor.info().is_none() {
+        if let Some(current) = layout.current_release() {
+            if layout
+                .list()
+                .unwrap_or_default()
+                .iter()
+                .any(|r| r.name == current && r.marker.is_some())
+            {
+                match supervisor.start(&current) {
+                    Ok(_) => {
+                        tracing::info!(release = %current, "started the current release");
+                        started_at_boot = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(release = %current, error = %e, "cannot start the current release")
+                    }
+                }
+            }
+        }
+    }
+
+    let mut initial = status::initial(&settings);
+    if let Some(last) = state::lock(&state).get().last.clone() {
+        initial.state = last.state;
+        initial.seq = last.seq;
+        initial.sha = last.sha;
+        initial.release = last.release;
+        initial.previous_sha = last.previous_sha;
+        initial.deploy_ms = last.deploy_ms;
+        initial.error = last.error;
+    }
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let connection = Connection::start(&settings, initial.clone(), events_tx);
+    let git = Git::new(
+        &layout.cache(),
+        &settings.git_url,
+        &settings.root,
+        &settings.git,
+    );
+    let ctx = Arc::new(Ctx {
+        settings,
+        layout,
+        git,
+        state,
+        supervisor,
+        status: StatusBoard::new(connection.bus.clone(), initial),
+        bus: connection.bus.clone(),
+    });
+    let running = ctx.running_sha();
+    ctx.status.update(|s| s.running_sha = running);
+
+    let outcome = event_loop::run(&ctx, events_rx, &shutdown, started_at_boot).await;
+
+    match ctx.settings.on_shutdown {
+        OnShutdown::Stop => {
+            if ctx.supervisor.stop().await.is_some() {
+                tracing::info!("stopped the app (on_shutdown = \"stop\")");
+            }
+            ctx.status.update(|s| s.running_sha = None);
+        }
+        OnShutdown::Keep => ctx.supervisor.detach(),
+    }
+    connection.close().await;
+    Ok(outcome)
+}
+
+/// Start-up recovery: floor from the release names if `state.json` is lost, a step a crash
+/// left running, half-built releases.
+async fn recover(layout: &Layout, state: &SharedState, loaded: &Loaded) {
+    match loaded {
+        Loaded::Corrupt(aside, why) => {
+            tracing::warn!(moved_to = %aside.display(), error = %why, "state.json was unreadable; rebuilding it")
+        }
+        Loaded::Missing | Loaded::Found => {}
+    }
+    let releases = layout.list().unwrap_or_default();
+    let (floor, has_history) = {
+        let st = state::lock(state);
+        (st.get().floor, !st.get().healthy.is_empty())
+    };
+    if floor.is_none() {
+        // Every release directory was started, complete or not.
+        if let Some(max) = releases.iter().map(|r| r.seq).max() {
+            tracing::info!(floor = max, "floor taken from the release directories");
+            state::update(state, |s| s.floor = Some(max));
+        }
+    }
+    if !has_history {
+        // Without a history, the release `current` points to is the best rollback target.
+        if let Some(current) = layout.current_release() {
+            if let Some(marker) = releases
+                .iter()
+                .find(|r| r.name == current)
+                .and_then(|r| r.marker.clone())
+            {
+                state::update(state, |s| {
+                    s.push_healthy(HealthyRelease {
+                        seq: marker.seq,
+                        sha: marker.sha,
+                        release: current,
+                        at: orcastrate_broker::time::now(),
+                    });
+                });
+            }
+        }
+    }
+    let step = state::lock(state).get().step;
+    if let Some(step) = step {
+        if crate::procs::same_group_alive(step.pgid, step.start_time) {
+            tracing::warn!(
+                pgid = step.pgid,
+                "killing a step a previous agent left running"
+            );
+            crate::procs::kill_group(step.pgid).await;
+        }
+        state::update(state, |s| s.step = None);
+    }
+    match layout.remove_incomplete() {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(?removed, "deleted incomplete releases")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not delete incomplete releases"),
+    }
+    let _ = std::fs::remove_dir_all(layout.tmp());
+    let _ = std::fs::create_dir_all(layout.tmp());
+}
+
+/// Processes running from a release that `state.json` does not know (it was lost, or a crash
+/// hit between starting the app and recording it): the group running from `current` is
+/// adopted as the app, any other is killed, so the app is never doubled.
+async fn adopt_or_kill_strays(layout: &Layout, state: &SharedState, supervisor: &Supervisor) {
+    let current = layout.current_release().map(|name| layout.release(&name));
+    let adopted = supervisor.info().map(|i| i.proc.pgid);
+    for (pgid, cwd) in crate::procs::groups_under(&layout.releases()) {
+        if Some(pgid) == adopted {
+            continue;
+        }
+        let from_current = current.as_ref().is_some_and(|c| cwd.starts_with(c));
+        let leader = crate::procs::start_time(pgid);
+        if let (true, None, Some(start_time)) = (from_current, supervisor.info(), leader) {
+            let release = layout.current_release().unwrap_or_default();
+            let record = AppRecord {
+                proc: ProcRecord { pgid, start_time },
+                release,
+            };
+            if supervisor.adopt(&record) {
+                tracing::info!(pgid, release = %record.release, "adopted an app running from current that state.json did not record");
+                state::update(state, |s| s.app = Some(record));
+                continue;
+            }
+        }
+        tracing::warn!(pgid, cwd = %cwd.display(), "killing a stray process group running from a release");
+        crate::procs::kill_group(pgid).await;
+    }
+}

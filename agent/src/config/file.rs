@@ -1,0 +1,109 @@
+//! The config file as users write it: every key optional (flags and the environment can
+//! supply them), unknown keys refused with the line they are on.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The config file as users write it (every key optional: flags and the environment can
+/// supply them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub name: Option<String>,
+    pub server: Option<ServerList>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub repo: Option<String>,
+    pub env: Option<String>,
+    pub git_url: Option<String>,
+    pub root: Option<PathBuf>,
+    pub keep_releases: Option<i64>,
+    pub gateway_public_keys: Option<Vec<String>>,
+    pub config_key: Option<String>,
+    pub config_key_file: Option<PathBuf>,
+    pub run_as: Option<String>,
+    pub on_shutdown: Option<String>,
+    pub prefix: Option<String>,
+    pub steps: Option<StepsFile>,
+    pub shared: Option<SharedFile>,
+    pub health: Option<HealthFile>,
+    pub git: Option<GitFile>,
+}
+
+/// `server = "mqtt://…"` or `server = ["mqtt://a", "mqtt://b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ServerList {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[steps]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepsFile {
+    pub install: Option<String>,
+    pub build: Option<String>,
+    pub start: Option<String>,
+    pub stop_timeout_s: Option<i64>,
+}
+
+/// `[shared]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedFile {
+    pub files: Option<Vec<String>>,
+    pub dirs: Option<Vec<String>>,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub http: Option<String>,
+    pub command: Option<String>,
+    pub timeout_s: Option<i64>,
+    pub interval_s: Option<i64>,
+}
+
+/// `[git]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitFile {
+    pub fetch_timeout_s: Option<i64>,
+    pub fetch_attempts: Option<i64>,
+}
+
+/// Reads and parses the config file.
+///
+/// # Errors
+///
+/// When it cannot be read or is not valid TOML of this shape, naming the line.
+pub(crate) fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            &origin,
+            "(file)",
+            format!("cannot read the config file: {e}; check --config"),
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let message = e.message().to_owned();
+        let key = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_else(|| "(file)".to_owned());
+        ConfigError::new(
+            &origin,
+            &key,
+            format!("{message} (see config/agent.example.toml for every key)"),
+        )
+    })
+}
