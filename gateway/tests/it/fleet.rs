@@ -206,7 +206,7 @@ fn metrics(gw: &TestGateway) -> String {
 
 /// The state of `agent` in the retained fleet summary, as a fresh subscriber sees it.
 fn fleet_state(gw: &TestGateway, agent: &str) -> Option<AgentState> {
-    let mut sub = gw.mqtt("web-2", "token-web-2");
+    let mut sub = gw.mqtt("ops", "token-ops");
     sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
     let (_, payload) = sub.wait_for(Duration::from_secs(3), |_, _| true)?;
     let summary: FleetSummary = serde_json::from_slice(&payload).ok()?;
@@ -307,12 +307,12 @@ fn r11_a_replayed_old_status_is_refused_before_and_after_a_restart() {
     );
 }
 
-/// The retained message on `topic` as a fresh `mosquitto_sub -C 1` sees it (`None`: none
-/// within 3 s).
+/// The retained message on `topic` as a fresh `mosquitto_sub -C 1` of the watcher sees it
+/// (`None`: none within 3 s).
 fn mosquitto_retained(gw: &TestGateway, topic: &str) -> Option<String> {
     let out = std::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
-        .args(["-u", "web-2", "-P", "token-web-2"])
+        .args(["-u", "ops", "-P", "token-ops"])
         .args(["-t", topic, "-C", "1", "-W", "3"])
         .output()
         .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
@@ -333,9 +333,11 @@ fn mosquitto_retain(gw: &TestGateway, topic: &str, payload: &str) {
 }
 
 /// Issue 11: a client retained a forged `fleet` message, still there 26 s later. The
-/// gateway now guards `fleet` as it guards `desired`.
+/// embedded broker now refuses it (only the gateway writes `fleet`); the gateway's guard,
+/// which replaces a foreign summary where an engine's ACLs are wrong, is shown on mosquitto
+/// in the end-to-end tests (`engines.rs`).
 #[test]
-fn r11_a_forged_retained_fleet_summary_is_replaced() {
+fn r11_a_forged_retained_fleet_summary_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(dir.path());
     let (_, answer) = gw.webhook("push", "f-1", &push_of(&sha(61), "master"));
@@ -358,29 +360,16 @@ fn r11_a_forged_retained_fleet_summary_is_replaced() {
     }]);
     let forged = forged.to_string();
     mosquitto_retain(&gw, &topic, &forged);
-    let started = std::time::Instant::now();
-    eventually(
-        Duration::from_secs(10),
-        "the gateway's summary back",
-        || mosquitto_retained(&gw, &topic).filter(|t| own(t)),
-    );
-    eprintln!(
-        "forged fleet summary replaced after {:?}",
-        started.elapsed()
-    );
+    // Past the summary interval: the forgery never became the retained summary.
+    std::thread::sleep(Duration::from_millis(1500));
+    let retained = mosquitto_retained(&gw, &topic).expect("a retained summary");
+    assert!(own(&retained), "the forgery was retained: {retained}");
+    // Refused by the broker, not repaired by the guard: the gateway never saw it.
     let metrics = metrics(&gw);
     assert!(
-        metrics.lines().any(
-            |l| l.starts_with("orcastrate_foreign_fleet_summaries_total ")
-                && l != "orcastrate_foreign_fleet_summaries_total 0"
-        ),
+        metrics
+            .lines()
+            .any(|l| l == "orcastrate_foreign_fleet_summaries_total 0"),
         "{metrics}"
     );
-
-    // One for a repo/env the gateway knows nothing of is cleared.
-    let stray = "orcastrate/someone/else/production/fleet";
-    mosquitto_retain(&gw, stray, &forged);
-    eventually(Duration::from_secs(10), "the stray summary cleared", || {
-        mosquitto_retained(&gw, stray).is_none().then_some(())
-    });
 }

@@ -451,7 +451,7 @@ fn https_listener_accepts_signed_webhooks() {
 fn r10_replayed_body_with_a_new_delivery_id_is_a_duplicate_before_and_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(dir.path());
-    let mut events = gw.mqtt("web-2", "token-web-2");
+    let mut events = gw.mqtt("ops", "token-ops");
     events.subscribe("orcastrate/codertocat/hello-world/events");
     events.flush();
     let history = |gw: &TestGateway| {

@@ -20,12 +20,23 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Path, gateway_config: &str) -> Self {
+        Self::start_with_acl(dir, gateway_config, "")
+    }
+
+    /// As [`Mosquitto::start`], with `extra_acl` appended to the generated ACL file (an
+    /// operator's mistake, for the tests of what still holds then).
+    fn start_with_acl(dir: &Path, gateway_config: &str, extra_acl: &str) -> Self {
         use orcastrate_gateway::config::{FileConfig, Overrides, Settings};
         let file: FileConfig = toml::from_str(gateway_config).unwrap();
         let settings = Settings::build(file, None, &[("UNUSED", "")], &Overrides::default())
             .expect("the gateway's config is valid");
         let files = dir.join("mosquitto");
         orcastrate_gateway::engine_config::write_mosquitto(&settings, &files).unwrap();
+        if !extra_acl.is_empty() {
+            let acl = files.join("acl");
+            let generated = std::fs::read_to_string(&acl).unwrap();
+            std::fs::write(&acl, format!("{generated}\n{extra_acl}\n")).unwrap();
+        }
         let port = free_port();
         // Started as root, mosquitto drops to the user `mosquitto`, who could not read the
         // 0600 files: stay root in that case.
@@ -309,4 +320,53 @@ fn on_an_external_engine_the_newest_order_is_published_again_every_interval() {
         1,
         "re-publishing makes no new order"
     );
+}
+
+/// Issue 11: where an engine's ACLs are wrong (here web-3 may write everything), a forged
+/// retained `fleet` summary is still replaced by the gateway's own within seconds, as a
+/// forged `desired` is.
+#[test]
+fn on_mosquitto_with_a_wrong_acl_a_forged_fleet_summary_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway_config_external(&dir.path().join("unused"), "mqtt://127.0.0.1:1");
+    let mosquitto = Mosquitto::start_with_acl(
+        dir.path(),
+        &config,
+        &format!("user {AGENT3}\ntopic readwrite orcastrate/#"),
+    );
+    let mut w = World::with_engine(mosquitto.port);
+    w.start_agent();
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    let genuine = eventually(WAIT, "the fleet summary", || {
+        let f = mosquitto_sub_one(mosquitto.port, &topic("fleet"));
+        (f["desired"]["seq"] == seq1 && f["agents"].as_array()?.len() == 1).then_some(f)
+    });
+
+    let mut forged = genuine.clone();
+    forged["desired"]["sha"] = "0000000000000000000000000000000000000bad".into();
+    forged["agents"][0]["state"] = "failed".into();
+    mosquitto_pub_retained(
+        mosquitto.port,
+        AGENT3,
+        AGENT3_TOKEN,
+        &topic("fleet"),
+        &forged.to_string(),
+    );
+    // The forgery reached the bus (the wrong ACL let it through) and the gateway saw it...
+    eventually(WAIT, "the gateway to count a foreign summary", || {
+        let metrics = w.gateway.metrics();
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("orcastrate_foreign_fleet_summaries_total ") && !l.ends_with(" 0")
+            })
+            .then_some(())
+    });
+    // ...and put its own back.
+    eventually(WAIT, "the gateway's summary back", || {
+        let f = mosquitto_sub_one(mosquitto.port, &topic("fleet"));
+        (f["desired"]["sha"] == sha1.as_str() && f["agents"][0]["state"] == "healthy").then_some(())
+    });
 }
