@@ -201,6 +201,33 @@ async fn handle_webhook(
         ));
     }
 
+    let payload = payload(headers, body)?;
+    let (event, delivery) = github_headers(headers)?;
+    let intent = {
+        let access = app.access.read().expect("access lock poisoned");
+        github::intent(event, &payload, &access)
+    }
+    .map_err(|e| {
+        AppError::new(
+            ErrorKind::Malformed,
+            format!("{e}: send the payload GitHub sent"),
+        )
+    })?;
+
+    let outcome = app
+        .sequencer
+        .webhook(Webhook {
+            delivery: delivery.to_owned(),
+            event: event.to_owned(),
+            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
+            intent,
+        })
+        .await?;
+    Ok(answer(outcome, delivery))
+}
+
+/// The JSON payload of a webhook body, by its content type (415 for one GitHub does not send).
+fn payload(headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, AppError> {
     let content_type = header_str(headers, header::CONTENT_TYPE.as_str())
         .unwrap_or("")
         .split(';')
@@ -208,7 +235,7 @@ async fn handle_webhook(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let payload: Vec<u8> = match content_type.as_str() {
+    Ok(match content_type.as_str() {
         "application/json" => body.to_vec(),
         "application/x-www-form-urlencoded" => form_urlencoded::parse(body)
             .find(|(k, _)| k == "payload")
@@ -223,8 +250,11 @@ async fn handle_webhook(
                 format!("content type {other:?} is not accepted: set the webhook's content type to application/json"),
             ))
         }
-    };
+    })
+}
 
+/// The event and delivery id of a webhook, checked (400 when missing or malformed).
+fn github_headers(headers: &HeaderMap) -> Result<(&str, &str), AppError> {
     let event = header_str(headers, "x-github-event").ok_or_else(|| {
         AppError::new(
             ErrorKind::Malformed,
@@ -255,27 +285,12 @@ async fn handle_webhook(
             "X-GitHub-Event must be a GitHub event name such as push",
         ));
     }
-    let intent = {
-        let access = app.access.read().expect("access lock poisoned");
-        github::intent(event, &payload, &access)
-    }
-    .map_err(|e| {
-        AppError::new(
-            ErrorKind::Malformed,
-            format!("{e}: send the payload GitHub sent"),
-        )
-    })?;
+    Ok((event, delivery))
+}
 
-    let outcome = app
-        .sequencer
-        .webhook(Webhook {
-            delivery: delivery.to_owned(),
-            event: event.to_owned(),
-            body_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)),
-            intent,
-        })
-        .await?;
-    Ok(match outcome {
+/// The answer to a decided webhook and its metric label.
+fn answer(outcome: WebhookOutcome, delivery: &str) -> (Response, &'static str) {
+    match outcome {
         WebhookOutcome::Ping => (
             (
                 StatusCode::OK,
@@ -314,7 +329,7 @@ async fn handle_webhook(
                 .into_response(),
             "accepted",
         ),
-    })
+    }
 }
 
 async fn healthz(State(app): State<AppState>) -> Response {
