@@ -5,6 +5,10 @@
 //! order and only then answers. Being the single writer is the per-repo/env lock of the
 //! design: `seq` is assigned, committed and published with no interleaving, so the retained
 //! order is always the ledger's newest.
+//!
+//! Each command is a type in its own file (implementing `Command` of `command.rs`: its apply and
+//! its reply type); this file only queues, batches, commits and answers them, and rolls
+//! back the savepoint of any command that failed.
 
 mod agents;
 mod check;

@@ -39,6 +39,7 @@ pub(super) fn known(cx: &Ctx<'_>, repo: &str, env: &str) -> Result<bool, DeskErr
             .is_some())
 }
 
+/// What the caller of [`new_order`] decides; the rest (seq, time, signature) it adds.
 pub(super) struct OrderFields<'a> {
     pub repo: &'a str,
     pub env: &'a str,
@@ -90,6 +91,7 @@ pub(super) fn new_order(
     Ok(order)
 }
 
+/// Checks an admin order against the ledger (and picks and marks the rollback target).
 fn admin_order(cx: &Ctx<'_>, cmd: Order, out: &mut Staged) -> Result<DeployOrder, DeskError> {
     let Order {
         repo,

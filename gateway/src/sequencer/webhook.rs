@@ -54,22 +54,21 @@ fn refusal(
     (repo, env, sha): (&str, &str, &str),
     newest: Option<&ledger::StoredOrder>,
 ) -> Result<Option<String>, DeskError> {
-    Ok(
-        if ledger::is_paused(cx.conn, repo, env).map_err(internal)? {
-            Some(format!("{repo}/{env} is paused: resume it to deploy"))
-        } else if ledger::is_bad(cx.conn, repo, env, sha).map_err(internal)? {
-            Some(format!(
-                "sha {} is marked bad: it was rolled back from",
-                sha12(sha)
-            ))
-        } else if newest.is_some_and(|n| n.order.sha == *sha) {
-            Some(format!("sha {} is already the newest order", sha12(sha)))
-        } else {
-            None
-        },
-    )
+    if ledger::is_paused(cx.conn, repo, env).map_err(internal)? {
+        return Ok(Some(format!("{repo}/{env} is paused: resume it to deploy")));
+    }
+    if ledger::is_bad(cx.conn, repo, env, sha).map_err(internal)? {
+        return Ok(Some(format!(
+            "sha {} is marked bad: it was rolled back from",
+            sha12(sha)
+        )));
+    }
+    Ok(newest
+        .filter(|n| n.order.sha == *sha)
+        .map(|_| format!("sha {} is already the newest order", sha12(sha))))
 }
 
+/// Decides a webhook, records its delivery and stages its event (and its order, if any).
 fn decide_webhook(cx: &Ctx<'_>, w: Webhook, out: &mut Staged) -> Result<WebhookOutcome, DeskError> {
     let now = time::now();
     let (repo, env) = match &w.intent {
