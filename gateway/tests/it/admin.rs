@@ -159,3 +159,33 @@ fn admin_api_refuses_clearly() {
     let (status, _) = gw.admin_post("/api/v1/rollback", json!({"repo": REPO, "env": ENV}));
     assert_eq!(status, 409);
 }
+
+#[test]
+fn admin_requests_without_a_token_are_refused_before_their_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let post = |token: Option<&str>| {
+        // A fresh connection each time: a refused request's connection is not reused.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent
+            .post(format!("{}/api/v1/deploy", gw.http))
+            .header("Content-Type", "application/json");
+        if let Some(token) = token {
+            req = req.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut r = req.send("{not json").unwrap();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (r.status().as_u16(), text)
+    };
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let (status, text) = post(token);
+        assert_eq!(status, 401, "{token:?}: {text}");
+        assert!(text.contains("admin token"), "{text}");
+    }
+    // The same body with the token is refused for what it is.
+    let (status, text) = post(Some(ADMIN));
+    assert_eq!(status, 400, "{text}");
+}

@@ -1,0 +1,388 @@
+//! The sequencer: the one task that decides, numbers, commits and publishes orders.
+//!
+//! Every ledger write goes through it. It takes whatever commands are queued, runs them in one
+//! SQLite transaction (one fsync for the group), then publishes the new orders in `seq`
+//! order and only then answers. Being the single writer is the per-repo/env lock of the
+//! design: `seq` is assigned, committed and published with no interleaving, so the retained
+//! order is always the ledger's newest.
+//!
+//! Each command is a type in its own file (implementing `Command` of `command.rs`: its apply and
+//! its reply type); this file only queues, batches, commits and answers them, and rolls
+//! back the savepoint of any command that failed.
+
+mod agents;
+mod check;
+mod command;
+mod history;
+mod order;
+mod pause;
+mod status;
+mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use orcastrate_broker::{AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus::Bus;
+use crate::config::Access;
+use crate::ledger::{self, StoredOrder};
+use crate::metrics::Metrics;
+use command::{Command, Ctx, Job, Pending, Staged};
+
+pub use webhook::{Webhook, WebhookOutcome};
+
+/// Commands taken into one transaction at most; bounds the latency of the first one.
+const MAX_BATCH: usize = 512;
+
+/// Capacity of the command queue; senders wait when it is full (back-pressure on webhooks).
+const QUEUE: usize = 4096;
+
+/// Newest order of each repo/env, as published (shared with the desired-topic guard and fleet).
+pub type NewestOrders = Arc<RwLock<HashMap<(String, String), StoredOrder>>>;
+
+/// Why a command was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error("unknown repo/env {repo}/{env}: add it to [[repos]] branches")]
+    UnknownRepoEnv { repo: String, env: String },
+    #[error("no rollback target for {repo}/{env}: {why}")]
+    NoRollbackTarget {
+        repo: String,
+        env: String,
+        why: String,
+    },
+    #[error("the ledger failed: {0}")]
+    Internal(String),
+    #[error("the gateway is shutting down")]
+    Stopped,
+}
+
+/// A queued command of any kind.
+type Queued = Box<dyn Job>;
+
+/// A cheap handle for sending commands to the sequencer.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl Sequencer {
+    /// Queues `cmd` and waits for its answer, given once its transaction committed.
+    async fn ask<C: Command>(&self, cmd: C) -> Result<C::Reply, DeskError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Box::new(Pending::new(cmd, Some(reply))))
+            .await
+            .map_err(|_| DeskError::Stopped)?;
+        rx.await.map_err(|_| DeskError::Stopped)?
+    }
+
+    /// Decides a verified webhook; returns once the decision is durable and any order published.
+    pub async fn webhook(&self, webhook: Webhook) -> Result<WebhookOutcome, DeskError> {
+        self.ask(webhook).await
+    }
+
+    /// A new `manual` order.
+    pub async fn deploy(
+        &self,
+        repo: String,
+        env: String,
+        sha: String,
+        git_ref: Option<String>,
+        issued_by: String,
+    ) -> Result<DeployOrder, DeskError> {
+        self.ask(order::Order {
+            repo,
+            env,
+            sha: Some(sha),
+            git_ref,
+            kind: OrderKind::Manual,
+            issued_by,
+        })
+        .await
+    }
+
+    /// A new `rollback` order to `to`, or to the default target.
+    pub async fn rollback(
+        &self,
+        repo: String,
+        env: String,
+        to: Option<String>,
+        issued_by: String,
+    ) -> Result<DeployOrder, DeskError> {
+        self.ask(order::Order {
+            repo,
+            env,
+            sha: to,
+            git_ref: None,
+            kind: OrderKind::Rollback,
+            issued_by,
+        })
+        .await
+    }
+
+    /// Pauses or resumes a repo/env.
+    pub async fn pause(&self, repo: String, env: String, paused: bool) -> Result<(), DeskError> {
+        self.ask(pause::Pause { repo, env, paused }).await
+    }
+
+    /// Records a verified status (fire and forget: statuses are re-sent on every change).
+    pub fn record_status(&self, status: AgentStatus, payload: String) {
+        let job = Box::new(Pending::new(status::Status { status, payload }, None));
+        if self.tx.try_send(job).is_err() {
+            tracing::warn!("sequencer queue full: a status was not recorded in the ledger");
+        }
+    }
+
+    /// Orders newest first.
+    pub async fn history(
+        &self,
+        repo: Option<String>,
+        env: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DeployOrder>, DeskError> {
+        self.ask(history::History { repo, env, limit }).await
+    }
+
+    /// Latest verified status of every agent.
+    pub async fn agents(
+        &self,
+        repo: Option<String>,
+        env: Option<String>,
+    ) -> Result<Vec<AgentStatus>, DeskError> {
+        self.ask(agents::Agents { repo, env }).await
+    }
+
+    /// Runs a trivial query through the ledger (for `/healthz`).
+    pub async fn check(&self) -> Result<(), DeskError> {
+        self.ask(check::Check).await
+    }
+}
+
+/// Everything the sequencer task owns.
+pub struct SequencerTask {
+    conn: Option<Connection>,
+    signer: Arc<OrderSigner>,
+    bus: Bus,
+    topics: Topics,
+    access: Arc<RwLock<Access>>,
+    newest: NewestOrders,
+    metrics: Arc<Metrics>,
+}
+
+/// What one batch produced.
+#[derive(Default)]
+struct BatchResult {
+    done: Vec<Queued>,
+    staged: Staged,
+}
+
+impl SequencerTask {
+    /// Prepares the sequencer; `newest` is filled from the ledger.
+    pub fn new(
+        conn: Connection,
+        signer: Arc<OrderSigner>,
+        bus: Bus,
+        access: Arc<RwLock<Access>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, NewestOrders), ledger::LedgerError> {
+        let newest: HashMap<_, _> = ledger::all_newest(&conn)?
+            .into_iter()
+            .map(|o| ((o.order.repo.clone(), o.order.env.clone()), o))
+            .collect();
+        let newest = Arc::new(RwLock::new(newest));
+        let topics = bus.topics().clone();
+        Ok((
+            Self {
+                conn: Some(conn),
+                signer,
+                bus,
+                topics,
+                access,
+                newest: newest.clone(),
+                metrics,
+            },
+            newest,
+        ))
+    }
+
+    /// Starts the task; it ends when every [`Sequencer`] handle is dropped and the queue is drained.
+    pub fn spawn(self) -> (Sequencer, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = tokio::spawn(self.run(rx));
+        (Sequencer { tx }, handle)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut conn = self
+                .conn
+                .take()
+                .expect("the connection is returned after each batch");
+            let signer = self.signer.clone();
+            // Read under the lock only where a command needs it: cloning every client per
+            // group would cost more than the group's work.
+            let access = self.access.clone();
+            let topics = self.topics.clone();
+            let started = Instant::now();
+            let joined = tokio::task::spawn_blocking(move || {
+                let result = process(&mut conn, &signer, &access, &topics, batch);
+                (conn, result)
+            })
+            .await;
+            let (conn, result) = match joined {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "sequencer batch panicked; the gateway stops taking orders");
+                    return;
+                }
+            };
+            self.metrics
+                .ledger_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.conn = Some(conn);
+            if !result.staged.new_orders.is_empty() {
+                let mut newest = self.newest.write().expect("newest-orders lock poisoned");
+                for o in result.staged.new_orders {
+                    self.metrics.order(o.order.kind);
+                    newest.insert((o.order.repo.clone(), o.order.env.clone()), o);
+                }
+            }
+            // Only the newest order of each repo/env in this group is published: the
+            // retained message is all that counts, and the older ones are superseded.
+            let mut last_order = HashMap::new();
+            for (i, p) in result.staged.publish.iter().enumerate() {
+                if p.retain {
+                    last_order.insert(p.topic.clone(), i);
+                }
+            }
+            for (i, p) in result.staged.publish.into_iter().enumerate() {
+                if !p.retain {
+                    self.bus.publish(&p.topic, p.payload, false).await;
+                } else if last_order.get(&p.topic) == Some(&i) {
+                    self.bus.publish_order(&p.topic, || Some(p.payload)).await;
+                }
+            }
+            for job in result.done {
+                job.answer();
+            }
+        }
+    }
+}
+
+/// Runs a batch in one transaction, each command under its own savepoint: a command that
+/// fails is rolled back here, whatever the command, and the rest of the batch stands.
+fn process(
+    conn: &mut Connection,
+    signer: &OrderSigner,
+    access: &RwLock<Access>,
+    topics: &Topics,
+    batch: Vec<Queued>,
+) -> BatchResult {
+    let mut out = BatchResult::default();
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot begin a ledger transaction");
+            return fail_all(batch, &e.to_string());
+        }
+    };
+    for mut job in batch {
+        let mut sp = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => {
+                job.fail(&e.to_string());
+                out.done.push(job);
+                continue;
+            }
+        };
+        let cx = Ctx {
+            conn: &sp,
+            signer,
+            access,
+            topics,
+        };
+        let mut staged = Staged::default();
+        if !job.apply(&cx, &mut staged) {
+            // Undo this command's writes; the rest of the batch stands.
+            let _ = sp.rollback();
+        } else if let Err(e) = sp.commit() {
+            job.fail(&e.to_string());
+        } else {
+            out.staged.extend(staged);
+        }
+        out.done.push(job);
+    }
+    if let Err(e) = tx.commit() {
+        tracing::error!(error = %e, "ledger commit failed; nothing in this batch was accepted");
+        return fail_all(out.done, &e.to_string());
+    }
+    out
+}
+
+/// Fails every command of a batch that did not commit.
+fn fail_all(mut batch: Vec<Queued>, msg: &str) -> BatchResult {
+    for job in &mut batch {
+        job.fail(msg);
+    }
+    BatchResult {
+        done: batch,
+        ..BatchResult::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command::{internal, testing::Parts};
+    use super::*;
+
+    /// Pauses `acme/web/prod`, then fails if `fail`: whatever the command, a failure must
+    /// undo its writes.
+    struct PauseThen {
+        fail: bool,
+    }
+
+    impl Command for PauseThen {
+        type Reply = ();
+
+        fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<(), DeskError> {
+            ledger::set_paused(cx.conn, "acme/web", "prod", true).map_err(internal)?;
+            if self.fail {
+                return Err(DeskError::Internal("failed after writing".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn run(conn: &mut Connection, fail: bool) -> Result<(), DeskError> {
+        let parts = Parts::new();
+        let (reply, mut rx) = oneshot::channel();
+        let job: Queued = Box::new(Pending::new(PauseThen { fail }, Some(reply)));
+        let out = process(conn, &parts.signer, &parts.access, &parts.topics, vec![job]);
+        for job in out.done {
+            job.answer();
+        }
+        rx.try_recv().unwrap()
+    }
+
+    #[test]
+    fn a_failed_command_is_rolled_back_and_a_good_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        assert!(run(&mut conn, true).is_err());
+        assert!(!ledger::is_paused(&conn, "acme/web", "prod").unwrap());
+        run(&mut conn, false).unwrap();
+        assert!(ledger::is_paused(&conn, "acme/web", "prod").unwrap());
+    }
+}
