@@ -52,6 +52,16 @@ pub const MAX_CONNECTIONS: usize = 20_000;
 const SEGMENT_BYTES: usize = 32 * 1024;
 const SEGMENT_COUNT: usize = 2;
 
+/// Segment size and count of the logs of the gateway link's own filters (every `desired`,
+/// `status` and `fleet`): every agent's status goes through one of them, and a burst (a
+/// fleet reporting after a deploy: 2,000 statuses of ~700 bytes) must not push the link
+/// more than a log behind, or statuses are skipped and the fleet view misses them until
+/// each agent's next change. 1 MiB x 4 holds about 6,000 statuses; it is reached only under
+/// such bursts, and there are three of these logs whatever the fleet's size. They apply to
+/// these exact filters only (a client subscribing to the same filter shares the log).
+const LINK_SEGMENT_BYTES: usize = 1024 * 1024;
+const LINK_SEGMENT_COUNT: usize = 4;
+
 /// How long start-up waits for the listener to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,7 +206,20 @@ fn broker_config(
             max_outgoing_packet_count: quotas.max_inflight as u64,
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
-            custom_segment: None,
+            custom_segment: Some(
+                settings
+                    .topics
+                    .gateway_filters()
+                    .into_iter()
+                    .map(|filter| {
+                        let segments = rumqttd::SegmentConfig {
+                            max_segment_size: LINK_SEGMENT_BYTES,
+                            max_segment_count: LINK_SEGMENT_COUNT,
+                        };
+                        (filter, segments)
+                    })
+                    .collect(),
+            ),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

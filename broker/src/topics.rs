@@ -92,6 +92,12 @@ impl Topics {
         format!("{}/+/+/+/status/+", self.prefix)
     }
 
+    /// What the gateway subscribes to: every `desired` and `fleet` topic (to guard them)
+    /// and every `status`.
+    pub fn gateway_filters(&self) -> [String; 3] {
+        [self.all_desired(), self.all_status(), self.all_fleet()]
+    }
+
     /// Parses a topic of this prefix; `None` for anything else.
     pub fn parse(&self, topic: &str) -> Option<TopicKind> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;

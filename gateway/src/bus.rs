@@ -78,7 +78,7 @@ impl Bus {
             mut publisher,
             receiver,
         } = broker;
-        for filter in subscriptions(&topics) {
+        for filter in topics.gateway_filters() {
             publisher
                 .subscribe(&filter)
                 .with_context(|| format!("cannot subscribe the gateway's link to {filter}"))?;
@@ -120,7 +120,7 @@ impl Bus {
         tokio::spawn(drive_engine(
             eventloop,
             client,
-            subscriptions(&bus.topics),
+            bus.topics.gateway_filters(),
             engine.url.clone(),
             bus.connected.clone(),
             tx,
@@ -190,16 +190,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// What the gateway subscribes to: every `desired` and `fleet` topic (to guard them) and
-/// every `status`.
-fn subscriptions(topics: &Topics) -> [String; 3] {
-    [
-        topics.all_desired(),
-        topics.all_status(),
-        topics.all_fleet(),
-    ]
 }
 
 async fn send(publisher: &mut Publisher, topic: &str, payload: Vec<u8>, retain: bool) {

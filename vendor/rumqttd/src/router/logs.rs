@@ -323,10 +323,12 @@ where
         let mut max_segment_size = router_config.max_segment_size;
         let mut max_mem_segments = router_config.max_segment_count;
 
-        // Override segment config for selected filter
+        // Override segment config for selected filter. (orcastrate: the filter named
+        // exactly, not every filter string that its wildcards would match, so a client's
+        // narrower subscriptions do not get the larger log too.)
         if let Some(config) = &router_config.custom_segment {
             for (f, segment_config) in config {
-                if matches(filter, f) {
+                if filter == f {
                     info!("Overriding segment config for filter: {}", filter);
                     max_segment_size = segment_config.max_segment_size;
                     max_mem_segments = segment_config.max_segment_count;
