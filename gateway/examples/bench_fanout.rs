@@ -33,6 +33,12 @@
 //! `orcastrate-gateway mosquitto-config` / `nats-config` write from the same config, and the
 //! gateway in `mode = "external"`. The engine's RSS is printed beside the gateway's.
 //!
+//! With `--door`, the agents reach the broker through a "door": a proxy on its own thread
+//! (one single-threaded tokio runtime) that accepts each agent and copies bytes both ways to
+//! its own connection to the broker, as a door in front of an unmodified rumqttd would. It
+//! only copies (no MQTT decoding, no checks), so it is a lower bound of what such a door
+//! would cost; compare its figures with a run without it.
+//!
 //! The simulated agents, the load generator, the gateway and any engine share the machine's
 //! cores.
 
@@ -80,6 +86,9 @@ struct Args {
     /// The bus: the gateway's embedded broker, or an external engine started here.
     #[arg(long, value_enum, default_value_t = Engine::Embedded)]
     engine: Engine,
+    /// Put a byte-copying proxy between the agents and the broker (see above).
+    #[arg(long)]
+    door: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -203,7 +212,13 @@ fn main() -> anyhow::Result<()> {
         ))
     );
 
-    let url = format!("mqtt://{mqtt_addr}");
+    let url = if args.door {
+        let door_addr = start_door(mqtt_addr)?;
+        println!("  door      {door_addr} → {mqtt_addr} (byte-copying proxy)");
+        format!("mqtt://{door_addr}")
+    } else {
+        format!("mqtt://{mqtt_addr}")
+    };
     let topic = orcastrate_broker::topics::Topics::default().desired(REPO, ENV);
     let result = runtime.block_on(async {
         // Phase 1: fan-out.
@@ -592,4 +607,36 @@ fn is_root() -> bool {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Starts the door: a proxy on its own thread and single-threaded runtime that copies bytes
+/// between each client and its own connection to `broker`. Returns where it listens.
+fn start_door(broker: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the door")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("door".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("door listener");
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let Ok(mut upstream) = tokio::net::TcpStream::connect(broker).await else {
+                            return;
+                        };
+                        let _ = client.set_nodelay(true);
+                        let _ = upstream.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    });
+                }
+            });
+        })?;
+    Ok(addr)
 }
