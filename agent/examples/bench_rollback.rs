@@ -187,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
     let EmbeddedBroker {
         mut publisher,
         mut receiver,
+        ..
     } = EmbeddedBroker::start(
         &EmbeddedSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),

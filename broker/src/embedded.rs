@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use rumqttd::{
+    BoundListener, Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings,
+};
 
 use crate::auth::Credentials;
 use crate::guard::{BrokerAuthorizer, Quotas, TopicPolicy};
@@ -105,6 +107,8 @@ pub struct EmbeddedBroker {
     pub publisher: LinkPublisher,
     /// Receives what the gateway subscribed to.
     pub receiver: LinkReceiver,
+    /// Where the listener is bound (the chosen port when `listen` had port 0).
+    pub local_addr: SocketAddr,
 }
 
 impl EmbeddedBroker {
@@ -123,15 +127,15 @@ impl EmbeddedBroker {
         policy: Arc<dyn TopicPolicy>,
     ) -> Result<Self, EmbeddedError> {
         raise_fd_limit();
-        // rumqttd binds on its own thread and only logs a failure: probe the address first
-        // so a port in use is a clear start-up error.
-        drop(
-            TcpListener::bind(settings.listen).map_err(|source| EmbeddedError::Bind {
-                addr: settings.listen,
-                source,
-            })?,
-        );
-        let config = broker_config(settings, credentials, policy)?;
+        // Bound here, not on rumqttd's thread (which only logs a failure): a port in use is a
+        // clear start-up error, and port 0 tells us which port was chosen.
+        let bind_error = |source| EmbeddedError::Bind {
+            addr: settings.listen,
+            source,
+        };
+        let listener = TcpListener::bind(settings.listen).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let config = broker_config(settings, BoundListener::new(listener), credentials, policy)?;
         let mut broker = Broker::new(config);
         let (tx, rx) = broker
             .link(LINK_NAME)
@@ -144,16 +148,18 @@ impl EmbeddedBroker {
                 }
             })
             .map_err(EmbeddedError::Thread)?;
-        wait_until_listening(settings.listen)?;
+        wait_until_listening(local_addr)?;
         Ok(Self {
             publisher: LinkPublisher { tx },
             receiver: LinkReceiver { rx },
+            local_addr,
         })
     }
 }
 
 fn broker_config(
     settings: &EmbeddedSettings,
+    bound: BoundListener,
     credentials: Arc<RwLock<Credentials>>,
     policy: Arc<dyn TopicPolicy>,
 ) -> Result<Config, EmbeddedError> {
@@ -198,6 +204,7 @@ fn broker_config(
         // retries, so accept as fast as possible.
         next_connection_delay_ms: 0,
         connections,
+        bound,
     };
     Ok(Config {
         id: 0,

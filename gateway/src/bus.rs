@@ -77,6 +77,7 @@ impl Bus {
         let EmbeddedBroker {
             mut publisher,
             receiver,
+            ..
         } = broker;
         for filter in topics.gateway_filters() {
             publisher

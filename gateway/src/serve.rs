@@ -128,8 +128,8 @@ impl Gateway {
                     credentials.clone(),
                     Arc::new(policy),
                 )?;
+                let mqtt_addr = health::local_addr(broker.local_addr);
                 let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
-                let mqtt_addr = health::local_addr(*listen);
                 let health = ProbeTarget::Listener {
                     mqtt_addr,
                     token: probe_token.clone(),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,14 +27,7 @@ pub(crate) const WATCHER_TOKEN: &str = "watcher-token-51c0de";
 /// Default bound of every wait.
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-/// A port nothing listens on right now.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub(crate) use orcastrate_testkit::free_port;
 
 /// Polls `f` until it returns `Some`, at most `limit`.
 #[track_caller]
@@ -93,6 +86,7 @@ impl Bus {
         let EmbeddedBroker {
             mut publisher,
             mut receiver,
+            ..
         } = broker;
         let topics = Topics::default();
         publisher

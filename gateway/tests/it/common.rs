@@ -1,6 +1,5 @@
 //! Test helpers: a gateway on free loopback ports, signed webhooks, MQTT clients.
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,14 +13,7 @@ pub const ADMIN: &str = "admin-token-0123456789";
 pub const REPO: &str = "codertocat/hello-world";
 pub const ENV: &str = "production";
 
-/// A free TCP port on loopback (bound, read, released).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use orcastrate_testkit::free_port;
 
 /// The default config of a test gateway, for `data_dir` and an MQTT port.
 pub fn config_text(data_dir: &Path, mqtt_port: u16, secret: &str, extra: &str) -> String {
@@ -76,14 +68,15 @@ impl TestGateway {
     }
 
     /// Starts a gateway with its own webhook secret and extra TOML.
+    /// Its broker listens on a port the kernel chooses (port 0).
     pub fn start_with_secret(data_dir: &Path, secret: &str, extra: &str) -> Self {
-        let mqtt_port = free_port();
-        let text = config_text(data_dir, mqtt_port, secret, extra);
-        Self::start_config(data_dir, mqtt_port, &text)
+        let text = config_text(data_dir, 0, secret, extra);
+        Self::start_config(data_dir, &text)
     }
 
-    /// Starts a gateway from a whole config text whose MQTT listener is on `mqtt_port`.
-    pub fn start_config(data_dir: &Path, mqtt_port: u16, text: &str) -> Self {
+    /// Starts a gateway from a whole config text; `mqtt_port` is where its broker listens
+    /// (or the external engine's port).
+    pub fn start_config(data_dir: &Path, text: &str) -> Self {
         let file: FileConfig = toml::from_str(text).unwrap();
         let settings =
             Settings::build(file, None, &[("UNUSED", "")], &Overrides::default()).unwrap();
@@ -99,15 +92,20 @@ impl TestGateway {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let gateway = Gateway::start(settings, listener).await.unwrap();
                 ready_tx
-                    .send((gateway.http_addr, gateway.public_key.clone()))
+                    .send((
+                        gateway.http_addr,
+                        gateway.mqtt_addr,
+                        gateway.public_key.clone(),
+                    ))
                     .unwrap();
                 let _ = stop_rx.await;
                 gateway.shutdown().await.unwrap();
             });
         });
-        let (addr, public_key) = ready_rx
+        let (addr, mqtt_addr, public_key) = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .expect("gateway started");
+        let mqtt_port = mqtt_addr.map_or(0, |a| a.port());
         Self {
             http: format!("http://{addr}"),
             mqtt_port,
@@ -380,18 +378,7 @@ impl Mqtt {
     }
 }
 
-/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
-#[track_caller]
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+pub use orcastrate_testkit::eventually;
 
 /// A private CA and a server certificate for localhost/127.0.0.1 it signed, made with the
 /// openssl CLI as a user would: returns `(ca.pem, cert.pem, key.pem)`.

@@ -180,7 +180,7 @@ fn tls_listener_serves_mqtts_and_healthz_still_logs_in() {
         "[mqtt]\n",
         &format!("[mqtt]\ntls_cert = {:?}\ntls_key = {:?}\n", cert, key),
     );
-    let gw = TestGateway::start_config(&data, port, &text);
+    let gw = TestGateway::start_config(&data, &text);
     let (_, answer) = gw.webhook("push", "tls-1", &push_of(&sha(61), "master"));
     assert!(answer["seq"].is_u64(), "{answer}");
     // /healthz logs in over TLS.
@@ -246,7 +246,7 @@ fn external_mode_reaches_an_engine_over_mqtts_trusting_its_ca_file_only() {
         "[mqtt]\n",
         &format!("[mqtt]\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
     );
-    let _engine = TestGateway::start_config(&engine_data, port, &text);
+    let _engine = TestGateway::start_config(&engine_data, &text);
 
     let external = |name: &str, ca_file: &str| {
         let data = dir.path().join(name);
@@ -255,7 +255,7 @@ fn external_mode_reaches_an_engine_over_mqtts_trusting_its_ca_file_only() {
              [mqtt]\nmode = \"external\"\nurl = \"mqtts://localhost:{port}\"\n\
              username = \"web-2\"\npassword = \"token-web-2\"\n{ca_file}"
         );
-        TestGateway::start_config(&data, 0, &text)
+        TestGateway::start_config(&data, &text)
     };
     let trusted = external("trusted", &format!("ca_file = {ca:?}\n"));
     eventually(Duration::from_secs(20), "healthz over mqtts", || {

@@ -9,7 +9,7 @@
 //! fails.
 
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,30 +46,9 @@ pub const AGENT3_TOKEN: &str = "token-of-web-3-e2e";
 /// The bound of every wait (normal runs take a small fraction of it).
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on loopback (bound, read, released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use orcastrate_testkit::free_port;
 
-/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
-#[track_caller]
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+pub use orcastrate_testkit::eventually;
 
 pub fn topic(kind: &str) -> String {
     format!("orcastrate/{REPO}/{ENV}/{kind}")

@@ -118,6 +118,30 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
+    /// A listener the embedding program already bound (port 0, or to fail early when the
+    /// address is taken); `listen` is bound only when this is empty.
+    #[serde(skip)]
+    pub bound: BoundListener,
+}
+
+/// A bound `std` listener handed to the server thread, taken once.
+#[derive(Clone, Default)]
+pub struct BoundListener(Arc<std::sync::Mutex<Option<std::net::TcpListener>>>);
+
+impl BoundListener {
+    pub fn new(listener: std::net::TcpListener) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(listener))))
+    }
+
+    pub fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl fmt::Debug for BoundListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoundListener")
+    }
 }
 
 impl ServerSettings {
