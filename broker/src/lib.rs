@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`config_error`]: [`ConfigError`], the one shape of a configuration problem.
 //! - [`names`]: validation of repo, env, agent and sha values where they enter.
 //! - [`topics`]: topic builders and the parser for incoming topics.
 //! - [`message`]: the JSON payloads (`DeployOrder`, `AgentStatus`, `FleetSummary`, `LogLine`, `Event`).
@@ -15,6 +16,7 @@
 //! - `guard` (feature `embedded`): what each login may do there, checked on every packet.
 
 pub mod auth;
+pub mod config_error;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 #[cfg(feature = "embedded")]
@@ -26,13 +28,14 @@ pub mod sign;
 pub mod time;
 pub mod topics;
 
+pub use config_error::{ConfigError, Problems};
 pub use message::{
     AgentState, AgentStatus, DeployOrder, Event, EventOutcome, FleetAgent, FleetDesired,
     FleetSummary, LogLine, LogStream, OrderKind, Step,
 };
 pub use names::NameError;
 pub use sign::{OrderSigner, OrderVerifier, SignError};
-pub use topics::{TopicKind, Topics};
+pub use topics::{PrefixError, TopicKind, Topics};
 
 /// Version number carried as `"v"` in every payload.
 pub const PAYLOAD_VERSION: u32 = 1;

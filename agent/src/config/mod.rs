@@ -11,7 +11,8 @@
 //! - `environment`: the process environment as a value, and where each value came from.
 //! - `identity`: who the agent is and where it connects (name, server, token, repo, …).
 //! - `deploy`: how a deploy runs (steps, shared, health, git, …).
-//! - `error`: [`ConfigError`] and the collector of problems.
+//! - [`ConfigError`] and the collector of problems are `orcastrate_broker`'s, shared with the
+//!   gateway.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,7 +24,6 @@ pub use crate::users::RunAs;
 
 mod deploy;
 mod environment;
-mod error;
 mod file;
 mod identity;
 #[cfg(test)]
@@ -31,9 +31,9 @@ mod tests;
 
 pub(crate) use deploy::{parse_http_url, HttpTarget};
 pub use environment::Environment;
-pub use error::ConfigError;
-use error::Problems;
 pub use file::{FileConfig, GitFile, HealthFile, ServerList, SharedFile, StepsFile};
+pub use orcastrate_broker::ConfigError;
+use orcastrate_broker::Problems;
 
 /// Default `install` step.
 pub const DEFAULT_INSTALL: &str = "npm install";

@@ -320,3 +320,29 @@ fn run_as_is_looked_up_in_the_environment_given() {
     assert_eq!(e.key, "run_as");
     assert!(e.problem.contains("root"), "{e}");
 }
+
+#[test]
+fn the_prefix_follows_the_gateways_rule() {
+    for ok in ["orcastrate", "acme/deploys"] {
+        let mut f = base_file();
+        f.prefix = Some(ok.into());
+        let s = Settings::validate(&Cli::default(), &f, "a.toml", &bare_env()).unwrap();
+        assert_eq!(s.prefix, ok);
+    }
+    // The agent used to trim a trailing '/' and allow a leading one and '$'; the gateway
+    // refuses them, and both now follow one rule.
+    for bad in ["orcastrate/", "/orcastrate", "$SYS/x", "a/#"] {
+        let mut f = base_file();
+        f.prefix = Some(bad.into());
+        let e = Settings::validate(&Cli::default(), &f, "a.toml", &bare_env()).unwrap_err();
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("a.toml", "prefix"),
+            "{e}"
+        );
+        assert!(
+            e.problem.contains("not a topic prefix") && e.problem.contains("[mqtt] prefix"),
+            "{bad}: {e}"
+        );
+    }
+}
