@@ -32,8 +32,10 @@ fn users(settings: &Settings) -> anyhow::Result<Vec<(String, String, Grants)>> {
         username, password, ..
     }) = &settings.mqtt
     else {
-        anyhow::bail!(crate::config::ConfigError::from(
-            "engine files are for an external MQTT engine: set [mqtt] mode = \"external\" with url, username and password (the gateway's own login) first".to_owned()
+        anyhow::bail!(crate::config::ConfigError::new(
+            settings.origin(),
+            "[mqtt] mode",
+            "engine files are for an external MQTT engine: set [mqtt] mode = \"external\" with url, username and password (the gateway's own login) first",
         ));
     };
     let topics = Topics::new(&settings.prefix);

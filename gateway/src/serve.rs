@@ -77,10 +77,9 @@ impl Gateway {
     pub async fn start(settings: Settings, http: TcpListener) -> anyhow::Result<Self> {
         let http_tls = match &settings.http_tls {
             // A bad certificate is a configuration error (exit 2), like every other key.
-            Some((cert, key)) => Some(
-                crate::tls::acceptor(cert, key)
-                    .map_err(|e| config::ConfigError::from(format!("{e:#}")))?,
-            ),
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key).map_err(|e| {
+                config::ConfigError::new(settings.origin(), "[http] tls_cert", format!("{e:#}"))
+            })?),
             None => None,
         };
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
@@ -138,8 +137,10 @@ impl Gateway {
                 (bus, inbound, Some(mqtt_addr), health)
             }
             MqttMode::External(engine) => {
-                let (bus, inbound) = Bus::external(engine, topics, bus_stop.clone())
-                    .map_err(|e| config::ConfigError::from(format!("{e:#}")))?;
+                let (bus, inbound) =
+                    Bus::external(engine, topics, bus_stop.clone()).map_err(|e| {
+                        config::ConfigError::new(settings.origin(), "[mqtt] url", format!("{e:#}"))
+                    })?;
                 let health = ProbeTarget::Engine {
                     bus: bus.clone(),
                     url: engine.url.clone(),
