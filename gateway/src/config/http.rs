@@ -69,22 +69,28 @@ fn listen(
             "[http] listen",
         );
     }
-    let mut listen = parse_addr(
+    let mut p = Problems::default();
+    let listen = p.check(parse_addr(
         http.listen.as_deref().unwrap_or("0.0.0.0:8080"),
         where_,
         "[http] listen",
-    )?;
-    if let Some(port) = env.var("PORT") {
-        let port: u16 = port.parse().map_err(|_| {
+    ));
+    let port = env.var("PORT").and_then(|port| {
+        p.check(port.parse::<u16>().map_err(|_| {
             ConfigError::new(
                 "environment variable PORT",
                 "PORT",
                 format!("{port:?} is not a port number: use 1 to 65535"),
             )
-        })?;
-        listen.set_port(port);
-    }
-    Ok(listen)
+        }))
+    });
+    let listen = listen.map(|mut listen| {
+        if let Some(port) = port {
+            listen.set_port(port);
+        }
+        listen
+    });
+    p.finish(listen, where_)
 }
 
 /// The `[http]` limit keys, with defaults for those not given.

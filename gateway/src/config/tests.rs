@@ -362,7 +362,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
         name = "octo-org/web"
         branches = { main = "Prod.1" }
     "#;
-    let e = parse(text, &[("X", "y")]).unwrap_err();
+    let e = parse(text, &[("PORT", "99999")]).unwrap_err();
     let keys: Vec<(&str, &str)> = e
         .all()
         .map(|p| (p.origin.as_str(), p.key.as_str()))
@@ -371,6 +371,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
         keys,
         [
             ("gw.toml", "[http] listen"),
+            ("environment variable PORT", "PORT"),
             ("gw.toml", "[http] max_connections"),
             ("gw.toml", "[http] tls_cert, tls_key"),
             ("gw.toml", "[mqtt] prefix"),
@@ -385,11 +386,14 @@ fn every_problem_of_a_file_is_reported_at_once() {
         ],
         "{e}"
     );
-    // One problem per line, each naming the file and its key.
+    // One problem per line, each naming the file (or variable) and its key.
     let shown = e.to_string();
     assert_eq!(shown.lines().count(), keys.len(), "{shown}");
     assert!(
-        shown.lines().all(|l| l.starts_with("gw.toml: [")),
+        shown
+            .lines()
+            .all(|l| l.starts_with("gw.toml: [")
+                || l.starts_with("environment variable PORT: PORT: ")),
         "{shown}"
     );
 
