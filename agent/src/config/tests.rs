@@ -214,6 +214,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
     f.env = Some("Prod.1".into());
     f.keep_releases = Some(0);
     f.on_shutdown = Some("maybe".into());
+    f.prefix = Some("orcastrate/".into());
     f.steps = Some(StepsFile {
         install: Some("a\nb".into()),
         start: Some(" ".into()),
@@ -236,6 +237,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
             "env",
             "keep_releases",
             "on_shutdown",
+            "prefix",
             "steps.install",
             "steps.start",
             "health.http",
@@ -245,7 +247,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
         "{e}"
     );
     assert!(e.all().all(|p| p.origin == "a.toml"), "{e}");
-    assert_eq!(e.to_string().lines().count(), 8, "{e}");
+    assert_eq!(e.to_string().lines().count(), 9, "{e}");
     // The first problem keeps the single-problem shape.
     assert_eq!((e.origin.as_str(), e.key.as_str()), ("a.toml", "env"));
 }
