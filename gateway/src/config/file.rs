@@ -1,6 +1,6 @@
-//! The gateway config file as users write it: serde structs with every key optional, so
-//! that the validation ([`super::Settings::build`]) can name each missing or bad key. Tests
-//! build these in code.
+//! The raw input as users write it: the config file (serde structs with every key optional,
+//! so that the validation, [`super::Settings::build`], can name each missing or bad key) and
+//! the command-line [`Overrides`]. Tests build these in code.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
