@@ -250,7 +250,8 @@ async fn main() -> anyhow::Result<()> {
         }),
         ..FileConfig::default()
     };
-    let settings = Settings::merge(&Cli::default(), &file, "bench").context("settings")?;
+    let env = orcastrate_agent::config::Environment::current();
+    let settings = Settings::merge(&Cli::default(), &file, "bench", &env).context("settings")?;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
 

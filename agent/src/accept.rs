@@ -211,7 +211,8 @@ mod tests {
             gateway_public_keys: Some(vec![signer.public_key_base64()]),
             ..FileConfig::default()
         };
-        let settings = Settings::merge(&crate::Cli::default(), &file, "agent.toml").unwrap();
+        let env = crate::config::Environment::current();
+        let settings = Settings::merge(&crate::Cli::default(), &file, "agent.toml", &env).unwrap();
         (dir, settings, signer)
     }
 

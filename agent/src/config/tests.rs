@@ -24,6 +24,11 @@ fn base_file() -> FileConfig {
     .unwrap()
 }
 
+/// Start-up's merge in this process's environment.
+fn merge(cli: &Cli, file: &FileConfig, origin: &str) -> Result<Settings, ConfigError> {
+    Settings::merge(cli, file, origin, &Environment::current())
+}
+
 #[test]
 fn urls() {
     assert_eq!(
@@ -44,7 +49,7 @@ fn urls() {
 
 #[test]
 fn defaults_apply() {
-    let s = Settings::merge(&Cli::default(), &base_file(), "agent.toml").unwrap();
+    let s = merge(&Cli::default(), &base_file(), "agent.toml").unwrap();
     assert_eq!(s.repo, "octo-org/web");
     assert_eq!(s.steps.install, "npm install");
     assert_eq!(s.steps.build, "");
@@ -66,7 +71,7 @@ fn flag_beats_file() {
         server: vec!["mqtt://a:1".into(), " mqtt://b:2".into()],
         ..Cli::default()
     };
-    let s = Settings::merge(&cli, &base_file(), "agent.toml").unwrap();
+    let s = merge(&cli, &base_file(), "agent.toml").unwrap();
     assert_eq!(s.repo, "other/repo");
     assert_eq!(s.servers, vec!["mqtt://a:1", "mqtt://b:2"]);
 }
@@ -75,7 +80,7 @@ fn flag_beats_file() {
 fn errors_name_origin_and_key() {
     let mut f = base_file();
     f.env = Some("Prod.1".into());
-    let e = Settings::merge(&Cli::default(), &f, "/etc/agent.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "/etc/agent.toml").unwrap_err();
     assert_eq!(e.origin, "/etc/agent.toml");
     assert_eq!(e.key, "env");
 
@@ -84,12 +89,12 @@ fn errors_name_origin_and_key() {
         timeout_s: Some(0),
         ..HealthFile::default()
     });
-    let e = Settings::merge(&Cli::default(), &f, "a.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "health.timeout_s");
 
     let mut f = base_file();
     f.gateway_public_keys = None;
-    let e = Settings::merge(&Cli::default(), &f, "a.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "gateway_public_keys");
 
     let mut f = base_file();
@@ -97,15 +102,13 @@ fn errors_name_origin_and_key() {
         files: Some(vec!["../etc/passwd".into()]),
         dirs: None,
     });
-    let e = Settings::merge(&Cli::default(), &f, "a.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "shared.files");
 
     let mut f = base_file();
     f.on_shutdown = Some("maybe".into());
     assert_eq!(
-        Settings::merge(&Cli::default(), &f, "a.toml")
-            .unwrap_err()
-            .key,
+        merge(&Cli::default(), &f, "a.toml").unwrap_err().key,
         "on_shutdown"
     );
 }
@@ -160,29 +163,21 @@ fn secrets_from_files_and_their_errors() {
         config: Some(dir.path().join("agent.toml")),
         ..Cli::default()
     };
-    assert_eq!(
-        Settings::merge(&cli, &f, "a.toml").unwrap().token,
-        "from-file"
-    );
+    assert_eq!(merge(&cli, &f, "a.toml").unwrap().token, "from-file");
 
     f.token = Some("both".into());
-    assert_eq!(
-        Settings::merge(&cli, &f, "a.toml").unwrap_err().key,
-        "token"
-    );
+    assert_eq!(merge(&cli, &f, "a.toml").unwrap_err().key, "token");
 
     f.token = None;
     f.token_file = Some("missing".into());
-    let e = Settings::merge(&cli, &f, "a.toml").unwrap_err();
+    let e = merge(&cli, &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "token_file");
     assert!(e.problem.contains("missing"), "{e}");
 
     let mut f = base_file();
     f.run_as = Some("no-such-user-here".into());
     assert_eq!(
-        Settings::merge(&Cli::default(), &f, "a.toml")
-            .unwrap_err()
-            .key,
+        merge(&Cli::default(), &f, "a.toml").unwrap_err().key,
         "run_as"
     );
 }
@@ -301,7 +296,7 @@ fn validation_creates_nothing_and_reads_the_environment_it_is_given() {
 
     // Start-up creates it.
     f.root = Some(root.clone());
-    let s = Settings::merge(&Cli::default(), &f, "a.toml").unwrap();
+    let s = merge(&Cli::default(), &f, "a.toml").unwrap();
     assert!(root.is_dir());
     assert_eq!(s.root, root.canonicalize().unwrap());
 }
