@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::git::Origin;
+
 /// The app's source, `server.js` of every release.
 pub const SERVER_JS: &str = include_str!("../fixtures/server.js");
 
@@ -29,6 +31,19 @@ pub fn files(version: &str, port: u16) -> Vec<(&'static str, String)> {
         ("PORT", format!("{port}\n")),
         ("package.json", PACKAGE_JSON.to_owned()),
     ]
+}
+
+/// Commits release `version` of the app listening on `port` to `origin`, with `extra` files
+/// (path and content; `None` deletes), and returns the commit's sha.
+#[track_caller]
+pub fn commit(origin: &Origin, version: &str, port: u16, extra: &[(&str, Option<&str>)]) -> String {
+    let files = files(version, port);
+    let mut all: Vec<(&str, Option<&str>)> = files
+        .iter()
+        .map(|(path, content)| (*path, Some(content.as_str())))
+        .collect();
+    all.extend_from_slice(extra);
+    origin.commit(version, &all)
 }
 
 /// `GET http://127.0.0.1:{port}{path}`: the status and body, or `None` if nothing answers
