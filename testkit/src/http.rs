@@ -30,6 +30,18 @@ pub fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> 
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// `GET url`: the status and the body as text.
+///
+/// # Panics
+///
+/// If the request could not be sent or answered at all.
+#[track_caller]
+pub fn get_text(url: &str) -> (u16, String) {
+    let mut response = client().get(url).call().expect("request sent");
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (response.status().as_u16(), text)
+}
+
 /// `GET url` with `Authorization: Bearer token`.
 pub fn get_bearer(url: &str, token: &str) -> (u16, Value) {
     answer(

@@ -17,8 +17,10 @@
 //! - [`mqtt`]: a synchronous MQTT client that subscribes and waits for messages.
 //! - [`http`]: a JSON-over-HTTP client that never fails on a status.
 //! - [`procs`]: the processes a test left behind under a directory.
+//! - [`files`]: what a deploy left on disk (symlinks, file trees).
 
 pub mod app;
+pub mod files;
 pub mod git;
 pub mod github;
 pub mod http;

@@ -139,7 +139,7 @@ async fn a_token_in_git_url_never_leaves_the_agent() {
     w.wait_app("v1");
 
     // The bus, as a subscriber saw it: the URL went out, redacted.
-    let bus = poll("the failure on the watcher", WAIT, || {
+    let bus = eventually(WAIT, "the failure on the watcher", || {
         let text = watcher.text();
         text.contains("\"failed\"").then_some(text)
     });
@@ -203,10 +203,7 @@ async fn a_tarpit_git_server_fails_the_deploy_after_retries() {
         ..Options::default()
     })
     .await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    let n = w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, _, n) = w.start_healthy_on_v1(OK_INSTALL).await;
     let pid = w.wait_app("v1");
     let b = w.commit("v2", OK_INSTALL);
     let port = tarpit();
@@ -326,7 +323,7 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
         (lines, refusals)
     };
     let mut last = (0, Instant::now());
-    let (warn_lines, refusals) = poll("the refusals to settle", WAIT * 2, || {
+    let (warn_lines, refusals) = eventually(WAIT * 2, "the refusals to settle", || {
         let (lines, refusals) = tally(&w.agent_log(n));
         if refusals != last.0 {
             last = (refusals, Instant::now());
