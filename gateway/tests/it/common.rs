@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use orcastrate_broker::{AgentState, AgentStatus};
 use orcastrate_gateway::config::{FileConfig, Overrides, Settings};
 use orcastrate_gateway::Gateway;
 use orcastrate_testkit::http;
@@ -164,6 +165,11 @@ impl TestGateway {
         http::post_bearer(&format!("{}{path}", self.http), ADMIN, &body)
     }
 
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        metrics_of(&self.http)
+    }
+
     /// Opens the ledger read-only.
     pub fn ledger(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
@@ -192,10 +198,42 @@ impl Drop for TestGateway {
 
 pub use orcastrate_testkit::github::fixture;
 
+/// The `/metrics` text of the gateway at `http`.
+pub fn metrics_of(http: &str) -> String {
+    let (code, text) = http::get_text(&format!("{http}/metrics"));
+    assert_eq!(code, 200, "{text}");
+    text
+}
+
 /// A push of `sha` to `branch` of the fixture repo, made from a real payload (a new body
 /// each call, as each of GitHub's pushes is).
 pub fn push_of(sha: &str, branch: &str) -> Vec<u8> {
     serde_json::to_vec(&orcastrate_testkit::github::push(sha, branch)).unwrap()
+}
+
+/// A status of `agent` for our repo/env in `state`, on order 1 (`sha(1)`), stamped now and
+/// not yet sealed: tests change what they need and seal it with `sign::seal_status`.
+pub fn agent_status(agent: &str, state: AgentState) -> AgentStatus {
+    AgentStatus {
+        v: 1,
+        agent: agent.into(),
+        host: "h".into(),
+        repo: REPO.into(),
+        env: ENV.into(),
+        session: "s1".into(),
+        state,
+        step: None,
+        seq: Some(1),
+        sha: Some(sha(1)),
+        running_sha: Some(sha(1)),
+        previous_sha: None,
+        release: None,
+        updated_at: orcastrate_broker::time::now(),
+        deploy_ms: None,
+        error: None,
+        version: "t".into(),
+        mac: String::new(),
+    }
 }
 
 /// A sha made from a number.
