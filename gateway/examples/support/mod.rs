@@ -309,11 +309,8 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
 
 /// A loopback address with a port nothing listens on, from the test kit (below the
 /// ephemeral range, never the same twice).
-pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(SocketAddr::from((
-        [127, 0, 0, 1],
-        orcastrate_testkit::free_port(),
-    )))
+pub(crate) fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], orcastrate_testkit::free_port()))
 }
 
 /// One GET on a fresh connection.
