@@ -1,6 +1,9 @@
 //! A synchronous MQTT client (rumqttc's `Client`) for tests: it logs in, subscribes, waits
 //! for what it expects and publishes, driving its connection itself (no background task).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
@@ -10,6 +13,9 @@ use rumqttc::{
 
 /// How long a CONNACK or SUBACK may take: far more than a loopback broker needs.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// How many requests a [`Recorder`]'s client queues: a test may publish a flood through it.
+const RECORDER_QUEUE: usize = 10_000;
 
 /// A connected MQTT client.
 pub struct Mqtt {
@@ -190,5 +196,89 @@ impl Mqtt {
     /// Drives the connection for a moment so queued publishes go out.
     pub fn flush(&mut self) {
         let _ = self.collect(Duration::from_millis(300));
+    }
+}
+
+/// Messages as (topic, payload), shared between a [`Recorder`] and its thread.
+type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A watcher that records, on a thread of its own, every message on a filter while the test
+/// does other things (an operator's `mosquitto_sub -v`); its client may publish too.
+pub struct Recorder {
+    /// The request side, to publish (it queues up to 10,000 requests).
+    pub client: Client,
+    /// Every message since the SUBACK, as (topic, payload); the thread appends.
+    seen: Seen,
+    /// Set on drop: the thread stops driving the connection and returns.
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Connects with `options`, subscribes to `filter` at QoS 1 and returns once the broker
+    /// acknowledged the subscription, so nothing published afterwards is missed. A dropped
+    /// connection is retried (and logs in again) until the recorder is dropped.
+    ///
+    /// # Errors
+    ///
+    /// If no SUBACK comes in time (the login refused, or the filter).
+    pub fn start(options: MqttOptions, filter: &str) -> Result<Self, String> {
+        let (client, mut connection) = Client::new(options, RECORDER_QUEUE);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .map_err(|e| e.to_string())?;
+        let seen = Seen::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (subscribed_tx, subscribed) = mpsc::channel();
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match connection.recv_timeout(Duration::from_millis(100)) {
+                        Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => {
+                            let _ = subscribed_tx.send(());
+                        }
+                        Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                            let mut seen = seen.lock().expect("no panic while holding it");
+                            seen.push((p.topic, p.payload.to_vec()));
+                        }
+                        Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+                        Ok(Ok(_)) | Err(_) => {}
+                    }
+                }
+            })
+        };
+        let recorder = Self {
+            client,
+            seen,
+            stop,
+            thread: Some(thread),
+        };
+        subscribed
+            .recv_timeout(ANSWER_WITHIN)
+            .map_err(|_| format!("no SUBACK for {filter} within {ANSWER_WITHIN:?}"))?;
+        Ok(recorder)
+    }
+
+    /// Every message seen so far, as (topic, payload).
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().expect("no panic while holding it").clone()
+    }
+
+    /// Every message seen so far, as `topic payload` lines (payloads as lossy UTF-8).
+    pub fn text(&self) -> String {
+        self.messages()
+            .iter()
+            .map(|(t, p)| format!("{t} {}\n", String::from_utf8_lossy(p)))
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

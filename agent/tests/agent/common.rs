@@ -533,69 +533,18 @@ impl Drop for World {
     }
 }
 
-/// A test MQTT client (rumqttc, logged in as [`WATCHER`]) that records every message under
-/// `orcastrate/#` as (topic, payload text).
-pub(crate) struct Watcher {
-    pub(crate) client: rumqttc::AsyncClient,
-    pub(crate) seen: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Watcher {
-    pub(crate) async fn connect(port: u16) -> Self {
-        let options = orcastrate_broker::mqtt::client_options(
-            &format!("mqtt://127.0.0.1:{port}"),
-            &format!("{WATCHER}:t{}", free_port()),
-            WATCHER,
-            WATCHER_TOKEN,
-        )
-        .unwrap();
-        let (client, mut eventloop) = orcastrate_broker::mqtt::async_client(options, 10_000);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
-        client
-            .subscribe("orcastrate/#", rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        sink.lock().unwrap().push((
-                            p.topic.clone(),
-                            String::from_utf8_lossy(&p.payload).into_owned(),
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, subscribed)
-            .await
-            .expect("the watcher's SUBACK")
-            .unwrap();
-        Self { client, seen }
-    }
-
-    /// Every message seen so far, as `topic payload` lines.
-    pub(crate) fn text(&self) -> String {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(t, p)| format!("{t} {p}\n"))
-            .collect()
-    }
+/// A watcher (logged in as [`WATCHER`]) recording every message under `orcastrate/#`.
+pub(crate) fn watcher(port: u16) -> Recorder {
+    let client_id = format!("{WATCHER}:t{}", free_port());
+    Recorder::start(
+        Mqtt::options(port, &client_id, WATCHER, WATCHER_TOKEN),
+        "orcastrate/#",
+    )
+    .expect("the watcher's SUBACK")
 }
 
 pub(crate) use orcastrate_testkit::files::under as files_under;
+use orcastrate_testkit::mqtt::{Mqtt, Recorder};
 
 /// Reads a key=value file into a map (for decrypted dotenv configs).
 pub(crate) fn parse_dotenv(text: &str) -> HashMap<String, String> {

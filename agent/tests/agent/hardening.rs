@@ -111,7 +111,7 @@ async fn a_token_in_git_url_never_leaves_the_agent() {
         extra_tables: "[git]\nfetch_attempts = 2\n".into(),
         ..Options::default()
     });
-    let watcher = Watcher::connect(w.bus.port).await;
+    let watcher = watcher(w.bus.port);
     let a = w.commit("v1", OK_INSTALL);
     git(&w.origin.bare, &["update-server-info"]);
     let s1 = w.order(&a, OrderKind::Push).await;
@@ -269,7 +269,7 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
     let n = w.start_agent();
     assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
 
-    let attacker = Watcher::connect(w.bus.port).await;
+    let attacker = watcher(w.bus.port);
     let desired = Topics::default().desired(REPO, ENV);
     // Two forgeries, signed once (signing is slow in a debug build) and sent with ever
     // new seqs: signed by a key the agent does not know, and the gateway's key id with a
@@ -294,7 +294,6 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
                 false,
                 serde_json::to_vec(&order).unwrap(),
             )
-            .await
             .unwrap();
     }
     // The true order, after the flood.
