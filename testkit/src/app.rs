@@ -80,3 +80,38 @@ pub fn identity(port: u16) -> Option<(String, u64)> {
     let v = answer(port)?;
     Some((v["version"].as_str()?.to_owned(), v["pid"].as_u64()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn identity_reads_the_apps_answer_and_nothing_is_none() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0; 1024];
+            let n = stream.read(&mut request).unwrap();
+            assert!(request[..n].starts_with(b"GET / HTTP/1.1\r\n"));
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\n{\"version\":\"v1\",\"pid\":7}")
+                .unwrap();
+        });
+        assert_eq!(identity(port), Some(("v1".to_owned(), 7)));
+        server.join().unwrap();
+        // Nothing listens there any more.
+        assert_eq!(identity(port), None);
+    }
+
+    #[test]
+    fn a_release_has_the_fixture_and_its_port() {
+        let files = files("v3", 4321);
+        assert!(files.contains(&("server.js", SERVER_JS.to_owned())));
+        assert!(files.contains(&("PORT", "4321\n".to_owned())));
+        assert!(SERVER_JS.contains("UNHEALTHY"));
+    }
+}

@@ -46,3 +46,28 @@ pub fn kill_all_under(dir: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_kills_what_runs_under_a_dir() {
+        let dir = std::env::temp_dir().join(format!("testkit-procs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .current_dir(&dir)
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        assert!(under(&dir)
+            .iter()
+            .any(|(p, cmd)| *p == pid && cmd.contains("sleep")));
+        kill_all_under(&dir);
+        // Reaped here: the kill left a zombie, which `under` does not list.
+        assert!(!child.wait().unwrap().success());
+        assert!(under(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
