@@ -10,6 +10,7 @@
 //!
 //! - [`free_port`]: loopback ports below the ephemeral range.
 //! - [`eventually`]: polling with a bound and a message naming what was awaited.
+//! - [`InProcess`]: a server (the gateway, an agent) on a thread and runtime of its own.
 //! - [`git`]: a bare "GitHub" origin with a work clone to commit and push from.
 //! - [`app`]: the sample Node app every test deploys (`fixtures/server.js`) and how to ask
 //!   it who it is.
@@ -24,10 +25,12 @@ pub mod files;
 pub mod git;
 pub mod github;
 pub mod http;
+mod in_process;
 pub mod mqtt;
 mod ports;
 pub mod procs;
 mod wait;
 
+pub use in_process::{Ended, InProcess, Stop};
 pub use ports::free_port;
 pub use wait::eventually;

@@ -6,13 +6,15 @@ use std::time::Duration;
 use orcastrate_broker::{AgentState, AgentStatus};
 use orcastrate_gateway::config::{FileConfig, Overrides, Settings};
 use orcastrate_gateway::Gateway;
-use orcastrate_testkit::http;
+use orcastrate_testkit::{http, Ended, InProcess};
 use serde_json::Value;
 
 pub const SECRET: &str = "test-webhook-secret";
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const REPO: &str = "codertocat/hello-world";
 pub const ENV: &str = "production";
+/// How long a graceful shutdown may take before the test fails (far more than it needs).
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(60);
 
 pub use orcastrate_testkit::free_port;
 
@@ -53,8 +55,7 @@ pub struct TestGateway {
     pub mqtt_port: u16,
     pub data_dir: PathBuf,
     pub public_key: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: InProcess,
 }
 
 impl TestGateway {
@@ -81,39 +82,29 @@ impl TestGateway {
         let file: FileConfig = toml::from_str(text).unwrap();
         let settings =
             Settings::build(file, None, &[("UNUSED", "")], &Overrides::default()).unwrap();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
+        let (server, (addr, mqtt_addr, public_key)) = InProcess::start(
+            "gateway",
+            || {},
+            move |ready, stop| async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let gateway = Gateway::start(settings, listener).await.unwrap();
-                ready_tx
-                    .send((
-                        gateway.http_addr,
-                        gateway.mqtt_addr,
-                        gateway.public_key.clone(),
-                    ))
-                    .unwrap();
-                let _ = stop_rx.await;
+                let addrs = (
+                    gateway.http_addr,
+                    gateway.mqtt_addr,
+                    gateway.public_key.clone(),
+                );
+                ready.send(addrs).unwrap();
+                let _ = stop.await;
                 gateway.shutdown().await.unwrap();
-            });
-        });
-        let (addr, mqtt_addr, public_key) = ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway started");
+            },
+        );
         let mqtt_port = mqtt_addr.map_or(0, |a| a.port());
         Self {
             http: format!("http://{addr}"),
             mqtt_port,
             data_dir: data_dir.to_owned(),
             public_key,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -123,12 +114,11 @@ impl TestGateway {
     }
 
     fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
+        let ended = self.server.stop_within(SHUTDOWN_WITHIN);
+        assert!(
+            ended == Ended::Done || std::thread::panicking(),
+            "the gateway did not shut down cleanly within {SHUTDOWN_WITHIN:?}: {ended:?}"
+        );
     }
 
     /// POSTs a webhook body signed with the test secret.

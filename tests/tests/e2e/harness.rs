@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orcastrate_broker::{AgentStatus, DeployOrder, FleetSummary, OrderVerifier};
-use orcastrate_testkit::{app, github, http, procs};
+use orcastrate_testkit::{app, github, http, procs, Ended, InProcess, Stop};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -85,35 +85,18 @@ impl std::io::Write for LogBuf {
     }
 }
 
-/// Runs `body` on a new thread with its own runtime whose every thread logs into `logs`.
-fn spawn_runtime<F, T>(
-    name: &str,
-    logs: &LogBuf,
-    filter: &str,
-    body: F,
-) -> std::thread::JoinHandle<T>
+/// Runs `serve` in-process (see [`InProcess::start`]) with every thread of its runtime
+/// logging into `logs`.
+fn start_logged<T, F, Fut>(name: &str, logs: &LogBuf, filter: &str, serve: F) -> (InProcess, T)
 where
-    F: FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
     T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>, Stop) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
 {
     let dispatch = logs.dispatch(filter);
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _guard = tracing::dispatcher::set_default(&dispatch);
-            let for_workers = dispatch.clone();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .on_thread_start(move || {
-                    // Kept for the thread's life: it logs into this part's buffer.
-                    std::mem::forget(tracing::dispatcher::set_default(&for_workers));
-                })
-                .build()
-                .unwrap();
-            body(&runtime)
-        })
-        .unwrap()
+    // Kept for the thread's life: it logs into this part's buffer.
+    let log_here = move || std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+    InProcess::start(name, log_here, serve)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -177,8 +160,7 @@ branches = {{ {BRANCH} = "{ENV}" }}
 pub struct Gateway {
     pub api: Api,
     pub logs: LogBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: InProcess,
 }
 
 impl Gateway {
@@ -201,20 +183,16 @@ impl Gateway {
         let settings = Settings::build(file, None, &[("UNUSED", "")], &Overrides::default())
             .expect("the gateway's config is valid");
         let logs = LogBuf::default();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = spawn_runtime("gateway", &logs, "info", move |runtime| {
-            runtime.block_on(async move {
+        let (server, (addr, public_key)) =
+            start_logged("gateway", &logs, "info", move |ready, stop| async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let gateway = orcastrate_gateway::Gateway::start(settings, listener)
                     .await
                     .expect("the gateway starts");
-                let _ = ready_tx.send((gateway.http_addr, gateway.public_key.clone()));
-                let _ = stop_rx.await;
+                let _ = ready.send((gateway.http_addr, gateway.public_key.clone()));
+                let _ = stop.await;
                 gateway.shutdown().await.unwrap();
             });
-        });
-        let (addr, public_key) = ready_rx.recv_timeout(WAIT).expect("the gateway started");
         Self {
             api: Api {
                 http: format!("http://{addr}"),
@@ -222,34 +200,22 @@ impl Gateway {
                 public_key,
             },
             logs,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
     /// Graceful shutdown, bounded: a gateway that does not stop within [`WAIT`] is reported
     /// and left behind, so a shutdown hang fails loudly instead of stalling the suite.
     fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + WAIT;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                eprintln!(
-                    "the gateway did not shut down within {WAIT:?}; its log:\n{}",
-                    self.logs.text()
-                );
-                assert!(
-                    std::thread::panicking(),
-                    "the gateway did not shut down within {WAIT:?}"
-                );
-            }
+        if self.server.stop_within(WAIT) == Ended::StillRunning {
+            eprintln!(
+                "the gateway did not shut down within {WAIT:?}; its log:\n{}",
+                self.logs.text()
+            );
+            assert!(
+                std::thread::panicking(),
+                "the gateway did not shut down within {WAIT:?}"
+            );
         }
     }
 }
@@ -573,9 +539,7 @@ interval_s = 1
 /// The agent running in-process (its library `run`) on its own runtime.
 pub struct Agent {
     pub logs: LogBuf,
-    cancel: CancellationToken,
-    done: mpsc::Receiver<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: InProcess,
 }
 
 impl Agent {
@@ -587,30 +551,24 @@ impl Agent {
         };
         let settings = orcastrate_agent::Settings::load(&cli).expect("the agent's config is valid");
         let logs = LogBuf::default();
-        let cancel = CancellationToken::new();
-        let (done_tx, done) = mpsc::channel();
-        let stop = cancel.clone();
-        let thread = spawn_runtime("agent", &logs, "orcastrate_agent=debug,info", move |rt| {
-            let outcome = rt.block_on(orcastrate_agent::run(settings, stop));
+        let filter = "orcastrate_agent=debug,info";
+        let (server, ()) = start_logged("agent", &logs, filter, move |ready, stop| async move {
+            let cancel = CancellationToken::new();
+            let on_stop = cancel.clone();
+            tokio::spawn(async move {
+                let _ = stop.await;
+                on_stop.cancel();
+            });
+            let _ = ready.send(());
+            let outcome = orcastrate_agent::run(settings, cancel).await;
             tracing::info!(?outcome, "the agent returned");
-            let _ = done_tx.send(());
         });
-        Self {
-            logs,
-            cancel,
-            done,
-            thread: Some(thread),
-        }
+        Self { logs, server }
     }
 
     /// Cancels the agent and waits (bounded) until `run` returns.
     pub fn stop(&mut self) {
-        self.cancel.cancel();
-        if let Some(thread) = self.thread.take() {
-            if self.done.recv_timeout(WAIT).is_ok() {
-                let _ = thread.join();
-            }
-        }
+        let _ = self.server.stop_within(WAIT);
     }
 }
 
