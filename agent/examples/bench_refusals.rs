@@ -43,21 +43,7 @@ fn cpu(pid: u32) -> anyhow::Result<Duration> {
 /// (WARN lines about refusals, refusals they account for).
 fn tally(log: &Path) -> (usize, u64) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("refused"))
-        .collect();
-    let refused = lines
-        .iter()
-        .map(|l| match l.split("count=").nth(1) {
-            Some(n) => n
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
-            None => 1,
-        })
-        .sum();
+    let (lines, refused) = orcastrate_testkit::logs::tally(&text, "WARN", "refused");
     (lines.len(), refused)
 }
 

@@ -17,6 +17,7 @@
 //! - [`github`]: webhook signatures and payloads made from GitHub's own fixtures.
 //! - [`mqtt`]: a synchronous MQTT client that subscribes and waits for messages.
 //! - [`http`]: a JSON-over-HTTP client that never fails on a status.
+//! - [`logs`]: counting events in a log that sums up floods (`count=N`).
 //! - [`procs`]: the processes a test left behind under a directory.
 //! - [`files`]: what a deploy left on disk (symlinks, file trees).
 
@@ -26,6 +27,7 @@ pub mod git;
 pub mod github;
 pub mod http;
 mod in_process;
+pub mod logs;
 pub mod mqtt;
 mod ports;
 pub mod procs;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orcastrate_broker::{AgentState, OrderKind, OrderSigner, Topics};
+use orcastrate_testkit::logs;
 
 use crate::common::*;
 
@@ -302,28 +303,9 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
     w.wait_app("v2");
     // Wait until the agent has refused all it got (the counts stop growing; the last ones
     // are written a window after the burst).
-    let tally = |log: &str| -> (Vec<String>, u64) {
-        let lines: Vec<String> = log
-            .lines()
-            .filter(|l| l.contains("WARN") && l.contains("refused"))
-            .map(str::to_owned)
-            .collect();
-        let refusals = lines
-            .iter()
-            .map(|l| match l.split("count=").nth(1) {
-                Some(n) => n
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0),
-                None => 1,
-            })
-            .sum();
-        (lines, refusals)
-    };
     let mut last = (0, Instant::now());
     let (warn_lines, refusals) = eventually(WAIT * 2, "the refusals to settle", || {
-        let (lines, refusals) = tally(&w.agent_log(n));
+        let (lines, refusals) = logs::tally(&w.agent_log(n), "WARN", "refused");
         if refusals != last.0 {
             last = (refusals, Instant::now());
             return None;
