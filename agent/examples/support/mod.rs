@@ -1,5 +1,5 @@
-//! Helpers shared by the agent benchmarks (`bench_refusals`, `bench_rollback`). Each example
-//! includes it with `#[path = "support/mod.rs"] mod support;`.
+//! Helpers shared by the agent benchmarks (`bench_refusals`, `bench_rollback`) and the agent's
+//! integration tests, which include it with `#[path = ...] mod support;`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};

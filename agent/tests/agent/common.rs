@@ -3,17 +3,19 @@
 //! the real agent binary, and a tiny Node HTTP service as the app.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings, LinkPublisher};
+use orcastrate_broker::embedded::{EmbeddedBroker, LinkPublisher};
 use orcastrate_broker::{
     AgentState, AgentStatus, DeployOrder, LogLine, OrderKind, OrderSigner, Topics,
 };
+
+/// The agent benchmarks' helpers: one place starts an open embedded broker.
+#[path = "../../examples/support/mod.rs"]
+mod support;
 
 pub(crate) const REPO: &str = "octo-org/web";
 pub(crate) const ENV: &str = "production";
@@ -53,21 +55,8 @@ impl Bus {
 
     /// A broker on `port` whose gateway signs with the key of `seed`.
     pub(crate) async fn start_on(port: u16, seed: [u8; 32]) -> Self {
-        let creds = Credentials::new([
-            (AGENT.to_owned(), TOKEN.to_owned()),
-            (WATCHER.to_owned(), WATCHER_TOKEN.to_owned()),
-        ]);
-        let broker = EmbeddedBroker::start(
-            &EmbeddedSettings {
-                listen: SocketAddr::from(([127, 0, 0, 1], port)),
-                tls: None,
-                topics: Topics::default(),
-                quotas: Default::default(),
-            },
-            Arc::new(RwLock::new(creds)),
-            Arc::new(orcastrate_broker::guard::OpenPolicy),
-        )
-        .expect("embedded broker starts");
+        let broker = support::open_broker(port, &[(AGENT, TOKEN), (WATCHER, WATCHER_TOKEN)])
+            .expect("embedded broker starts");
         let EmbeddedBroker {
             mut publisher,
             mut receiver,
