@@ -13,30 +13,23 @@
 //! `/proc`), how many orders it refused (its log counts them) and how many WARN lines that
 //! took.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::EmbeddedBroker;
 use orcastrate_broker::{AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
+use orcastrate_testkit::free_port;
+
+#[path = "support/mod.rs"]
+mod support;
 
 const REPO: &str = "bench/web";
 const ENV: &str = "production";
 const AGENT: &str = "bench-1";
 const TOKEN: &str = "bench-token";
 const ATTACKER: &str = "attacker";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// User + system CPU time of `pid`, from `/proc/{pid}/stat` (in clock ticks of 10 ms).
 fn cpu(pid: u32) -> anyhow::Result<Duration> {
@@ -50,21 +43,7 @@ fn cpu(pid: u32) -> anyhow::Result<Duration> {
 /// (WARN lines about refusals, refusals they account for).
 fn tally(log: &Path) -> (usize, u64) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("refused"))
-        .collect();
-    let refused = lines
-        .iter()
-        .map(|l| match l.split("count=").nth(1) {
-            Some(n) => n
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
-            None => 1,
-        })
-        .sum();
+    let (lines, refused) = orcastrate_testkit::logs::tally(&text, "WARN", "refused");
     (lines.len(), refused)
 }
 
@@ -83,26 +62,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mqtt_port = free_port();
-    let creds = Credentials::new([
-        (AGENT.to_owned(), TOKEN.to_owned()),
-        (ATTACKER.to_owned(), TOKEN.to_owned()),
-    ]);
     let EmbeddedBroker {
         mut publisher,
         mut receiver,
         ..
-    } = EmbeddedBroker::start(
-        &EmbeddedSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
-            tls: None,
-            topics: Topics::default(),
-            quotas: Default::default(),
-        },
-        Arc::new(RwLock::new(creds)),
-        // The attacker must reach the agent: no topic permissions here (the gateway's
-        // broker would refuse its forgeries before they got there).
-        Arc::new(orcastrate_broker::guard::OpenPolicy),
-    )?;
+    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), (ATTACKER, TOKEN)])?;
     let topics = Topics::default();
     publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
     let (idle_tx, idle) = tokio::sync::oneshot::channel();

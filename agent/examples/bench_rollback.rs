@@ -17,89 +17,30 @@
 //! receiving the agent's status. With the release binary built, it also prints the idle RSS
 //! of the `orcastrate-agent` process and the binary's size.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
 use orcastrate_agent::{Cli, Settings};
-use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::EmbeddedBroker;
 use orcastrate_broker::{
     AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Step, Topics,
 };
+use orcastrate_testkit::git::Origin;
+use orcastrate_testkit::{app, free_port};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/mod.rs"]
+mod support;
 
 const REPO: &str = "bench/web";
 const ENV: &str = "production";
 const AGENT: &str = "bench-1";
 const TOKEN: &str = "bench-token";
 const INSTALL: &str = "npm install --no-audit --no-fund";
-const SERVER_JS: &str = r#"const fs = require('fs');
-const port = +fs.readFileSync('PORT', 'utf8');
-require('http').createServer((q, s) => s.end(fs.readFileSync('VERSION'))).listen(port, '127.0.0.1');
-"#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git").args(args).current_dir(dir).output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-struct Origin {
-    bare: PathBuf,
-    work: PathBuf,
-    port: u16,
-}
-
-impl Origin {
-    fn commit(&self, version: &str) -> anyhow::Result<String> {
-        std::fs::write(self.work.join("server.js"), SERVER_JS)?;
-        std::fs::write(self.work.join("PORT"), self.port.to_string())?;
-        std::fs::write(self.work.join("VERSION"), version)?;
-        std::fs::write(
-            self.work.join("package.json"),
-            r#"{"name":"web","version":"1.0.0","private":true,"scripts":{"start":"node server.js"}}"#,
-        )?;
-        git(&self.work, &["add", "-A"])?;
-        git(
-            &self.work,
-            &[
-                "-c",
-                "user.name=b",
-                "-c",
-                "user.email=b@b",
-                "commit",
-                "-qm",
-                version,
-            ],
-        )?;
-        git(
-            &self.work,
-            &[
-                "push",
-                "-q",
-                self.bare.to_str().unwrap(),
-                "HEAD:refs/heads/main",
-            ],
-        )?;
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-}
 
 /// Statuses as the watcher received them.
 struct Watch {
@@ -180,24 +121,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(5);
     let dir = tempfile::tempdir()?;
     let mqtt_port = free_port();
-    let creds = Credentials::new([
-        (AGENT.to_owned(), TOKEN.to_owned()),
-        ("bench-idle".to_owned(), TOKEN.to_owned()),
-    ]);
     let EmbeddedBroker {
         mut publisher,
         mut receiver,
         ..
-    } = EmbeddedBroker::start(
-        &EmbeddedSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
-            tls: None,
-            topics: Topics::default(),
-            quotas: Default::default(),
-        },
-        Arc::new(RwLock::new(creds)),
-        Arc::new(orcastrate_broker::guard::OpenPolicy),
-    )?;
+    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), ("bench-idle", TOKEN)])?;
     let topics = Topics::default();
     publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -213,16 +141,8 @@ async fn main() -> anyhow::Result<()> {
         seen: Vec::new(),
     };
 
-    let origin = Origin {
-        bare: dir.path().join("origin.git"),
-        work: dir.path().join("work"),
-        port: free_port(),
-    };
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", origin.bare.to_str().unwrap()],
-    )?;
-    git(dir.path(), &["init", "-q", origin.work.to_str().unwrap()])?;
+    let origin = Origin::new(dir.path());
+    let app_port = free_port();
 
     let signer = OrderSigner::generate();
     let file = FileConfig {
@@ -243,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
             stop_timeout_s: Some(5),
         }),
         health: Some(HealthFile {
-            http: Some(format!("http://127.0.0.1:{}/", origin.port)),
+            http: Some(format!("http://127.0.0.1:{app_port}/")),
             command: None,
             timeout_s: Some(30),
             interval_s: Some(60),
@@ -278,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
     let desired = topics.desired(REPO, ENV);
 
     // The first deploy (a new host: includes the 2 s settle) is not measured.
-    let first = origin.commit("v0")?;
+    let first = app::commit(&origin, "v0", app_port, &[]);
     let (s, payload) = publish(&first, OrderKind::Push);
     publisher.publish(&desired, payload, true).await?;
     watch.until_done(s).await?;
@@ -289,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
     let mut previous = first;
     for round in 1..=rounds {
         // Push a new commit: a cold release.
-        let sha = origin.commit(&format!("v{round}"))?;
+        let sha = app::commit(&origin, &format!("v{round}"), app_port, &[]);
         let (s, payload) = publish(&sha, OrderKind::Push);
         let t0 = Instant::now();
         publisher.publish(&desired, payload, true).await?;

@@ -131,8 +131,8 @@ fn main() -> anyhow::Result<()> {
         .context("cannot create a temporary directory")?;
     let secret = format!("bench-secret-{}", std::process::id());
     let run_id = std::process::id();
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
 
     // The config file: one [[clients]] entry per agent, and the probe.
     let names: Vec<(String, String)> = (0..=args.agents)
@@ -568,7 +568,7 @@ fn start_engine(
                     "server_name: bench\nlisten: 127.0.0.1:{}\n\
                      jetstream {{ store_dir: {:?}\n  limits {{ default_max_consumers: 100000 }}\n}}\n\
                      mqtt {{ listen: \"{addr}\" }}\ninclude \"nats-auth.conf\"\n",
-                    free_port()?.port(),
+                    orcastrate_testkit::free_port(),
                     dir.join("jetstream").display().to_string()
                 ),
             )?;

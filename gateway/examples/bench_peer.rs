@@ -104,8 +104,8 @@ fn main() -> anyhow::Result<()> {
         .build()?;
 
     // The gateway.
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
     let log_path = dir.path().join("gateway.log");
     let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
         command
@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
         }}
     }]);
     std::fs::write(&hooks_path, serde_json::to_vec_pretty(&hooks)?)?;
-    let peer_addr = free_port()?;
+    let peer_addr = free_addr();
     let peer_log = dir.path().join("webhook.log");
     let mut peer = ChildGuard(
         Command::new(&args.webhook_bin)

@@ -97,8 +97,8 @@ fn main() -> anyhow::Result<()> {
         .context("cannot create a temporary data_dir")?;
     let data_dir = data.path().join("data");
     let log_path = data.path().join("gateway.log");
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
     let secret = format!("bench-secret-{}", std::process::id());
 
     let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {

@@ -212,8 +212,8 @@ fn main() -> anyhow::Result<()> {
     let run_id = std::process::id();
     let secret = format!("soak-secret-{run_id}");
     let admin_token = format!("soak-admin-token-{run_id:08x}");
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
     let data_dir = dir.path().join("data");
 
     // The config: repos, admin token, one scoped client per agent and one for the idle agent.

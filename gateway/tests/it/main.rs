@@ -3,7 +3,6 @@
 #![allow(unreachable_pub)]
 
 mod admin;
-mod agent_e2e;
 mod authz;
 mod common;
 mod fleet;
