@@ -20,6 +20,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 
@@ -206,6 +207,7 @@ impl Connection {
                 bus: bus.clone(),
                 events,
                 close: close.clone(),
+                retries: TaskTracker::new(),
             },
             eventloop,
             changes_rx,
@@ -226,11 +228,14 @@ struct PollCtx {
     bus: Bus,
     events: mpsc::UnboundedSender<BusEvent>,
     close: CancellationToken,
+    /// Subscription retries after a refusal, joined when the loop ends (each stops on
+    /// `close`).
+    retries: TaskTracker,
 }
 
 /// A random session id (16 hex digits).
 fn new_session() -> String {
-    format!("{:016x}", crate::fsutil::random_u64())
+    format!("{:016x}", crate::random::random_u64())
 }
 
 fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>) -> MqttOptions {
@@ -385,9 +390,16 @@ impl PollCtx {
             tracing::warn!(topic = %self.desired, retry_in = ?pause, "the MQTT server refused the subscription to our orders; retrying (if this repeats, let this agent read its desired topic)");
             let client = self.bus.inner.client.clone();
             let topic = self.desired.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(pause).await;
-                let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+            let close = self.close.clone();
+            self.retries.spawn(async move {
+                // The request queue may be full while the loop is closing: stop waiting then.
+                tokio::select! {
+                    () = close.cancelled() => {}
+                    () = async {
+                        tokio::time::sleep(pause).await;
+                        let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+                    } => {}
+                }
             });
         } else {
             rotation.on_subscribed();
@@ -497,6 +509,8 @@ async fn poll_loop(
         }
     }
     flusher.abort();
+    ctx.retries.close();
+    ctx.retries.wait().await;
     ctx.close(&mut eventloop).await;
 }
 
@@ -534,7 +548,7 @@ fn backoff(round: u32) -> Duration {
     let step = BACKOFF_MIN
         .saturating_mul(1u32 << round.min(10))
         .min(BACKOFF_MAX);
-    let jitter = crate::fsutil::random_u64() % 500;
+    let jitter = crate::random::random_u64() % 500;
     step.mul_f64(0.5 + jitter as f64 / 1000.0)
 }
 

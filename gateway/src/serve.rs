@@ -13,6 +13,7 @@ use orcastrate_broker::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::Bus;
 use crate::config::{self, Access, MqttMode, Settings};
@@ -108,6 +109,9 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
         let bus_stop = CancellationToken::new();
+        // Every background task (the bus's, the watcher, the fleet publisher), joined at
+        // shutdown within the shutdown deadline.
+        let tasks = TaskTracker::new();
         let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
             MqttMode::Embedded {
                 listen,
@@ -129,7 +133,7 @@ impl Gateway {
                     Arc::new(policy),
                 )?;
                 let mqtt_addr = health::local_addr(broker.local_addr);
-                let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
+                let (bus, inbound) = Bus::embedded(broker, topics, &tasks, bus_stop.clone())?;
                 let health = ProbeTarget::Listener {
                     mqtt_addr,
                     token: probe_token.clone(),
@@ -138,7 +142,7 @@ impl Gateway {
                 (bus, inbound, Some(mqtt_addr), health)
             }
             MqttMode::External(engine) => {
-                let (bus, inbound) = Bus::external(engine, topics, bus_stop.clone())
+                let (bus, inbound) = Bus::external(engine, topics, &tasks, bus_stop.clone())
                     .map_err(|e| config::ConfigError::from(format!("{e:#}")))?;
                 let health = ProbeTarget::Engine {
                     bus: bus.clone(),
@@ -177,14 +181,14 @@ impl Gateway {
 
         let cancel = CancellationToken::new();
         // Subscribed already; on its Connected event it publishes every newest order.
-        tokio::spawn(crate::watch::run(
+        tasks.spawn(crate::watch::run(
             inbound,
             bus.clone(),
             newest.clone(),
             fleet.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
+        tasks.spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
 
         let state = AppState {
             sequencer,
@@ -232,6 +236,7 @@ impl Gateway {
             }
             _ => None,
         };
+        let deadline = limits.shutdown_timeout;
         let main_server = listener::serve(http, router, http_tls, limits, cancel.clone());
         let done = tokio::spawn(async move {
             match hooks_server {
@@ -244,6 +249,13 @@ impl Gateway {
             // drains what was accepted and stops.
             let drained = sequencer_done.await.context("sequencer task failed");
             bus_stop.cancel();
+            tasks.close();
+            if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+                tracing::warn!(
+                    ?deadline,
+                    "shutdown deadline passed: leaving background tasks still running"
+                );
+            }
             drained?;
             Ok(())
         });
