@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings, LinkPublisher};
 use orcastrate_broker::{AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
 
 const REPO: &str = "bench/web";
@@ -68,21 +68,12 @@ fn tally(log: &Path) -> (usize, u64) {
     (lines.len(), refused)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let orders: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(76_600);
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/orcastrate-agent");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p orcastrate-agent",
-            binary.display()
-        );
-    }
-    let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port();
+/// The embedded broker with the agent and the attacker as logins: the topics, the link
+/// (kept for as long as the benchmark runs), and a receiver that fires when the agent
+/// first reports idle.
+fn start_broker(
+    mqtt_port: u16,
+) -> anyhow::Result<(Topics, LinkPublisher, tokio::sync::oneshot::Receiver<()>)> {
     let creds = Credentials::new([
         (AGENT.to_owned(), TOKEN.to_owned()),
         (ATTACKER.to_owned(), TOKEN.to_owned()),
@@ -119,6 +110,81 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    Ok((topics, publisher, idle))
+}
+
+/// Two kinds of forgery: signed by the gateway's key but altered (a bad signature), and
+/// signed by an unknown key.
+fn forged_orders(gateway: &OrderSigner) -> (DeployOrder, DeployOrder) {
+    let mut forged = DeployOrder {
+        v: 1,
+        seq: 0,
+        repo: REPO.into(),
+        env: ENV.into(),
+        sha: "ab".repeat(20),
+        git_ref: Some("refs/heads/main".into()),
+        kind: OrderKind::Manual,
+        delivery: None,
+        issued_at: orcastrate_broker::time::now(),
+        issued_by: None,
+        key_id: String::new(),
+        sig: String::new(),
+    };
+    let mut unknown_key = forged.clone();
+    OrderSigner::generate().sign(&mut unknown_key);
+    gateway.sign(&mut forged);
+    let mut bad_signature = forged;
+    bad_signature.sha = "cd".repeat(20);
+
+    (bad_signature, unknown_key)
+}
+
+/// The agent's CPU time once it is done: when it stops growing.
+async fn cpu_when_done(pid: u32) -> anyhow::Result<Duration> {
+    let mut last = cpu(pid)?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = cpu(pid)?;
+        if now == last {
+            return Ok(last);
+        }
+        last = now;
+    }
+}
+
+fn report(orders: u64, sent_in: Duration, refused: u64, used: Duration, lines: usize) {
+    println!("orcastrate-agent: a flood of forged orders (release binary, embedded broker)");
+    println!("  forged orders published   {orders} in {sent_in:.2?} (QoS 0)");
+    println!(
+        "  refused by the agent      {refused} (the broker drops what a slow subscriber misses)"
+    );
+    println!("  agent CPU time            {used:.2?}");
+    if refused > 0 {
+        println!(
+            "  per refusal               {:.1} µs",
+            used.as_secs_f64() * 1e6 / refused as f64
+        );
+    }
+    println!("  WARN lines about them     {lines}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let orders: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(76_600);
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/orcastrate-agent");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p orcastrate-agent",
+            binary.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let (topics, _link, idle) = start_broker(mqtt_port)?;
+
     let gateway = OrderSigner::generate();
     let config = dir.path().join("agent.toml");
     std::fs::write(
@@ -146,25 +212,7 @@ async fn main() -> anyhow::Result<()> {
     // Past the settle wait of a new host.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut forged = DeployOrder {
-        v: 1,
-        seq: 0,
-        repo: REPO.into(),
-        env: ENV.into(),
-        sha: "ab".repeat(20),
-        git_ref: Some("refs/heads/main".into()),
-        kind: OrderKind::Manual,
-        delivery: None,
-        issued_at: orcastrate_broker::time::now(),
-        issued_by: None,
-        key_id: String::new(),
-        sig: String::new(),
-    };
-    let mut unknown_key = forged.clone();
-    OrderSigner::generate().sign(&mut unknown_key);
-    gateway.sign(&mut forged);
-    let mut bad_signature = forged;
-    bad_signature.sha = "cd".repeat(20);
+    let (bad_signature, unknown_key) = forged_orders(&gateway);
 
     let options = orcastrate_broker::mqtt::client_options(
         &format!("mqtt://127.0.0.1:{mqtt_port}"),
@@ -194,33 +242,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     let sent_in = began.elapsed();
-    // Until the agent is done: its CPU time stops growing.
-    let mut last = cpu(pid)?;
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = cpu(pid)?;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let used = last - cpu_before;
+    let used = cpu_when_done(pid).await? - cpu_before;
     let (lines, refused) = tally(&log);
     let _ = agent.kill();
     let _ = agent.wait();
 
-    println!("orcastrate-agent: a flood of forged orders (release binary, embedded broker)");
-    println!("  forged orders published   {orders} in {sent_in:.2?} (QoS 0)");
-    println!(
-        "  refused by the agent      {refused} (the broker drops what a slow subscriber misses)"
-    );
-    println!("  agent CPU time            {used:.2?}");
-    if refused > 0 {
-        println!(
-            "  per refusal               {:.1} µs",
-            used.as_secs_f64() * 1e6 / refused as f64
-        );
-    }
-    println!("  WARN lines about them     {lines}");
+    report(orders, sent_in, refused, used, lines);
     Ok(())
 }

@@ -27,7 +27,7 @@ use anyhow::{bail, Context as _};
 use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
 use orcastrate_agent::{Cli, Settings};
 use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings, LinkPublisher};
 use orcastrate_broker::{
     AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Step, Topics,
 };
@@ -171,15 +171,9 @@ fn summary_row(what: &str, measured: &str, target: &str, met: bool) {
     println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
-    let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port();
+/// The embedded broker, open to the agent and the idle one; the link (kept for as long as
+/// the benchmark runs) and a watch of the agent's statuses.
+fn start_broker(mqtt_port: u16) -> anyhow::Result<(LinkPublisher, Watch, Topics)> {
     let creds = Credentials::new([
         (AGENT.to_owned(), TOKEN.to_owned()),
         ("bench-idle".to_owned(), TOKEN.to_owned()),
@@ -208,31 +202,24 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    let mut watch = Watch {
+    let watch = Watch {
         rx,
         seen: Vec::new(),
     };
 
-    let origin = Origin {
-        bare: dir.path().join("origin.git"),
-        work: dir.path().join("work"),
-        port: free_port(),
-    };
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", origin.bare.to_str().unwrap()],
-    )?;
-    git(dir.path(), &["init", "-q", origin.work.to_str().unwrap()])?;
+    Ok((publisher, watch, topics))
+}
 
-    let signer = OrderSigner::generate();
-    let file = FileConfig {
+/// The agent's configuration: the trivial Node app from `origin`, checked over HTTP.
+fn agent_config(mqtt_port: u16, origin: &Origin, dir: &Path, signer: &OrderSigner) -> FileConfig {
+    FileConfig {
         name: Some(AGENT.into()),
         server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
         token: Some(TOKEN.into()),
         repo: Some(REPO.into()),
         env: Some(ENV.into()),
         git_url: Some(origin.bare.display().to_string()),
-        root: Some(dir.path().join("root")),
+        root: Some(dir.join("root")),
         keep_releases: Some(3),
         gateway_public_keys: Some(vec![signer.public_key_base64()]),
         on_shutdown: Some("stop".into()),
@@ -249,7 +236,76 @@ async fn main() -> anyhow::Result<()> {
             interval_s: Some(60),
         }),
         ..FileConfig::default()
+    }
+}
+
+/// What each round measured, in milliseconds.
+#[derive(Default)]
+struct Figures {
+    push_total: Vec<f64>,
+    push_agent: Vec<f64>,
+    push_fetch: Vec<f64>,
+    push_install: Vec<f64>,
+    push_app: Vec<f64>,
+    rb_started: Vec<f64>,
+    rb_healthy: Vec<f64>,
+}
+
+impl Figures {
+    fn report(&mut self, rounds: usize) {
+        println!(
+            "orcastrate-agent benchmark: {rounds} rounds, trivial Node app, install = `{INSTALL}`"
+        );
+        println!(
+            "push order -> healthy (new release: fetch, checkout, install, switch, start, health):"
+        );
+        summary("total", &mut self.push_total);
+        summary(
+            "agent overhead (all but the user's steps)",
+            &mut self.push_agent,
+        );
+        summary("  of which git fetch + checkout", &mut self.push_fetch);
+        summary("user's steps: install + build", &mut self.push_install);
+        summary(
+            "user's steps: app start until health passes",
+            &mut self.push_app,
+        );
+        println!("rollback order -> previous release (warm, no fetch or install):");
+        let rollback = summary("order -> previous release started", &mut self.rb_started);
+        summary("order -> healthy", &mut self.rb_healthy);
+        summary_row(
+            "agent: rollback order → previous release started (median, warm release)",
+            &format!("{rollback:.0} ms"),
+            "< 1 s",
+            rollback < 1000.0,
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let (mut publisher, mut watch, topics) = start_broker(mqtt_port)?;
+
+    let origin = Origin {
+        bare: dir.path().join("origin.git"),
+        work: dir.path().join("work"),
+        port: free_port(),
     };
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", origin.bare.to_str().unwrap()],
+    )?;
+    git(dir.path(), &["init", "-q", origin.work.to_str().unwrap()])?;
+
+    let signer = OrderSigner::generate();
+    let file = agent_config(mqtt_port, &origin, dir.path(), &signer);
     let settings = Settings::merge(&Cli::default(), &file, "bench").context("settings")?;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
@@ -282,9 +338,7 @@ async fn main() -> anyhow::Result<()> {
     publisher.publish(&desired, payload, true).await?;
     watch.until_done(s).await?;
 
-    let (mut push_total, mut push_agent, mut push_fetch) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut push_install, mut push_app) = (Vec::new(), Vec::new());
-    let (mut rb_started, mut rb_healthy) = (Vec::new(), Vec::new());
+    let mut f = Figures::default();
     let mut previous = first;
     for round in 1..=rounds {
         // Push a new commit: a cold release.
@@ -302,11 +356,11 @@ async fn main() -> anyhow::Result<()> {
         let health = at(Step::Health).unwrap();
         let total = done - t0;
         let user = (start - install) + (done - health);
-        push_total.push(ms(total));
-        push_fetch.push(ms(config - fetch));
-        push_install.push(ms(start - install));
-        push_app.push(ms(done - health));
-        push_agent.push(ms(total.saturating_sub(user)));
+        f.push_total.push(ms(total));
+        f.push_fetch.push(ms(config - fetch));
+        f.push_install.push(ms(start - install));
+        f.push_app.push(ms(done - health));
+        f.push_agent.push(ms(total.saturating_sub(user)));
 
         // Roll back to the previous release (complete on disk).
         let (s, payload) = publish(&previous, OrderKind::Rollback);
@@ -315,8 +369,8 @@ async fn main() -> anyhow::Result<()> {
         let st = watch.until_done(s).await?;
         let started = first_at(&st, |x| x.step == Some(Step::Health)).unwrap();
         let done = first_at(&st, |x| x.state == AgentState::Healthy).unwrap();
-        rb_started.push(ms(started - t0));
-        rb_healthy.push(ms(done - t0));
+        f.rb_started.push(ms(started - t0));
+        f.rb_healthy.push(ms(done - t0));
 
         // Forward again so the next rollback has a previous release too.
         let (s, payload) = publish(&sha, OrderKind::Manual);
@@ -325,26 +379,7 @@ async fn main() -> anyhow::Result<()> {
         previous = sha;
     }
 
-    println!(
-        "orcastrate-agent benchmark: {rounds} rounds, trivial Node app, install = `{INSTALL}`"
-    );
-    println!(
-        "push order -> healthy (new release: fetch, checkout, install, switch, start, health):"
-    );
-    summary("total", &mut push_total);
-    summary("agent overhead (all but the user's steps)", &mut push_agent);
-    summary("  of which git fetch + checkout", &mut push_fetch);
-    summary("user's steps: install + build", &mut push_install);
-    summary("user's steps: app start until health passes", &mut push_app);
-    println!("rollback order -> previous release (warm, no fetch or install):");
-    let rollback = summary("order -> previous release started", &mut rb_started);
-    summary("order -> healthy", &mut rb_healthy);
-    summary_row(
-        "agent: rollback order → previous release started (median, warm release)",
-        &format!("{rollback:.0} ms"),
-        "< 1 s",
-        rollback < 1000.0,
-    );
+    f.report(rounds);
 
     idle_rss(mqtt_port, dir.path(), &signer).await;
 

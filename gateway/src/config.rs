@@ -572,6 +572,7 @@ fn parse_addr(value: &str, what: &str) -> Result<SocketAddr, ConfigError> {
 
 impl Settings {
     /// Merges file, environment and overrides, and validates the result.
+    #[allow(clippy::too_many_lines)] // split in the config-stages branch
     pub fn build(
         mut file: FileConfig,
         config_file: Option<PathBuf>,
@@ -746,6 +747,7 @@ pub fn reload_access(config_file: Option<&Path>, env: &dyn Env) -> Result<Access
     build_access(file.clients, file.repos, env, &where_)
 }
 
+#[allow(clippy::too_many_lines)] // split in the config-stages branch
 fn build_access(
     clients_file: Vec<ClientFile>,
     repos_file: Vec<RepoFile>,
