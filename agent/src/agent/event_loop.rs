@@ -44,9 +44,9 @@ struct EventLoop<'a> {
     health_tx: mpsc::UnboundedSender<HealthReport>,
     health_tick: Interval,
     /// The health check tasks, joined when the loop ends so no check (and no process it
-    /// runs) outlives the agent; each is bounded (one attempt, or `checks` cancelled).
+    /// runs) outlives the loop; `checks_cancel` stops them first.
     checks: TaskTracker,
-    /// Cancels the start-up check's retries when the loop ends; a child of shutdown.
+    /// Stops the health checks when the loop ends; a child of shutdown.
     checks_cancel: CancellationToken,
 }
 
@@ -279,8 +279,13 @@ impl EventLoop<'_> {
         let dir = ctx.layout.current();
         let alive = ctx.supervisor.alive();
         let user = ctx.settings.run_as.clone();
+        let cancel = self.checks_cancel.clone();
         self.checks.spawn(async move {
-            let result = crate::health::check_once(&check, &dir, alive, user.as_ref()).await;
+            // Dropping the check on shutdown stops its command, as its own timeout does.
+            let result = tokio::select! {
+                r = crate::health::check_once(&check, &dir, alive, user.as_ref()) => r,
+                () = cancel.cancelled() => return,
+            };
             let _ = tx.send(HealthReport {
                 result,
                 boot: false,
