@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 /// Mode of files only their owner may read: what every temporary file is created with.
 pub const PRIVATE_MODE: u32 = 0o600;
 
-/// A failed step of a file replacement; the destination is then unchanged.
+/// A failed step of a file replacement.
 #[derive(Debug, thiserror::Error)]
 // The cause is part of the message and deliberately not also `source()`: binaries print
 // errors with `{:#}`, which would show it twice.
@@ -54,8 +54,9 @@ fn fail<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 ///
 /// # Errors
 ///
-/// [`Error`] naming the step that failed; `path` is then unchanged and no temporary file is
-/// left behind.
+/// [`Error`] naming the step that failed. If it failed before the rename, `path` is
+/// unchanged and no temporary file is left behind; if only the final directory sync failed,
+/// `path` has the new content but the rename may not survive a power loss.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     write_atomic(path, contents, PRIVATE_MODE)
 }

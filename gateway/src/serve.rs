@@ -427,3 +427,63 @@ impl Gateway {
         self.shutdown().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_joins_the_background_tasks_after_the_bus_stops() {
+        let (tasks, bus_stop) = (TaskTracker::new(), CancellationToken::new());
+        let finished = Arc::new(AtomicBool::new(false));
+        {
+            let (stop, finished) = (bus_stop.clone(), finished.clone());
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                // Cleaning up after the bus stopped takes a while (a DISCONNECT flushed).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                finished.store(true, Ordering::SeqCst);
+            });
+        }
+        let sequencer = tokio::spawn(async {});
+        let no_hooks: Option<std::future::Ready<()>> = None;
+        drain(
+            async {},
+            no_hooks,
+            sequencer,
+            bus_stop.clone(),
+            tasks,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(bus_stop.is_cancelled());
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "drain returned before the task ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stuck_task_does_not_hold_shutdown_past_the_deadline() {
+        let tasks = TaskTracker::new();
+        tasks.spawn(std::future::pending::<()>());
+        let no_hooks: Option<std::future::Ready<()>> = None;
+        let drained = tokio::time::timeout(
+            Duration::from_secs(20),
+            drain(
+                async {},
+                no_hooks,
+                tokio::spawn(async {}),
+                CancellationToken::new(),
+                tasks,
+                Duration::from_millis(100),
+            ),
+        )
+        .await;
+        assert!(matches!(drained, Ok(Ok(()))), "{drained:?}");
+    }
+}
