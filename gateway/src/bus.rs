@@ -130,7 +130,10 @@ impl Bus {
             engine.url.clone(),
             bus.connected.clone(),
             tx,
-            cancel,
+            Stop {
+                tasks: tasks.clone(),
+                cancel,
+            },
         ));
         Ok((bus, rx))
     }
@@ -281,12 +284,10 @@ fn subscribe_all(client: &AsyncClient, filters: &[String]) {
     }
 }
 
-/// Resolves at `at`, or never.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// When [`drive_engine`] stops, and where its subscription retries run (joined at shutdown).
+struct Stop {
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
 /// Polls the engine connection until cancelled: re-subscribes on every CONNACK (sessions are
@@ -299,21 +300,13 @@ async fn drive_engine(
     url: String,
     connected: Arc<AtomicBool>,
     tx: mpsc::Sender<Inbound>,
-    cancel: CancellationToken,
+    Stop { tasks, cancel }: Stop,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut refused_backoff = BACKOFF_FIRST;
-    // When to ask again for subscriptions the engine refused; a timer in this loop rather
-    // than a task of its own, so nothing outlives the loop.
-    let mut resubscribe_at: Option<tokio::time::Instant> = None;
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
-            () = sleep_until(resubscribe_at) => {
-                resubscribe_at = None;
-                subscribe_all(&client, &filters);
-                continue;
-            }
             () = cancel.cancelled() => break,
         };
         let inbound = match event {
@@ -340,7 +333,26 @@ async fn drive_engine(
                         retry_in = ?refused_backoff,
                         "the MQTT engine refused a subscription; retrying (if this repeats, allow the gateway's user to read every desired and status topic)"
                     );
-                    resubscribe_at = Some(tokio::time::Instant::now() + refused_backoff);
+                    // A task of its own: a timer in this loop would cancel
+                    // `EventLoop::poll` mid-write, and the request queue may be full until
+                    // this loop empties it. It stops with the loop, on `cancel`.
+                    let (client, filters, pause, stop) = (
+                        client.clone(),
+                        filters.clone(),
+                        refused_backoff,
+                        cancel.clone(),
+                    );
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = async {
+                                tokio::time::sleep(pause).await;
+                                for filter in filters {
+                                    let _ = client.subscribe(filter, SUBSCRIBE_QOS).await;
+                                }
+                            } => {}
+                        }
+                    });
                     refused_backoff = (refused_backoff * 2).min(BACKOFF_CAP);
                 } else {
                     refused_backoff = BACKOFF_FIRST;
