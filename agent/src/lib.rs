@@ -31,8 +31,6 @@
 //! - `procs`: process groups; `random`: client ids and jitter (files are replaced by
 //!   `orcastrate_fs`).
 
-#![warn(clippy::too_many_lines)]
-
 mod accept;
 mod agent;
 pub mod cli;

@@ -1,8 +1,6 @@
 //! `orcastrate-agent [--config agent.toml] [--once]`: parses arguments, sets up logging and
 //! signals, and calls [`orcastrate_agent::run`].
 
-#![warn(clippy::too_many_lines)]
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
