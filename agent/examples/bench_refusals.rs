@@ -47,6 +47,60 @@ fn tally(log: &Path) -> (usize, u64) {
     (lines.len(), refused)
 }
 
+/// The release agent, configured with `gateway`'s key, logging to `dir/agent.log`.
+fn spawn_agent(
+    binary: &Path,
+    dir: &Path,
+    mqtt_port: u16,
+    gateway: &OrderSigner,
+) -> anyhow::Result<std::process::Child> {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"{AGENT}\"\nserver = \"mqtt://127.0.0.1:{mqtt_port}\"\ntoken = \"{TOKEN}\"\n\
+             repo = \"{REPO}\"\nenv = \"{ENV}\"\nroot = \"root\"\ngit_url = \"/nonexistent\"\n\
+             gateway_public_keys = [\"{}\"]\n",
+            gateway.public_key_base64()
+        ),
+    )?;
+    let log = dir.join("agent.log");
+    let agent = Command::new(binary)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "orcastrate_agent=info,warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    Ok(agent)
+}
+
+/// Two forged orders: one signed by an unknown key, one whose signature no longer matches.
+fn forged_orders(gateway: &OrderSigner) -> (DeployOrder, DeployOrder) {
+    let mut forged = DeployOrder {
+        v: 1,
+        seq: 0,
+        repo: REPO.into(),
+        env: ENV.into(),
+        sha: "ab".repeat(20),
+        git_ref: Some("refs/heads/main".into()),
+        kind: OrderKind::Manual,
+        delivery: None,
+        issued_at: orcastrate_broker::time::now(),
+        issued_by: None,
+        key_id: String::new(),
+        sig: String::new(),
+    };
+    let mut unknown_key = forged.clone();
+    OrderSigner::generate().sign(&mut unknown_key);
+    gateway.sign(&mut forged);
+    let mut bad_signature = forged;
+    bad_signature.sha = "cd".repeat(20);
+
+    (unknown_key, bad_signature)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let orders: u64 = std::env::args()
@@ -84,25 +138,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let gateway = OrderSigner::generate();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"{AGENT}\"\nserver = \"mqtt://127.0.0.1:{mqtt_port}\"\ntoken = \"{TOKEN}\"\n\
-             repo = \"{REPO}\"\nenv = \"{ENV}\"\nroot = \"root\"\ngit_url = \"/nonexistent\"\n\
-             gateway_public_keys = [\"{}\"]\n",
-            gateway.public_key_base64()
-        ),
-    )?;
-    let log = dir.path().join("agent.log");
-    let mut agent = Command::new(&binary)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "orcastrate_agent=info,warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
+    let mut agent = spawn_agent(&binary, dir.path(), mqtt_port, &gateway)?;
     let pid = agent.id();
     tokio::time::timeout(Duration::from_secs(30), idle)
         .await
@@ -110,25 +146,7 @@ async fn main() -> anyhow::Result<()> {
     // Past the settle wait of a new host.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut forged = DeployOrder {
-        v: 1,
-        seq: 0,
-        repo: REPO.into(),
-        env: ENV.into(),
-        sha: "ab".repeat(20),
-        git_ref: Some("refs/heads/main".into()),
-        kind: OrderKind::Manual,
-        delivery: None,
-        issued_at: orcastrate_broker::time::now(),
-        issued_by: None,
-        key_id: String::new(),
-        sig: String::new(),
-    };
-    let mut unknown_key = forged.clone();
-    OrderSigner::generate().sign(&mut unknown_key);
-    gateway.sign(&mut forged);
-    let mut bad_signature = forged;
-    bad_signature.sha = "cd".repeat(20);
+    let (unknown_key, bad_signature) = forged_orders(&gateway);
 
     let options = orcastrate_broker::mqtt::client_options(
         &format!("mqtt://127.0.0.1:{mqtt_port}"),
@@ -169,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
         last = now;
     }
     let used = last - cpu_before;
-    let (lines, refused) = tally(&log);
+    let (lines, refused) = tally(&dir.path().join("agent.log"));
     let _ = agent.kill();
     let _ = agent.wait();
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
 use orcastrate_agent::{Cli, Settings};
-use orcastrate_broker::embedded::EmbeddedBroker;
+use orcastrate_broker::embedded::{EmbeddedBroker, LinkReceiver};
 use orcastrate_broker::{
     AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Step, Topics,
 };
@@ -49,6 +49,22 @@ struct Watch {
 }
 
 impl Watch {
+    /// Collects the statuses the link receives, stamped with their arrival.
+    fn spawn(mut receiver: LinkReceiver) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(msg) = receiver.recv().await {
+                if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
+                    let _ = tx.send((Instant::now(), s));
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
     /// Waits for the final state of `seq`; returns every status of it with its arrival time.
     async fn until_done(&mut self, seq: u64) -> anyhow::Result<Vec<(Instant, AgentStatus)>> {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -112,47 +128,51 @@ fn summary_row(what: &str, measured: &str, target: &str, met: bool) {
     println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
-    let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port();
-    let EmbeddedBroker {
-        mut publisher,
-        mut receiver,
-        ..
-    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), ("bench-idle", TOKEN)])?;
-    let topics = Topics::default();
-    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(msg) = receiver.recv().await {
-            if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
-                let _ = tx.send((Instant::now(), s));
-            }
-        }
-    });
-    let mut watch = Watch {
-        rx,
-        seen: Vec::new(),
-    };
+/// Signed orders with increasing `seq`.
+struct Orders<'a> {
+    signer: &'a OrderSigner,
+    seq: u64,
+}
 
-    let origin = Origin::new(dir.path());
-    let app_port = free_port();
+impl Orders<'_> {
+    /// The next order for `sha`: its `seq` and payload.
+    fn next(&mut self, sha: &str, kind: OrderKind) -> (u64, Vec<u8>) {
+        self.seq += 1;
+        let mut order = DeployOrder {
+            v: 1,
+            seq: self.seq,
+            repo: REPO.into(),
+            env: ENV.into(),
+            sha: sha.into(),
+            git_ref: Some("refs/heads/main".into()),
+            kind,
+            delivery: None,
+            issued_at: orcastrate_broker::time::now(),
+            issued_by: None,
+            key_id: String::new(),
+            sig: String::new(),
+        };
+        self.signer.sign(&mut order);
+        (self.seq, serde_json::to_vec(&order).unwrap())
+    }
+}
 
-    let signer = OrderSigner::generate();
-    let file = FileConfig {
+/// The benchmarked agent's config: the app from `origin`, health on `app_port`.
+fn agent_file(
+    dir: &Path,
+    mqtt_port: u16,
+    origin: &Origin,
+    app_port: u16,
+    signer: &OrderSigner,
+) -> FileConfig {
+    FileConfig {
         name: Some(AGENT.into()),
         server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
         token: Some(TOKEN.into()),
         repo: Some(REPO.into()),
         env: Some(ENV.into()),
         git_url: Some(origin.bare.display().to_string()),
-        root: Some(dir.path().join("root")),
+        root: Some(dir.join("root")),
         keep_releases: Some(3),
         gateway_public_keys: Some(vec![signer.public_key_base64()]),
         on_shutdown: Some("stop".into()),
@@ -169,32 +189,42 @@ async fn main() -> anyhow::Result<()> {
             interval_s: Some(60),
         }),
         ..FileConfig::default()
-    };
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let EmbeddedBroker {
+        mut publisher,
+        receiver,
+        ..
+    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), ("bench-idle", TOKEN)])?;
+    let topics = Topics::default();
+    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
+    let mut watch = Watch::spawn(receiver);
+
+    let origin = Origin::new(dir.path());
+    let app_port = free_port();
+
+    let signer = OrderSigner::generate();
+    let file = agent_file(dir.path(), mqtt_port, &origin, app_port, &signer);
     let env = orcastrate_agent::config::Environment::current();
     let settings = Settings::merge(&Cli::default(), &file, "bench", &env).context("settings")?;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
 
-    let mut seq = orcastrate_broker::time::unix_ms();
-    let mut publish = |sha: &str, kind: OrderKind| {
-        seq += 1;
-        let mut order = DeployOrder {
-            v: 1,
-            seq,
-            repo: REPO.into(),
-            env: ENV.into(),
-            sha: sha.into(),
-            git_ref: Some("refs/heads/main".into()),
-            kind,
-            delivery: None,
-            issued_at: orcastrate_broker::time::now(),
-            issued_by: None,
-            key_id: String::new(),
-            sig: String::new(),
-        };
-        signer.sign(&mut order);
-        (seq, serde_json::to_vec(&order).unwrap())
+    let mut orders = Orders {
+        signer: &signer,
+        seq: orcastrate_broker::time::unix_ms(),
     };
+    let mut publish = |sha: &str, kind: OrderKind| orders.next(sha, kind);
     let desired = topics.desired(REPO, ENV);
 
     // The first deploy (a new host: includes the 2 s settle) is not measured.

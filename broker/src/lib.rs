@@ -10,12 +10,14 @@
 //! - [`message`]: the JSON payloads (`DeployOrder`, `AgentStatus`, `FleetSummary`, `LogLine`, `Event`).
 //! - [`sign`]: Ed25519 order signatures and HMAC status MACs over the canonical strings.
 //! - [`auth`]: the MQTT login rules (token check, client-id rule).
+//! - [`burst`]: refusals logged once per burst, and names capped for log lines.
 //! - [`mqtt`]: `rumqttc` options every client of ours uses.
 //! - [`time`]: the one timestamp format.
 //! - `embedded` (feature `embedded`): the in-process rumqttd broker with token auth.
 //! - `guard` (feature `embedded`): what each login may do there, checked on every packet.
 
 pub mod auth;
+pub mod burst;
 pub mod config_error;
 #[cfg(feature = "embedded")]
 pub mod embedded;

@@ -257,12 +257,3 @@ pub fn set_paused(args: &RepoEnvArgs, paused: bool) -> anyhow::Result<()> {
     });
     Ok(())
 }
-
-/// Exit code for an operator command's error: 3 unreachable, 4 refused, 1 otherwise.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<ClientError>() {
-        Some(ClientError::Unreachable { .. }) => 3,
-        Some(ClientError::Refused { .. }) => 4,
-        None => 1,
-    }
-}
