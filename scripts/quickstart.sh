@@ -25,7 +25,7 @@ cleanup() {
   local status=$?
   set +e
   if [ "$status" -ne 0 ] && [ -n "$WORK" ]; then
-    for f in gateway.log agent.log agent/logs/app.log bus.log; do
+    for f in gateway.log agent.log agent/logs/app/*.log bus.log; do
       [ -f "$WORK/$f" ] && { echo "----- $f (last 40 lines)"; tail -n 40 "$WORK/$f"; }
     done >&2
     echo "quickstart: FAILED (exit $status)" >&2

@@ -145,3 +145,39 @@ async fn i14_app_log_per_release_is_timestamped_capped_rotated_and_shown() {
         "{out:?}"
     );
 }
+
+/// Prints a numbered tick every 100 ms before it serves, so its log keeps growing.
+const TICK_JS: &str = r#"
+let n = 0;
+setInterval(() => console.log(`tick ${n++}`), 100);
+require('./server.js');
+"#;
+
+/// The app's log writer is not the agent: an agent killed with SIGKILL leaves the app
+/// serving and its output still logged (a pipe to the agent would break on the app).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i14_the_app_log_outlives_the_agent() {
+    let mut w = World::new().await;
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("exec node server.js", "exec node tick.js");
+    std::fs::write(&w.config, text).unwrap();
+    let a = w.commit_with("v1", "true\n", &[("tick.js", Some(TICK_JS))]);
+    let n = w.start_agent();
+    let s1 = w.order(&a, OrderKind::Push).await;
+    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let pid = w.wait_app("v1");
+    let file = w.root.join(format!("logs/app/{}.log", w.current()));
+    let ticks = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .matches(" stdout tick ")
+            .count()
+    };
+    w.kill9(n);
+    let after_kill = ticks(&file);
+    poll("ticks logged after the agent died", WAIT, || {
+        (ticks(&file) >= after_kill + 10).then_some(())
+    });
+    assert_eq!(w.wait_app("v1"), pid, "the app was restarted");
+}
