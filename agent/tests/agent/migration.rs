@@ -81,12 +81,12 @@ async fn i14_node_tool_variables_and_an_extension_less_encrypted_config_deploy()
     );
     w.terminate(n);
 
-    // Without a name, the host name is used, and the log says so.
-    let closed = format!("mqtt://127.0.0.1:{}", free_port());
+    // Without a name, the host name is used, and the log says so; the gateway does not know
+    // that name, and the refused login says which name to fix and how.
     let n = w.spawn_agent(
-        &["--once", "--connect-timeout-s", "1"],
+        &["--once", "--connect-timeout-s", "2"],
         &[
-            ("ORCASTRATE_SERVER", &closed),
+            ("ORCASTRATE_SERVER", &server),
             ("CONNECT_TOKEN", TOKEN),
             ("REPO_NAME", REPO),
             ("ENVIRONMENT", ENV),
@@ -97,6 +97,10 @@ async fn i14_node_tool_variables_and_an_extension_less_encrypted_config_deploy()
     assert_eq!(w.wait_exit(n), Some(3), "{}", w.agent_log(n));
     let log = w.agent_log(n);
     assert!(log.contains("name_from=the host name"), "{log}");
+    assert!(
+        log.contains("login refused") && log.contains("TRUSTED_NAMES"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
