@@ -102,11 +102,11 @@ impl RotatingFile {
 
     /// Appends one line `{at} {stream} {text}`, rotating first if it would pass the cap.
     fn line(&mut self, stream: &str, text: &str) {
-        let line = format!(
-            "{} {stream} {}\n",
-            orcastrate_broker::time::now(),
-            redact(text)
-        );
+        // Room for the timestamp and the stream: no single line passes the cap either.
+        let room = (self.limits.max_bytes as usize).saturating_sub(64);
+        let text = redact(text);
+        let text = orcastrate_broker::message::truncate_text(&text, room);
+        let line = format!("{} {stream} {text}\n", orcastrate_broker::time::now());
         let len = line.len() as u64;
         if self.size > 0 && self.size + len > self.limits.max_bytes {
             if let Err(e) = self.rotate() {
@@ -426,9 +426,11 @@ mod tests {
             max_bytes: 2000,
             keep: 2,
         };
-        let stdout: Vec<u8> = (0..200)
+        let mut stdout: Vec<u8> = (0..200)
             .flat_map(|i| format!("out line {i}\n").into_bytes())
             .collect();
+        // A last line longer than the cap, without an end, is cut to fit too.
+        stdout.extend(vec![b'y'; 10_000]);
         write_log(std::io::Cursor::new(stdout), &b""[..], &file, limits).unwrap();
         let rotated = |n: u32| dir.path().join(format!("app/1-abc.log.{n}"));
         for p in [file.clone(), rotated(1), rotated(2)] {
@@ -437,7 +439,10 @@ mod tests {
         }
         assert!(!rotated(3).exists());
         let current = std::fs::read_to_string(&file).unwrap();
-        assert!(current.ends_with(" stdout out line 199\n"), "{current}");
+        // Cut into pieces of MAX_LINE_BYTES as read, each cut to fit in a file.
+        assert!(current.contains(" stdout yyy"), "{current}");
+        let before = std::fs::read_to_string(rotated(1)).unwrap();
+        assert!(before.contains(" stdout yyy") && before.ends_with("y…[truncated]\n"));
     }
 
     #[test]
