@@ -41,10 +41,12 @@ pub(crate) struct AppInfo {
     pub(crate) restarts: u32,
 }
 
-/// How the app died the first time after it was started: announced as it happens.
+/// How the app died the first time after it was started (announced as it happens), and the
+/// last time (for the periodic health check's `error`).
 #[derive(Debug, Default)]
 pub(crate) struct FirstExit {
     how: Mutex<Option<AppExit>>,
+    latest: Mutex<Option<(AppExit, tokio::time::Instant)>>,
     /// Cancelled once `how` is set; the watch task fires it, deploys wait on it.
     fired: CancellationToken,
 }
@@ -65,10 +67,16 @@ impl AppExit {
     /// `` `npm run start` exited during the health check (exit code 1); its last stderr:
     /// a | b `` — the newest lines that fit, oldest first, on one line.
     pub(crate) fn reason(&self, start_cmd: &str) -> String {
-        let mut reason = format!(
-            "`{start_cmd}` exited during the health check ({})",
-            self.status
-        );
+        format!(
+            "`{start_cmd}` exited during the health check ({}){}",
+            self.status,
+            self.stderr_part()
+        )
+    }
+
+    /// `; its last stderr: a | b`, or that it printed nothing there.
+    pub(crate) fn stderr_part(&self) -> String {
+        let mut reason = String::new();
         let mut kept: Vec<&str> = Vec::new();
         let mut room = REASON_STDERR_BYTES;
         for line in self.stderr.iter().rev() {
@@ -101,6 +109,8 @@ impl FirstExit {
     }
 
     fn fire(&self, exit: AppExit) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((exit.clone(), tokio::time::Instant::now()));
         let mut how = self.how.lock().unwrap_or_else(|p| p.into_inner());
         if how.is_none() {
             *how = Some(exit);
@@ -180,6 +190,18 @@ impl Supervisor {
     /// How the app started last died, once it has (`None`: nothing runs).
     pub(crate) fn first_exit(&self) -> Option<Arc<FirstExit>> {
         self.lock().as_ref().map(|r| r.first_exit.clone())
+    }
+
+    /// How the app last died, if that was within two health-check periods (`interval`) plus
+    /// the longest pause before a restart: recent enough to explain a failing check.
+    pub(crate) fn recent_exit(&self, interval: Duration) -> Option<AppExit> {
+        let within = interval * 2 + RESTART_MAX;
+        let exits = self.first_exit()?;
+        let latest = exits.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() <= within)
+            .map(|(exit, _)| exit.clone())
     }
 
     /// Whether the app's process group has a live process.
@@ -381,12 +403,13 @@ async fn watch_task(
         }
         ctx.first_exit.fire(AppExit {
             status: how.clone(),
-            stderr,
+            stderr: stderr.clone(),
         });
         if started.elapsed() >= RESTART_RESET_AFTER {
             pause = RESTART_MIN;
         }
-        tracing::warn!(release, pgid = proc.pgid, status = %how, restart_in_ms = pause.as_millis() as u64, "app died; restarting");
+        let last_stderr = stderr.last().cloned().unwrap_or_default();
+        tracing::warn!(release, pgid = proc.pgid, status = %how, %last_stderr, restart_in_ms = pause.as_millis() as u64, "app died; restarting");
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = stop.cancelled() => return Stopped::NotRunning,

@@ -268,8 +268,15 @@ impl EventLoop<'_> {
         let dir = ctx.layout.current();
         let alive = ctx.supervisor.alive();
         let user = ctx.settings.run_as.clone();
+        // A failure right after the app died says how it died (it is being restarted).
+        let died = ctx.supervisor.recent_exit(ctx.settings.health.interval);
         tokio::spawn(async move {
-            let result = crate::health::check_once(&check, &dir, alive, user.as_ref()).await;
+            let result = crate::health::check_once(&check, &dir, alive, user.as_ref())
+                .await
+                .map_err(|e| match died {
+                    Some(x) => format!("{e}; the app died ({}){}", x.status, x.stderr_part()),
+                    None => e,
+                });
             let _ = tx.send(HealthReport {
                 result,
                 boot: false,

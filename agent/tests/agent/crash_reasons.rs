@@ -68,3 +68,48 @@ async fn i14_app_that_exits_at_start_fails_at_once_with_its_exit_code_and_stderr
     // The old release serves again.
     w.wait_app("v1");
 }
+
+/// Crashes at start while its release has a file `CRASH`, else serves.
+const BOOT_JS: &str = r#"
+if (require('fs').existsSync('CRASH')) {
+  console.error('Error: connect ECONNREFUSED 127.0.0.1:5432');
+  process.exit(4);
+}
+require('./server.js');
+"#;
+
+/// After `healthy`, an app that keeps dying makes the periodic check report `unhealthy`
+/// with how it died and its last stderr line, not only the refused connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i14_unhealthy_after_a_crash_says_how_the_app_died() {
+    let mut w = World::new().await;
+    let text = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("exec node server.js", "exec node boot.js");
+    std::fs::write(&w.config, text).unwrap();
+    let a = w.commit_with("v1", "true\n", &[("boot.js", Some(BOOT_JS))]);
+    let n = w.start_agent();
+    let s1 = w.order(&a, OrderKind::Push).await;
+    assert_eq!(
+        w.bus.wait_outcome(s1).await.state,
+        AgentState::Healthy,
+        "{}",
+        w.agent_log(n)
+    );
+    let pid = w.wait_app("v1");
+    std::fs::write(w.root.join("current/CRASH"), "").unwrap();
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let unhealthy = w
+        .bus
+        .wait_status("unhealthy after the crash", |s| {
+            s.state == AgentState::Unhealthy
+                && s.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("exit code 4"))
+        })
+        .await;
+    let error = unhealthy.error.unwrap_or_default();
+    assert!(error.contains("ECONNREFUSED 127.0.0.1:5432"), "{error}");
+}
