@@ -29,6 +29,9 @@ const RESTART_MIN: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// An app that ran this long before dying is restarted after the shortest pause again.
 const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+/// How long the log writer of an adopted app (not ours to wait for) is given to write the
+/// app's last lines after it died.
+const ADOPTED_DRAIN: Duration = Duration::from_millis(300);
 /// How often an adopted app (not our child, so it cannot be waited for) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 
@@ -396,11 +399,12 @@ async fn watch_task(
         };
         // The leader died; whatever is left of its group would hold the port.
         procs::kill_group(proc.pgid).await;
-        let mut stderr = Vec::new();
-        if let Process::Own(own) = &mut process {
-            own.1.drained().await;
-            stderr = app_log::stderr_tail(&app_log::path(&ctx.layout.logs(), &release));
+        match &mut process {
+            Process::Own(own) => own.1.drained().await,
+            // The writer of an adopted app is a previous agent's child: give it a moment.
+            Process::Adopted => tokio::time::sleep(ADOPTED_DRAIN).await,
         }
+        let stderr = app_log::stderr_tail(&app_log::path(&ctx.layout.logs(), &release));
         ctx.first_exit.fire(AppExit {
             status: how.clone(),
             stderr: stderr.clone(),
