@@ -25,8 +25,8 @@ cleanup() {
   local status=$?
   set +e
   if [ "$status" -ne 0 ] && [ -n "$WORK" ]; then
-    for f in gateway.log agent.log agent/logs/app.log bus.log; do
-      [ -f "$WORK/$f" ] && { echo "----- $f (last 40 lines)"; tail -n 40 "$WORK/$f"; }
+    for f in "$WORK"/gateway.log "$WORK"/agent.log "$WORK"/agent/logs/app/*.log "$WORK"/bus.log; do
+      [ -f "$f" ] && { echo "----- ${f#"$WORK"/} (last 40 lines)"; tail -n 40 "$f"; }
     done >&2
     echo "quickstart: FAILED (exit $status)" >&2
   fi

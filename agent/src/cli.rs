@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// How the agent's own log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -22,8 +22,18 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser, Default)]
 #[command(name = "orcastrate-agent", version, about, max_term_width = 100)]
 pub struct Cli {
+    /// Without a command the agent runs (follows the desired state).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Config file (TOML); without it the agent runs from flags and environment variables.
-    #[arg(long, short = 'c', env = "ORCASTRATE_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "ORCASTRATE_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 
     /// Follow the desired state once and exit: 0 healthy or up to date, 1 failed or rolled
@@ -96,7 +106,7 @@ pub struct Cli {
     pub gateway_keys: Vec<String>,
 
     /// Directory holding repo.git, releases/, current, shared/ and state.json.
-    #[arg(long, env = "ORCASTRATE_ROOT")]
+    #[arg(long, env = "ORCASTRATE_ROOT", global = true)]
     pub root: Option<PathBuf>,
 
     /// Where to fetch the service's code from (default `https://github.com/{repo}.git`).
@@ -110,4 +120,26 @@ pub struct Cli {
     /// With --once: how long to try to reach a server before exiting with 3.
     #[arg(long, env = "ORCASTRATE_CONNECT_TIMEOUT_S", value_name = "SECONDS")]
     pub connect_timeout_s: Option<u64>,
+}
+
+/// What the agent does besides running.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print the log of the current release's app (`{root}/logs/app/{release}.log`).
+    Logs {
+        /// Keep printing what the app writes, following the switch to a new release.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Internal: the writer of the app's log, started by the agent with the app's stdout
+    /// on stdin and its stderr on fd 3.
+    #[command(name = "app-log-writer", hide = true)]
+    AppLogWriter {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        max_bytes: u64,
+        #[arg(long)]
+        keep: u32,
+    },
 }

@@ -339,7 +339,7 @@ impl PollCtx {
         let _ = self.events.send(BusEvent::Disconnected);
         let server = self.server_shown(rotation);
         let after = rotation.on_failure();
-        log_failure(&server, e, after.was_connected);
+        log_failure(&server, &self.bus.inner.agent, e, after.was_connected);
         after.backoff_round.map(backoff)
     }
 
@@ -433,7 +433,7 @@ async fn poll_loop(
     ctx.close(&mut eventloop).await;
 }
 
-fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
+fn log_failure(server: &str, agent: &str, e: &ConnectionError, was_connected: bool) {
     if was_connected {
         tracing::warn!(%server, error = %e, "connection lost; reconnecting");
         return;
@@ -453,11 +453,11 @@ fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
             tracing::warn!(%server, "connecting timed out; retrying")
         }
         _ if matches!(e, ConnectionError::ConnectionRefused(_)) => {
-            tracing::error!(%server, error = %e, "login refused: check name and token")
+            tracing::error!(%server, name = agent, error = %e, "login refused: check name and token (the name must be the one the gateway pairs with the token: [[clients]] name, or TOKENS/TRUSTED_NAMES; set ORCASTRATE_NAME)")
         }
         // A connection closed before any CONNACK (unpatched rumqttd closed refused logins so).
         _ => {
-            tracing::error!(%server, error = %e, "login refused or connection dropped: check name and token")
+            tracing::error!(%server, name = agent, error = %e, "login refused or connection dropped: check name and token (the name must be the one the gateway pairs with the token: [[clients]] name, or TOKENS/TRUSTED_NAMES; set ORCASTRATE_NAME)")
         }
     }
 }

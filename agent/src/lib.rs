@@ -19,7 +19,8 @@
 //! - `git`: the bare cache and checkouts through the `git` CLI.
 //! - `release`: the release layout, completion marker, `current` switch, pruning.
 //! - `steps`: running commands with scrubbed environments, streaming their output.
-//! - `supervisor`: the app process: start, restart, stop, adopt.
+//! - `supervisor`: the app process: start, restart, stop, adopt, and how it died.
+//! - [`app_log`]: the app's output, one timestamped, rotated log file per release.
 //! - `health`: HTTP and command health checks.
 //! - `secrets`: decrypting the per-environment config.
 //! - [`handoff`]: secrets moved out of the environment at start-up, the process non-dumpable.
@@ -33,6 +34,7 @@
 
 mod accept;
 mod agent;
+pub mod app_log;
 pub mod cli;
 pub mod config;
 mod connection;

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use orcastrate_agent::{handoff, Cli, Exit, LogFormat, Settings};
+use orcastrate_agent::cli::Command;
+use orcastrate_agent::{app_log, handoff, Cli, Exit, LogFormat, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -13,6 +14,24 @@ fn main() -> ExitCode {
     if cli.print_example_config {
         print!("{}", orcastrate_agent::EXAMPLE_CONFIG);
         return ExitCode::SUCCESS;
+    }
+    match &cli.command {
+        None => {}
+        Some(Command::Logs { follow }) => return show_logs(&cli, *follow),
+        Some(Command::AppLogWriter {
+            file,
+            max_bytes,
+            keep,
+        }) => {
+            let limits = app_log::AppLogLimits {
+                max_bytes: *max_bytes,
+                keep: *keep,
+            };
+            return match app_log::run_writer(file, limits) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
     }
     // Before any thread starts: secrets in the environment or on the command line move to a
     // fresh image of the agent (same pid); it continues below with them in `cli`.
@@ -29,13 +48,15 @@ fn main() -> ExitCode {
     if let Some(e) = inspectable {
         tracing::warn!(error = %e, "cannot make the agent non-dumpable: processes of its user may read its memory");
     }
-    let settings = match Settings::load(&cli) {
+    let mut settings = match Settings::load(&cli) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("orcastrate-agent: bad configuration: {e}");
             return Exit::BadConfig.into();
         }
     };
+    // The app's log writer is this binary, so it outlives the agent (see `app_log`).
+    settings.log_writer = std::env::current_exe().ok();
     // Two worker threads are plenty: the agent waits on the network and child processes.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,6 +74,7 @@ fn main() -> ExitCode {
         tokio::spawn(forward_signals(shutdown.clone()));
         tracing::info!(
             agent = %settings.name,
+            name_from = %settings.name_origin,
             repo = %settings.repo,
             env = %settings.env,
             root = %settings.root.display(),
@@ -71,6 +93,26 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `orcastrate-agent logs [--follow]`: 0 printed, 1 no log to show, 2 bad configuration; a
+/// closed pipe (`| head`) is success.
+fn show_logs(cli: &Cli, follow: bool) -> ExitCode {
+    let root = match Settings::root_of(cli) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("orcastrate-agent: bad configuration: {e}");
+            return Exit::BadConfig.into();
+        }
+    };
+    match app_log::show(&root, follow, &mut std::io::stdout().lock()) {
+        Ok(()) => Exit::Ok.into(),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok.into(),
+        Err(e) => {
+            eprintln!("orcastrate-agent: {e}");
+            Exit::Failed.into()
+        }
+    }
 }
 
 fn set_up_logging(format: LogFormat) {

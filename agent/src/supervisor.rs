@@ -2,18 +2,21 @@
 //! with backoff when it dies, stopped with SIGTERM then SIGKILL, and adopted after an agent
 //! restart when the recorded process group (pgid + start time) still lives.
 //!
-//! The app's stdout and stderr go straight to `{root}/logs/app.log`, never through a pipe to
-//! the agent: a pipe would break (SIGPIPE) when the agent dies, killing the app it should
-//! keep serving.
+//! The app's stdout and stderr go to its release's log file through a log writer that is not
+//! the agent (see [`crate::app_log`]): a pipe to the agent would break (SIGPIPE) when the
+//! agent dies, killing the app it should keep serving.
+//!
+//! The first time the app dies after a start, [`FirstExit`] says how (exit code or signal)
+//! and what it last printed to stderr, so a deploy waiting for health fails at once.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::app_log::{self, AppLogLimits, Writer};
 use crate::procs::{self, Stopped};
 use crate::release::Layout;
 use crate::state::{self, AppRecord, ProcRecord, SharedState};
@@ -26,6 +29,9 @@ const RESTART_MIN: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
 /// An app that ran this long before dying is restarted after the shortest pause again.
 const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+/// How long the log writer of an adopted app (not ours to wait for) is given to write the
+/// app's last lines after it died.
+const ADOPTED_DRAIN: Duration = Duration::from_millis(300);
 /// How often an adopted app (not our child, so it cannot be waited for) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(500);
 
@@ -38,8 +44,97 @@ pub(crate) struct AppInfo {
     pub(crate) restarts: u32,
 }
 
+/// How the app died the first time after it was started (announced as it happens), and the
+/// last time (for the periodic health check's `error`).
+#[derive(Debug, Default)]
+pub(crate) struct FirstExit {
+    how: Mutex<Option<AppExit>>,
+    latest: Mutex<Option<(AppExit, tokio::time::Instant)>>,
+    /// Cancelled once `how` is set; the watch task fires it, deploys wait on it.
+    fired: CancellationToken,
+}
+
+/// How the app died, and its last stderr lines (redacted, bounded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AppExit {
+    /// `exit code 1`, `killed by signal 9`, or `exited` for an adopted app.
+    pub(crate) status: String,
+    pub(crate) stderr: Vec<String>,
+}
+
+/// Most of a crash reason's room for the app's stderr: the status `error` is cut at
+/// 2000 bytes, and the newest lines matter most.
+const REASON_STDERR_BYTES: usize = 1500;
+
+impl AppExit {
+    /// `` `npm run start` exited during the health check (exit code 1); its last stderr:
+    /// a | b `` — the newest lines that fit, oldest first, on one line.
+    pub(crate) fn reason(&self, start_cmd: &str) -> String {
+        format!(
+            "`{start_cmd}` exited during the health check ({}){}",
+            self.status,
+            self.stderr_part()
+        )
+    }
+
+    /// `; its last stderr: a | b`, or that it printed nothing there.
+    pub(crate) fn stderr_part(&self) -> String {
+        let mut reason = String::new();
+        let mut kept: Vec<&str> = Vec::new();
+        let mut room = REASON_STDERR_BYTES;
+        for line in self.stderr.iter().rev() {
+            if line.len() + 3 > room {
+                break;
+            }
+            room -= line.len() + 3;
+            kept.push(line);
+        }
+        kept.reverse();
+        if kept.is_empty() {
+            reason.push_str("; it printed nothing to stderr");
+        } else {
+            reason.push_str("; its last stderr: ");
+            reason.push_str(&kept.join(" | "));
+        }
+        reason
+    }
+}
+
+impl FirstExit {
+    /// Waits until the app died once, and says how.
+    pub(crate) async fn wait(&self) -> AppExit {
+        self.fired.cancelled().await;
+        self.how
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    fn fire(&self, exit: AppExit) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((exit.clone(), tokio::time::Instant::now()));
+        let mut how = self.how.lock().unwrap_or_else(|p| p.into_inner());
+        if how.is_none() {
+            *how = Some(exit);
+            self.fired.cancel();
+        }
+    }
+}
+
+/// Where the app's output goes.
+#[derive(Debug, Clone)]
+pub(crate) struct AppLogs {
+    /// Size cap and rotation.
+    pub(crate) limits: AppLogLimits,
+    /// The agent binary, to run the log writer as its own process (else a thread).
+    pub(crate) writer: Option<PathBuf>,
+}
+
 struct Running {
     info: Arc<Mutex<AppInfo>>,
+    /// Fired by the watch task when the app first dies.
+    first_exit: Arc<FirstExit>,
     /// Tells the watch task to stop the app; the task owns the process.
     stop: CancellationToken,
     /// The watch task; awaited by [`Supervisor::stop`], aborted by [`Supervisor::detach`].
@@ -54,11 +149,13 @@ pub(crate) struct Supervisor {
     stop_timeout: Duration,
     layout: Layout,
     state: SharedState,
+    logs: AppLogs,
     running: Mutex<Option<Running>>,
 }
 
 enum Process {
-    Own(tokio::process::Child),
+    /// Our child, and the writer of its log (boxed: a child and a writer are large).
+    Own(Box<(tokio::process::Child, Writer)>),
     Adopted,
 }
 
@@ -69,6 +166,7 @@ impl Supervisor {
         stop_timeout: Duration,
         layout: Layout,
         state: SharedState,
+        logs: AppLogs,
     ) -> Self {
         Self {
             start_cmd: start_cmd.to_owned(),
@@ -76,6 +174,7 @@ impl Supervisor {
             stop_timeout,
             layout,
             state,
+            logs,
             running: Mutex::new(None),
         }
     }
@@ -89,6 +188,23 @@ impl Supervisor {
         self.lock()
             .as_ref()
             .map(|r| r.info.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// How the app started last died, once it has (`None`: nothing runs).
+    pub(crate) fn first_exit(&self) -> Option<Arc<FirstExit>> {
+        self.lock().as_ref().map(|r| r.first_exit.clone())
+    }
+
+    /// How the app last died, if that was within two health-check periods (`interval`) plus
+    /// the longest pause before a restart: recent enough to explain a failing check.
+    pub(crate) fn recent_exit(&self, interval: Duration) -> Option<AppExit> {
+        let within = interval * 2 + RESTART_MAX;
+        let exits = self.first_exit()?;
+        let latest = exits.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() <= within)
+            .map(|(exit, _)| exit.clone())
     }
 
     /// Whether the app's process group has a live process.
@@ -118,14 +234,14 @@ impl Supervisor {
     ///
     /// When the start command cannot be spawned.
     pub(crate) fn start(&self, release: &str) -> std::io::Result<ProcRecord> {
-        let (child, proc) = self.spawn(release)?;
+        let (child, proc, writer) = self.spawn(release)?;
         self.watch(
             AppInfo {
                 release: release.to_owned(),
                 proc,
                 restarts: 0,
             },
-            Process::Own(child),
+            Process::Own(Box::new((child, writer))),
         );
         Ok(proc)
     }
@@ -158,19 +274,21 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&self, release: &str) -> std::io::Result<(tokio::process::Child, ProcRecord)> {
+    fn spawn(&self, release: &str) -> std::io::Result<(tokio::process::Child, ProcRecord, Writer)> {
         spawn_app(
             &self.start_cmd,
             self.user.as_ref(),
             &self.layout,
             release,
             &self.state,
+            &self.logs,
         )
     }
 
     fn watch(&self, info: AppInfo, process: Process) {
         let info = Arc::new(Mutex::new(info));
         let stop = CancellationToken::new();
+        let first_exit = Arc::new(FirstExit::default());
         let task = tokio::spawn(watch_task(
             WatchCtx {
                 start_cmd: self.start_cmd.clone(),
@@ -178,12 +296,19 @@ impl Supervisor {
                 stop_timeout: self.stop_timeout,
                 layout: self.layout.clone(),
                 state: self.state.clone(),
+                logs: self.logs.clone(),
+                first_exit: first_exit.clone(),
             },
             info.clone(),
             stop.clone(),
             process,
         ));
-        let previous = self.lock().replace(Running { info, stop, task });
+        let previous = self.lock().replace(Running {
+            info,
+            first_exit,
+            stop,
+            task,
+        });
         if let Some(p) = previous {
             // Callers stop before starting; a leftover watcher must not restart its app.
             p.stop.cancel();
@@ -197,9 +322,11 @@ struct WatchCtx {
     stop_timeout: Duration,
     layout: Layout,
     state: SharedState,
+    logs: AppLogs,
+    first_exit: Arc<FirstExit>,
 }
 
-/// Spawns the start command of `release`, its output appended to `logs/app.log`, and
+/// Spawns the start command of `release`, its output going to the release's app log, and
 /// records its process group in `state.json`.
 fn spawn_app(
     start_cmd: &str,
@@ -207,13 +334,18 @@ fn spawn_app(
     layout: &Layout,
     release: &str,
     state: &SharedState,
-) -> std::io::Result<(tokio::process::Child, ProcRecord)> {
+    logs: &AppLogs,
+) -> std::io::Result<(tokio::process::Child, ProcRecord, Writer)> {
     let dir: PathBuf = layout.release(release);
-    let log = crate::steps::open_log(&layout.logs().join("app.log"))?;
+    let (stdout, stderr, writer) = app_log::start_writer(
+        logs.writer.as_deref(),
+        &app_log::path(&layout.logs(), release),
+        logs.limits,
+    )?;
     let mut command = Cmd::in_release(start_cmd, &dir, user).command();
-    command
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log));
+    command.stdout(stdout).stderr(stderr);
+    // The command's copies of the pipes' write ends close with it, so the writer sees the
+    // end of the app's output when the app (and whatever inherited them) exits.
     let child = command.spawn()?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     let start_time = procs::stat(pgid).map(|s| s.start_time).unwrap_or(0);
@@ -225,7 +357,7 @@ fn spawn_app(
         });
     });
     tracing::info!(release, pgid, command = %start_cmd, "app started");
-    Ok((child, proc))
+    Ok((child, proc, writer))
 }
 
 async fn watch_task(
@@ -242,8 +374,8 @@ async fn watch_task(
         };
         let started = tokio::time::Instant::now();
         let died = match &mut process {
-            Process::Own(child) => tokio::select! {
-                status = child.wait() => Some(status.map(crate::steps::describe).unwrap_or_else(|e| e.to_string())),
+            Process::Own(own) => tokio::select! {
+                status = own.0.wait() => Some(status.map(crate::steps::describe).unwrap_or_else(|e| e.to_string())),
                 () = stop.cancelled() => None,
             },
             Process::Adopted => loop {
@@ -259,18 +391,29 @@ async fn watch_task(
         };
         let Some(how) = died else {
             let how = procs::stop_group(proc.pgid, ctx.stop_timeout).await;
-            if let Process::Own(child) = &mut process {
-                let _ = child.wait().await;
+            if let Process::Own(own) = &mut process {
+                let _ = own.0.wait().await;
             }
             tracing::info!(release, pgid = proc.pgid, ?how, "app stopped");
             return how;
         };
         // The leader died; whatever is left of its group would hold the port.
         procs::kill_group(proc.pgid).await;
+        match &mut process {
+            Process::Own(own) => own.1.drained().await,
+            // The writer of an adopted app is a previous agent's child: give it a moment.
+            Process::Adopted => tokio::time::sleep(ADOPTED_DRAIN).await,
+        }
+        let stderr = app_log::stderr_tail(&app_log::path(&ctx.layout.logs(), &release));
+        ctx.first_exit.fire(AppExit {
+            status: how.clone(),
+            stderr: stderr.clone(),
+        });
         if started.elapsed() >= RESTART_RESET_AFTER {
             pause = RESTART_MIN;
         }
-        tracing::warn!(release, pgid = proc.pgid, status = %how, restart_in_ms = pause.as_millis() as u64, "app died; restarting");
+        let last_stderr = stderr.last().cloned().unwrap_or_default();
+        tracing::warn!(release, pgid = proc.pgid, status = %how, %last_stderr, restart_in_ms = pause.as_millis() as u64, "app died; restarting");
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = stop.cancelled() => return Stopped::NotRunning,
@@ -282,13 +425,14 @@ async fn watch_task(
             &ctx.layout,
             &release,
             &ctx.state,
+            &ctx.logs,
         ) {
-            Ok((child, new)) => {
+            Ok((child, new, writer)) => {
                 let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
                 i.proc = new;
                 i.restarts += 1;
                 drop(i);
-                process = Process::Own(child);
+                process = Process::Own(Box::new((child, writer)));
             }
             Err(e) => {
                 tracing::error!(release, error = %e, "app could not be restarted");

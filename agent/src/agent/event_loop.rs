@@ -280,12 +280,18 @@ impl EventLoop<'_> {
         let alive = ctx.supervisor.alive();
         let user = ctx.settings.run_as.clone();
         let cancel = self.checks_cancel.clone();
+        // A failure right after the app died says how it died (it is being restarted).
+        let died = ctx.supervisor.recent_exit(ctx.settings.health.interval);
         self.checks.spawn(async move {
             // Dropping the check on shutdown stops its command, as its own timeout does.
             let result = tokio::select! {
                 r = crate::health::check_once(&check, &dir, alive, user.as_ref()) => r,
                 () = cancel.cancelled() => return,
             };
+            let result = result.map_err(|e| match died {
+                Some(x) => format!("{e}; the app died ({}){}", x.status, x.stderr_part()),
+                None => e,
+            });
             let _ = tx.send(HealthReport {
                 result,
                 boot: false,

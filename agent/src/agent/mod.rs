@@ -85,6 +85,10 @@ pub async fn run(
         settings.steps.stop_timeout,
         layout.clone(),
         state.clone(),
+        crate::supervisor::AppLogs {
+            limits: settings.app_log,
+            writer: settings.log_writer.clone(),
+        },
     );
     let mut started_at_boot = false;
     let app = state::lock(&state).get().app.clone();

@@ -11,6 +11,7 @@ use super::{
     DEFAULT_HEALTH_TIMEOUT_S, DEFAULT_INSTALL, DEFAULT_KEEP_RELEASES, DEFAULT_START,
     DEFAULT_STOP_TIMEOUT_S,
 };
+use crate::app_log::AppLogLimits;
 use orcastrate_broker::Problems;
 
 /// `keep_releases`.
@@ -284,4 +285,38 @@ pub(crate) fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
         port,
         path: path.to_owned(),
     })
+}
+
+/// Default cap of one app log file (`[logs] app_max_bytes`): a day of a chatty app's
+/// output, small enough that `app_keep` files per release fit any disk.
+pub const DEFAULT_APP_LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default rotated app log files kept per release (`[logs] app_keep`).
+pub const DEFAULT_APP_LOG_KEEP: u32 = 5;
+
+/// `[logs]`: the app's log files.
+pub(super) fn logs(origin: &str, file: &FileConfig) -> Result<AppLogLimits, ConfigError> {
+    let logs = file.logs.clone().unwrap_or_default();
+    let mut p = Problems::default();
+    let max_bytes = p.check(match logs.app_max_bytes {
+        None => Ok(DEFAULT_APP_LOG_MAX_BYTES),
+        Some(n) if (4096..=1 << 40).contains(&n) => Ok(n as u64),
+        Some(n) => Err(ConfigError::new(
+            origin,
+            "logs.app_max_bytes",
+            format!("{n} is out of range: use 4096 (4 KiB) to 1099511627776 (1 TiB)"),
+        )),
+    });
+    let keep = p.check(match logs.app_keep {
+        None => Ok(DEFAULT_APP_LOG_KEEP),
+        Some(n) if (0..=100).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ConfigError::new(
+            origin,
+            "logs.app_keep",
+            format!("{n} is out of range: use 0 (no rotated files) to 100"),
+        )),
+    });
+    let value = max_bytes
+        .zip(keep)
+        .map(|(max_bytes, keep)| AppLogLimits { max_bytes, keep });
+    p.finish(value, origin)
 }

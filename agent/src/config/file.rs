@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub shared: Option<SharedFile>,
     pub health: Option<HealthFile>,
     pub git: Option<GitFile>,
+    pub logs: Option<LogsFile>,
 }
 
 /// `server = "mqtt://…"` or `server = ["mqtt://a", "mqtt://b"]`.
@@ -75,6 +76,14 @@ pub struct HealthFile {
 pub struct GitFile {
     pub fetch_timeout_s: Option<i64>,
     pub fetch_attempts: Option<i64>,
+}
+
+/// `[logs]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsFile {
+    pub app_max_bytes: Option<i64>,
+    pub app_keep: Option<i64>,
 }
 
 /// Reads and parses the config file.

@@ -13,7 +13,11 @@ use crate::cli::Cli;
 use crate::users::RunAs;
 
 /// `name`: the host name made valid when unset.
-pub(super) fn name(src: &Sources, cli: &Cli, file: &FileConfig) -> Result<String, ConfigError> {
+pub(super) fn name(
+    src: &Sources,
+    cli: &Cli,
+    file: &FileConfig,
+) -> Result<(String, String), ConfigError> {
     let (name, origin) = src.pick(
         cli.name.clone(),
         "--name",
@@ -24,7 +28,7 @@ pub(super) fn name(src: &Sources, cli: &Cli, file: &FileConfig) -> Result<String
         Some(n) => (n, origin),
         None => (
             default_name(&src.env.host_name),
-            "host name (default for name)".to_owned(),
+            format!("the host name {:?} (default for name)", src.env.host_name),
         ),
     };
     names::agent(&name).map_err(|e| {
@@ -34,7 +38,7 @@ pub(super) fn name(src: &Sources, cli: &Cli, file: &FileConfig) -> Result<String
             format!("{e}; set name = \"web-1\" or ORCASTRATE_NAME"),
         )
     })?;
-    Ok(name)
+    Ok((name, origin))
 }
 
 /// `server`: one or more MQTT URLs.

@@ -29,9 +29,11 @@ mod identity;
 #[cfg(test)]
 mod tests;
 
+pub use crate::app_log::AppLogLimits;
 pub(crate) use deploy::{parse_http_url, HttpTarget};
+pub use deploy::{DEFAULT_APP_LOG_KEEP, DEFAULT_APP_LOG_MAX_BYTES};
 pub use environment::Environment;
-pub use file::{FileConfig, GitFile, HealthFile, ServerList, SharedFile, StepsFile};
+pub use file::{FileConfig, GitFile, HealthFile, LogsFile, ServerList, SharedFile, StepsFile};
 pub use orcastrate_broker::ConfigError;
 use orcastrate_broker::Problems;
 
@@ -115,6 +117,10 @@ pub struct GitSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub name: String,
+    /// Where `name` came from (a flag, `ORCASTRATE_NAME`, the config file, or the host
+    /// name), logged at start-up: an agent moved from the Node tool must log in with the
+    /// name its token is paired with in the gateway's `TRUSTED_NAMES`.
+    pub name_origin: String,
     pub servers: Vec<String>,
     pub token: String,
     pub repo: String,
@@ -135,6 +141,12 @@ pub struct Settings {
     pub shared_dirs: Vec<PathBuf>,
     pub health: HealthSettings,
     pub git: GitSettings,
+    /// Cap and rotation of the app's log files (`[logs]`).
+    pub app_log: AppLogLimits,
+    /// The agent binary, which runs the app's log writer as its own process (so the app
+    /// never writes into a pipe of a dead agent); `None` (the agent embedded as a library):
+    /// a thread of the agent writes the log. `main` sets it.
+    pub log_writer: Option<PathBuf>,
     /// `--once`.
     pub once: bool,
     /// With `--once`: how long to try to reach a server.
@@ -157,6 +169,26 @@ impl Settings {
             None => (FileConfig::default(), "configuration".to_owned()),
         };
         Self::merge(cli, &file, &file_origin, &Environment::current())
+    }
+
+    /// Only `root`, as the agent would run with it (for `orcastrate-agent logs`, which needs
+    /// neither the token nor the keys); not created.
+    ///
+    /// # Errors
+    ///
+    /// When the config file cannot be read or `root` cannot be resolved.
+    pub fn root_of(cli: &Cli) -> Result<PathBuf, ConfigError> {
+        let (file, file_origin) = match &cli.config {
+            Some(path) => (file::read_file(path)?, path.display().to_string()),
+            None => (FileConfig::default(), "configuration".to_owned()),
+        };
+        let env = Environment::current();
+        let src = environment::Sources {
+            file_origin: &file_origin,
+            from_env: &cli.secrets_from_env,
+            env: &env,
+        };
+        identity::root(&src, cli, &file)
     }
 
     /// Merges and validates already-parsed inputs in the environment `env` (`file_origin`
@@ -222,8 +254,9 @@ impl Settings {
         let shared = p.check(deploy::shared(file_origin, file));
         let health = p.check(deploy::health(file_origin, file));
         let git = p.check(deploy::git(file_origin, file));
+        let app_log = p.check(deploy::logs(file_origin, file));
         let (
-            Some(name),
+            Some((name, name_origin)),
             Some(servers),
             Some(token),
             Some(repo),
@@ -240,6 +273,7 @@ impl Settings {
             Some((shared_files, shared_dirs)),
             Some(health),
             Some(git),
+            Some(app_log),
         ) = (
             name,
             servers,
@@ -258,6 +292,7 @@ impl Settings {
             shared,
             health,
             git,
+            app_log,
         )
         else {
             // A git_url is missing without a valid repo: that goes with the repo's problem.
@@ -265,6 +300,7 @@ impl Settings {
         };
         Ok(Self {
             name,
+            name_origin,
             servers,
             token,
             repo,
@@ -282,6 +318,8 @@ impl Settings {
             shared_dirs,
             health,
             git,
+            app_log,
+            log_writer: None,
             once: cli.once,
             connect_timeout: Duration::from_secs(
                 cli.connect_timeout_s

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use orcastrate_broker::{AgentState, DeployOrder, OrderKind, Step};
+use orcastrate_broker::{AgentState, DeployOrder, LogStream, OrderKind, Step};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -85,10 +85,10 @@ impl Ctx {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not prune old releases"),
         }
-        let mut keep: Vec<String> = self
-            .layout
-            .list()
-            .unwrap_or_default()
+        let on_disk = self.layout.list().unwrap_or_default();
+        let names: Vec<String> = on_disk.iter().map(|r| r.name.clone()).collect();
+        crate::app_log::prune(&self.layout.logs(), &names);
+        let mut keep: Vec<String> = on_disk
             .into_iter()
             .filter_map(|r| r.marker.map(|m| m.sha))
             .collect();
@@ -362,15 +362,31 @@ impl Job<'_> {
             .update(|s| s.running_sha = Some(self.order.sha.clone()));
         self.step(Step::Health);
         let never = CancellationToken::new();
-        let health = crate::health::wait_healthy(
-            &ctx.settings.health.check,
-            &ctx.layout.release(release),
-            ctx.settings.health.timeout,
-            || ctx.supervisor.alive(),
-            ctx.settings.run_as.as_ref(),
-            &never,
-        )
-        .await;
+        let first_exit = ctx.supervisor.first_exit();
+        let dir = ctx.layout.release(release);
+        // An app that dies during the health window fails the deploy at once, saying why,
+        // instead of after the whole health timeout.
+        let health = tokio::select! {
+            health = crate::health::wait_healthy(
+                &ctx.settings.health.check,
+                &dir,
+                ctx.settings.health.timeout,
+                || ctx.supervisor.alive(),
+                ctx.settings.run_as.as_ref(),
+                &never,
+            ) => health,
+            exit = async {
+                match &first_exit {
+                    Some(e) => e.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                for line in &exit.stderr {
+                    self.sink.line(Some(Step::Health), LogStream::Stderr, line);
+                }
+                Err(exit.reason(&ctx.settings.steps.start))
+            }
+        };
         match health {
             Ok(()) => self.healthy(release),
             Err(e) => self.failed_after(release, e).await,

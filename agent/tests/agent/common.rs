@@ -515,8 +515,13 @@ impl Drop for World {
             for n in 0..self.agents.len() {
                 eprintln!("---- agent run {n} ----\n{}", self.agent_log(n));
             }
-            if let Ok(app) = std::fs::read_to_string(self.root.join("logs/app.log")) {
-                eprintln!("---- app.log ----\n{app}");
+            for entry in std::fs::read_dir(self.root.join("logs/app"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let app = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                eprintln!("---- {} ----\n{app}", entry.path().display());
             }
         }
     }

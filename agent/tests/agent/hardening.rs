@@ -169,11 +169,18 @@ async fn a_token_in_git_url_never_leaves_the_agent() {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&w.root.join("logs")), 0o700);
-    let logs: Vec<PathBuf> = std::fs::read_dir(w.root.join("logs"))
-        .unwrap()
+    assert_eq!(mode(&w.root.join("logs/app")), 0o700);
+    let logs: Vec<PathBuf> = ["logs", "logs/app"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(w.root.join(d)).unwrap())
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
-    assert!(logs.iter().any(|p| p.ends_with("app.log")), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|p| p.parent().is_some_and(|d| d.ends_with("logs/app"))),
+        "{logs:?}"
+    );
     assert!(logs.len() >= 2, "{logs:?}");
     for log in logs {
         assert_eq!(mode(&log), 0o600, "{}", log.display());

@@ -213,7 +213,7 @@ async fn run_as_runs_steps_and_the_app_as_another_user() {
     let config = w.config.display();
     let install = format!(
         "id -u > WHO\n\
-         for f in {root}/state.json {root}/logs/app.log {config}; do\n\
+         for f in {root}/state.json {root}/logs/app/*.log {config}; do\n\
            if cat \"$f\" >/dev/null 2>&1; then echo \"read $f\"; else echo \"denied $f\"; fi\n\
          done > READS\n\
          ls {root}/logs >/dev/null 2>&1 && echo 'listed logs' >> READS\n\
