@@ -196,6 +196,7 @@ impl Fleet {
                 newest_at.insert(status.agent.clone(), status.updated_at.clone());
             }
         }
+        crate::decisions::agent_state(agents.get(&status.agent), &status);
         agents.insert(status.agent.clone(), status.clone());
         state.dirty.insert(key);
         Ok(Some(status))

@@ -10,6 +10,8 @@
 //!   external MQTT engine.
 //! - [`acl`], [`engine_auth`] and [`engine_config`]: topic permissions, and the login/ACL
 //!   hooks and files for an external engine.
+//! - [`decisions`]: one info line per webhook, order and agent state change, and the
+//!   start-up warnings.
 //! - [`fleet`]: verified agent statuses and the retained fleet summaries; [`burst`]:
 //!   refusals logged once per burst.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
@@ -22,6 +24,7 @@ pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod decisions;
 pub mod engine_auth;
 pub mod engine_config;
 pub mod fleet;

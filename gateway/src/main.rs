@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 gateway unreachable,
 //! 4 refused by the gateway.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -21,8 +22,10 @@ fn set_up_logging(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Internal-error printing is off: a logger that panics on a closed stderr would take
     // rumqttd's listener thread, and every MQTT connection, down with it.
+    // Colours only on a terminal: redirected to a file they are escape codes in the text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
     match format {

@@ -94,6 +94,7 @@ impl Gateway {
         let signer = keys::load_or_create(&settings.data_dir, ledger::order_count(&conn)?)?;
         let recorded = ledger::recorded_statuses(&conn)?;
         let public_key = signer.public_key_base64();
+        crate::decisions::warn_at_startup(&settings);
         tracing::info!(public_key = %public_key, key_id = signer.key_id(), "order-signing key");
 
         let access = Arc::new(RwLock::new(settings.access.clone()));
@@ -107,7 +108,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
         let bus_stop = CancellationToken::new();
-        let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
+        let (bus, inbound, mqtt_addr, mqtt_listen, health) = match &settings.mqtt {
             MqttMode::Embedded {
                 listen,
                 tls,
@@ -127,14 +128,15 @@ impl Gateway {
                     credentials.clone(),
                     Arc::new(policy),
                 )?;
-                let mqtt_addr = health::local_addr(broker.local_addr);
+                let bound = broker.local_addr;
+                let mqtt_addr = health::local_addr(bound);
                 let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
                 let health = ProbeTarget::Listener {
                     mqtt_addr,
                     token: probe_token.clone(),
                     tls: tls.is_some(),
                 };
-                (bus, inbound, Some(mqtt_addr), health)
+                (bus, inbound, Some(mqtt_addr), Some(bound), health)
             }
             MqttMode::External(engine) => {
                 let (bus, inbound) =
@@ -145,7 +147,7 @@ impl Gateway {
                     bus: bus.clone(),
                     url: engine.url.clone(),
                 };
-                (bus, inbound, None, health)
+                (bus, inbound, None, None, health)
             }
         };
         let health = HealthProbe::new(health, metrics.health_checks.clone());
@@ -198,6 +200,7 @@ impl Gateway {
             webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
             body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
             budget_wait: settings.http_limits.body_timeout,
+            duplicates: Arc::default(),
         };
         let http_addr = http.local_addr()?;
         let broker_share = match settings.mqtt {
@@ -248,8 +251,9 @@ impl Gateway {
             drained?;
             Ok(())
         });
-        match mqtt_addr {
-            Some(mqtt_addr) => tracing::info!(%http_addr, %mqtt_addr, "gateway ready"),
+        match mqtt_listen {
+            // The address as bound (0.0.0.0 stays 0.0.0.0): where agents can reach it.
+            Some(mqtt_listen) => tracing::info!(%http_addr, %mqtt_listen, "gateway ready"),
             None => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
         }
         if let Some(hooks_addr) = hooks_addr {

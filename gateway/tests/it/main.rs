@@ -6,6 +6,7 @@ mod admin;
 mod agent_e2e;
 mod authz;
 mod common;
+mod decision_logs;
 mod fleet;
 mod limits;
 mod mqtt;
