@@ -86,6 +86,22 @@ fn short(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Longest error shown in the `status` table; `--json` has it whole.
+const MAX_ERROR_CELL: usize = 80;
+
+/// An agent's error on one line of the `status` table: its first line, cut, `-` if none.
+fn error_cell(v: &Value) -> String {
+    let Some(e) = v.as_str().filter(|e| !e.is_empty()) else {
+        return "-".into();
+    };
+    let first = e.lines().next().unwrap_or("");
+    let mut cell: String = first.chars().take(MAX_ERROR_CELL).collect();
+    if cell.len() < e.len() {
+        cell.push('…');
+    }
+    cell
+}
+
 /// Prints rows as aligned columns.
 fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -146,6 +162,7 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
                             short(&s_["sha"]),
                             short(&s_["running_sha"]),
                             s(&s_["updated_at"]),
+                            error_cell(&s_["error"]),
                         ]
                     })
                     .collect()
@@ -154,6 +171,7 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
         table(
             &[
                 "AGENT", "REPO", "ENV", "STATE", "STEP", "SEQ", "SHA", "RUNNING", "UPDATED",
+                "ERROR",
             ],
             rows,
         )

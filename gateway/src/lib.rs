@@ -16,9 +16,11 @@
 //!   refusals logged once per burst.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
-//! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
+//! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line;
+//!   [`view`]: the `watch` command; [`agent_config`]: the `agent-config` command.
 
 pub mod acl;
+pub mod agent_config;
 pub mod burst;
 pub mod bus;
 pub mod cli;
@@ -39,6 +41,7 @@ pub mod secret_file;
 pub mod sequencer;
 pub mod serve;
 pub mod tls;
+pub mod view;
 pub mod watch;
 
 pub use serve::Gateway;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use orcastrate_gateway::cli::{Cli, Command, EngineFilesArgs, LogFormat, ServeArgs};
 use orcastrate_gateway::config::{self, ConfigError, Overrides, Settings};
-use orcastrate_gateway::{client, engine_config, keys, Gateway};
+use orcastrate_gateway::{agent_config, client, engine_config, keys, Gateway};
 use tracing_subscriber::EnvFilter;
 
 fn set_up_logging(format: LogFormat, verbose: u8) {
@@ -46,6 +46,8 @@ fn main() -> ExitCode {
         Command::Rollback(args) => client::rollback(args),
         Command::Pause(args) => client::set_paused(args, true),
         Command::Resume(args) => client::set_paused(args, false),
+        Command::Watch(args) => orcastrate_gateway::view::run(args),
+        Command::AgentConfig(args) => agent_config(args),
         Command::MosquittoConfig(args) => mosquitto_config(args),
         Command::NatsConfig(args) => nats_config(args),
     };
@@ -95,6 +97,33 @@ fn public_key(args: &orcastrate_gateway::cli::ConfigArgs) -> anyhow::Result<()> 
         )
     })?;
     println!("{}", signer.public_key_base64());
+    Ok(())
+}
+
+fn agent_config(args: &orcastrate_gateway::cli::AgentConfigArgs) -> anyhow::Result<()> {
+    let settings = load_settings(&args.config, Overrides::default())?;
+    let signer = keys::load(&settings.data_dir)?.with_context(|| {
+        format!(
+            "no signing key in {}: start the gateway once (orcastrate-gateway serve) to create it",
+            settings.data_dir.display()
+        )
+    })?;
+    let spec = agent_config::AgentSpec {
+        name: &args.name,
+        repo: &args.repo,
+        env: &args.env,
+        server: args.server.as_deref(),
+    };
+    let rendered = agent_config::render(
+        &settings,
+        &signer.public_key_base64(),
+        &spec,
+        &agent_config::host_name(),
+    )?;
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", rendered.toml);
     Ok(())
 }
 

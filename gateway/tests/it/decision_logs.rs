@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use orcastrate_broker::{sign, time, AgentState, AgentStatus, Step};
+use orcastrate_broker::{AgentState, Step};
 use serde_json::{json, Value};
 
 use crate::common::*;
+use crate::operator_views::Report;
 use crate::process::{write_config, BIN};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -108,28 +109,17 @@ impl Drop for Logged {
 
 /// A failed status of `web-1`, MAC'd with its token, as the agent publishes it.
 fn failed_status() -> Vec<u8> {
-    let mut status = AgentStatus {
-        v: 1,
-        agent: "web-1".into(),
-        host: "h".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
-        session: "s1".into(),
+    Report {
+        agent: "web-1",
+        token: "token-web-1",
         state: AgentState::Failed,
         step: Some(Step::Install),
-        seq: Some(7),
-        sha: Some(SHA.into()),
-        running_sha: None,
-        previous_sha: None,
-        release: None,
-        updated_at: time::now(),
-        deploy_ms: None,
-        error: Some("install exited with code 3:\nnpm ERR! missing script".into()),
-        version: "t".into(),
-        mac: String::new(),
-    };
-    sign::seal_status("token-web-1", &mut status);
-    serde_json::to_vec(&status).unwrap()
+        seq: 7,
+        sha: SHA,
+        running: None,
+        error: Some("install exited with code 3:\nnpm ERR! missing script"),
+    }
+    .payload()
 }
 
 /// A push, an ignored push, a manual order and an agent failure, each one line.

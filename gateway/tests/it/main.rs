@@ -10,5 +10,6 @@ mod decision_logs;
 mod fleet;
 mod limits;
 mod mqtt;
+mod operator_views;
 mod process;
 mod webhooks;
