@@ -215,4 +215,7 @@ pub struct AgentConfigArgs {
     /// The bus URL agents use (default: from [mqtt], with this host's name for 0.0.0.0).
     #[arg(long)]
     pub server: Option<String>,
+    /// The embedded broker's address, as given to `serve` (overrides [mqtt] listen).
+    #[arg(long, env = "ORCASTRATE_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
 }

@@ -101,7 +101,11 @@ fn public_key(args: &orcastrate_gateway::cli::ConfigArgs) -> anyhow::Result<()> 
 }
 
 fn agent_config(args: &orcastrate_gateway::cli::AgentConfigArgs) -> anyhow::Result<()> {
-    let settings = load_settings(&args.config, Overrides::default())?;
+    let overrides = Overrides {
+        mqtt_listen: args.mqtt_listen.clone(),
+        ..Overrides::default()
+    };
+    let settings = load_settings(&args.config, overrides)?;
     let signer = keys::load(&settings.data_dir)?.with_context(|| {
         format!(
             "no signing key in {}: start the gateway once (orcastrate-gateway serve) to create it",

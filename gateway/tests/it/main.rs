@@ -9,6 +9,7 @@ mod common;
 mod decision_logs;
 mod fleet;
 mod limits;
+mod migration;
 mod mqtt;
 mod operator_views;
 mod process;
