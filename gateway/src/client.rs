@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::cli::{ClientArgs, DeployArgs, HistoryArgs, ListArgs, RepoEnvArgs, RollbackArgs};
@@ -16,6 +16,9 @@ pub enum ClientError {
     /// The gateway refused the request (exit 4).
     #[error("{status}: {message}")]
     Refused { status: u16, message: String },
+    /// The command line lacks something (exit 2, as clap's own usage errors).
+    #[error("{0}")]
+    Usage(&'static str),
 }
 
 fn agent() -> ureq::Agent {
@@ -28,10 +31,9 @@ fn agent() -> ureq::Agent {
 
 /// GET `path`, or POST `body` to it when given.
 fn call(args: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let token = args
-        .token
-        .as_deref()
-        .ok_or_else(|| anyhow!("no admin token: pass --token or set ORCASTRATE_ADMIN_TOKEN"))?;
+    let token = args.token.as_deref().ok_or(ClientError::Usage(
+        "no admin token: pass --token or set ORCASTRATE_ADMIN_TOKEN",
+    ))?;
     let url = format!("{}{path}", args.gateway.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
     let agent = agent();
@@ -276,9 +278,10 @@ pub fn set_paused(args: &RepoEnvArgs, paused: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Exit code for an operator command's error: 3 unreachable, 4 refused, 1 otherwise.
+/// Exit code for an operator command's error: 2 usage, 3 unreachable, 4 refused, 1 otherwise.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Usage(_)) => 2,
         Some(ClientError::Unreachable { .. }) => 3,
         Some(ClientError::Refused { .. }) => 4,
         None => 1,

@@ -374,3 +374,19 @@ fn r14_agent_config_is_accepted_by_the_agent() {
         "{out:?}"
     );
 }
+
+/// Issue 14: the README says 2 for a usage error; `status` without a token exited 1.
+#[test]
+fn r14_a_client_command_without_a_token_exits_2() {
+    let out = Command::new(BIN)
+        .args(["status", "--gateway", "http://127.0.0.1:9"])
+        .env_remove("ORCASTRATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no admin token: pass --token or set ORCASTRATE_ADMIN_TOKEN"),
+        "{err}"
+    );
+}
