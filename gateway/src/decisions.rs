@@ -8,10 +8,14 @@
 //! string field, which the text format writes quoted and escaped, so it cannot forge a
 //! line; names were validated where they entered and are written as they are.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use orcastrate_broker::{AgentStatus, DeployOrder};
 
+use crate::burst::BURST_WINDOW;
 use crate::config::{MqttMode, Settings};
 
 /// Longest agent error written to a log line; the full text is in the status and the ledger.
@@ -64,28 +68,64 @@ pub fn order(o: &DeployOrder) {
     );
 }
 
-/// Logs a verified status whose state or order differs from the agent's previous one
-/// (step changes within a deploy are not logged: six lines per agent per deploy).
-pub fn agent_state(previous: Option<&AgentStatus>, s: &AgentStatus) {
-    if previous.is_some_and(|p| p.state == s.state && p.seq == s.seq) {
-        return;
+/// State lines logged per agent per [`BURST_WINDOW`] at most: a deploy makes two or three,
+/// so only an agent flapping (or a stolen token) passes it; the rest are counted, and the
+/// count is logged when that agent's next window starts.
+pub const MAX_AGENT_LINES: u32 = 10;
+
+/// Logs agent state changes within [`MAX_AGENT_LINES`] per agent; one entry per agent
+/// name, and names are `[[clients]]` entries, so the map is bounded by the configuration.
+#[derive(Debug, Default)]
+pub struct AgentLines {
+    windows: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl AgentLines {
+    /// Logs a verified status whose state or order differs from the agent's previous one
+    /// (step changes within a deploy are not logged: six lines per agent per deploy).
+    pub fn log(&self, previous: Option<&AgentStatus>, s: &AgentStatus) {
+        if previous.is_some_and(|p| p.state == s.state && p.seq == s.seq) {
+            return;
+        }
+        if !self.allow(&s.agent, Instant::now()) {
+            return;
+        }
+        let error = s.error.as_deref().map(|e| {
+            e.char_indices()
+                .nth(MAX_LOGGED_ERROR)
+                .map_or(e, |(i, _)| &e[..i])
+        });
+        tracing::info!(
+            agent = %s.agent,
+            repo = %s.repo,
+            env = %s.env,
+            state = %s.state.as_str(),
+            step = s.step.map(|st| display(st.as_str())),
+            seq = s.seq,
+            sha7 = s.sha.as_deref().map(|sha| display(sha7(sha))),
+            error,
+            "agent state"
+        );
     }
-    let error = s.error.as_deref().map(|e| {
-        e.char_indices()
-            .nth(MAX_LOGGED_ERROR)
-            .map_or(e, |(i, _)| &e[..i])
-    });
-    tracing::info!(
-        agent = %s.agent,
-        repo = %s.repo,
-        env = %s.env,
-        state = %s.state.as_str(),
-        step = s.step.map(|st| display(st.as_str())),
-        seq = s.seq,
-        sha7 = s.sha.as_deref().map(|sha| display(sha7(sha))),
-        error,
-        "agent state"
-    );
+
+    /// Whether another line of `agent` may be logged at `now`.
+    fn allow(&self, agent: &str, now: Instant) -> bool {
+        let mut windows = self.windows.lock().expect("agent-lines lock poisoned");
+        let (start, count) = windows.entry(agent.to_owned()).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= BURST_WINDOW {
+            if *count > MAX_AGENT_LINES {
+                tracing::warn!(
+                    agent,
+                    not_logged = *count - MAX_AGENT_LINES,
+                    "agent state changes not logged: more than {MAX_AGENT_LINES} in {}s",
+                    BURST_WINDOW.as_secs()
+                );
+            }
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= MAX_AGENT_LINES
+    }
 }
 
 /// Values the README, the examples and tests use: a secret containing one of them was
@@ -247,6 +287,16 @@ branches = { main = "production" }
     fn demo_secrets_on_loopback_are_a_local_demo() {
         let toml = QUIET.replace("k3Jd9sLq0vXz", "change-me");
         assert!(startup_warnings(&settings(&toml)).is_empty());
+    }
+
+    #[test]
+    fn agent_lines_are_bounded_per_agent_and_window() {
+        let lines = AgentLines::default();
+        let t0 = Instant::now();
+        let logged = (0..100).filter(|_| lines.allow("web-1", t0)).count();
+        assert_eq!(logged, MAX_AGENT_LINES as usize);
+        assert!(lines.allow("web-2", t0), "another agent has its own window");
+        assert!(lines.allow("web-1", t0 + BURST_WINDOW));
     }
 
     #[test]
