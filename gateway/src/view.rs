@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use orcastrate_broker::mqtt::{client_options_with, Trust};
-use orcastrate_broker::{names, AgentStatus, DeployOrder, Event, EventOutcome, TopicKind, Topics};
+use orcastrate_broker::{
+    names, AgentStatus, ConfigError, DeployOrder, Event, EventOutcome, TopicKind, Topics,
+};
 use rumqttc::{Client, Event as MqttEvent, Incoming, QoS};
 
 use crate::cli::WatchArgs;
@@ -26,18 +28,21 @@ const MAX_TEXT: usize = 160;
 ///
 /// A bad `--repo`/`--env`/`--server`, or a refused or impossible first login.
 pub fn run(args: &WatchArgs) -> anyhow::Result<()> {
+    // A bad name is a usage error (exit 2), as in every other command.
+    let flag =
+        |key: &str, e: names::NameError| ConfigError::new("the command line", key, e.to_string());
     let repo = args
         .repo
         .as_deref()
         .map(names::repo)
         .transpose()
-        .context("--repo")?;
+        .map_err(|e| flag("--repo", e))?;
     let env = args
         .env
         .as_deref()
         .map(|e| names::env(e).map(str::to_owned))
         .transpose()
-        .context("--env")?;
+        .map_err(|e| flag("--env", e))?;
     let trust = match &args.ca_file {
         Some(path) => Trust::CaFile(path.clone()),
         None => Trust::System,

@@ -244,6 +244,15 @@ fn r14_watch_with_a_wrong_token_says_what_to_check() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("check --server, --user and --token"), "{err}");
+    let out = Command::new(BIN)
+        .args(["watch", "--token", "x", "--repo", "not a repo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--repo"),
+        "{out:?}"
+    );
 }
 
 #[test]
