@@ -27,19 +27,17 @@ EXIT CODES: 0 ok, 1 merge conflict or edit aborted, 2 usage, 3 wrong key, 4 inte
 (tampered, swapped, dropped or added values, MAC), 5 malformed file or unknown format
 version, 6 I/O. On any error no output file is written.
 
-See cryptcli/README.md for the file format and the git setup (textconv, merge driver).";
+GIT SETUP (diffs of the decrypted view, key-by-key merges):
+  git config diff.orcastrate.textconv \"orcastrate-crypt textconv\"
+  git config merge.orcastrate.driver \"orcastrate-crypt merge-driver %O %A %B %P\"
+  .gitattributes: config/encrypted_*.json diff=orcastrate merge=orcastrate
+                  config/encrypted_*.env  diff=orcastrate merge=orcastrate
+The file format is specified in cryptcli/README.md of the Orcastrate source repository.";
 
 /// orcastrate-crypt: diffable, tamper-evident encrypted config per environment.
 #[derive(Debug, Parser)]
 #[command(name = "orcastrate-crypt", version, long_about = LONG_ABOUT, after_help = AFTER_HELP)]
 pub(crate) struct Cli {
-    #[command(flatten)]
-    pub(crate) keys: KeyArgs,
-
-    /// Directory of the default decrypted_<env>.* and encrypted_<env>.* files.
-    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
-    pub(crate) config_dir: PathBuf,
-
     /// Print nothing but errors.
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
@@ -48,14 +46,25 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// Where keys come from.
+/// What the commands that read or write config files take: keys and the config folder.
+/// (Each command lists only the options it uses, so these are not global.)
 #[derive(Debug, Args)]
+pub(crate) struct FileArgs {
+    #[command(flatten)]
+    pub(crate) keys: KeyArgs,
+
+    /// Directory of the default decrypted_<env>.* and encrypted_<env>.* files.
+    #[arg(long, value_name = "DIR", default_value = "config")]
+    pub(crate) config_dir: PathBuf,
+}
+
+/// Where keys come from.
+#[derive(Debug, Args, Default)]
 pub(crate) struct KeyArgs {
     /// The key, 32 bytes in base64. Prefer CONFIG_KEY or --key-file: command lines are
     /// visible to other users.
     #[arg(
         long,
-        global = true,
         env = "CONFIG_KEY",
         hide_env_values = true,
         value_name = "BASE64"
@@ -63,21 +72,15 @@ pub(crate) struct KeyArgs {
     pub(crate) key: Option<String>,
 
     /// Read the key from this file (as written by `keygen --out`).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
 
     /// Env names for batch use, comma-separated, paired by position with KEYS.
-    #[arg(long, global = true, env = "ENVS", value_name = "ENV,…")]
+    #[arg(long, env = "ENVS", value_name = "ENV,…")]
     pub(crate) envs: Option<String>,
 
     /// Keys for batch use, comma-separated, paired by position with ENVS.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYS",
-        hide_env_values = true,
-        value_name = "BASE64,…"
-    )]
+    #[arg(long, env = "KEYS", hide_env_values = true, value_name = "BASE64,…")]
     pub(crate) keys: Option<String>,
 }
 
@@ -98,6 +101,8 @@ pub(crate) enum Command {
     /// values.
     Encrypt {
         #[command(flatten)]
+        files: FileArgs,
+        #[command(flatten)]
         target: Target,
         /// Encrypt every value anew, ignoring (and replacing) the existing encrypted file,
         /// even if it does not verify.
@@ -108,12 +113,16 @@ pub(crate) enum Command {
     /// Verify and decrypt encrypted_<env>.* to decrypted_<env>.* (mode 0600).
     Decrypt {
         #[command(flatten)]
+        files: FileArgs,
+        #[command(flatten)]
         target: Target,
     },
 
     /// Decrypt to a private temporary file, open $VISUAL or $EDITOR, and re-encrypt,
     /// keeping the ciphertext of unchanged values. The temporary file is always deleted.
     Edit {
+        #[command(flatten)]
+        files: FileArgs,
         #[command(flatten)]
         target: EnvOrFile,
     },
@@ -122,6 +131,8 @@ pub(crate) enum Command {
     /// disk. Nested JSON keys are joined with "__" (db.password → db__password), array
     /// items by index.
     Exec {
+        #[command(flatten)]
+        files: FileArgs,
         #[command(flatten)]
         target: EnvOrFile,
         /// The program and its arguments, after `--`.
@@ -132,6 +143,8 @@ pub(crate) enum Command {
     /// Re-encrypt an env's file (or, with ENVS and KEYS, every listed env's) under a new
     /// key.
     Rekey {
+        #[command(flatten)]
+        files: FileArgs,
         #[command(flatten)]
         target: Target,
         /// The new key, from a file.
@@ -159,6 +172,8 @@ pub(crate) enum Command {
     /// (git config diff.orcastrate.textconv "orcastrate-crypt textconv"). Without a
     /// matching key, prints the file as it is.
     Textconv {
+        #[command(flatten)]
+        keys: KeyArgs,
         /// The encrypted file; its name picks the format.
         file: PathBuf,
     },
@@ -166,6 +181,8 @@ pub(crate) enum Command {
     /// Git merge driver: decrypt base, ours and theirs, merge key by key, re-encrypt into
     /// ours (git config merge.orcastrate.driver "orcastrate-crypt merge-driver %O %A %B %P").
     MergeDriver {
+        #[command(flatten)]
+        keys: KeyArgs,
         /// %O: the common ancestor (empty if the file was added on both sides).
         base: PathBuf,
         /// %A: our version; the merge result is written here.

@@ -47,6 +47,12 @@ pub enum Command {
     Pause(RepoEnvArgs),
     /// Resume a paused repo/env.
     Resume(RepoEnvArgs),
+    /// Show the bus live, one readable line per webhook decision, order and agent status
+    /// change (an MQTT watcher login, like mosquitto_sub).
+    Watch(WatchArgs),
+    /// Print a ready agent config (TOML) for one host: server, name, repo, env and this
+    /// gateway's public keys; fill in its token and config key.
+    AgentConfig(AgentConfigArgs),
     /// Write mosquitto's password and ACL files (`passwd`, `acl`) from [[clients]] and the
     /// gateway's [mqtt] login, for mode = "external".
     MosquittoConfig(EngineFilesArgs),
@@ -162,4 +168,54 @@ pub struct RollbackArgs {
     /// Sha to roll back to (default: the newest earlier order reported healthy).
     #[arg(long)]
     pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// MQTT server of the bus (mqtt:// or mqtts://).
+    #[arg(
+        long,
+        env = "ORCASTRATE_SERVER",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    pub server: String,
+    /// Login: a [[clients]] entry with role = "watcher".
+    #[arg(long, env = "ORCASTRATE_WATCHER", default_value = "watcher")]
+    pub user: String,
+    /// That client's token.
+    #[arg(long, env = "ORCASTRATE_WATCHER_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Only this repo (owner/name).
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Only this env.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Topic prefix ([mqtt] prefix).
+    #[arg(long, env = "ORCASTRATE_PREFIX", default_value = "orcastrate")]
+    pub prefix: String,
+    /// CA certificates (PEM) of an mqtts:// server with a private CA.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The agent's name: its [[clients]] (or TRUSTED_NAMES) entry.
+    #[arg(long)]
+    pub name: String,
+    /// Repository the agent deploys (owner/name).
+    #[arg(long)]
+    pub repo: String,
+    /// Environment it deploys.
+    #[arg(long)]
+    pub env: String,
+    /// The bus URL agents use (default: from [mqtt], with this host's name for 0.0.0.0).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The embedded broker's address, as given to `serve` (overrides [mqtt] listen).
+    #[arg(long, env = "ORCASTRATE_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
 }

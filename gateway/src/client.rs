@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::cli::{ClientArgs, DeployArgs, HistoryArgs, ListArgs, RepoEnvArgs, RollbackArgs};
@@ -16,6 +16,9 @@ pub enum ClientError {
     /// The gateway refused the request (exit 4).
     #[error("{status}: {message}")]
     Refused { status: u16, message: String },
+    /// The command line lacks something (exit 2, as clap's own usage errors).
+    #[error("{0}")]
+    Usage(&'static str),
 }
 
 fn agent() -> ureq::Agent {
@@ -28,10 +31,9 @@ fn agent() -> ureq::Agent {
 
 /// GET `path`, or POST `body` to it when given.
 fn call(args: &ClientArgs, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let token = args
-        .token
-        .as_deref()
-        .ok_or_else(|| anyhow!("no admin token: pass --token or set ORCASTRATE_ADMIN_TOKEN"))?;
+    let token = args.token.as_deref().ok_or(ClientError::Usage(
+        "no admin token: pass --token or set ORCASTRATE_ADMIN_TOKEN",
+    ))?;
     let url = format!("{}{path}", args.gateway.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
     let agent = agent();
@@ -84,6 +86,22 @@ fn short(v: &Value) -> String {
     v.as_str()
         .map(|x| x.chars().take(12).collect())
         .unwrap_or_else(|| "-".into())
+}
+
+/// Longest error shown in the `status` table; `--json` has it whole.
+const MAX_ERROR_CELL: usize = 80;
+
+/// An agent's error on one line of the `status` table: its first line, cut, `-` if none.
+fn error_cell(v: &Value) -> String {
+    let Some(e) = v.as_str().filter(|e| !e.is_empty()) else {
+        return "-".into();
+    };
+    let first = e.lines().next().unwrap_or("");
+    let mut cell: String = first.chars().take(MAX_ERROR_CELL).collect();
+    if cell.len() < e.len() {
+        cell.push('…');
+    }
+    cell
 }
 
 /// Prints rows as aligned columns.
@@ -146,6 +164,7 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
                             short(&s_["sha"]),
                             short(&s_["running_sha"]),
                             s(&s_["updated_at"]),
+                            error_cell(&s_["error"]),
                         ]
                     })
                     .collect()
@@ -154,6 +173,7 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
         table(
             &[
                 "AGENT", "REPO", "ENV", "STATE", "STEP", "SEQ", "SHA", "RUNNING", "UPDATED",
+                "ERROR",
             ],
             rows,
         )

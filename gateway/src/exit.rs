@@ -25,6 +25,7 @@ impl Exit {
                 return Self::Usage;
             }
             match cause.downcast_ref::<ClientError>() {
+                Some(ClientError::Usage(_)) => return Self::Usage,
                 Some(ClientError::Unreachable { .. }) => return Self::Unreachable,
                 Some(ClientError::Refused { .. }) => return Self::Refused,
                 None => {}

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::config::Access;
+use crate::decisions::AgentLines;
 use crate::ledger::RecordedStatus;
 use crate::metrics::Metrics;
 use crate::sequencer::{NewestOrders, Sequencer};
@@ -65,6 +66,8 @@ pub struct Fleet {
     refusals: BurstLog,
     /// Foreign `fleet` messages, logged once per burst likewise.
     foreign_summaries: BurstLog,
+    /// Agent state changes, one info line each, bounded per agent.
+    state_lines: AgentLines,
 }
 
 /// Why a status was not counted (a forger learns nothing from it: nothing is answered).
@@ -129,6 +132,7 @@ impl Fleet {
             metrics,
             refusals: BurstLog::default(),
             foreign_summaries: BurstLog::default(),
+            state_lines: AgentLines::default(),
         };
         fleet.update_connected();
         fleet
@@ -196,6 +200,7 @@ impl Fleet {
                 newest_at.insert(status.agent.clone(), status.updated_at.clone());
             }
         }
+        self.state_lines.log(agents.get(&status.agent), &status);
         agents.insert(status.agent.clone(), status.clone());
         state.dirty.insert(key);
         Ok(Some(status))

@@ -10,18 +10,23 @@
 //!   external MQTT engine.
 //! - [`acl`], [`engine_auth`] and [`engine_config`]: topic permissions, and the login/ACL
 //!   hooks and files for an external engine.
+//! - [`decisions`]: one info line per webhook, order and agent state change, and the
+//!   start-up warnings.
 //! - [`fleet`]: verified agent statuses and the retained fleet summaries (refusals logged
 //!   once per burst by `orcastrate_broker::burst`).
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line; [`exit`]:
-//!   its exit codes.
+//!   its exit codes; [`view`]: the `watch` command; [`agent_config`]: the `agent-config`
+//!   command.
 
 pub mod acl;
+pub mod agent_config;
 pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod decisions;
 pub mod engine_auth;
 pub mod engine_config;
 pub mod exit;
@@ -36,6 +41,7 @@ pub mod metrics;
 pub mod sequencer;
 pub mod serve;
 pub mod tls;
+pub mod view;
 pub mod watch;
 
 pub use serve::Gateway;

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: [`orcastrate_gateway::exit::Exit`].
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,7 +10,7 @@ use clap::Parser;
 use orcastrate_gateway::cli::{Cli, Command, EngineFilesArgs, LogFormat, ServeArgs};
 use orcastrate_gateway::config::{self, Overrides, Settings};
 use orcastrate_gateway::exit::Exit;
-use orcastrate_gateway::{client, engine_config, keys, Gateway};
+use orcastrate_gateway::{agent_config, client, engine_config, keys, Gateway};
 use tracing_subscriber::EnvFilter;
 
 fn set_up_logging(format: LogFormat, verbose: u8) {
@@ -21,8 +22,10 @@ fn set_up_logging(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Internal-error printing is off: a logger that panics on a closed stderr would take
     // rumqttd's listener thread, and every MQTT connection, down with it.
+    // Colours only on a terminal: redirected to a file they are escape codes in the text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
     match format {
@@ -43,6 +46,8 @@ fn main() -> ExitCode {
         Command::Rollback(args) => client::rollback(args),
         Command::Pause(args) => client::set_paused(args, true),
         Command::Resume(args) => client::set_paused(args, false),
+        Command::Watch(args) => orcastrate_gateway::view::run(args),
+        Command::AgentConfig(args) => agent_config(args),
         Command::MosquittoConfig(args) => mosquitto_config(args),
         Command::NatsConfig(args) => nats_config(args),
     };
@@ -87,6 +92,37 @@ fn public_key(args: &orcastrate_gateway::cli::ConfigArgs) -> anyhow::Result<()> 
         )
     })?;
     println!("{}", signer.public_key_base64());
+    Ok(())
+}
+
+fn agent_config(args: &orcastrate_gateway::cli::AgentConfigArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        mqtt_listen: args.mqtt_listen.clone(),
+        ..Overrides::default()
+    };
+    let settings = load_settings(&args.config, overrides)?;
+    let signer = keys::load(&settings.data_dir)?.with_context(|| {
+        format!(
+            "no signing key in {}: start the gateway once (orcastrate-gateway serve) to create it",
+            settings.data_dir.display()
+        )
+    })?;
+    let spec = agent_config::AgentSpec {
+        name: &args.name,
+        repo: &args.repo,
+        env: &args.env,
+        server: args.server.as_deref(),
+    };
+    let rendered = agent_config::render(
+        &settings,
+        &signer.public_key_base64(),
+        &spec,
+        &agent_config::host_name(),
+    )?;
+    for warning in &rendered.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", rendered.toml);
     Ok(())
 }
 

@@ -270,13 +270,23 @@ fn app_state(
         webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
         body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
         budget_wait: settings.http_limits.body_timeout,
+        duplicates: Arc::default(),
     }
 }
 
-fn log_ready(http_addr: SocketAddr, mqtt_addr: Option<SocketAddr>, hooks_addr: Option<SocketAddr>) {
-    match mqtt_addr {
-        Some(mqtt_addr) => tracing::info!(%http_addr, %mqtt_addr, "gateway ready"),
-        None => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
+fn log_ready(
+    settings: &Settings,
+    http_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
+    hooks_addr: Option<SocketAddr>,
+) {
+    match (&settings.mqtt, mqtt_addr) {
+        (MqttMode::Embedded { listen, .. }, Some(bound)) => {
+            // The address as bound (0.0.0.0 stays 0.0.0.0): where agents can reach it.
+            let mqtt_listen = SocketAddr::new(listen.ip(), bound.port());
+            tracing::info!(%http_addr, %mqtt_listen, "gateway ready");
+        }
+        _ => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
     }
     if let Some(hooks_addr) = hooks_addr {
         tracing::info!(%hooks_addr, "engine login/ACL hooks served");
@@ -292,6 +302,7 @@ impl Gateway {
         let (conn, signer) = open_data_dir(&settings)?;
         let recorded = ledger::recorded_statuses(&conn)?;
         let public_key = signer.public_key_base64();
+        crate::decisions::warn_at_startup(&settings);
         tracing::info!(public_key = %public_key, key_id = signer.key_id(), "order-signing key");
 
         let access = Arc::new(RwLock::new(settings.access.clone()));
@@ -374,7 +385,7 @@ impl Gateway {
             tasks,
             deadline,
         ));
-        log_ready(http_addr, mqtt_addr, hooks_addr);
+        log_ready(&settings, http_addr, mqtt_addr, hooks_addr);
         Ok(Self {
             http_addr,
             hooks_addr,

@@ -94,9 +94,15 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0; 1024];
-            let n = stream.read(&mut request).unwrap();
-            assert!(request[..n].starts_with(b"GET / HTTP/1.1\r\n"));
+            // The head may arrive in several reads.
+            let mut request = Vec::new();
+            let mut chunk = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed mid-request: {request:?}");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            assert!(request.starts_with(b"GET / HTTP/1.1\r\n"), "{request:?}");
             stream
                 .write_all(b"HTTP/1.1 200 OK\r\n\r\n{\"version\":\"v1\",\"pid\":7}")
                 .unwrap();

@@ -10,7 +10,7 @@ use orcastrate_crypt::{
 };
 
 use super::keyring::{key_from_file, key_from_text, split_list};
-use super::{plan, print_stdout, summarize, Ctx};
+use super::{plan, print_stdout, summarize, values, Ctx};
 use crate::cli::Target;
 
 pub(crate) fn encrypt(ctx: &Ctx, target: &Target, fresh: bool) -> anyhow::Result<()> {
@@ -42,18 +42,18 @@ pub(crate) fn encrypt(ctx: &Ctx, target: &Target, fresh: bool) -> anyhow::Result
         let report = write_encrypted(&job.output, &enc, previous.as_ref())?;
         let out = job.output.display();
         if !report.written || report.changed.is_empty() {
-            ctx.note(&format!("{out}: up to date ({} values)", enc.len()));
+            ctx.note(&format!("{out}: up to date ({})", values(enc.len())));
         } else if previous.is_none() {
             ctx.note(&format!(
-                "{out}: encrypted {} values from {}",
-                enc.len(),
+                "{out}: encrypted {} from {}",
+                values(enc.len()),
                 job.input.display()
             ));
         } else {
             ctx.note(&format!(
-                "{out}: {} of {} values changed ({})",
+                "{out}: {} of {} changed ({})",
                 report.changed.len(),
-                enc.len(),
+                values(enc.len()),
                 summarize(&report.changed)
             ));
         }
@@ -81,9 +81,9 @@ pub(crate) fn decrypt(ctx: &Ctx, target: &Target) -> anyhow::Result<()> {
         }
         write_atomic(&job.output, plain.to_text().as_bytes(), PRIVATE_MODE)?;
         ctx.note(&format!(
-            "{}: decrypted {} values from {} (mode 0600; do not commit it)",
+            "{}: decrypted {} from {} (mode 0600; do not commit it)",
             job.output.display(),
-            plain.len(),
+            values(plain.len()),
             job.input.display()
         ));
     }

@@ -134,9 +134,9 @@ fn edit_loop(
             Ok(enc) => {
                 let report = write_encrypted(path, &enc, previous)?;
                 ctx.note(&format!(
-                    "{label}: {} of {} values changed ({})",
+                    "{label}: {} of {} changed ({})",
                     report.changed.len(),
-                    enc.len(),
+                    super::values(enc.len()),
                     summarize(&report.changed)
                 ));
                 return Ok(());

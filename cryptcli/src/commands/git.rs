@@ -81,8 +81,8 @@ pub(crate) fn merge_driver(
     let enc = encrypt(&merged, key, &[&ours_enc, &theirs_enc], &label)?;
     let report = write_encrypted(ours, &enc, Some(&ours_enc))?;
     ctx.note(&format!(
-        "{label}: merged key by key ({} values taken from the other side)",
-        report.changed.len()
+        "{label}: merged key by key ({} taken from the other side)",
+        super::values(report.changed.len())
     ));
     Ok(())
 }

@@ -17,7 +17,7 @@ use orcastrate_crypt::{
     counterpart, env_from_file_name, file_name, find, validate_env, Error, Format, Side,
 };
 
-use crate::cli::{Cli, Command, EnvOrFile, Target};
+use crate::cli::{Cli, Command, EnvOrFile, FileArgs, KeyArgs, Target};
 pub(crate) use keyring::Keyring;
 
 /// What every command needs besides its own arguments.
@@ -47,36 +47,69 @@ pub(crate) struct Exit {
 
 /// Runs the parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx {
-        config_dir: cli.config_dir,
-        quiet: cli.quiet,
-        keys: Keyring::from_args(&cli.keys)?,
+    let quiet = cli.quiet;
+    let ctx = |keys: &KeyArgs, config_dir: &Path| -> anyhow::Result<Ctx> {
+        Ok(Ctx {
+            config_dir: config_dir.to_owned(),
+            quiet,
+            keys: Keyring::from_args(keys)?,
+        })
     };
+    let files = |f: &FileArgs| ctx(&f.keys, &f.config_dir);
     match cli.command {
-        Command::Keygen { out, force } => keygen::run(&ctx, out.as_deref(), force),
-        Command::Encrypt { target, fresh } => convert::encrypt(&ctx, &target, fresh),
-        Command::Decrypt { target } => convert::decrypt(&ctx, &target),
+        Command::Keygen { out, force } => keygen::run(
+            &ctx(&KeyArgs::default(), Path::new("config"))?,
+            out.as_deref(),
+            force,
+        ),
+        Command::Encrypt {
+            files: f,
+            target,
+            fresh,
+        } => convert::encrypt(&files(&f)?, &target, fresh),
+        Command::Decrypt { files: f, target } => convert::decrypt(&files(&f)?, &target),
         Command::Rekey {
+            files: f,
             target,
             new_key_file,
             new_key,
             new_keys,
         } => convert::rekey(
-            &ctx,
+            &files(&f)?,
             &target,
             new_key_file.as_deref(),
             new_key.as_deref(),
             new_keys.as_deref(),
         ),
-        Command::Edit { target } => edit::run(&ctx, &target),
-        Command::Exec { target, command } => exec::run(&ctx, &target, &command),
-        Command::Textconv { file } => git::textconv(&ctx, &file),
+        Command::Edit { files: f, target } => edit::run(&files(&f)?, &target),
+        Command::Exec {
+            files: f,
+            target,
+            command,
+        } => exec::run(&files(&f)?, &target, &command),
+        Command::Textconv { keys, file } => git::textconv(&ctx(&keys, Path::new("config"))?, &file),
         Command::MergeDriver {
+            keys,
             base,
             ours,
             theirs,
             path,
-        } => git::merge_driver(&ctx, &base, &ours, &theirs, &path),
+        } => git::merge_driver(
+            &ctx(&keys, Path::new("config"))?,
+            &base,
+            &ours,
+            &theirs,
+            &path,
+        ),
+    }
+}
+
+/// "1 value", "2 values": a count of values as a message says it.
+pub(crate) fn values(n: usize) -> String {
+    if n == 1 {
+        "1 value".to_owned()
+    } else {
+        format!("{n} values")
     }
 }
 

@@ -10,6 +10,7 @@ mod errors;
 mod exec;
 mod fuzz;
 mod git;
+mod help;
 mod modes;
 mod prop;
 mod rekey;

@@ -11,6 +11,11 @@ use super::file::{ClientFile, RepoFile};
 use super::runtime::{Access, Client, RepoRoute, Role};
 use super::ConfigError;
 
+/// Shortest client token accepted, whatever its source (`[[clients]]` or `TOKENS`): a
+/// token is an MQTT password and a MAC key, and 8 random characters are already far past
+/// guessing through the login throttle.
+pub(super) const MIN_CLIENT_TOKEN: usize = 8;
+
 /// Clients and repo routes from the file and the environment; every problem at once.
 pub(super) fn build(
     clients_file: Vec<ClientFile>,
@@ -79,11 +84,11 @@ fn client(c: ClientFile, where_: &str) -> Result<Client, ConfigError> {
         .to_owned();
     let key = |k: &str| format!("[[clients]] {name} {k}");
     let mut p = Problems::default();
-    if c.token.len() < 8 {
+    if c.token.len() < MIN_CLIENT_TOKEN {
         p.push(ConfigError::new(
             where_,
             key("token"),
-            "token is shorter than 8 characters: use a long random one (openssl rand -hex 24)",
+            format!("token is shorter than {MIN_CLIENT_TOKEN} characters: use a long random one (openssl rand -hex 24)"),
         ));
     }
     let scopes = match c.scopes {
@@ -147,6 +152,17 @@ fn env_clients(env: &dyn Env) -> Result<Vec<Client>, ConfigError> {
                     e.to_string(),
                 )
             }))?;
+            if token.len() < MIN_CLIENT_TOKEN {
+                // The position, not the value: no secret in an error message.
+                p.push(ConfigError::new(
+                    "environment variable TOKENS",
+                    "TOKENS",
+                    format!(
+                        "the token of {name} is shorter than {MIN_CLIENT_TOKEN} characters, the minimum for every client token ([[clients]] token too): use a long random one (openssl rand -hex 24)"
+                    ),
+                ));
+                return None;
+            }
             Some(Client {
                 name: name.to_owned(),
                 token,

@@ -422,3 +422,30 @@ fn the_prefix_follows_the_one_rule() {
     .unwrap();
     assert_eq!(s.prefix, "acme/deploys");
 }
+
+/// Issue 14: `TOKENS=abc` was accepted while the same token in `[[clients]]` was refused.
+#[test]
+fn r14_tokens_are_held_to_the_clients_minimum() {
+    let env = [
+        ("GITHUB_SECRET", "s3cret"),
+        ("TOKENS", "abc, long-enough-1"),
+        ("TRUSTED_NAMES", "web-1, web-2"),
+    ];
+    let e = Settings::load(None, &env, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TOKENS")
+            && e.contains("the token of web-1 is shorter than 8 characters")
+            && e.contains("[[clients]] token too"),
+        "{e}"
+    );
+    assert!(!e.contains("abc,") && !e.contains("web-2"), "{e}");
+    let file = parse(
+        "[github]\nsecret = \"x\"\n[[clients]]\nname = \"web-1\"\ntoken = \"abc\"\n",
+        &[("X", "y")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(file.contains("shorter than 8 characters"), "{file}");
+}

@@ -25,10 +25,10 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Access;
-use crate::github;
 use crate::health::HealthProbe;
 use crate::metrics::Metrics;
 use crate::sequencer::{Sequencer, Webhook, WebhookOutcome};
+use crate::{decisions, github};
 
 mod admin;
 mod error;
@@ -60,6 +60,9 @@ pub struct AppState {
     pub body_budget: Arc<Semaphore>,
     /// How long a body waits for budget before the sender is told to retry.
     pub budget_wait: Duration,
+    /// Duplicate webhooks are logged once per burst: whoever captured one signed body can
+    /// send it again as often as they like.
+    pub duplicates: Arc<orcastrate_broker::burst::BurstLog>,
 }
 
 /// The router of every route.
@@ -214,6 +217,11 @@ async fn handle_webhook(
         )
     })?;
 
+    let (repo, env) = match &intent {
+        github::Intent::Ping { repo } => (repo.clone(), None),
+        github::Intent::Deploy { repo, env, .. } => (Some(repo.clone()), Some(env.clone())),
+        github::Intent::Ignore { repo, env, .. } => (repo.clone(), env.clone()),
+    };
     let outcome = app
         .sequencer
         .webhook(Webhook {
@@ -223,6 +231,23 @@ async fn handle_webhook(
             intent,
         })
         .await?;
+    let line = decisions::WebhookLine {
+        delivery,
+        event,
+        repo: repo.as_deref(),
+        env: env.as_deref(),
+    };
+    match &outcome {
+        WebhookOutcome::Ping => decisions::webhook(line, "ping", None, None),
+        WebhookOutcome::Ignored(reason) => decisions::webhook(line, "ignored", Some(reason), None),
+        WebhookOutcome::Accepted(order) => decisions::webhook(line, "accepted", None, Some(order)),
+        WebhookOutcome::Duplicate(reason) => {
+            if let Some(count) = app.duplicates.note() {
+                let reason = format!("{reason} ({count} duplicates since the last such line)");
+                decisions::webhook(line, "duplicate", Some(&reason), None);
+            }
+        }
+    }
     Ok(answer(outcome, delivery))
 }
 

@@ -256,6 +256,7 @@ impl SequencerTask {
                 let mut newest = self.newest.write().expect("newest-orders lock poisoned");
                 for o in result.staged.new_orders {
                     self.metrics.order(o.order.kind);
+                    crate::decisions::order(&o.order);
                     newest.insert((o.order.repo.clone(), o.order.env.clone()), o);
                 }
             }

@@ -5,8 +5,11 @@
 mod admin;
 mod authz;
 mod common;
+mod decision_logs;
 mod fleet;
 mod limits;
+mod migration;
 mod mqtt;
+mod operator_views;
 mod process;
 mod webhooks;

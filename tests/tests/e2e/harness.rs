@@ -833,7 +833,9 @@ impl Drop for World {
         if std::thread::panicking() {
             eprintln!("---- gateway log ----\n{}", self.gateway.logs.text());
             // One log per release (`{seq}-{sha12}.log`, rotated to `.1`…).
-            let logs = std::fs::read_dir(self.root.join("logs/app")).into_iter().flatten();
+            let logs = std::fs::read_dir(self.root.join("logs/app"))
+                .into_iter()
+                .flatten();
             for file in logs.flatten() {
                 if let Ok(app) = std::fs::read_to_string(file.path()) {
                     eprintln!("---- {} ----\n{app}", file.path().display());

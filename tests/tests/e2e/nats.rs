@@ -239,16 +239,21 @@ fn retained_as(port: u16, user: &str, token: &str, topic: &str) -> Option<Vec<u8
 }
 
 /// Waits until `logs`, from byte `from` on, show the agent connected to `url` and then
-/// subscribed (its SUBACK).
+/// subscribed (its SUBACK). Three times the usual wait: after a node is killed the cluster
+/// re-elects its JetStream leaders first, slowly on a busy machine.
 #[track_caller]
 fn wait_subscribed(logs: &LogBuf, from: usize, url: &str) {
     let connected = format!("connected server={url}\n");
-    eventually(WAIT, &format!("the agent to subscribe on {url}"), || {
-        let text = logs.text();
-        let tail = text.get(from..)?;
-        let at = tail.rfind(&connected)?;
-        tail[at..].contains("subscribed topic=").then_some(())
-    });
+    eventually(
+        WAIT * 3,
+        &format!("the agent to subscribe on {url}"),
+        || {
+            let text = logs.text();
+            let tail = text.get(from..)?;
+            let at = tail.rfind(&connected)?;
+            tail[at..].contains("subscribed topic=").then_some(())
+        },
+    );
 }
 
 /// The generated permissions on a real server: a `.` inside a level is `//` in the
