@@ -158,6 +158,8 @@ async fn main() -> anyhow::Result<()> {
         issued_at: orcastrate_broker::time::now(),
         issued_by: None,
         key_id: String::new(),
+        targets: None,
+        base_sha: None,
         sig: String::new(),
     };
     let mut unknown_key = forged.clone();

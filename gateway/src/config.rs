@@ -193,6 +193,9 @@ pub struct RepoFile {
     pub name: String,
     #[serde(default)]
     pub branches: BTreeMap<String, String>,
+    /// `[repos.rollout.ENV]`: waves of that env (see `crate::rollout::config`).
+    #[serde(default)]
+    pub rollout: BTreeMap<String, crate::rollout::config::RolloutFile>,
 }
 
 /// Values from flags and the environment that override the file (`None`: not given).
@@ -249,6 +252,8 @@ impl Client {
 pub struct RepoRoute {
     pub name: String,
     pub branches: BTreeMap<String, String>,
+    /// The rollout policy of each env that has a `[repos.rollout.ENV]` table.
+    pub rollout: BTreeMap<String, crate::rollout::config::Policy>,
 }
 
 /// The parts of the configuration that reload on SIGHUP.
@@ -840,7 +845,13 @@ fn build_access(
                 "{where_}: [[repos]] {name} is listed twice: merge its branches into one entry"
             )));
         }
-        repos.push(RepoRoute { name, branches });
+        let envs: Vec<&str> = branches.values().map(String::as_str).collect();
+        let rollout = crate::rollout::config::validate(&name, &envs, r.rollout, where_)?;
+        repos.push(RepoRoute {
+            name,
+            branches,
+            rollout,
+        });
     }
     if let Some(value) = env.var("ORCASTRATE_REPOS") {
         for entry in split_list(&value) {
@@ -865,6 +876,7 @@ fn build_access(
                 None => repos.push(RepoRoute {
                     name: repo,
                     branches: BTreeMap::from([(branch.to_owned(), env_name)]),
+                    rollout: BTreeMap::new(),
                 }),
             }
         }

@@ -293,6 +293,10 @@ impl Fleet {
             repo: repo.to_owned(),
             env: env.to_owned(),
             desired,
+            rollout: self
+                .sequencer
+                .rollout_view(repo, env)
+                .map(|r| r.fleet_view()),
             agents,
             updated_at: time::now(),
         }

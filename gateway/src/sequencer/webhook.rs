@@ -3,10 +3,13 @@
 use orcastrate_broker::{message::sha12, time, DeployOrder, Event, EventOutcome};
 
 use super::command::{internal, Command, Ctx, Publish, Staged};
-use super::order::{new_order, OrderFields};
+use super::order::OrderFields;
+use super::rollout::{self, policy_of};
 use super::DeskError;
 use crate::github::Intent;
 use crate::ledger::{self, DeliveryRecord};
+use crate::rollout::config::Policy;
+use crate::rollout::store;
 
 /// What the gateway decided about a webhook.
 #[derive(Debug, Clone)]
@@ -58,10 +61,11 @@ fn refusal(
         return Ok(Some(format!("{repo}/{env} is paused: resume it to deploy")));
     }
     if ledger::is_bad(cx.conn, repo, env, sha).map_err(internal)? {
-        return Ok(Some(format!(
-            "sha {} is marked bad: it was rolled back from",
-            sha12(sha)
-        )));
+        let why = store::bad_reason(cx.conn, repo, env, sha)
+            .map_err(internal)?
+            .map(|r| format!("it was reverted ({r})"))
+            .unwrap_or_else(|| "it was rolled back from".to_owned());
+        return Ok(Some(format!("sha {} is marked bad: {why}", sha12(sha))));
     }
     Ok(newest
         .filter(|n| n.order.sha == *sha)
@@ -131,7 +135,8 @@ fn decide_webhook(cx: &Ctx<'_>, w: Webhook, out: &mut Staged) -> Result<WebhookO
             match reason {
                 Some(reason) => (WebhookOutcome::Ignored(reason), None),
                 None => {
-                    let stored = new_order(
+                    let policy = policy_of(cx, repo, env).unwrap_or_else(Policy::all_at_once);
+                    let stored = rollout::start(
                         cx,
                         newest.as_ref(),
                         OrderFields {
@@ -142,7 +147,10 @@ fn decide_webhook(cx: &Ctx<'_>, w: Webhook, out: &mut Staged) -> Result<WebhookO
                             kind: *kind,
                             delivery: Some(&w.delivery),
                             issued_by: issued_by.as_deref(),
+                            targets: None,
+                            base_sha: None,
                         },
+                        policy,
                         out,
                     )?;
                     (
