@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => client::deploy(args),
         Command::Rollback(args) => client::rollback(args),
         Command::Pause(args) => client::set_paused(args, true),
+        Command::Rollout(cmd) => client::rollout(cmd),
         Command::Resume(args) => client::set_paused(args, false),
         Command::MosquittoConfig(args) => mosquitto_config(args),
         Command::NatsConfig(args) => nats_config(args),

@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::rollout::{store, Rollout};
 use command::{Command, Ctx, Job, Pending, Staged};
 
+pub use history::OrderEntry;
 pub use webhook::{Webhook, WebhookOutcome};
 
 /// Commands taken into one transaction at most; bounds the latency of the first one.
@@ -222,7 +223,7 @@ impl Sequencer {
         repo: Option<String>,
         env: Option<String>,
         limit: u32,
-    ) -> Result<Vec<DeployOrder>, DeskError> {
+    ) -> Result<Vec<history::OrderEntry>, DeskError> {
         self.ask(history::History { repo, env, limit }).await
     }
 

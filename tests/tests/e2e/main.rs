@@ -14,3 +14,4 @@ mod forged;
 mod harness;
 mod nats;
 mod quickstart;
+mod rollouts;
