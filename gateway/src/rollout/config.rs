@@ -183,6 +183,35 @@ mod tests {
     }
 
     #[test]
+    fn the_example_table_uncommented_is_what_it_says() {
+        let text = include_str!("../../../config/gateway.example.toml");
+        let block = text
+            .split_once("# [repos.rollout.production]")
+            .expect("the example has a rollout table")
+            .1;
+        let mut toml = String::from("[repos.rollout.production]\n");
+        for line in block.lines() {
+            if let Some(kv) = line.strip_prefix("# ").filter(|l| l.contains(" = ")) {
+                toml.push_str(kv);
+                toml.push('\n');
+            }
+        }
+        #[derive(Deserialize)]
+        struct Repo {
+            rollout: BTreeMap<String, RolloutFile>,
+        }
+        #[derive(Deserialize)]
+        struct Doc {
+            repos: Repo,
+        }
+        let doc: Doc = toml::from_str(&toml).unwrap();
+        let p = validate("octo-org/web", &["production"], doc.repos.rollout, "example").unwrap();
+        let p = &p["production"];
+        assert_eq!(p.waves.len(), 3);
+        assert_eq!((p.hold_s, p.wave_timeout_s, p.max_failed), (60, Some(600), 0));
+    }
+
+    #[test]
     fn mistakes_name_the_key() {
         for (env, f, says) in [
             ("staging", file(&["100%"]), "not an env of this repo"),
