@@ -22,13 +22,13 @@ const AGENT: &str = "web-1";
 const AGENT_TOKEN: &str = "token-web-1";
 
 /// The gateway binary on fixed ports, logging to a file.
-struct GatewayProcess {
+pub(super) struct GatewayProcess {
     child: Child,
     http: String,
 }
 
 impl GatewayProcess {
-    fn start(config: &Path, http_port: u16, mqtt_port: u16, log: &Path) -> Self {
+    pub(super) fn start(config: &Path, http_port: u16, mqtt_port: u16, log: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -58,7 +58,7 @@ impl GatewayProcess {
     }
 
     /// SIGTERM, and the exit code once it has stopped.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(super) fn terminate(mut self) -> std::process::ExitStatus {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -71,12 +71,12 @@ impl GatewayProcess {
     }
 
     /// SIGKILL: no graceful anything.
-    fn kill9(mut self) {
+    pub(super) fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
-    fn push(&self, sha: &str, delivery: &str) -> (u16, Value) {
+    pub(super) fn push(&self, sha: &str, delivery: &str) -> (u16, Value) {
         let body = push_of(sha, "master");
         let sig = orcastrate_gateway::github::sign(SECRET, &body);
         answer(
@@ -90,7 +90,7 @@ impl GatewayProcess {
         )
     }
 
-    fn admin_get(&self, path: &str) -> Value {
+    pub(super) fn admin_get(&self, path: &str) -> Value {
         let (code, v) = answer(
             agent()
                 .get(format!("{}{path}", self.http))
@@ -147,10 +147,10 @@ fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16
 
 /// A shared buffer the agent logs into.
 #[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
+pub(super) struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
 impl LogBuf {
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -167,15 +167,15 @@ impl std::io::Write for LogBuf {
 }
 
 /// The agent in-process, on its own runtime, logging into `logs`.
-struct Agent {
-    logs: LogBuf,
+pub(super) struct Agent {
+    pub(super) logs: LogBuf,
     cancel: CancellationToken,
     done: mpsc::Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
-    fn start(config: &Path) -> Self {
+    pub(super) fn start(config: &Path) -> Self {
         let cli = orcastrate_agent::Cli {
             config: Some(config.to_owned()),
             ..Default::default()
@@ -254,14 +254,14 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare origin and a work clone; `commit` pushes a version of the app and returns its sha.
-struct Origin {
-    bare: PathBuf,
+pub(super) struct Origin {
+    pub(super) bare: PathBuf,
     work: PathBuf,
     app_port: u16,
 }
 
 impl Origin {
-    fn new(dir: &Path, app_port: u16) -> Self {
+    pub(super) fn new(dir: &Path, app_port: u16) -> Self {
         let bare = dir.join("origin.git");
         let work = dir.join("work");
         git(dir, &["init", "-q", "--bare", bare.to_str().unwrap()]);
@@ -273,7 +273,7 @@ impl Origin {
         }
     }
 
-    fn commit(&self, version: &str) -> String {
+    pub(super) fn commit(&self, version: &str) -> String {
         std::fs::write(self.work.join("server.js"), SERVER_JS).unwrap();
         std::fs::write(self.work.join("VERSION"), version).unwrap();
         std::fs::write(self.work.join("PORT"), self.app_port.to_string()).unwrap();
@@ -305,7 +305,7 @@ impl Origin {
 }
 
 /// What the app answers on `/`.
-fn app_version(port: u16) -> Option<String> {
+pub(super) fn app_version(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
@@ -334,7 +334,7 @@ impl Drop for Logs<'_> {
 }
 
 /// The gateway's public key, from `orcastrate-gateway public-key` as an operator gets it.
-fn public_key(config: &Path) -> String {
+pub(super) fn public_key(config: &Path) -> String {
     let out = Command::new(BIN)
         .args(["public-key", "--config"])
         .arg(config)

@@ -10,4 +10,5 @@ mod fleet;
 mod limits;
 mod mqtt;
 mod process;
+mod rollout_restart;
 mod webhooks;
