@@ -365,7 +365,9 @@ impl Fleet {
             .iter()
             .map(|(k, o)| (k.clone(), o.order.seq))
             .collect();
+        let rollouts = self.sequencer.take_changed_rollouts();
         let mut state = self.state.lock().expect("fleet lock poisoned");
+        state.dirty.extend(rollouts);
         for (key, seq) in newest {
             if state.published_desired.get(&key) != Some(&seq) {
                 state.published_desired.insert(key.clone(), seq);

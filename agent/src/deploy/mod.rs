@@ -315,13 +315,17 @@ impl Job<'_> {
         self.switch_and_start(&release).await
     }
 
-    /// Whether the order asks for the sha that serves healthy now, so it needs no restart: a
-    /// rollout wave or revert for an agent that never left that sha (design: Rollouts).
-    /// An operator's `manual` deploy always redeploys.
+    /// Whether the order asks for the sha that serves now from the newest healthy release,
+    /// so it needs no restart: a rollout wave or revert for an agent that never left that
+    /// sha, or that went back to it by itself (`failed` before the switch, `rolled_back`
+    /// after it; design: Rollouts). An operator's `manual` deploy always redeploys.
     fn already_serving(&self, healthy: &HealthyRelease) -> bool {
         self.order.kind != OrderKind::Manual
             && healthy.sha == self.order.sha
-            && self.ctx.status.get().state == AgentState::Healthy
+            && matches!(
+                self.ctx.status.get().state,
+                AgentState::Healthy | AgentState::Failed | AgentState::RolledBack
+            )
             && self.ctx.running_sha().as_deref() == Some(self.order.sha.as_str())
             && self.ctx.layout.current_release().as_deref() == Some(healthy.release.as_str())
     }

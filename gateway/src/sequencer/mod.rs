@@ -47,8 +47,15 @@ const QUEUE: usize = 4096;
 /// Newest order of each repo/env, as published (shared with the desired-topic guard and fleet).
 pub type NewestOrders = Arc<RwLock<HashMap<(String, String), StoredOrder>>>;
 
-/// Newest rollout of each repo/env, for the fleet summaries.
-type Rollouts = Arc<RwLock<HashMap<(String, String), Rollout>>>;
+/// Newest rollout of each repo/env, for the fleet summaries, and which of them changed since
+/// the fleet last asked.
+type Rollouts = Arc<RwLock<RolloutViews>>;
+
+#[derive(Default)]
+struct RolloutViews {
+    newest: HashMap<(String, String), Rollout>,
+    changed: std::collections::HashSet<(String, String)>,
+}
 
 /// How often running rollouts are looked at without a new status: their hold and wave
 /// timers count in seconds.
@@ -213,8 +220,16 @@ impl Sequencer {
         self.rollouts
             .read()
             .expect("rollouts lock poisoned")
+            .newest
             .get(&(repo.to_owned(), env.to_owned()))
             .cloned()
+    }
+
+    /// The repo/envs whose rollout changed since the last call (their fleet summaries are
+    /// due again).
+    pub fn take_changed_rollouts(&self) -> Vec<(String, String)> {
+        let mut views = self.rollouts.write().expect("rollouts lock poisoned");
+        views.changed.drain().collect()
     }
 
     /// Orders newest first.
@@ -275,10 +290,13 @@ impl SequencerTask {
             .map(|o| ((o.order.repo.clone(), o.order.env.clone()), o))
             .collect();
         let newest = Arc::new(RwLock::new(newest));
-        let rollouts: HashMap<_, _> = store::all_latest(&conn)?
-            .into_iter()
-            .map(|r| ((r.repo.clone(), r.env.clone()), r))
-            .collect();
+        let rollouts = RolloutViews {
+            newest: store::all_latest(&conn)?
+                .into_iter()
+                .map(|r| ((r.repo.clone(), r.env.clone()), r))
+                .collect(),
+            changed: std::collections::HashSet::new(),
+        };
         let topics = bus.topics().clone();
         Ok((
             Self {
@@ -352,7 +370,9 @@ impl SequencerTask {
             if !result.staged.rollouts.is_empty() {
                 let mut views = self.rollouts.write().expect("rollouts lock poisoned");
                 for r in result.staged.rollouts {
-                    views.insert((r.repo.clone(), r.env.clone()), r);
+                    let key = (r.repo.clone(), r.env.clone());
+                    views.changed.insert(key.clone());
+                    views.newest.insert(key, r);
                 }
             }
             if !result.staged.new_orders.is_empty() {
