@@ -36,7 +36,10 @@ pub fn order_canonical(o: &DeployOrder) -> String {
         "orcastrate-order-v2{}\n{}\n{}",
         order_fields(o),
         o.base_sha.as_deref().unwrap_or_default(),
-        o.targets.as_deref().map(|t| t.join(",")).unwrap_or_default()
+        o.targets
+            .as_deref()
+            .map(|t| t.join(","))
+            .unwrap_or_default()
     )
 }
 
@@ -200,7 +203,7 @@ impl OrderVerifier {
             && order.base_sha.is_none()
             && key
                 .verify_strict(order_canonical_v1(order).as_bytes(), &sig)
-            .is_ok()
+                .is_ok()
         {
             return Err(SignError::OldSignature);
         }

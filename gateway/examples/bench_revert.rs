@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use orcastrate_broker::{sign, time, AgentState, AgentStatus, DeployOrder, OrderKind, OrderVerifier};
+use orcastrate_broker::{
+    sign, time, AgentState, AgentStatus, DeployOrder, OrderKind, OrderVerifier,
+};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -129,28 +131,159 @@ async fn run_sim(sim: Sim, url: String, tx: mpsc::UnboundedSender<Report>) -> an
                     continue;
                 };
                 let publish = |state: AgentState| {
-                    let _ = tx.send(Report::Status(sim.index, state, sha.clone(), Instant::now()));
+                    let _ = tx.send(Report::Status(
+                        sim.index,
+                        state,
+                        sha.clone(),
+                        Instant::now(),
+                    ));
                     status(&sim, &session, state, &order, &sha)
                 };
                 if running.as_deref() != Some(sha.as_str()) {
                     let payload = publish(AgentState::Deploying);
-                    client.publish(&status_topic, QoS::AtLeastOnce, true, payload).await?;
-                    let fails = sim.index == 0 && sim.bad.lock().unwrap().as_deref() == Some(sha.as_str());
+                    client
+                        .publish(&status_topic, QoS::AtLeastOnce, true, payload)
+                        .await?;
+                    let fails =
+                        sim.index == 0 && sim.bad.lock().unwrap().as_deref() == Some(sha.as_str());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if fails {
                         let payload = publish(AgentState::RolledBack);
-                        client.publish(&status_topic, QoS::AtLeastOnce, true, payload).await?;
+                        client
+                            .publish(&status_topic, QoS::AtLeastOnce, true, payload)
+                            .await?;
                         continue;
                     }
                 }
                 running = Some(sha.clone());
                 let payload = publish(AgentState::Healthy);
-                client.publish(&status_topic, QoS::AtLeastOnce, true, payload).await?;
+                client
+                    .publish(&status_topic, QoS::AtLeastOnce, true, payload)
+                    .await?;
             }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// What one measurement needs.
+struct Run<'a> {
+    agents: usize,
+    names: &'a [(String, String)],
+    verifier: &'a OrderVerifier,
+    url: String,
+    http_addr: std::net::SocketAddr,
+    /// The bad push.
+    push: Push,
+}
+
+/// Connects the agents, brings them to a good sha, then pushes the bad one: the time from
+/// the canary's failure to the revert reaching it, and how many started the bad sha.
+async fn measure(run: &Run<'_>) -> anyhow::Result<(Duration, usize)> {
+    let bad: Arc<Mutex<Option<String>>> = Arc::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for (index, (name, token)) in run.names.iter().enumerate() {
+        let sim = Sim {
+            index,
+            name: name.clone(),
+            token: token.clone(),
+            bad: bad.clone(),
+            verifier: run.verifier.clone(),
+        };
+        tokio::spawn(run_sim(sim, run.url.clone(), tx.clone()));
+        if index % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut subscribed = 0;
+    while subscribed < run.agents {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(Report::Subscribed)) => subscribed += 1,
+            Ok(Some(_)) => {}
+            _ => bail!("only {subscribed} agents subscribed within 60 s"),
+        }
+    }
+
+    // Everyone on a good sha first, at once.
+    let good = format!("{:040x}", 0xfeed_u64);
+    let body = format!(r#"{{"repo":"{REPO}","env":"{ENV}","sha":"{good}","now":true}}"#);
+    let request = format!(
+        "POST /api/v1/deploy HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = Conn::connect(run.http_addr).await?;
+    let (code, answer) = conn.exchange(request.as_bytes()).await?;
+    ensure!(
+        code == 202,
+        "deploy --now got {code}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut healthy = HashSet::new();
+    while healthy.len() < run.agents {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some(Report::Status(i, AgentState::Healthy, sha, _))) if sha == good => {
+                healthy.insert(i);
+            }
+            Ok(Some(_)) => {}
+            _ => bail!(
+                "only {} agents healthy on the good sha within 30 s",
+                healthy.len()
+            ),
+        }
+    }
+    // Let the gateway record the last statuses before the push.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    push_bad(run, &bad, &mut rx, &mut conn).await
+}
+
+/// The bad push and what follows it (see [`measure`]).
+async fn push_bad(
+    run: &Run<'_>,
+    bad: &Mutex<Option<String>>,
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    conn: &mut Conn,
+) -> anyhow::Result<(Duration, usize)> {
+    let push = &run.push;
+    *bad.lock().unwrap() = Some(push.sha.clone());
+    let (code, answer) = conn.exchange(&push.wire).await?;
+    ensure!(
+        code == 202,
+        "the push got {code}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let mut started_bad = HashSet::new();
+    let mut failed_at = None;
+    let mut reverted = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reverted.is_none() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Report::Status(i, state, sha, at))) if sha == push.sha => {
+                if state == AgentState::Deploying {
+                    started_bad.insert(i);
+                }
+                if state == AgentState::RolledBack {
+                    failed_at = Some(at);
+                }
+            }
+            Ok(Some(Report::Revert(0, at))) => reverted = Some(at),
+            Ok(Some(_)) => {}
+            _ => bail!("no revert within 30 s"),
+        }
+    }
+    // Anyone starting the bad sha late would show up now.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
+        if let Report::Status(i, AgentState::Deploying, sha, _) = r {
+            if sha == push.sha {
+                started_bad.insert(i);
+            }
+        }
+    }
+    let failed_at = failed_at.context("the canary never reported rolled_back")?;
+    anyhow::Ok((reverted.unwrap() - failed_at, started_bad.len()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -169,7 +302,12 @@ fn main() -> anyhow::Result<()> {
     let secret = format!("bench-secret-{run_id}");
     let (http_addr, mqtt_addr) = (free_port()?, free_port()?);
     let names: Vec<(String, String)> = (0..args.agents)
-        .map(|i| (format!("bench-agent-{i:05}"), format!("bench-token-{run_id}-{i:05}")))
+        .map(|i| {
+            (
+                format!("bench-agent-{i:05}"),
+                format!("bench-token-{run_id}-{i:05}"),
+            )
+        })
         .collect();
     let mut config = format!(
         "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\nlisten = \"{mqtt_addr}\"\n\
@@ -180,7 +318,9 @@ fn main() -> anyhow::Result<()> {
         names[0].0
     );
     for (name, token) in &names {
-        config.push_str(&format!("[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"));
+        config.push_str(&format!(
+            "[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"
+        ));
     }
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
@@ -188,7 +328,9 @@ fn main() -> anyhow::Result<()> {
     let mut gateway = spawn_gateway(&gateway_bin, &log_path, |c| {
         c.arg("--config").arg(&config_path);
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(wait_ready(http_addr, &mut gateway.0))?;
     // The key the gateway created on its first start, as an operator gets it.
     let key = std::process::Command::new(&gateway_bin)
@@ -197,104 +339,40 @@ fn main() -> anyhow::Result<()> {
         .output()?;
     ensure!(key.status.success(), "public-key failed: {key:?}");
     let verifier = OrderVerifier::new(&[String::from_utf8(key.stdout)?.trim()])?;
-    let result = runtime.block_on(async {
-        let bad: Arc<Mutex<Option<String>>> = Arc::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let url = format!("mqtt://{mqtt_addr}");
-        for (index, (name, token)) in names.iter().enumerate() {
-            let sim = Sim {
-                index,
-                name: name.clone(),
-                token: token.clone(),
-                bad: bad.clone(),
-                verifier: verifier.clone(),
-            };
-            tokio::spawn(run_sim(sim, url.clone(), tx.clone()));
-            if index % 50 == 49 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        let mut subscribed = 0;
-        while subscribed < args.agents {
-            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                Ok(Some(Report::Subscribed)) => subscribed += 1,
-                Ok(Some(_)) => {}
-                _ => bail!("only {subscribed} agents subscribed within 60 s"),
-            }
-        }
-
-        // Everyone on a good sha first, at once.
-        let good = format!("{:040x}", 0xfeed_u64);
-        let body = format!(r#"{{"repo":"{REPO}","env":"{ENV}","sha":"{good}","now":true}}"#);
-        let request = format!(
-            "POST /api/v1/deploy HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {ADMIN}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut conn = Conn::connect(http_addr).await?;
-        let (code, answer) = conn.exchange(request.as_bytes()).await?;
-        ensure!(code == 202, "deploy --now got {code}: {}", String::from_utf8_lossy(&answer));
-        let mut healthy = HashSet::new();
-        while healthy.len() < args.agents {
-            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-                Ok(Some(Report::Status(i, AgentState::Healthy, sha, _))) if sha == good => {
-                    healthy.insert(i);
-                }
-                Ok(Some(_)) => {}
-                _ => bail!("only {} agents healthy on the good sha within 30 s", healthy.len()),
-            }
-        }
-        // Let the gateway record the last statuses before the push.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        let push = numbered_push(0, run_id, &payload, &original_after, &secret, "/webhook");
-        *bad.lock().unwrap() = Some(push.sha.clone());
-        let (code, answer) = conn.exchange(&push.wire).await?;
-        ensure!(code == 202, "the push got {code}: {}", String::from_utf8_lossy(&answer));
-        let mut started_bad = HashSet::new();
-        let mut failed_at = None;
-        let mut reverted = None;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while reverted.is_none() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Report::Status(i, state, sha, at))) if sha == push.sha => {
-                    if state == AgentState::Deploying {
-                        started_bad.insert(i);
-                    }
-                    if state == AgentState::RolledBack {
-                        failed_at = Some(at);
-                    }
-                }
-                Ok(Some(Report::Revert(0, at))) => reverted = Some(at),
-                Ok(Some(_)) => {}
-                _ => bail!("no revert within 30 s"),
-            }
-        }
-        // Anyone starting the bad sha late would show up now.
-        let settle = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Some(r)) = tokio::time::timeout_at(settle, rx.recv()).await {
-            if let Report::Status(i, AgentState::Deploying, sha, _) = r {
-                if sha == push.sha {
-                    started_bad.insert(i);
-                }
-            }
-        }
-        let failed_at = failed_at.context("the canary never reported rolled_back")?;
-        anyhow::Ok((reverted.unwrap() - failed_at, started_bad.len()))
-    });
+    let run = Run {
+        agents: args.agents,
+        names: &names,
+        verifier: &verifier,
+        url: format!("mqtt://{mqtt_addr}"),
+        http_addr,
+        push: numbered_push(0, run_id, &payload, &original_after, &secret, "/webhook"),
+    };
+    let result = runtime.block_on(measure(&run));
     let (revert, started) = match result {
         Ok(r) => r,
-        Err(e) => bail!("{e:#}\n--- last lines of the gateway log ---\n{}", tail(&log_path, 20)),
+        Err(e) => bail!(
+            "{e:#}\n--- last lines of the gateway log ---\n{}",
+            tail(&log_path, 20)
+        ),
     };
     gateway.0.kill()?;
     gateway.0.wait()?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     let revert_ms = ms(revert);
-    println!("fleet-wide revert: a bad push fails on the canary of {} simulated agents", args.agents);
+    println!(
+        "fleet-wide revert: a bad push fails on the canary of {} simulated agents",
+        args.agents
+    );
     println!("  canary rolled_back → revert order at the canary   {revert_ms:.1} ms");
-    println!("  agents that ever started the bad sha               {started} of {}", args.agents);
+    println!(
+        "  agents that ever started the bad sha               {started} of {}",
+        args.agents
+    );
     summary_row(
-        &format!("revert order after the canary fails ({} agents)", args.agents),
+        &format!(
+            "revert order after the canary fails ({} agents)",
+            args.agents
+        ),
         &format!("{revert_ms:.0} ms"),
         &format!("< {TARGET_REVERT_MS:.0} ms"),
         Some(revert_ms < TARGET_REVERT_MS),

@@ -243,7 +243,11 @@ fn full_sha(t: &RepoEnvArgs, given: &str) -> anyhow::Result<String> {
     q.append_pair("repo", &t.repo.to_ascii_lowercase())
         .append_pair("env", &t.env);
     let q = q.finish();
-    let orders = call(&t.client, &format!("/api/v1/deployments?{q}&limit=1000"), None)?;
+    let orders = call(
+        &t.client,
+        &format!("/api/v1/deployments?{q}&limit=1000"),
+        None,
+    )?;
     let agents = call(&t.client, &format!("/api/v1/agents?{q}"), None)?;
     let mut found: Vec<String> = Vec::new();
     let known = orders["deployments"]
@@ -282,7 +286,8 @@ fn full_sha(t: &RepoEnvArgs, given: &str) -> anyhow::Result<String> {
 pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let sha = full_sha(t, &args.sha)?;
-    let body = json!({ "repo": t.repo, "env": t.env, "sha": sha, "ref": args.git_ref, "now": args.now });
+    let body =
+        json!({ "repo": t.repo, "env": t.env, "sha": sha, "ref": args.git_ref, "now": args.now });
     let value = call(&t.client, "/api/v1/deploy", Some(body))?;
     print_order(t.client.json, &value);
     Ok(())
@@ -335,7 +340,11 @@ pub fn rollout(cmd: &RolloutCommand) -> anyhow::Result<()> {
             q.append_pair("repo", &args.repo.to_ascii_lowercase())
                 .append_pair("env", &args.env)
                 .append_pair("limit", "10");
-            call(&args.client, &format!("/api/v1/rollouts?{}", q.finish()), None)?
+            call(
+                &args.client,
+                &format!("/api/v1/rollouts?{}", q.finish()),
+                None,
+            )?
         }
     };
     print(args.client.json, &value, |v| {
@@ -360,7 +369,9 @@ pub fn rollout(cmd: &RolloutCommand) -> anyhow::Result<()> {
             })
             .collect();
         table(
-            &["ID", "KIND", "SHA", "BASE", "WAVE", "STATE", "STARTED", "WHY"],
+            &[
+                "ID", "KIND", "SHA", "BASE", "WAVE", "STATE", "STARTED", "WHY",
+            ],
             rows,
         )
     });

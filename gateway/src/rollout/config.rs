@@ -133,17 +133,15 @@ fn wave(text: &str) -> Result<Wave, String> {
     if let Some(share) = text.strip_suffix('%') {
         return match share.parse::<u8>() {
             Ok(p @ 1..=100) => Ok(Wave::Share(p)),
-            _ => Err(format!(
-                "waves: {text:?} is not a share: write 1% to 100%"
-            )),
+            _ => Err(format!("waves: {text:?} is not a share: write 1% to 100%")),
         };
     }
     let agents = text
         .split(',')
         .map(|a| {
-            names::agent(a.trim())
-                .map(str::to_owned)
-                .map_err(|e| format!("waves: {text:?}: {e}; write agent names or a share like \"25%\""))
+            names::agent(a.trim()).map(str::to_owned).map_err(|e| {
+                format!("waves: {text:?}: {e}; write agent names or a share like \"25%\"")
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Wave::Agents(agents))
@@ -163,12 +161,21 @@ mod tests {
     }
 
     fn one(env: &str, f: RolloutFile) -> Result<BTreeMap<String, Policy>, String> {
-        validate("a/b", &["production"], BTreeMap::from([(env.to_owned(), f)]), "g.toml")
+        validate(
+            "a/b",
+            &["production"],
+            BTreeMap::from([(env.to_owned(), f)]),
+            "g.toml",
+        )
     }
 
     #[test]
     fn waves_parse_with_defaults() {
-        let p = one("production", file(&["web-1", "web-2, web-3", "25%", "100%"])).unwrap();
+        let p = one(
+            "production",
+            file(&["web-1", "web-2, web-3", "25%", "100%"]),
+        )
+        .unwrap();
         let p = &p["production"];
         assert_eq!(
             p.waves,
@@ -179,7 +186,10 @@ mod tests {
                 Wave::Share(100)
             ]
         );
-        assert_eq!((p.hold_s, p.wave_timeout_s, p.max_failed), (60, Some(600), 0));
+        assert_eq!(
+            (p.hold_s, p.wave_timeout_s, p.max_failed),
+            (60, Some(600), 0)
+        );
     }
 
     #[test]
@@ -205,10 +215,19 @@ mod tests {
             repos: Repo,
         }
         let doc: Doc = toml::from_str(&toml).unwrap();
-        let p = validate("octo-org/web", &["production"], doc.repos.rollout, "example").unwrap();
+        let p = validate(
+            "octo-org/web",
+            &["production"],
+            doc.repos.rollout,
+            "example",
+        )
+        .unwrap();
         let p = &p["production"];
         assert_eq!(p.waves.len(), 3);
-        assert_eq!((p.hold_s, p.wave_timeout_s, p.max_failed), (60, Some(600), 0));
+        assert_eq!(
+            (p.hold_s, p.wave_timeout_s, p.max_failed),
+            (60, Some(600), 0)
+        );
     }
 
     #[test]
@@ -216,7 +235,11 @@ mod tests {
         for (env, f, says) in [
             ("staging", file(&["100%"]), "not an env of this repo"),
             ("production", file(&[]), "give 1 to 20 waves"),
-            ("production", file(&["web-1", "50%"]), "last wave must be \"100%\""),
+            (
+                "production",
+                file(&["web-1", "50%"]),
+                "last wave must be \"100%\"",
+            ),
             ("production", file(&["0%", "100%"]), "not a share"),
             ("production", file(&["Web 1", "100%"]), "waves: \"Web 1\""),
         ] {
@@ -225,6 +248,8 @@ mod tests {
         }
         let mut f = file(&["100%"]);
         f.wave_timeout_s = Some(0);
-        assert!(one("production", f).unwrap_err().contains("wave_timeout_s = 0"));
+        assert!(one("production", f)
+            .unwrap_err()
+            .contains("wave_timeout_s = 0"));
     }
 }

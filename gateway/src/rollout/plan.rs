@@ -56,7 +56,11 @@ pub fn decide(r: &Rollout, statuses: &[AgentStatus], now_ms: u64) -> Decision {
             .iter()
             .take(5)
             .map(|s| {
-                let why = s.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                let why = s
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
                 format!("{} {}{}", s.agent, s.state.as_str(), why)
             })
             .collect();
@@ -239,7 +243,10 @@ mod tests {
         let Decision::Revert { reason } = decide(&r, &[ok.clone(), bad], 0) else {
             panic!("not reverted")
         };
-        assert!(reason.contains("web-2 rolled_back: health check failed"), "{reason}");
+        assert!(
+            reason.contains("web-2 rolled_back: health check failed"),
+            "{reason}"
+        );
         // A failure at an older order or another sha is not this rollout's.
         let old = status("web-2", AgentState::Failed, 99, SHA);
         let base = status("web-3", AgentState::Failed, 100, BASE);
@@ -279,11 +286,18 @@ mod tests {
             status("web-2", AgentState::Healthy, 100, BASE),
         ];
         let t0 = r.wave_started_ms + 5_000;
-        assert_eq!(decide(&r, &s, t0), Decision::Wait { hold_from: Some(t0) });
+        assert_eq!(
+            decide(&r, &s, t0),
+            Decision::Wait {
+                hold_from: Some(t0)
+            }
+        );
         r.hold_from_ms = Some(t0);
         assert_eq!(
             decide(&r, &s, t0 + 59_999),
-            Decision::Wait { hold_from: Some(t0) }
+            Decision::Wait {
+                hold_from: Some(t0)
+            }
         );
         assert_eq!(
             decide(&r, &s, t0 + 60_000),
@@ -291,7 +305,10 @@ mod tests {
         );
         // Not healthy any more during the hold: the hold starts over.
         let s = [status("web-1", AgentState::Deploying, 101, SHA)];
-        assert_eq!(decide(&r, &s, t0 + 60_000), Decision::Wait { hold_from: None });
+        assert_eq!(
+            decide(&r, &s, t0 + 60_000),
+            Decision::Wait { hold_from: None }
+        );
     }
 
     #[test]
@@ -316,7 +333,10 @@ mod tests {
         let Decision::Revert { reason } = decide(&r, &s, late) else {
             panic!("no revert")
         };
-        assert!(reason.contains("wave 1 of 3") && reason.contains("web-2"), "{reason}");
+        assert!(
+            reason.contains("wave 1 of 3") && reason.contains("web-2"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -69,26 +69,37 @@ fn outcome(
             RolloutState::Aborted => "aborted",
         };
         let reason = match r.state {
-            RolloutState::Running => Some(format!("wave {} of {}", r.wave + 1, r.policy.waves.len())),
+            RolloutState::Running => {
+                Some(format!("wave {} of {}", r.wave + 1, r.policy.waves.len()))
+            }
             _ => r.reason,
         };
         return Ok((outcome, reason));
     }
     let healthy = conn
-        .prepare_cached("SELECT 1 FROM healthy WHERE repo = ?1 AND env = ?2 AND seq = ?3 AND sha = ?4")?
-        .exists(rusqlite::params![o.repo, o.env, i64::try_from(o.seq).unwrap_or(i64::MAX), o.sha])?;
+        .prepare_cached(
+            "SELECT 1 FROM healthy WHERE repo = ?1 AND env = ?2 AND seq = ?3 AND sha = ?4",
+        )?
+        .exists(rusqlite::params![
+            o.repo,
+            o.env,
+            i64::try_from(o.seq).unwrap_or(i64::MAX),
+            o.sha
+        ])?;
     if healthy {
         return Ok(("deployed", None));
     }
     let failed = ledger::statuses(conn, Some(&o.repo), Some(&o.env))?
         .into_iter()
         .find(|s| {
-            s.seq == Some(o.seq)
-                && matches!(s.state, AgentState::Failed | AgentState::RolledBack)
+            s.seq == Some(o.seq) && matches!(s.state, AgentState::Failed | AgentState::RolledBack)
         });
     if let Some(s) = failed {
         let why = s.error.unwrap_or_default();
-        return Ok(("failed", Some(format!("{} {}: {why}", s.agent, s.state.as_str()))));
+        return Ok((
+            "failed",
+            Some(format!("{} {}: {why}", s.agent, s.state.as_str())),
+        ));
     }
     let newer = ledger::newest_order(conn, &o.repo, &o.env)?.is_some_and(|n| n.order.seq > o.seq);
     Ok((if newer { "superseded" } else { "pending" }, None))

@@ -94,7 +94,11 @@ pub(super) fn start(
     out: &mut Staged,
 ) -> Result<DeployOrder, DeskError> {
     let (repo, env) = (f.repo, f.env);
-    let reason = format!("superseded by a newer {} of {}", f.kind.as_str(), sha12(f.sha));
+    let reason = format!(
+        "superseded by a newer {} of {}",
+        f.kind.as_str(),
+        sha12(f.sha)
+    );
     let base = match end_running(cx, (repo, env), RolloutState::Superseded, reason, out)? {
         Some(previous) => previous.base_sha,
         None => ledger::rollback_target(cx.conn, repo, env, u64::MAX, f.sha).map_err(internal)?,
@@ -154,7 +158,13 @@ fn next_wave(
 ) -> Result<(), DeskError> {
     let newest = ledger::newest_order(cx.conn, &r.repo, &r.env).map_err(internal)?;
     let Some(current) = newest.as_ref().filter(|n| n.order.seq == r.wave_seq) else {
-        return finish(cx, r, RolloutState::Superseded, "a newer order took over".into(), out);
+        return finish(
+            cx,
+            r,
+            RolloutState::Superseded,
+            "a newer order took over".into(),
+            out,
+        );
     };
     let wave = r.wave + 1;
     let known = known_agents(cx, &r.repo, &r.env)?;
@@ -207,11 +217,13 @@ fn revert(
         (Some(base), true) => base.clone(),
         (None, _) => {
             let why = format!("{reason}; nothing to revert to: no earlier sha ran healthy");
-            out.publish.push(event(cx, r, format!("halted: {why}"), None));
+            out.publish
+                .push(event(cx, r, format!("halted: {why}"), None));
             return finish(cx, r, RolloutState::Halted, why, out);
         }
         (Some(_), false) => {
-            out.publish.push(event(cx, r, format!("halted: {reason}"), None));
+            out.publish
+                .push(event(cx, r, format!("halted: {reason}"), None));
             return finish(cx, r, RolloutState::Halted, reason, out);
         }
     };
@@ -255,10 +267,17 @@ impl Command for Tick {
         for mut r in store::running(cx.conn).map_err(internal)? {
             let newest = ledger::newest_order(cx.conn, &r.repo, &r.env).map_err(internal)?;
             if newest.is_none_or(|n| n.order.seq != r.wave_seq) {
-                finish(cx, &mut r, RolloutState::Superseded, "a newer order took over".into(), out)?;
+                finish(
+                    cx,
+                    &mut r,
+                    RolloutState::Superseded,
+                    "a newer order took over".into(),
+                    out,
+                )?;
                 continue;
             }
-            let statuses = ledger::statuses(cx.conn, Some(&r.repo), Some(&r.env)).map_err(internal)?;
+            let statuses =
+                ledger::statuses(cx.conn, Some(&r.repo), Some(&r.env)).map_err(internal)?;
             match plan::decide(&r, &statuses, now_ms) {
                 Decision::Wait { hold_from } if hold_from != r.hold_from_ms => {
                     r.hold_from_ms = hold_from;
@@ -271,10 +290,18 @@ impl Command for Tick {
                     let reason = if r.left_out.is_empty() {
                         "every agent healthy".to_owned()
                     } else {
-                        format!("every agent healthy but (offline, left out) {}", r.left_out.join(", "))
+                        format!(
+                            "every agent healthy but (offline, left out) {}",
+                            r.left_out.join(", ")
+                        )
                     };
                     if r.policy.waves.len() > 1 {
-                        out.publish.push(event(cx, &r, format!("rollout completed: {reason}"), None));
+                        out.publish.push(event(
+                            cx,
+                            &r,
+                            format!("rollout completed: {reason}"),
+                            None,
+                        ));
                     }
                     finish(cx, &mut r, RolloutState::Completed, reason, out)?;
                 }
@@ -315,11 +342,23 @@ impl Command for Steer {
             .map_err(internal)?
             .ok_or_else(|| conflict("no rollout is running"))?;
         if self.abort {
-            revert(cx, &mut r, format!("aborted by {}", self.by), RolloutState::Aborted, out)?;
+            revert(
+                cx,
+                &mut r,
+                format!("aborted by {}", self.by),
+                RolloutState::Aborted,
+                out,
+            )?;
         } else if r.wave + 1 >= r.policy.waves.len() {
             return Err(conflict("the rollout is at its last wave already"));
         } else {
-            next_wave(cx, &mut r, Vec::new(), &format!(" (promoted by {})", self.by), out)?;
+            next_wave(
+                cx,
+                &mut r,
+                Vec::new(),
+                &format!(" (promoted by {})", self.by),
+                out,
+            )?;
         }
         Ok(r)
     }
@@ -336,6 +375,12 @@ impl Command for List {
     type Reply = Vec<Rollout>;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<Vec<Rollout>, DeskError> {
-        store::list(cx.conn, self.repo.as_deref(), self.env.as_deref(), self.limit).map_err(internal)
+        store::list(
+            cx.conn,
+            self.repo.as_deref(),
+            self.env.as_deref(),
+            self.limit,
+        )
+        .map_err(internal)
     }
 }

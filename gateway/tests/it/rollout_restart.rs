@@ -14,7 +14,14 @@ const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// `web-1` and `web-2` (their tokens in `config_text`), each with its own root and app port.
 const HOSTS: [(&str, &str); 2] = [("web-1", "token-web-1"), ("web-2", "token-web-2")];
 
-fn write_agent(dir: &Path, name: &str, token: &str, mqtt_port: u16, key: &str, origin: &Origin) -> (std::path::PathBuf, u16) {
+fn write_agent(
+    dir: &Path,
+    name: &str,
+    token: &str,
+    mqtt_port: u16,
+    key: &str,
+    origin: &Origin,
+) -> (std::path::PathBuf, u16) {
     let port = free_port();
     let root = dir.join(format!("root-{name}"));
     std::fs::create_dir_all(root.join("shared")).unwrap();
@@ -60,7 +67,10 @@ fn rollout(gateway: &GatewayProcess) -> Value {
 fn agent_at(gateway: &GatewayProcess, name: &str, sha: &str, seq: u64) -> bool {
     let v = gateway.admin_get(&format!("/api/v1/agents?repo={REPO}&env={ENV}"));
     v["agents"].as_array().into_iter().flatten().any(|a| {
-        a["agent"] == name && a["state"] == "healthy" && a["sha"] == sha && a["seq"].as_u64() >= Some(seq)
+        a["agent"] == name
+            && a["state"] == "healthy"
+            && a["sha"] == sha
+            && a["seq"].as_u64() >= Some(seq)
     })
 }
 
@@ -70,7 +80,11 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let config = dir.path().join("gateway.toml");
     let table = "[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 4\n";
-    std::fs::write(&config, config_text(&dir.path().join("data"), mqtt_port, SECRET, table)).unwrap();
+    std::fs::write(
+        &config,
+        config_text(&dir.path().join("data"), mqtt_port, SECRET, table),
+    )
+    .unwrap();
     let log = dir.path().join("gateway.log");
     let mut gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
     let key = public_key(&config);
@@ -93,7 +107,11 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
                 agent_at(&gateway, "web-1", &sha, seq).then_some(())
             });
             let r = rollout(&gateway);
-            assert_eq!((r["state"].as_str(), r["wave"].as_u64()), (Some("running"), Some(0)), "{r}");
+            assert_eq!(
+                (r["state"].as_str(), r["wave"].as_u64()),
+                (Some("running"), Some(0)),
+                "{r}"
+            );
             if n > 0 {
                 // Mid-wave, during the hold: stopped gracefully once, killed once.
                 if n == 1 {
@@ -103,10 +121,14 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
                 }
                 gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
             }
-            eventually(WAIT, &format!("the rollout of {version} to complete"), || {
-                let r = rollout(&gateway);
-                (r["state"] == "completed" && r["sha"] == sha.as_str()).then_some(())
-            });
+            eventually(
+                WAIT,
+                &format!("the rollout of {version} to complete"),
+                || {
+                    let r = rollout(&gateway);
+                    (r["state"] == "completed" && r["sha"] == sha.as_str()).then_some(())
+                },
+            );
             for port in &ports {
                 eventually(WAIT, &format!("every app to serve {version}"), || {
                     (app_version(*port)? == version).then_some(())
@@ -116,7 +138,10 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
     }));
     drop(agents);
     if let Err(panic) = result {
-        eprintln!("---- gateway log ----\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        eprintln!(
+            "---- gateway log ----\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::panic::resume_unwind(panic);
     }
 }

@@ -267,7 +267,13 @@ fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_ser
     let history = w.gateway.deployments();
     let entry = history.iter().find(|o| o["seq"] == seq2).unwrap();
     assert_eq!(entry["outcome"], "reverted", "{entry}");
-    assert!(entry["reason"].as_str().unwrap().contains("3 attempts failed"), "{entry}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 attempts failed"),
+        "{entry}"
+    );
 
     // The remote is back: the operator deploys the commit again (a manual deploy may name
     // a sha marked bad), and it runs.

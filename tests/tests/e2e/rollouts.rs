@@ -31,7 +31,11 @@ struct Fleet {
     dir: tempfile::TempDir,
 }
 
-const HOSTS: [(&str, &str); 3] = [(AGENT, AGENT_TOKEN), (AGENT2, AGENT2_TOKEN), (AGENT3, AGENT3_TOKEN)];
+const HOSTS: [(&str, &str); 3] = [
+    (AGENT, AGENT_TOKEN),
+    (AGENT2, AGENT2_TOKEN),
+    (AGENT3, AGENT3_TOKEN),
+];
 
 impl Fleet {
     fn new(table: &str) -> Self {
@@ -123,9 +127,11 @@ impl Fleet {
 
     #[track_caller]
     fn wait_version(&self, name: &str, version: &str) {
-        eventually(WAIT, &format!("{name}'s app to answer as {version}"), || {
-            (self.version(name).as_deref() == Some(version)).then_some(())
-        });
+        eventually(
+            WAIT,
+            &format!("{name}'s app to answer as {version}"),
+            || (self.version(name).as_deref() == Some(version)).then_some(()),
+        );
     }
 
     /// The newest rollout of our repo/env in the API.
@@ -215,10 +221,14 @@ fn without_a_rollout_table_a_bad_push_is_reverted_for_the_whole_fleet() {
     let seq2 = f.push(&bad).unwrap();
     // Both hosts try it (one wave: everyone), fail its health check and roll back.
     for name in [AGENT, AGENT2] {
-        f.gateway.wait_agent_of(name, "done with the bad push", |s| {
-            s["seq"].as_u64() >= Some(seq2) && s["state"] == "healthy" && s["sha"] == good.as_str()
-                || s["seq"] == seq2 && matches!(s["state"].as_str(), Some("rolled_back" | "failed"))
-        });
+        f.gateway
+            .wait_agent_of(name, "done with the bad push", |s| {
+                s["seq"].as_u64() >= Some(seq2)
+                    && s["state"] == "healthy"
+                    && s["sha"] == good.as_str()
+                    || s["seq"] == seq2
+                        && matches!(s["state"].as_str(), Some("rolled_back" | "failed"))
+            });
     }
     // The desired order goes back to the good sha by itself, for everyone.
     let desired = eventually(WAIT, "the desired order to revert", || {
@@ -227,7 +237,10 @@ fn without_a_rollout_table_a_bad_push_is_reverted_for_the_whole_fleet() {
     assert_eq!(desired.kind, OrderKind::Rollback, "{desired:?}");
     assert_eq!(desired.sha, good);
     assert_eq!(desired.issued_by.as_deref(), Some("rollout"));
-    assert_eq!((desired.targets.as_ref(), desired.base_sha.as_ref()), (None, None));
+    assert_eq!(
+        (desired.targets.as_ref(), desired.base_sha.as_ref()),
+        (None, None)
+    );
     assert!(f.gateway.verifies(&desired));
     for name in [AGENT, AGENT2] {
         f.wait_healthy(name, desired.seq, &good);
@@ -288,7 +301,10 @@ fn waves_reach_the_canary_first_then_everyone() {
     });
     assert_eq!(done["wave"], 2, "{done}");
     let last = f.gateway.desired().unwrap();
-    assert_eq!((last.sha.as_str(), last.targets.as_ref()), (v2.as_str(), None));
+    assert_eq!(
+        (last.sha.as_str(), last.targets.as_ref()),
+        (v2.as_str(), None)
+    );
     let fleet = f.gateway.fleet().unwrap();
     let summary = fleet.rollout.expect("the rollout in the fleet summary");
     assert_eq!((summary.wave, summary.waves), (3, 3));
@@ -296,7 +312,10 @@ fn waves_reach_the_canary_first_then_everyone() {
     let log = log.finish();
     for name in [AGENT2, AGENT3] {
         for s in statuses_at(&log, name, &v2) {
-            assert!(s.seq > Some(seq2), "{name} ran v2 in the canary's wave: {s:?}");
+            assert!(
+                s.seq > Some(seq2),
+                "{name} ran v2 in the canary's wave: {s:?}"
+            );
         }
     }
 }
@@ -342,7 +361,10 @@ fn a_canary_that_fails_reverts_the_fleet_before_anyone_else_starts_it() {
     assert_eq!(rollout["state"], "reverted", "{rollout}");
     assert_eq!(rollout["wave"], 0, "{rollout}");
     assert!(
-        rollout["reason"].as_str().unwrap().contains("web-1 rolled_back"),
+        rollout["reason"]
+            .as_str()
+            .unwrap()
+            .contains("web-1 rolled_back"),
         "{rollout}"
     );
     let again = f.push(&bad).unwrap_err();
@@ -351,9 +373,8 @@ fn a_canary_that_fails_reverts_the_fleet_before_anyone_else_starts_it() {
 
 #[test]
 fn promote_skips_the_hold_abort_reverts_and_a_newer_push_supersedes() {
-    let mut f = Fleet::new(
-        "[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 3600\n",
-    );
+    let mut f =
+        Fleet::new("[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 3600\n");
     f.start(0);
     f.start(1);
     let v1 = f.commit("v1", true);
@@ -365,16 +386,18 @@ fn promote_skips_the_hold_abort_reverts_and_a_newer_push_supersedes() {
     let v2 = f.commit("v2", true);
     let seq2 = f.push(&v2).unwrap();
     f.wait_healthy(AGENT, seq2, &v2);
-    let (code, answer) = f
-        .gateway
-        .admin_post("/api/v1/rollouts/promote", json!({ "repo": REPO, "env": ENV }));
+    let (code, answer) = f.gateway.admin_post(
+        "/api/v1/rollouts/promote",
+        json!({ "repo": REPO, "env": ENV }),
+    );
     assert_eq!(code, 202, "{answer}");
     f.wait_healthy(AGENT2, seq2, &v2);
     f.wait_version(AGENT2, "v2");
     // At the last wave there is nothing to promote to.
-    let (code, answer) = f
-        .gateway
-        .admin_post("/api/v1/rollouts/promote", json!({ "repo": REPO, "env": ENV }));
+    let (code, answer) = f.gateway.admin_post(
+        "/api/v1/rollouts/promote",
+        json!({ "repo": REPO, "env": ENV }),
+    );
     assert_eq!(code, 409, "{answer}");
 
     // A push during a rollout supersedes it, keeping its base.
@@ -395,13 +418,17 @@ fn promote_skips_the_hold_abort_reverts_and_a_newer_push_supersedes() {
 
     // Abort reverts everyone to the base and marks the sha bad.
     f.wait_healthy(AGENT, seq4, &v4);
-    let (code, answer) = f
-        .gateway
-        .admin_post("/api/v1/rollouts/abort", json!({ "repo": REPO, "env": ENV }));
+    let (code, answer) = f.gateway.admin_post(
+        "/api/v1/rollouts/abort",
+        json!({ "repo": REPO, "env": ENV }),
+    );
     assert_eq!(code, 202, "{answer}");
     assert_eq!(answer["rollout"]["state"], "aborted", "{answer}");
     let revert = f.gateway.desired().unwrap();
-    assert_eq!((revert.kind, revert.sha.as_str()), (OrderKind::Rollback, v2.as_str()));
+    assert_eq!(
+        (revert.kind, revert.sha.as_str()),
+        (OrderKind::Rollback, v2.as_str())
+    );
     f.wait_healthy(AGENT, revert.seq, &v2);
     f.wait_version(AGENT, "v2");
     assert!(f.push(&v4).unwrap_err().contains("marked bad"));
