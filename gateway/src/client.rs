@@ -160,7 +160,44 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
             rows,
         )
     });
+    if !args.client.json {
+        let rollouts = call(
+            &args.client,
+            &format!("/api/v1/rollouts?{}&limit=100", query(args)),
+            None,
+        )?;
+        for line in rollout_lines(&rollouts) {
+            println!("{line}");
+        }
+    }
     Ok(())
+}
+
+/// One line per repo/env about its newest rollout: what, where it stands, and why.
+fn rollout_lines(v: &Value) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for r in v["rollouts"].as_array().into_iter().flatten() {
+        if !seen.insert((s(&r["repo"]), s(&r["env"]))) {
+            continue;
+        }
+        let waves = r["policy"]["waves"].as_array().map_or(0, Vec::len);
+        let why = r["reason"]
+            .as_str()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        out.push(format!(
+            "rollout {} of {}/{}: {} over {}, wave {}/{waves}, {}{why}",
+            s(&r["id"]),
+            s(&r["repo"]),
+            s(&r["env"]),
+            short(&r["sha"]),
+            short(&r["base_sha"]),
+            r["wave"].as_u64().unwrap_or(0) + 1,
+            s(&r["state"]),
+        ));
+    }
+    out
 }
 
 /// `history`: orders newest first.

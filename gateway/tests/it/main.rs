@@ -10,5 +10,6 @@ mod fleet;
 mod limits;
 mod mqtt;
 mod process;
+mod rollout_cli;
 mod rollout_restart;
 mod webhooks;
