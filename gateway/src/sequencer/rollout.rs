@@ -384,3 +384,184 @@ impl Command for List {
         .map_err(internal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use orcastrate_broker::AgentStatus;
+
+    use super::*;
+    use crate::rollout::config::Wave;
+    use crate::sequencer::command::testing::Parts;
+
+    const REPO: &str = "acme/web";
+    const ENV: &str = "prod";
+
+    fn sha(n: u8) -> String {
+        format!("{n:02x}").repeat(20)
+    }
+
+    fn fields(sha: &str, kind: OrderKind) -> OrderFields<'_> {
+        OrderFields {
+            repo: REPO,
+            env: ENV,
+            sha,
+            git_ref: None,
+            kind,
+            delivery: None,
+            issued_by: None,
+            targets: None,
+            base_sha: None,
+        }
+    }
+
+    fn report(conn: &rusqlite::Connection, agent: &str, state: AgentState, order: &DeployOrder) {
+        let s: AgentStatus = serde_json::from_value(serde_json::json!({
+            "v": 1, "agent": agent, "host": "h", "repo": REPO, "env": ENV, "session": "s",
+            "state": state, "step": null, "seq": order.seq,
+            "sha": order.sha_for(agent).unwrap(), "running_sha": null, "previous_sha": null,
+            "release": null, "updated_at": time::now(), "deploy_ms": null,
+            "error": "health check failed", "version": "0", "mac": ""
+        }))
+        .unwrap();
+        ledger::record_status(conn, &s, &serde_json::to_string(&s).unwrap()).unwrap();
+    }
+
+    fn newest(conn: &rusqlite::Connection) -> DeployOrder {
+        ledger::newest_order(conn, REPO, ENV)
+            .unwrap()
+            .unwrap()
+            .order
+    }
+
+    fn two_waves() -> Policy {
+        Policy {
+            waves: vec![Wave::Agents(vec!["web-1".into()]), Wave::Share(100)],
+            hold_s: 0,
+            wave_timeout_s: Some(600),
+            max_failed: 0,
+        }
+    }
+
+    #[test]
+    fn a_failed_push_is_reverted_to_the_last_healthy_sha_and_marked_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let parts = Parts::new();
+        let cx = parts.cx(&conn);
+        let mut out = Staged::default();
+        let good = start(
+            &cx,
+            None,
+            fields(&sha(1), OrderKind::Push),
+            Policy::all_at_once(),
+            &mut out,
+        )
+        .unwrap();
+        report(&conn, "web-1", AgentState::Healthy, &good);
+        report(&conn, "web-2", AgentState::Healthy, &good);
+        Tick.apply(&cx, &mut out).unwrap();
+        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
+        let bad = start(
+            &cx,
+            previous.as_ref(),
+            fields(&sha(2), OrderKind::Push),
+            two_waves(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(bad.targets.as_deref(), Some(&["web-1".to_owned()][..]));
+        assert_eq!(bad.base_sha, Some(sha(1)));
+        // web-2 is not in the wave: it reports the base sha, which is no failure of it.
+        report(&conn, "web-2", AgentState::Healthy, &bad);
+        report(&conn, "web-1", AgentState::RolledBack, &bad);
+        let mut out = Staged::default();
+        Tick.apply(&cx, &mut out).unwrap();
+        let revert = newest(&conn);
+        assert_eq!(
+            (revert.kind, revert.sha.as_str()),
+            (OrderKind::Rollback, sha(1).as_str())
+        );
+        assert_eq!(revert.issued_by.as_deref(), Some(ISSUER));
+        assert!(ledger::is_bad(&conn, REPO, ENV, &sha(2)).unwrap());
+        let reason = store::bad_reason(&conn, REPO, ENV, &sha(2))
+            .unwrap()
+            .unwrap();
+        assert!(reason.contains("web-1 rolled_back"), "{reason}");
+        let r = store::list(&conn, Some(REPO), Some(ENV), 1)
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, RolloutState::Reverted);
+        let event: Event = serde_json::from_slice(&out.publish.last().unwrap().payload).unwrap();
+        assert!(event.reason.unwrap().starts_with("reverted"), "event");
+        // Nothing more to do for a reverted rollout.
+        let mut again = Staged::default();
+        Tick.apply(&cx, &mut again).unwrap();
+        assert_eq!(newest(&conn).seq, revert.seq);
+    }
+
+    #[test]
+    fn a_failed_manual_deploy_halts_and_a_newer_push_keeps_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let parts = Parts::new();
+        let cx = parts.cx(&conn);
+        let mut out = Staged::default();
+        let good = start(
+            &cx,
+            None,
+            fields(&sha(1), OrderKind::Push),
+            Policy::all_at_once(),
+            &mut out,
+        )
+        .unwrap();
+        report(&conn, "web-1", AgentState::Healthy, &good);
+        Tick.apply(&cx, &mut out).unwrap();
+
+        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
+        let manual = start(
+            &cx,
+            previous.as_ref(),
+            fields(&sha(3), OrderKind::Manual),
+            two_waves(),
+            &mut out,
+        )
+        .unwrap();
+        report(&conn, "web-1", AgentState::Failed, &manual);
+        Tick.apply(&cx, &mut out).unwrap();
+        assert_eq!(
+            newest(&conn).seq,
+            manual.seq,
+            "a manual deploy is not reverted"
+        );
+        let r = store::list(&conn, Some(REPO), Some(ENV), 1)
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, RolloutState::Halted);
+        assert!(!ledger::is_bad(&conn, REPO, ENV, &sha(3)).unwrap());
+
+        // A push, then a newer one while the first runs: same base, the first superseded.
+        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
+        let first = start(
+            &cx,
+            previous.as_ref(),
+            fields(&sha(4), OrderKind::Push),
+            two_waves(),
+            &mut out,
+        )
+        .unwrap();
+        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
+        let second = start(
+            &cx,
+            previous.as_ref(),
+            fields(&sha(5), OrderKind::Push),
+            two_waves(),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(first.base_sha, Some(sha(1)));
+        assert_eq!(second.base_sha, Some(sha(1)));
+        let list = store::list(&conn, Some(REPO), Some(ENV), 2).unwrap();
+        assert_eq!(list[1].state, RolloutState::Superseded);
+        assert_eq!(list[0].state, RolloutState::Running);
+    }
+}
