@@ -38,6 +38,9 @@ fn standing(r: &Rollout, s: &AgentStatus) -> Standing {
     match s.state {
         AgentState::Offline => Standing::Offline,
         AgentState::Healthy if at_rollout => Standing::Healthy,
+        // A late push of an older commit: the agent serves a newer healthy sha and keeps
+        // it; waiting for it would hold the rollout forever.
+        AgentState::Skipped if at_rollout => Standing::Healthy,
         AgentState::Failed | AgentState::RolledBack | AgentState::Unhealthy if at_rollout => {
             Standing::Failed
         }

@@ -61,6 +61,10 @@ struct RolloutViews {
 /// timers count in seconds.
 const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
+/// Least time between two looks at running rollouts: a burst of thousands of statuses costs
+/// a few looks (each reads the repo/env's statuses), not one per status.
+const ROLLOUT_TICK_GAP: Duration = Duration::from_millis(20);
+
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeskError {
@@ -422,6 +426,7 @@ async fn tick_rollouts(tx: mpsc::WeakSender<Queued>, statuses: Arc<Notify>) {
         if let Ok(Err(e)) = rx.await {
             tracing::warn!(error = %e, "rollouts not moved on; trying again");
         }
+        tokio::time::sleep(ROLLOUT_TICK_GAP).await;
     }
 }
 
