@@ -13,30 +13,23 @@
 //! `/proc`), how many orders it refused (its log counts them) and how many WARN lines that
 //! took.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::EmbeddedBroker;
 use orcastrate_broker::{AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
+use orcastrate_testkit::free_port;
+
+#[path = "support/mod.rs"]
+mod support;
 
 const REPO: &str = "bench/web";
 const ENV: &str = "production";
 const AGENT: &str = "bench-1";
 const TOKEN: &str = "bench-token";
 const ATTACKER: &str = "attacker";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// User + system CPU time of `pid`, from `/proc/{pid}/stat` (in clock ticks of 10 ms).
 fn cpu(pid: u32) -> anyhow::Result<Duration> {
@@ -50,77 +43,18 @@ fn cpu(pid: u32) -> anyhow::Result<Duration> {
 /// (WARN lines about refusals, refusals they account for).
 fn tally(log: &Path) -> (usize, u64) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("refused"))
-        .collect();
-    let refused = lines
-        .iter()
-        .map(|l| match l.split("count=").nth(1) {
-            Some(n) => n
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
-            None => 1,
-        })
-        .sum();
+    let (lines, refused) = orcastrate_testkit::logs::tally(&text, "WARN", "refused");
     (lines.len(), refused)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let orders: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(76_600);
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/orcastrate-agent");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p orcastrate-agent",
-            binary.display()
-        );
-    }
-    let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port();
-    let creds = Credentials::new([
-        (AGENT.to_owned(), TOKEN.to_owned()),
-        (ATTACKER.to_owned(), TOKEN.to_owned()),
-    ]);
-    let EmbeddedBroker {
-        mut publisher,
-        mut receiver,
-        ..
-    } = EmbeddedBroker::start(
-        &EmbeddedSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
-            tls: None,
-            topics: Topics::default(),
-            quotas: Default::default(),
-        },
-        Arc::new(RwLock::new(creds)),
-        // The attacker must reach the agent: no topic permissions here (the gateway's
-        // broker would refuse its forgeries before they got there).
-        Arc::new(orcastrate_broker::guard::OpenPolicy),
-    )?;
-    let topics = Topics::default();
-    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
-    let (idle_tx, idle) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut idle_tx = Some(idle_tx);
-        while let Ok(msg) = receiver.recv().await {
-            if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
-                if s.state == AgentState::Idle {
-                    if let Some(tx) = idle_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        }
-    });
-
-    let gateway = OrderSigner::generate();
-    let config = dir.path().join("agent.toml");
+/// The release agent, configured with `gateway`'s key, logging to `dir/agent.log`.
+fn spawn_agent(
+    binary: &Path,
+    dir: &Path,
+    mqtt_port: u16,
+    gateway: &OrderSigner,
+) -> anyhow::Result<std::process::Child> {
+    let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
@@ -130,8 +64,8 @@ async fn main() -> anyhow::Result<()> {
             gateway.public_key_base64()
         ),
     )?;
-    let log = dir.path().join("agent.log");
-    let mut agent = Command::new(&binary)
+    let log = dir.join("agent.log");
+    let agent = Command::new(binary)
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "orcastrate_agent=info,warn")
@@ -139,13 +73,11 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    let pid = agent.id();
-    tokio::time::timeout(Duration::from_secs(30), idle)
-        .await
-        .context("the agent did not report idle")??;
-    // Past the settle wait of a new host.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok(agent)
+}
 
+/// Two forged orders: one signed by an unknown key, one whose signature no longer matches.
+fn forged_orders(gateway: &OrderSigner) -> (DeployOrder, DeployOrder) {
     let mut forged = DeployOrder {
         v: 1,
         seq: 0,
@@ -167,6 +99,56 @@ async fn main() -> anyhow::Result<()> {
     gateway.sign(&mut forged);
     let mut bad_signature = forged;
     bad_signature.sha = "cd".repeat(20);
+
+    (unknown_key, bad_signature)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let orders: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(76_600);
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/orcastrate-agent");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p orcastrate-agent",
+            binary.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let EmbeddedBroker {
+        mut publisher,
+        mut receiver,
+        ..
+    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), (ATTACKER, TOKEN)])?;
+    let topics = Topics::default();
+    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
+    let (idle_tx, idle) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut idle_tx = Some(idle_tx);
+        while let Ok(msg) = receiver.recv().await {
+            if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
+                if s.state == AgentState::Idle {
+                    if let Some(tx) = idle_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+
+    let gateway = OrderSigner::generate();
+    let mut agent = spawn_agent(&binary, dir.path(), mqtt_port, &gateway)?;
+    let pid = agent.id();
+    tokio::time::timeout(Duration::from_secs(30), idle)
+        .await
+        .context("the agent did not report idle")??;
+    // Past the settle wait of a new host.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let (unknown_key, bad_signature) = forged_orders(&gateway);
 
     let options = orcastrate_broker::mqtt::client_options(
         &format!("mqtt://127.0.0.1:{mqtt_port}"),
@@ -207,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         last = now;
     }
     let used = last - cpu_before;
-    let (lines, refused) = tally(&log);
+    let (lines, refused) = tally(&dir.path().join("agent.log"));
     let _ = agent.kill();
     let _ = agent.wait();
 

@@ -17,89 +17,30 @@
 //! receiving the agent's status. With the release binary built, it also prints the idle RSS
 //! of the `orcastrate-agent` process and the binary's size.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
 use orcastrate_agent::{Cli, Settings};
-use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::{EmbeddedBroker, LinkReceiver};
 use orcastrate_broker::{
     AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Step, Topics,
 };
+use orcastrate_testkit::git::Origin;
+use orcastrate_testkit::{app, free_port};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/mod.rs"]
+mod support;
 
 const REPO: &str = "bench/web";
 const ENV: &str = "production";
 const AGENT: &str = "bench-1";
 const TOKEN: &str = "bench-token";
 const INSTALL: &str = "npm install --no-audit --no-fund";
-const SERVER_JS: &str = r#"const fs = require('fs');
-const port = +fs.readFileSync('PORT', 'utf8');
-require('http').createServer((q, s) => s.end(fs.readFileSync('VERSION'))).listen(port, '127.0.0.1');
-"#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("git").args(args).current_dir(dir).output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
-}
-
-struct Origin {
-    bare: PathBuf,
-    work: PathBuf,
-    port: u16,
-}
-
-impl Origin {
-    fn commit(&self, version: &str) -> anyhow::Result<String> {
-        std::fs::write(self.work.join("server.js"), SERVER_JS)?;
-        std::fs::write(self.work.join("PORT"), self.port.to_string())?;
-        std::fs::write(self.work.join("VERSION"), version)?;
-        std::fs::write(
-            self.work.join("package.json"),
-            r#"{"name":"web","version":"1.0.0","private":true,"scripts":{"start":"node server.js"}}"#,
-        )?;
-        git(&self.work, &["add", "-A"])?;
-        git(
-            &self.work,
-            &[
-                "-c",
-                "user.name=b",
-                "-c",
-                "user.email=b@b",
-                "commit",
-                "-qm",
-                version,
-            ],
-        )?;
-        git(
-            &self.work,
-            &[
-                "push",
-                "-q",
-                self.bare.to_str().unwrap(),
-                "HEAD:refs/heads/main",
-            ],
-        )?;
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-}
 
 /// Statuses as the watcher received them.
 struct Watch {
@@ -108,6 +49,22 @@ struct Watch {
 }
 
 impl Watch {
+    /// Collects the statuses the link receives, stamped with their arrival.
+    fn spawn(mut receiver: LinkReceiver) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(msg) = receiver.recv().await {
+                if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
+                    let _ = tx.send((Instant::now(), s));
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
     /// Waits for the final state of `seq`; returns every status of it with its arrival time.
     async fn until_done(&mut self, seq: u64) -> anyhow::Result<Vec<(Instant, AgentStatus)>> {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -171,95 +128,19 @@ fn summary_row(what: &str, measured: &str, target: &str, met: bool) {
     println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5);
-    let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port();
-    let creds = Credentials::new([
-        (AGENT.to_owned(), TOKEN.to_owned()),
-        ("bench-idle".to_owned(), TOKEN.to_owned()),
-    ]);
-    let EmbeddedBroker {
-        mut publisher,
-        mut receiver,
-        ..
-    } = EmbeddedBroker::start(
-        &EmbeddedSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
-            tls: None,
-            topics: Topics::default(),
-            quotas: Default::default(),
-        },
-        Arc::new(RwLock::new(creds)),
-        Arc::new(orcastrate_broker::guard::OpenPolicy),
-    )?;
-    let topics = Topics::default();
-    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(msg) = receiver.recv().await {
-            if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
-                let _ = tx.send((Instant::now(), s));
-            }
-        }
-    });
-    let mut watch = Watch {
-        rx,
-        seen: Vec::new(),
-    };
+/// Signed orders with increasing `seq`.
+struct Orders<'a> {
+    signer: &'a OrderSigner,
+    seq: u64,
+}
 
-    let origin = Origin {
-        bare: dir.path().join("origin.git"),
-        work: dir.path().join("work"),
-        port: free_port(),
-    };
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", origin.bare.to_str().unwrap()],
-    )?;
-    git(dir.path(), &["init", "-q", origin.work.to_str().unwrap()])?;
-
-    let signer = OrderSigner::generate();
-    let file = FileConfig {
-        name: Some(AGENT.into()),
-        server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
-        token: Some(TOKEN.into()),
-        repo: Some(REPO.into()),
-        env: Some(ENV.into()),
-        git_url: Some(origin.bare.display().to_string()),
-        root: Some(dir.path().join("root")),
-        keep_releases: Some(3),
-        gateway_public_keys: Some(vec![signer.public_key_base64()]),
-        on_shutdown: Some("stop".into()),
-        steps: Some(StepsFile {
-            install: Some(INSTALL.into()),
-            build: Some(String::new()),
-            start: Some("exec node server.js".into()),
-            stop_timeout_s: Some(5),
-        }),
-        health: Some(HealthFile {
-            http: Some(format!("http://127.0.0.1:{}/", origin.port)),
-            command: None,
-            timeout_s: Some(30),
-            interval_s: Some(60),
-        }),
-        ..FileConfig::default()
-    };
-    let settings = Settings::merge(&Cli::default(), &file, "bench").context("settings")?;
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
-
-    let mut seq = orcastrate_broker::time::unix_ms();
-    let mut publish = |sha: &str, kind: OrderKind| {
-        seq += 1;
+impl Orders<'_> {
+    /// The next order for `sha`: its `seq` and payload.
+    fn next(&mut self, sha: &str, kind: OrderKind) -> (u64, Vec<u8>) {
+        self.seq += 1;
         let mut order = DeployOrder {
             v: 1,
-            seq,
+            seq: self.seq,
             repo: REPO.into(),
             env: ENV.into(),
             sha: sha.into(),
@@ -273,13 +154,83 @@ async fn main() -> anyhow::Result<()> {
             base_sha: None,
             sig: String::new(),
         };
-        signer.sign(&mut order);
-        (seq, serde_json::to_vec(&order).unwrap())
+        self.signer.sign(&mut order);
+        (self.seq, serde_json::to_vec(&order).unwrap())
+    }
+}
+
+/// The benchmarked agent's config: the app from `origin`, health on `app_port`.
+fn agent_file(
+    dir: &Path,
+    mqtt_port: u16,
+    origin: &Origin,
+    app_port: u16,
+    signer: &OrderSigner,
+) -> FileConfig {
+    FileConfig {
+        name: Some(AGENT.into()),
+        server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
+        token: Some(TOKEN.into()),
+        repo: Some(REPO.into()),
+        env: Some(ENV.into()),
+        git_url: Some(origin.bare.display().to_string()),
+        root: Some(dir.join("root")),
+        keep_releases: Some(3),
+        gateway_public_keys: Some(vec![signer.public_key_base64()]),
+        on_shutdown: Some("stop".into()),
+        steps: Some(StepsFile {
+            install: Some(INSTALL.into()),
+            build: Some(String::new()),
+            start: Some("exec node server.js".into()),
+            stop_timeout_s: Some(5),
+        }),
+        health: Some(HealthFile {
+            http: Some(format!("http://127.0.0.1:{app_port}/")),
+            command: None,
+            timeout_s: Some(30),
+            interval_s: Some(60),
+        }),
+        ..FileConfig::default()
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let dir = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let EmbeddedBroker {
+        mut publisher,
+        receiver,
+        ..
+    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), ("bench-idle", TOKEN)])?;
+    let topics = Topics::default();
+    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
+    let mut watch = Watch::spawn(receiver);
+
+    let origin = Origin::new(dir.path());
+    let app_port = free_port();
+
+    let signer = OrderSigner::generate();
+    let file = agent_file(dir.path(), mqtt_port, &origin, app_port, &signer);
+    let env = orcastrate_agent::config::Environment::current();
+    let settings = Settings::merge(&Cli::default(), &file, "bench", &env).context("settings")?;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
+
+    let mut orders = Orders {
+        signer: &signer,
+        seq: orcastrate_broker::time::unix_ms(),
     };
+    let mut publish = |sha: &str, kind: OrderKind| orders.next(sha, kind);
     let desired = topics.desired(REPO, ENV);
 
     // The first deploy (a new host: includes the 2 s settle) is not measured.
-    let first = origin.commit("v0")?;
+    let first = app::commit(&origin, "v0", app_port, &[]);
     let (s, payload) = publish(&first, OrderKind::Push);
     publisher.publish(&desired, payload, true).await?;
     watch.until_done(s).await?;
@@ -290,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
     let mut previous = first;
     for round in 1..=rounds {
         // Push a new commit: a cold release.
-        let sha = origin.commit(&format!("v{round}"))?;
+        let sha = app::commit(&origin, &format!("v{round}"), app_port, &[]);
         let (s, payload) = publish(&sha, OrderKind::Push);
         let t0 = Instant::now();
         publisher.publish(&desired, payload, true).await?;

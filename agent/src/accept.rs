@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use orcastrate_broker::burst::Bursts;
 use orcastrate_broker::{DeployOrder, NameError, SignError};
 use tokio::time::Instant;
 
@@ -124,20 +125,23 @@ pub(crate) fn check(
 }
 
 /// Logs refused orders without letting a flood of them flood the log: the first refusal of
-/// each kind at once with its reason, the rest of a burst as one line a window with a count.
-#[derive(Debug, Default)]
+/// each kind at once with its reason, the rest of a burst as one line a window with a count
+/// and the latest reason.
+#[derive(Debug)]
 pub(crate) struct RefusalLog {
-    kinds: HashMap<&'static str, Burst>,
+    bursts: Bursts<&'static str>,
+    /// The reason of the latest refusal of each kind counted but not yet logged.
+    last_reason: HashMap<&'static str, String>,
 }
 
-#[derive(Debug)]
-struct Burst {
-    /// When a line about this kind was last written.
-    logged_at: Instant,
-    /// Refusals not logged since.
-    suppressed: u64,
-    /// The reason of the latest of them.
-    last_reason: String,
+impl Default for RefusalLog {
+    fn default() -> Self {
+        // The kinds are a fixed set: the overflow key is never used.
+        Self {
+            bursts: Bursts::new(REFUSAL_LOG_WINDOW, usize::MAX, "other"),
+            last_reason: HashMap::new(),
+        }
+    }
 }
 
 impl RefusalLog {
@@ -145,65 +149,41 @@ impl RefusalLog {
     /// window, otherwise counted (and the count written once the window has passed).
     pub(crate) fn refused(&mut self, refusal: &Refusal, now: Instant) {
         let kind = refusal.kind();
-        match self.kinds.get_mut(kind) {
-            Some(burst) if burst.suppressed > 0 || now < burst.logged_at + REFUSAL_LOG_WINDOW => {
-                burst.suppressed += 1;
-                burst.last_reason = refusal.to_string();
-                if now >= burst.logged_at + REFUSAL_LOG_WINDOW {
-                    self.flush_kind(kind, now);
-                }
+        match self.bursts.note(kind, now.into_std()) {
+            Some(1) => tracing::warn!(reason = %refusal, "order refused"),
+            Some(count) => {
+                self.last_reason.remove(kind);
+                log_count(kind, count, &refusal.to_string());
             }
-            _ => {
-                tracing::warn!(reason = %refusal, "order refused");
-                self.kinds.insert(
-                    kind,
-                    Burst {
-                        logged_at: now,
-                        suppressed: 0,
-                        last_reason: String::new(),
-                    },
-                );
+            None => {
+                self.last_reason.insert(kind, refusal.to_string());
             }
         }
     }
 
     /// When [`RefusalLog::flush`] has counts to write, if ever.
     pub(crate) fn next_flush(&self) -> Option<Instant> {
-        self.kinds
-            .values()
-            .filter(|b| b.suppressed > 0)
-            .map(|b| b.logged_at + REFUSAL_LOG_WINDOW)
-            .min()
+        self.bursts.next_flush().map(Instant::from_std)
     }
 
     /// Writes the count of every burst whose window has passed; `true` if there were any.
     pub(crate) fn flush(&mut self, now: Instant) -> bool {
-        let due: Vec<&'static str> = self
-            .kinds
-            .iter()
-            .filter(|(_, b)| b.suppressed > 0 && now >= b.logged_at + REFUSAL_LOG_WINDOW)
-            .map(|(k, _)| *k)
-            .collect();
-        for kind in &due {
-            self.flush_kind(kind, now);
+        let due = self.bursts.flush(now.into_std());
+        for (kind, count) in &due {
+            let reason = self.last_reason.remove(kind).unwrap_or_default();
+            log_count(kind, *count, &reason);
         }
         !due.is_empty()
     }
+}
 
-    fn flush_kind(&mut self, kind: &'static str, now: Instant) {
-        if let Some(burst) = self.kinds.get_mut(kind) {
-            if burst.suppressed > 0 {
-                tracing::warn!(
-                    count = burst.suppressed,
-                    kind,
-                    last_reason = %burst.last_reason,
-                    "more orders refused since the last line about them"
-                );
-                burst.suppressed = 0;
-                burst.logged_at = now;
-            }
-        }
-    }
+fn log_count(kind: &str, count: u64, last_reason: &str) {
+    tracing::warn!(
+        count,
+        kind,
+        last_reason,
+        "more orders refused since the last line about them"
+    );
 }
 
 #[cfg(test)]
@@ -225,7 +205,8 @@ mod tests {
             gateway_public_keys: Some(vec![signer.public_key_base64()]),
             ..FileConfig::default()
         };
-        let settings = Settings::merge(&crate::Cli::default(), &file, "agent.toml").unwrap();
+        let env = crate::config::Environment::current();
+        let settings = Settings::merge(&crate::Cli::default(), &file, "agent.toml", &env).unwrap();
         (dir, settings, signer)
     }
 
@@ -302,11 +283,12 @@ mod tests {
         // Another kind is logged at once, not hidden by the burst.
         log.refused(&Refusal::Version(9), t0);
         assert_eq!(log.next_flush(), Some(t0 + REFUSAL_LOG_WINDOW));
-        assert_eq!(log.kinds["signature"].suppressed, 1000);
-        log.flush(t0 + Duration::from_millis(500));
-        assert_eq!(log.kinds["signature"].suppressed, 1000);
-        log.flush(t0 + REFUSAL_LOG_WINDOW);
-        assert_eq!(log.kinds["signature"].suppressed, 0);
+        assert_eq!(log.bursts.suppressed(&"signature"), 1000);
+        assert!(!log.flush(t0 + Duration::from_millis(500)));
+        assert_eq!(log.bursts.suppressed(&"signature"), 1000);
+        assert!(log.flush(t0 + REFUSAL_LOG_WINDOW));
+        assert_eq!(log.bursts.suppressed(&"signature"), 0);
+        assert!(log.last_reason.is_empty());
         assert_eq!(log.next_flush(), None);
     }
 

@@ -1,6 +1,7 @@
 //! The MQTT connection: login, last will, subscription to the agent's `desired` topic,
 //! reconnection with capped jittered backoff across the configured servers, and publishing
-//! of statuses (retained, QoS 1) and log lines (QoS 0).
+//! of statuses (retained, QoS 1) and log lines (QoS 0). `rotation` holds the reconnection
+//! state (which server next, how long to pause) as pure transitions.
 //!
 //! rumqttc only moves requests while `EventLoop::poll` is awaited, and reconnects on the next
 //! `poll` after an error with no backoff of its own. The poll loop therefore never awaits a
@@ -20,15 +21,15 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 
+mod rotation;
+use rotation::{backoff, Rotation};
+
 /// Requests queued towards the broker; beyond it log lines are dropped.
 const REQUEST_QUEUE: usize = 256;
-/// First pause after every server failed; doubled up to [`BACKOFF_MAX`], with jitter.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Longest pause between connection rounds.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a graceful close waits for the final `offline` status to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// `error` in a status is cut to this many bytes, which keeps the payload under 4 KiB.
@@ -206,6 +207,7 @@ impl Connection {
                 bus: bus.clone(),
                 events,
                 close: close.clone(),
+                retries: TaskTracker::new(),
             },
             eventloop,
             changes_rx,
@@ -226,11 +228,14 @@ struct PollCtx {
     bus: Bus,
     events: mpsc::UnboundedSender<BusEvent>,
     close: CancellationToken,
+    /// Subscription retries after a refusal, joined when the loop ends (each stops on
+    /// `close`).
+    retries: TaskTracker,
 }
 
 /// A random session id (16 hex digits).
 fn new_session() -> String {
-    format!("{:016x}", crate::fsutil::random_u64())
+    format!("{:016x}", crate::random::random_u64())
 }
 
 fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>) -> MqttOptions {
@@ -255,87 +260,6 @@ fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>
         options.set_last_will(LastWill::new(topic, will, QoS::AtLeastOnce, true));
     }
     options
-}
-
-/// The reconnection state: which server to try next, when a round of them all failed and
-/// how long to pause, and how often the subscription was refused in a row.
-///
-/// Pure transitions, one per event, so the rotation is tested without a broker; the poll
-/// loop does the I/O they call for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Rotation {
-    servers: usize,
-    /// Index of the server connected to or tried next.
-    server: usize,
-    /// Servers that failed since the last CONNACK or the last pause.
-    failed_in_round: usize,
-    /// Rounds of failures in a row, for the backoff.
-    round: u32,
-    /// Refused subscriptions in a row (each retried after a growing pause).
-    refused: u32,
-    /// A CONNACK was received on the current connection.
-    connected: bool,
-}
-
-/// What the poll loop does after a connection failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AfterFailure {
-    /// The connection had been established (lost, rather than not made).
-    was_connected: bool,
-    /// Every server failed: pause for [`backoff`] of this round before the next try.
-    backoff_round: Option<u32>,
-}
-
-impl Rotation {
-    fn new(servers: usize) -> Self {
-        Self {
-            servers: servers.max(1),
-            server: 0,
-            failed_in_round: 0,
-            round: 0,
-            refused: 0,
-            connected: false,
-        }
-    }
-
-    fn on_connack(&mut self) {
-        self.connected = true;
-        self.failed_in_round = 0;
-        self.round = 0;
-    }
-
-    /// The subscription was refused: returns the backoff round of the retry.
-    fn on_subscription_refused(&mut self) -> u32 {
-        let round = self.refused;
-        self.refused = self.refused.saturating_add(1);
-        round
-    }
-
-    fn on_subscribed(&mut self) {
-        self.refused = 0;
-    }
-
-    fn on_failure(&mut self) -> AfterFailure {
-        let was_connected = std::mem::take(&mut self.connected);
-        if was_connected {
-            // A lost connection starts a new round from the first (preferred) server.
-            self.failed_in_round = 0;
-            self.server = 0;
-        } else {
-            self.failed_in_round += 1;
-            self.server = (self.server + 1) % self.servers;
-        }
-        let backoff_round = (self.failed_in_round >= self.servers).then(|| {
-            self.failed_in_round = 0;
-            let round = self.round;
-            self.round = self.round.saturating_add(1);
-            round
-        });
-        AfterFailure {
-            was_connected,
-            backoff_round,
-        }
-    }
 }
 
 impl PollCtx {
@@ -385,9 +309,16 @@ impl PollCtx {
             tracing::warn!(topic = %self.desired, retry_in = ?pause, "the MQTT server refused the subscription to our orders; retrying (if this repeats, let this agent read its desired topic)");
             let client = self.bus.inner.client.clone();
             let topic = self.desired.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(pause).await;
-                let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+            let close = self.close.clone();
+            self.retries.spawn(async move {
+                // The request queue may be full while the loop is closing: stop waiting then.
+                tokio::select! {
+                    () = close.cancelled() => {}
+                    () = async {
+                        tokio::time::sleep(pause).await;
+                        let _ = client.subscribe(topic, QoS::AtLeastOnce).await;
+                    } => {}
+                }
             });
         } else {
             rotation.on_subscribed();
@@ -497,6 +428,8 @@ async fn poll_loop(
         }
     }
     flusher.abort();
+    ctx.retries.close();
+    ctx.retries.wait().await;
     ctx.close(&mut eventloop).await;
 }
 
@@ -529,83 +462,12 @@ fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
     }
 }
 
-/// Capped exponential backoff with jitter (50–100 % of the step).
-fn backoff(round: u32) -> Duration {
-    let step = BACKOFF_MIN
-        .saturating_mul(1u32 << round.min(10))
-        .min(BACKOFF_MAX);
-    let jitter = crate::fsutil::random_u64() % 500;
-    step.mul_f64(0.5 + jitter as f64 / 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_is_capped_and_jittered() {
-        for round in 0..40 {
-            let b = backoff(round);
-            assert!(b <= BACKOFF_MAX, "{b:?}");
-            assert!(b >= BACKOFF_MIN / 2, "{b:?}");
-        }
+    fn session_ids_are_16_hex_digits() {
         assert_eq!(new_session().len(), 16);
-    }
-
-    #[test]
-    fn failures_rotate_through_the_servers_then_back_off() {
-        let mut r = Rotation::new(3);
-        let tries: Vec<_> = (0..7)
-            .map(|_| (r.on_failure().backoff_round, r.server))
-            .collect();
-        assert_eq!(
-            tries,
-            [
-                (None, 1),
-                (None, 2),
-                (Some(0), 0),
-                (None, 1),
-                (None, 2),
-                (Some(1), 0),
-                (None, 1)
-            ]
-        );
-    }
-
-    #[test]
-    fn a_lost_connection_starts_again_from_the_first_server() {
-        let mut r = Rotation::new(3);
-        r.on_failure();
-        r.on_failure();
-        assert_eq!(r.server, 2);
-        r.on_connack();
-        let after = r.on_failure();
-        assert!(after.was_connected);
-        assert_eq!(after.backoff_round, None);
-        assert_eq!(r.server, 0);
-        // The backoff restarted with the connection.
-        r.on_failure();
-        r.on_failure();
-        assert_eq!(r.on_failure().backoff_round, Some(0));
-        assert!(!r.on_failure().was_connected);
-    }
-
-    #[test]
-    fn one_server_backs_off_after_each_failure() {
-        let mut r = Rotation::new(1);
-        assert_eq!(r.on_failure().backoff_round, Some(0));
-        assert_eq!(r.on_failure().backoff_round, Some(1));
-        r.on_connack();
-        assert_eq!(r.on_failure().backoff_round, None);
-        assert_eq!(r.on_failure().backoff_round, Some(0));
-    }
-
-    #[test]
-    fn refused_subscriptions_back_off_until_one_is_granted() {
-        let mut r = Rotation::new(2);
-        assert_eq!(r.on_subscription_refused(), 0);
-        assert_eq!(r.on_subscription_refused(), 1);
-        r.on_subscribed();
-        assert_eq!(r.on_subscription_refused(), 0);
     }
 }

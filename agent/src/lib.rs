@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line, with environment fallbacks.
+//! - [`cli`]: the command line, with environment fallbacks; [`Exit`]: its exit codes.
 //! - [`config`]: the TOML shape, validated in stages (pure per-section checks, every problem
 //!   at once) into the [`Settings`].
 //! - `agent`: recovery and shutdown, and the loop (orders, supersede, settle, retry-once,
@@ -28,9 +28,8 @@
 //! - `outcome`: how an order ended, recorded in `state.json` and the status at once.
 //! - `status`: the status the agent publishes.
 //! - `redact`: credentials in URLs hidden from everything the agent prints or publishes.
-//! - `procs`, `fsutil`: process groups and crash-safe file operations.
-
-#![warn(clippy::too_many_lines)]
+//! - `procs`: process groups; `random`: client ids and jitter (files are replaced by
+//!   `orcastrate_fs`).
 
 mod accept;
 mod agent;
@@ -38,12 +37,13 @@ pub mod cli;
 pub mod config;
 mod connection;
 mod deploy;
-mod fsutil;
+mod exit;
 mod git;
 pub mod handoff;
 mod health;
 mod outcome;
 mod procs;
+mod random;
 mod redact;
 mod release;
 mod secrets;
@@ -56,6 +56,7 @@ mod users;
 pub use agent::{run, AgentError, RunOutcome};
 pub use cli::{Cli, LogFormat};
 pub use config::{ConfigError, HealthCheck, OnShutdown, RunAs, Settings};
+pub use exit::Exit;
 
 /// The commented example config (`config/agent.example.toml`).
 pub const EXAMPLE_CONFIG: &str = include_str!("../../config/agent.example.toml");

@@ -1,17 +1,12 @@
 //! `orcastrate-agent [--config agent.toml] [--once]`: parses arguments, sets up logging and
 //! signals, and calls [`orcastrate_agent::run`].
 
-#![warn(clippy::too_many_lines)]
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use orcastrate_agent::{handoff, Cli, LogFormat, Settings};
+use orcastrate_agent::{handoff, Cli, Exit, LogFormat, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-
-/// Exit code for a configuration error (design: "2 bad config").
-const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
@@ -24,7 +19,7 @@ fn main() -> ExitCode {
     let handoff_failed = handoff::exposed().then(|| handoff::reexec(&cli));
     if let Err(e) = handoff::receive(&mut cli) {
         eprintln!("orcastrate-agent: {e}");
-        return ExitCode::from(EXIT_BAD_CONFIG);
+        return Exit::BadConfig.into();
     }
     let inspectable = handoff::forbid_inspection().err();
     set_up_logging(cli.log_format);
@@ -38,7 +33,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("orcastrate-agent: bad configuration: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            return Exit::BadConfig.into();
         }
     };
     // Two worker threads are plenty: the agent waits on the network and child processes.
@@ -50,7 +45,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("orcastrate-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     runtime.block_on(async move {
@@ -67,12 +62,12 @@ fn main() -> ExitCode {
         match orcastrate_agent::run(settings, shutdown).await {
             Ok(outcome) => {
                 tracing::info!(?outcome, "stopped");
-                ExitCode::from(outcome.exit_code())
+                Exit::from(outcome).into()
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot run");
                 eprintln!("orcastrate-agent: {e}");
-                ExitCode::FAILURE
+                Exit::Failed.into()
             }
         }
     })

@@ -130,14 +130,20 @@ impl Layout {
 
     /// Points `current` at release `name` atomically.
     pub(crate) fn switch_current(&self, name: &str) -> io::Result<()> {
-        crate::fsutil::symlink_atomic(&Path::new("releases").join(name), &self.current())
+        Ok(orcastrate_fs::symlink_atomic(
+            &Path::new("releases").join(name),
+            &self.current(),
+        )?)
     }
 
     /// Writes and fsyncs the completion marker of a release.
     pub(crate) fn mark_complete(&self, name: &str, marker: &Marker) -> io::Result<()> {
         let dir = self.release(name);
         let bytes = serde_json::to_vec(marker).map_err(io::Error::other)?;
-        crate::fsutil::write_atomic(&dir.join(COMPLETE_MARKER), &bytes)
+        Ok(orcastrate_fs::write_private(
+            &dir.join(COMPLETE_MARKER),
+            &bytes,
+        )?)
     }
 
     /// Deletes every incomplete release directory; returns their names.

@@ -158,7 +158,7 @@ impl StateStore {
         let result = change(&mut self.state);
         self.state.v = 1;
         let bytes = serde_json::to_vec_pretty(&self.state).map_err(io::Error::other)?;
-        crate::fsutil::write_atomic(&self.path, &bytes)?;
+        orcastrate_fs::write_private(&self.path, &bytes)?;
         Ok(result)
     }
 }

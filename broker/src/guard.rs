@@ -10,7 +10,7 @@
 //! - [`Quotas`]: message size per topic kind, distinct topics and filters per client name,
 //!   and a cap on distinct filters overall (rumqttd keeps a log per distinct filter for as
 //!   long as it runs, so the filters a client may create are what bounds that memory);
-//! - refusals logged once per burst, with names length-capped and escaped.
+//! - refusals logged once per burst, with names length-capped and escaped ([`crate::burst`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +21,7 @@ use rumqttd::protocol::{ConnectReturnCode, LastWill, QoS};
 use rumqttd::{Authorizer, ConnectionGuard, LoginFuture, LoginRequest, Session, Verdict};
 
 use crate::auth::{Credentials, LoginRefusal};
+use crate::burst::{shown, Bursts, BURST_WINDOW};
 use crate::topics::{TopicKind, Topics};
 
 /// The permission model: which topics a client name may publish on and subscribe to.
@@ -110,17 +111,11 @@ const MAX_LOGIN_WAIT: Duration = Duration::from_secs(3);
 /// Source addresses whose failed logins are remembered (idle ones are forgotten first).
 const MAX_THROTTLED_ADDRESSES: usize = 4096;
 
-/// A refusal is logged at most once per this long per client name and reason.
-const LOG_BURST: Duration = Duration::from_secs(10);
-
 /// Names and reasons whose refusals are being counted.
 const MAX_LOG_KEYS: usize = 1024;
 
 /// The key refusals are counted under while [`MAX_LOG_KEYS`] others are in a burst.
 const OTHER_KEY: &str = "(other clients)";
-
-/// Longest name (in characters) a log line shows.
-const MAX_LOGGED_CHARS: usize = 64;
 
 /// The embedded broker's [`Authorizer`].
 pub struct BrokerAuthorizer {
@@ -138,7 +133,8 @@ struct Shared {
     quotas: Quotas,
     throttle: Mutex<Throttle>,
     usage: Mutex<Usage>,
-    log: Mutex<RefusalLog>,
+    /// Refusals per reason and name, each logged once per [`BURST_WINDOW`].
+    log: Mutex<Bursts<String>>,
 }
 
 /// What clients hold now (connections) or have created (topics, filters).
@@ -166,7 +162,11 @@ impl BrokerAuthorizer {
                 quotas,
                 throttle: Mutex::new(Throttle::default()),
                 usage: Mutex::new(Usage::default()),
-                log: Mutex::new(RefusalLog::default()),
+                log: Mutex::new(Bursts::new(
+                    BURST_WINDOW,
+                    MAX_LOG_KEYS,
+                    OTHER_KEY.to_owned(),
+                )),
             }),
         }
     }
@@ -343,7 +343,7 @@ impl Shared {
             (Refusal::Throttled, Some(p)) => format!("{reason}\n{}", p.ip()),
             _ => format!("{reason}\n{}", shown(username)),
         };
-        if let Some(count) = lock(&self.log).record(key, Instant::now()) {
+        if let Some(count) = lock(&self.log).note(key, Instant::now()) {
             tracing::warn!(
                 username = %shown(username),
                 client_id = %shown(client_id),
@@ -370,7 +370,7 @@ impl Guard {
         };
         self.refusals += 1;
         let key = format!("{what}\n{}", shown(&self.username));
-        if let Some(count) = lock(&self.shared.log).record(key, Instant::now()) {
+        if let Some(count) = lock(&self.shared.log).note(key, Instant::now()) {
             tracing::warn!(
                 username = %shown(&self.username),
                 reason = %detail,
@@ -466,57 +466,6 @@ fn throttle_key(peer: &SocketAddr) -> IpAddr {
     }
 }
 
-/// Counts refusals per key so each burst is logged once: the first one at once, then at
-/// most one line per [`LOG_BURST`] carrying how many there were.
-#[derive(Default)]
-struct RefusalLog {
-    bursts: HashMap<String, (Instant, u64)>,
-}
-
-impl RefusalLog {
-    /// Records one refusal; `Some(count)` when a line should be written now.
-    fn record(&mut self, mut key: String, now: Instant) -> Option<u64> {
-        if self.bursts.len() >= MAX_LOG_KEYS && !self.bursts.contains_key(&key) {
-            self.bursts
-                .retain(|_, (since, _)| now.duration_since(*since) < LOG_BURST);
-            if self.bursts.len() >= MAX_LOG_KEYS {
-                // Too many distinct keys at once: count the rest under one (one entry over).
-                key = OTHER_KEY.to_owned();
-            }
-        }
-        match self.bursts.get_mut(&key) {
-            Some((since, count)) if now.duration_since(*since) < LOG_BURST => {
-                *count += 1;
-                None
-            }
-            Some((since, count)) => {
-                let total = *count + 1;
-                *since = now;
-                *count = 0;
-                Some(total)
-            }
-            None => {
-                self.bursts.insert(key, (now, 0));
-                Some(1)
-            }
-        }
-    }
-}
-
-/// A name or topic as a log shows it: escaped (a `\n` cannot start a forged line) and cut to
-/// [`MAX_LOGGED_CHARS`] characters, saying how long it was.
-pub fn shown(value: &str) -> String {
-    let mut out: String = value
-        .chars()
-        .take(MAX_LOGGED_CHARS)
-        .flat_map(char::escape_default)
-        .collect();
-    if value.chars().nth(MAX_LOGGED_CHARS).is_some() {
-        out.push_str(&format!("…({} bytes)", value.len()));
-    }
-    out
-}
-
 fn random_suffix() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the operating system's random source failed");
@@ -531,36 +480,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_in_logs_are_escaped_and_capped() {
-        assert_eq!(shown("web-1"), "web-1");
-        assert_eq!(shown("a\nb"), "a\\nb");
-        let long = "x".repeat(65_000);
-        let s = shown(&long);
-        assert!(s.len() < 100, "{s}");
-        assert!(s.ends_with("…(65000 bytes)"), "{s}");
-    }
-
-    #[test]
-    fn refusals_are_logged_once_per_burst_with_their_count() {
-        let mut log = RefusalLog::default();
-        let t0 = Instant::now();
-        assert_eq!(log.record("k".into(), t0), Some(1));
-        for i in 1..50 {
-            assert_eq!(log.record("k".into(), t0 + Duration::from_millis(i)), None);
-        }
-        assert_eq!(log.record("k".into(), t0 + LOG_BURST), Some(50));
-        assert_eq!(log.record("other".into(), t0), Some(1));
-
-        // Many distinct names at once: the log stays bounded, the rest counted together.
-        let mut log = RefusalLog::default();
-        let lines = (0..MAX_LOG_KEYS * 3)
-            .filter(|i| log.record(format!("name-{i}"), t0).is_some())
-            .count();
-        assert_eq!(lines, MAX_LOG_KEYS + 1);
-        assert!(log.bursts.len() <= MAX_LOG_KEYS + 1);
-    }
 
     #[test]
     fn failed_logins_wait_after_a_burst_and_other_addresses_do_not() {

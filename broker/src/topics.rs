@@ -4,6 +4,38 @@
 //! `.../fleet`, and `{prefix}/{owner}/{name}/events`. Values are validated before they get
 //! here (see [`crate::names`]), so building needs no escaping.
 
+/// A value that cannot be the topic prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a topic prefix: use one or more topic levels (\"orcastrate\", \"acme/deploys\") \
+     without + # $ or control characters, no leading or trailing '/', the same on the gateway and \
+     every agent (default \"orcastrate\")"
+)]
+pub struct PrefixError(pub String);
+
+/// Checks a topic prefix; the one rule of the gateway's `[mqtt] prefix` and the agent's
+/// `prefix`, so both sides build the same topics.
+///
+/// A leading `/` would make an empty first level, and brokers treat topics starting with
+/// `$` as their own (`$SYS`), so a `#` subscription would miss them.
+///
+/// # Errors
+///
+/// When the prefix is empty, starts or ends with `/`, or holds `+`, `#`, `$` or a control
+/// character.
+pub fn check_prefix(prefix: &str) -> Result<&str, PrefixError> {
+    if prefix.is_empty()
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.contains(['+', '#', '$'])
+        || prefix.chars().any(char::is_control)
+    {
+        let shown: String = prefix.chars().take(80).collect();
+        return Err(PrefixError(shown));
+    }
+    Ok(prefix)
+}
+
 /// Builds and parses topics under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -170,6 +202,27 @@ mod tests {
             t.parse(&t.log("a/b", "c", "d")),
             Some(TopicKind::Log { .. })
         ));
+    }
+
+    #[test]
+    fn the_prefix_rule() {
+        for ok in ["orcastrate", "acme/deploys", "a-b_c.d"] {
+            assert_eq!(check_prefix(ok), Ok(ok));
+        }
+        for bad in [
+            "",
+            "/orcastrate",
+            "orcastrate/",
+            "a/+",
+            "a/#",
+            "$SYS",
+            "a$b",
+            "a\nb",
+            "a\0b",
+        ] {
+            let e = check_prefix(bad).unwrap_err().to_string();
+            assert!(e.contains("not a topic prefix"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

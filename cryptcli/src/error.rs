@@ -102,20 +102,51 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The process exit code documented for this error in the crate's README.
-    ///
-    /// 2 usage, 3 wrong key, 4 integrity, 5 malformed or unknown version, 6 I/O; a merge
-    /// conflict is 1, which is what git expects from a merge driver that did not merge.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Conflict { .. } => 1,
-            Error::Usage(_) | Error::InvalidKey { .. } => 2,
-            Error::WrongKey { .. } | Error::NoKey { .. } => 3,
-            Error::Integrity { .. } => 4,
-            Error::Malformed { .. } | Error::UnknownVersion { .. } => 5,
-            Error::Io { .. } => 6,
+/// The exit codes of `orcastrate-crypt`, decided in one place (README, "Exit codes"); the
+/// discriminant is the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// A merge conflict (what git expects from a merge driver that did not merge), or an
+    /// aborted `edit`.
+    Conflict = 1,
+    /// Bad arguments, an invalid key text or env name, ambiguous files.
+    Usage = 2,
+    /// The file was encrypted under another key, or no key has its id.
+    WrongKey = 3,
+    /// A tampered, swapped, added or dropped value.
+    Integrity = 4,
+    /// A malformed or truncated file, or an unknown format version.
+    Malformed = 5,
+    /// A file missing or unreadable, a failed write, a program that could not run.
+    Io = 6,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<&Error> for Exit {
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::Conflict { .. } => Self::Conflict,
+            Error::Usage(_) | Error::InvalidKey { .. } => Self::Usage,
+            Error::WrongKey { .. } | Error::NoKey { .. } => Self::WrongKey,
+            Error::Integrity { .. } => Self::Integrity,
+            Error::Malformed { .. } | Error::UnknownVersion { .. } => Self::Malformed,
+            Error::Io { .. } => Self::Io,
         }
+    }
+}
+
+impl Error {
+    /// The process exit code documented for this error in the crate's README, as [`Exit`]
+    /// maps it.
+    pub fn exit_code(&self) -> u8 {
+        Exit::from(self).code()
     }
 
     pub(crate) fn io(

@@ -6,14 +6,13 @@
 //! command leaves no output at all. Decrypted files are created 0600 from the first byte.
 
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use crate::{changed_paths, decrypt, encrypt, Document, EncryptedDocument, Error, Format, Key};
 
 /// Mode of decrypted files: readable by their owner only.
-pub const PRIVATE_MODE: u32 = 0o600;
+pub const PRIVATE_MODE: u32 = orcastrate_fs::PRIVATE_MODE;
 
 /// Mode of new encrypted files, which are meant to be committed and shared.
 pub const PUBLIC_MODE: u32 = 0o644;
@@ -50,38 +49,15 @@ pub fn read_encrypted(path: &Path) -> Result<EncryptedDocument, Error> {
     EncryptedDocument::parse(&read_text(path)?, format, &path.display().to_string())
 }
 
-/// Replaces `path` atomically with `contents`, giving it `mode`.
+/// Replaces `path` atomically with `contents`, giving it `mode` (the temporary file is
+/// 0600 from creation, see [`orcastrate_fs`]).
 ///
 /// # Errors
 ///
 /// [`Error::Io`]; the destination is then unchanged and the temporary file removed.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // tempfile creates the file 0600, so plaintext is never readable by others, even
-    // before the permissions below are set.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".orcastrate-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("create a temporary file in", dir, e))?;
-    tmp.write_all(contents)
-        .map_err(|e| Error::io("write", tmp.path().to_owned(), e))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("set permissions on", tmp.path().to_owned(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io("sync", tmp.path().to_owned(), e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("rename into place", path, e.error))?;
-    // Make the rename itself durable.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("sync directory", dir, e))?;
-    Ok(())
+    orcastrate_fs::write_atomic(path, contents, mode)
+        .map_err(|e| Error::io(e.action, e.path, e.error))
 }
 
 /// Decrypts `input` to `output` (mode 0600, atomically) and returns the plaintext.

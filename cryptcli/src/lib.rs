@@ -44,7 +44,7 @@ pub use encrypted::{
     JSON_METADATA_KEY,
 };
 pub use env_vars::{env_vars, SEPARATOR as ENV_SEPARATOR};
-pub use error::Error;
+pub use error::{Error, Exit};
 pub use files::{
     decrypt_file, encrypt_file, read_encrypted, read_existing, read_plain, read_text, write_atomic,
     write_encrypted, EncryptReport, PRIVATE_MODE, PUBLIC_MODE,

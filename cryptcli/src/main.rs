@@ -7,6 +7,7 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use orcastrate_crypt::Exit;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -16,26 +17,26 @@ fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("orcastrate-crypt: {err:#}");
-            ExitCode::from(exit_code(&err))
+            ExitCode::from(exit(&err).code())
         }
     }
 }
 
 /// The exit code of the first error in the chain that has one: the library's errors, the
-/// binary's own, else I/O (6) or usage (2).
-fn exit_code(err: &anyhow::Error) -> u8 {
+/// binary's own, else I/O or usage.
+fn exit(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<orcastrate_crypt::Error>() {
-            return e.exit_code();
+            return e.into();
         }
         if let Some(e) = cause.downcast_ref::<commands::Exit>() {
             return e.code;
         }
     }
     if err.chain().any(|c| c.is::<std::io::Error>()) {
-        6
+        Exit::Io
     } else {
-        2
+        Exit::Usage
     }
 }
 

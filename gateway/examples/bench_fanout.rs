@@ -131,36 +131,10 @@ fn main() -> anyhow::Result<()> {
         .context("cannot create a temporary directory")?;
     let secret = format!("bench-secret-{}", std::process::id());
     let run_id = std::process::id();
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
-
-    // The config file: one [[clients]] entry per agent, and the probe.
-    let names: Vec<(String, String)> = (0..=args.agents)
-        .map(|i| {
-            (
-                format!("bench-agent-{i:05}"),
-                format!("bench-token-{run_id}-{i:05}"),
-            )
-        })
-        .collect();
-    let mqtt_section = match args.engine {
-        Engine::Embedded => format!("listen = \"{mqtt_addr}\""),
-        Engine::Mosquitto | Engine::Nats => format!(
-            "mode = \"external\"\nurl = \"mqtt://{mqtt_addr}\"\nusername = \"{GATEWAY_USER}\"\npassword = \"bench-gateway-{run_id}\""
-        ),
-    };
-    let mut config = format!(
-        "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\n{mqtt_section}\n\
-         [github]\nsecret = \"{secret}\"\n[[repos]]\nname = \"{REPO}\"\nbranches = {{ {BRANCH} = \"{ENV}\" }}\n",
-        dir.path().join("data").display().to_string()
-    );
-    for (name, token) in &names {
-        config.push_str(&format!(
-            "[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"
-        ));
-    }
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config)?;
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
+    let (names, config_path) =
+        write_config(&args, dir.path(), (http_addr, mqtt_addr), &secret, run_id)?;
     let engine = match args.engine {
         Engine::Embedded => None,
         other => Some(start_engine(
@@ -189,12 +163,7 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = proc_status_kb(pid, "VmRSS")?;
     let engine_pid = engine.as_ref().map(|e| e.0.id());
-    let engine_rss = || {
-        engine_pid
-            .map(|pid| proc_status_kb(pid, "VmRSS"))
-            .transpose()
-    };
-    let engine_rss_idle = engine_rss()?;
+    let engine_rss_idle = engine_rss(engine_pid)?;
     println!(
         "orcastrate-gateway fan-out benchmark, bus: {:?}",
         args.engine
@@ -212,18 +181,179 @@ fn main() -> anyhow::Result<()> {
         ))
     );
 
-    let url = if args.door {
+    let run = Run {
+        args: &args,
+        url: bus_url(&args, mqtt_addr)?,
+        topic: orcastrate_broker::topics::Topics::default().desired(REPO, ENV),
+        names: &names,
+        pushes: Pushes {
+            run_id,
+            payload: &payload,
+            original_after: &original_after,
+            secret: &secret,
+        },
+        http_addr,
+        pid,
+        engine_pid,
+    };
+    let measured = match runtime.block_on(run.measure()) {
+        Ok(m) => m,
+        Err(e) => bail!(
+            "{e:#}\n--- last lines of {} ---\n{}",
+            log_path.display(),
+            tail(&log_path, 20)
+        ),
+    };
+    gateway.0.kill()?;
+    gateway.0.wait()?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    measured.report(&args, rss_idle, engine_rss_idle);
+    Ok(())
+}
+
+/// Where the agents connect: the broker, or with `--door` a byte-copying proxy in front.
+fn bus_url(args: &Args, mqtt_addr: SocketAddr) -> anyhow::Result<String> {
+    if args.door {
         let door_addr = start_door(mqtt_addr)?;
         println!("  door      {door_addr} → {mqtt_addr} (byte-copying proxy)");
-        format!("mqtt://{door_addr}")
+        Ok(format!("mqtt://{door_addr}"))
     } else {
-        format!("mqtt://{mqtt_addr}")
+        Ok(format!("mqtt://{mqtt_addr}"))
+    }
+}
+
+/// The engine's RSS in KiB, with an external engine.
+fn engine_rss(engine_pid: Option<u32>) -> anyhow::Result<Option<u64>> {
+    engine_pid
+        .map(|pid| proc_status_kb(pid, "VmRSS"))
+        .transpose()
+}
+
+/// Writes the gateway's config: one `[[clients]]` entry per agent, and the probe's. Returns
+/// the (name, token) of each, the probe last, and the file.
+fn write_config(
+    args: &Args,
+    dir: &Path,
+    (http_addr, mqtt_addr): (SocketAddr, SocketAddr),
+    secret: &str,
+    run_id: u32,
+) -> anyhow::Result<(Vec<(String, String)>, PathBuf)> {
+    let names: Vec<(String, String)> = (0..=args.agents)
+        .map(|i| {
+            (
+                format!("bench-agent-{i:05}"),
+                format!("bench-token-{run_id}-{i:05}"),
+            )
+        })
+        .collect();
+    let mqtt_section = match args.engine {
+        Engine::Embedded => format!("listen = \"{mqtt_addr}\""),
+        Engine::Mosquitto | Engine::Nats => format!(
+            "mode = \"external\"\nurl = \"mqtt://{mqtt_addr}\"\nusername = \"{GATEWAY_USER}\"\npassword = \"bench-gateway-{run_id}\""
+        ),
     };
-    let topic = orcastrate_broker::topics::Topics::default().desired(REPO, ENV);
-    let result = runtime.block_on(async {
-        // Phase 1: fan-out.
-        let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut config = format!(
+        "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\n{mqtt_section}\n\
+         [github]\nsecret = \"{secret}\"\n[[repos]]\nname = \"{REPO}\"\nbranches = {{ {BRANCH} = \"{ENV}\" }}\n",
+        dir.join("data").display().to_string()
+    );
+    for (name, token) in &names {
+        config.push_str(&format!(
+            "[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"
+        ));
+    }
+    let config_path = dir.join("gateway.toml");
+    std::fs::write(&config_path, config)?;
+    Ok((names, config_path))
+}
+
+/// How each push webhook is made.
+struct Pushes<'a> {
+    run_id: u32,
+    payload: &'a str,
+    original_after: &'a str,
+    secret: &'a str,
+}
+
+impl Pushes<'_> {
+    fn numbered(&self, i: usize) -> Push {
+        numbered_push(
+            i,
+            self.run_id,
+            self.payload,
+            self.original_after,
+            self.secret,
+            "/webhook",
+        )
+    }
+}
+
+/// One benchmark run against a started gateway.
+struct Run<'a> {
+    args: &'a Args,
+    url: String,
+    topic: String,
+    names: &'a [(String, String)],
+    pushes: Pushes<'a>,
+    http_addr: SocketAddr,
+    pid: u32,
+    engine_pid: Option<u32>,
+}
+
+/// What a run measured.
+struct Measured {
+    connect_time: Duration,
+    connect_errors: usize,
+    rss_connected: u64,
+    engine_rss_connected: Option<u64>,
+    answered: Duration,
+    fan: Vec<Duration>,
+    rss_after: u64,
+    deploys: Vec<Duration>,
+    missed: usize,
+}
+
+impl Run<'_> {
+    /// Phase 1, fan-out: every agent connected, one push, the order to each; phase 2: one
+    /// subscriber, sequential deploys.
+    async fn measure(&self) -> anyhow::Result<Measured> {
         let errors = Arc::new(AtomicUsize::new(0));
+        let (tasks, mut rx, connect_time) = self.connect_agents(&errors).await?;
+        let connect_errors = errors.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_connected = proc_status_kb(self.pid, "VmRSS")?;
+        let engine_rss_connected = engine_rss(self.engine_pid)?;
+        let mut conn = Conn::connect(self.http_addr).await?;
+        let (answered, fan) = self.fan_out(&mut conn, &mut rx).await?;
+        let rss_after = proc_status_kb(self.pid, "VmRSS")?;
+        for task in &tasks {
+            task.abort();
+        }
+        let (deploys, missed) = self.sequential_deploys(&mut conn, &errors).await?;
+        Ok(Measured {
+            connect_time,
+            connect_errors,
+            rss_connected,
+            engine_rss_connected,
+            answered,
+            fan,
+            rss_after,
+            deploys,
+            missed,
+        })
+    }
+
+    /// Connects and subscribes every agent, `--batch` at a time.
+    async fn connect_agents(
+        &self,
+        errors: &Arc<AtomicUsize>,
+    ) -> anyhow::Result<(
+        Vec<tokio::task::JoinHandle<()>>,
+        mpsc::UnboundedReceiver<Report>,
+        Duration,
+    )> {
+        let (args, url, topic, names) = (self.args, &self.url, &self.topic, self.names);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::with_capacity(args.agents);
         let connect_started = Instant::now();
         let mut subscribed = 0;
@@ -232,10 +362,10 @@ fn main() -> anyhow::Result<()> {
                 let index = tasks.len();
                 tasks.push(spawn_agent(
                     index,
-                    &url,
+                    url,
                     name,
                     token,
-                    &topic,
+                    topic,
                     tx.clone(),
                     errors.clone(),
                 )?);
@@ -255,13 +385,18 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let connect_time = connect_started.elapsed();
-        let connect_errors = errors.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss_connected = proc_status_kb(pid, "VmRSS")?;
-        let engine_rss_connected = engine_rss()?;
 
-        let push = numbered_push(0, run_id, &payload, &original_after, &secret, "/webhook");
-        let mut conn = Conn::connect(http_addr).await?;
+        Ok((tasks, rx, connect_time))
+    }
+
+    /// One push: when it was answered, and when each agent got the order.
+    async fn fan_out(
+        &self,
+        conn: &mut Conn,
+        rx: &mut mpsc::UnboundedReceiver<Report>,
+    ) -> anyhow::Result<(Duration, Vec<Duration>)> {
+        let args = self.args;
+        let push = self.pushes.numbered(0);
         let sent = Instant::now();
         let (status, body) = conn.exchange(&push.wire).await?;
         let answered = sent.elapsed();
@@ -283,18 +418,23 @@ fn main() -> anyhow::Result<()> {
                 Ok(None) | Err(_) => break,
             }
         }
-        let rss_after = proc_status_kb(pid, "VmRSS")?;
-        for task in &tasks {
-            task.abort();
-        }
         let mut fan: Vec<Duration> = arrivals.values().copied().collect();
         fan.sort_unstable();
 
-        // Phase 2: one subscriber, sequential deploys.
+        Ok((answered, fan))
+    }
+
+    /// `--deploys` pushes one after the other, each timed until the one subscriber has it.
+    async fn sequential_deploys(
+        &self,
+        conn: &mut Conn,
+        errors: &Arc<AtomicUsize>,
+    ) -> anyhow::Result<(Vec<Duration>, usize)> {
+        let (args, url, topic, names) = (self.args, &self.url, &self.topic, self.names);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (name, token) = &names[args.agents];
-        let probe = spawn_agent(0, &url, name, token, &topic, tx, errors.clone())?;
+        let probe = spawn_agent(0, url, name, token, topic, tx, errors.clone())?;
         loop {
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
                 Ok(Some(Report::Subscribed)) => break,
@@ -305,7 +445,7 @@ fn main() -> anyhow::Result<()> {
         let mut deploys = Vec::with_capacity(args.deploys);
         let mut missed = 0;
         for i in 1..=args.deploys {
-            let push = numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook");
+            let push = self.pushes.numbered(i);
             let sent = Instant::now();
             let (status, body) = conn.exchange(&push.wire).await?;
             ensure!(
@@ -332,125 +472,110 @@ fn main() -> anyhow::Result<()> {
         }
         probe.abort();
         deploys.sort_unstable();
-        anyhow::Ok((
+        Ok((deploys, missed))
+    }
+}
+
+impl Measured {
+    fn report(self, args: &Args, rss_idle: u64, engine_rss_idle: Option<u64>) {
+        let Measured {
             connect_time,
             connect_errors,
-            (rss_connected, engine_rss_connected),
+            rss_connected,
+            engine_rss_connected,
             answered,
             fan,
             rss_after,
             deploys,
             missed,
-        ))
-    });
-    let (
-        connect_time,
-        connect_errors,
-        (rss_connected, engine_rss_connected),
-        answered,
-        fan,
-        rss_after,
-        deploys,
-        missed,
-    ) = match result {
-        Ok(r) => r,
-        Err(e) => bail!(
-            "{e:#}\n--- last lines of {} ---\n{}",
-            log_path.display(),
-            tail(&log_path, 20)
-        ),
-    };
-    gateway.0.kill()?;
-    gateway.0.wait()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
-
-    let all_within =
-        fan.len() == args.agents && fan.last().is_some_and(|&max| max <= TARGET_ALL_WITHIN);
-    println!();
-    println!("fan-out: one signed push webhook → the order to every connected agent");
-    println!(
-        "  agents connected and subscribed   {} in {:.1} s ({connect_errors} connection errors or refused subscriptions retried)",
-        args.agents,
-        connect_time.as_secs_f64()
-    );
-    println!(
-        "  gateway RSS with them connected   {:.1} MB; after the order {:.1} MB",
-        mb(rss_connected),
-        mb(rss_after)
-    );
-    if let (Some(idle), Some(connected)) = (engine_rss_idle, engine_rss_connected) {
+        } = self;
+        let all_within =
+            fan.len() == args.agents && fan.last().is_some_and(|&max| max <= TARGET_ALL_WITHIN);
+        println!();
+        println!("fan-out: one signed push webhook → the order to every connected agent");
         println!(
-            "  engine RSS with them connected    {:.1} MB, {:.1} KB per agent",
-            mb(connected),
-            connected.saturating_sub(idle) as f64 / args.agents as f64
+            "  agents connected and subscribed   {} in {:.1} s ({connect_errors} connection errors or refused subscriptions retried)",
+            args.agents,
+            connect_time.as_secs_f64()
+        );
+        println!(
+            "  gateway RSS with them connected   {:.1} MB; after the order {:.1} MB",
+            mb(rss_connected),
+            mb(rss_after)
+        );
+        if let (Some(idle), Some(connected)) = (engine_rss_idle, engine_rss_connected) {
+            println!(
+                "  engine RSS with them connected    {:.1} MB, {:.1} KB per agent",
+                mb(connected),
+                connected.saturating_sub(idle) as f64 / args.agents as f64
+            );
+        }
+        println!("  webhook answered (202) after      {:.2} ms", ms(answered));
+        println!(
+            "  agents that received the order    {} / {}",
+            fan.len(),
+            args.agents
+        );
+        println!(
+            "  webhook sent → order received     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(percentile(&fan, 50.0)),
+            ms(percentile(&fan, 99.0)),
+            ms(fan.last().copied().unwrap_or_default())
+        );
+        println!(
+            "  {:<34}{}",
+            format!("all {} within 1 s", args.agents),
+            if all_within { "yes  ok" } else { "no  MISSED" }
+        );
+        println!();
+        println!(
+            "webhook → agent: {} sequential deploys (distinct shas), one subscriber",
+            args.deploys
+        );
+        let p99 = ms(percentile(&deploys, 99.0));
+        println!(
+            "  received {} / {} ({missed} not within 5 s)",
+            deploys.len(),
+            args.deploys
+        );
+        println!(
+            "  webhook sent → order received     p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms   target p99 < {TARGET_DEPLOY_P99_MS:.0} ms {}",
+            ms(percentile(&deploys, 50.0)),
+            ms(deploys.last().copied().unwrap_or_default()),
+            if p99 < TARGET_DEPLOY_P99_MS && missed == 0 { "ok" } else { "MISSED" }
+        );
+        let bus = format!("{:?}", args.engine).to_lowercase();
+        summary_row(
+            &format!(
+                "webhook → agent receives the order, {} deploys ({bus})",
+                args.deploys
+            ),
+            &format!(
+                "p50 {:.2} ms, p99 {p99:.2} ms",
+                ms(percentile(&deploys, 50.0))
+            ),
+            &format!("p99 < {TARGET_DEPLOY_P99_MS:.0} ms"),
+            Some(p99 < TARGET_DEPLOY_P99_MS && missed == 0),
+        );
+        summary_row(
+            &format!("fan-out: one order to {} agents ({bus})", args.agents),
+            &format!(
+                "{} / {} got it; p50 {:.0} ms, p99 {:.0} ms",
+                fan.len(),
+                args.agents,
+                ms(percentile(&fan, 50.0)),
+                ms(percentile(&fan, 99.0))
+            ),
+            "all within 1 s",
+            Some(all_within),
+        );
+        summary_row(
+            &format!("gateway RSS idle / with {} agents connected", args.agents),
+            &format!("{:.1} / {:.1} MB", mb(rss_idle), mb(rss_connected)),
+            "idle < 30 MB",
+            Some(mb(rss_idle) < 30.0),
         );
     }
-    println!("  webhook answered (202) after      {:.2} ms", ms(answered));
-    println!(
-        "  agents that received the order    {} / {}",
-        fan.len(),
-        args.agents
-    );
-    println!(
-        "  webhook sent → order received     p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms(percentile(&fan, 50.0)),
-        ms(percentile(&fan, 99.0)),
-        ms(fan.last().copied().unwrap_or_default())
-    );
-    println!(
-        "  {:<34}{}",
-        format!("all {} within 1 s", args.agents),
-        if all_within { "yes  ok" } else { "no  MISSED" }
-    );
-    println!();
-    println!(
-        "webhook → agent: {} sequential deploys (distinct shas), one subscriber",
-        args.deploys
-    );
-    let p99 = ms(percentile(&deploys, 99.0));
-    println!(
-        "  received {} / {} ({missed} not within 5 s)",
-        deploys.len(),
-        args.deploys
-    );
-    println!(
-        "  webhook sent → order received     p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms   target p99 < {TARGET_DEPLOY_P99_MS:.0} ms {}",
-        ms(percentile(&deploys, 50.0)),
-        ms(deploys.last().copied().unwrap_or_default()),
-        if p99 < TARGET_DEPLOY_P99_MS && missed == 0 { "ok" } else { "MISSED" }
-    );
-    let bus = format!("{:?}", args.engine).to_lowercase();
-    summary_row(
-        &format!(
-            "webhook → agent receives the order, {} deploys ({bus})",
-            args.deploys
-        ),
-        &format!(
-            "p50 {:.2} ms, p99 {p99:.2} ms",
-            ms(percentile(&deploys, 50.0))
-        ),
-        &format!("p99 < {TARGET_DEPLOY_P99_MS:.0} ms"),
-        Some(p99 < TARGET_DEPLOY_P99_MS && missed == 0),
-    );
-    summary_row(
-        &format!("fan-out: one order to {} agents ({bus})", args.agents),
-        &format!(
-            "{} / {} got it; p50 {:.0} ms, p99 {:.0} ms",
-            fan.len(),
-            args.agents,
-            ms(percentile(&fan, 50.0)),
-            ms(percentile(&fan, 99.0))
-        ),
-        "all within 1 s",
-        Some(all_within),
-    );
-    summary_row(
-        &format!("gateway RSS idle / with {} agents connected", args.agents),
-        &format!("{:.1} / {:.1} MB", mb(rss_idle), mb(rss_connected)),
-        "idle < 30 MB",
-        Some(mb(rss_idle) < 30.0),
-    );
-    Ok(())
 }
 
 /// One simulated agent: connects, subscribes on every ConnAck, reports its first SubAck and
@@ -568,7 +693,7 @@ fn start_engine(
                     "server_name: bench\nlisten: 127.0.0.1:{}\n\
                      jetstream {{ store_dir: {:?}\n  limits {{ default_max_consumers: 100000 }}\n}}\n\
                      mqtt {{ listen: \"{addr}\" }}\ninclude \"nats-auth.conf\"\n",
-                    free_port()?.port(),
+                    orcastrate_testkit::free_port(),
                     dir.join("jetstream").display().to_string()
                 ),
             )?;

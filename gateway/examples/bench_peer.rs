@@ -78,61 +78,15 @@ struct Figures {
     cpu: f64,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    ensure!(args.requests > 0, "--requests must be at least 1");
-    ensure!(args.connections > 0, "--connections must be at least 1");
-    ensure!(
-        args.webhook_bin.exists(),
-        "{} not found: apt-get install -y webhook, or pass --webhook-bin",
-        args.webhook_bin.display()
-    );
-
-    let (payload, original_after) = push_payload(None)?;
-    let gateway_bin = match &args.gateway_bin {
-        Some(path) => path.clone(),
-        None => build_gateway()?,
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("orcastrate-bench-peer-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    let secret = format!("bench-secret-{}", std::process::id());
-    let run_id = std::process::id();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-
-    // The gateway.
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
-    let log_path = dir.path().join("gateway.log");
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--http-listen")
-            .arg(http_addr.to_string())
-            .arg("--mqtt-listen")
-            .arg(mqtt_addr.to_string())
-            .env("GITHUB_SECRET", &secret)
-            .env("ORCASTRATE_REPOS", REPOS);
-    })?;
-    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
-        bail!(
-            "the gateway did not become ready: {e:#}\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-    }
-    let wire: Vec<Vec<u8>> = (0..args.requests)
-        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook").wire)
-        .collect();
-    let gateway_figures = measure(&runtime, &mut gateway.0, http_addr, wire, &args)?;
-    gateway.0.kill()?;
-    gateway.0.wait()?;
-
-    // The peer.
-    let hooks_path = dir.path().join("hooks.json");
+/// Starts `webhook` with a hook equivalent to the gateway's push route, once it answers.
+fn start_peer(
+    runtime: &tokio::runtime::Runtime,
+    args: &Args,
+    dir: &std::path::Path,
+    secret: &str,
+    peer_addr: SocketAddr,
+) -> anyhow::Result<ChildGuard> {
+    let hooks_path = dir.join("hooks.json");
     let hooks = serde_json::json!([{
         "id": HOOK_ID,
         "execute-command": "/bin/true",
@@ -143,8 +97,7 @@ fn main() -> anyhow::Result<()> {
         }}
     }]);
     std::fs::write(&hooks_path, serde_json::to_vec_pretty(&hooks)?)?;
-    let peer_addr = free_port()?;
-    let peer_log = dir.path().join("webhook.log");
+    let peer_log = dir.join("webhook.log");
     let mut peer = ChildGuard(
         Command::new(&args.webhook_bin)
             .arg("-hooks")
@@ -171,16 +124,11 @@ fn main() -> anyhow::Result<()> {
             std::fs::read_to_string(&peer_log).unwrap_or_default()
         );
     }
-    let path = format!("/hooks/{HOOK_ID}");
-    let wire: Vec<Vec<u8>> = (0..args.requests)
-        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, &path).wire)
-        .collect();
-    let peer_figures = measure(&runtime, &mut peer.0, peer_addr, wire, &args)?;
-    peer.0.kill()?;
-    peer.0.wait()?;
+    Ok(peer)
+}
 
-    // The table.
-    let (g, p) = (&gateway_figures, &peer_figures);
+/// Both servers' figures side by side, with the targets.
+fn print_table(args: &Args, g: &Figures, p: &Figures) {
     println!();
     println!(
         "signed push webhooks: {} requests over {} connections to each server, one after the other",
@@ -252,6 +200,11 @@ fn main() -> anyhow::Result<()> {
         format!("{:.2}", p.cpu),
         String::new(),
     );
+    print_targets(g, p);
+}
+
+/// The ratios beside the targets, and what went wrong.
+fn print_targets(g: &Figures, p: &Figures) {
     println!();
     let rps_ok = g.rps >= p.rps;
     let p99_ok = g.p99 <= p.p99 / 2.0;
@@ -298,6 +251,73 @@ fn main() -> anyhow::Result<()> {
             println!("  {who} error x{n}: {what}");
         }
     }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.requests > 0, "--requests must be at least 1");
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(
+        args.webhook_bin.exists(),
+        "{} not found: apt-get install -y webhook, or pass --webhook-bin",
+        args.webhook_bin.display()
+    );
+
+    let (payload, original_after) = push_payload(None)?;
+    let gateway_bin = match &args.gateway_bin {
+        Some(path) => path.clone(),
+        None => build_gateway()?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("orcastrate-bench-peer-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let secret = format!("bench-secret-{}", std::process::id());
+    let run_id = std::process::id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    // The gateway.
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
+    let peer_addr = free_addr();
+    let log_path = dir.path().join("gateway.log");
+    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--http-listen")
+            .arg(http_addr.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt_addr.to_string())
+            .env("GITHUB_SECRET", &secret)
+            .env("ORCASTRATE_REPOS", REPOS);
+    })?;
+    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
+        bail!(
+            "the gateway did not become ready: {e:#}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    let wire: Vec<Vec<u8>> = (0..args.requests)
+        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook").wire)
+        .collect();
+    let gateway_figures = measure(&runtime, &mut gateway.0, http_addr, wire, &args)?;
+    gateway.0.kill()?;
+    gateway.0.wait()?;
+
+    // The peer.
+    let mut peer = start_peer(&runtime, &args, dir.path(), &secret, peer_addr)?;
+    let path = format!("/hooks/{HOOK_ID}");
+    let wire: Vec<Vec<u8>> = (0..args.requests)
+        .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, &path).wire)
+        .collect();
+    let peer_figures = measure(&runtime, &mut peer.0, peer_addr, wire, &args)?;
+    peer.0.kill()?;
+    peer.0.wait()?;
+
+    print_table(&args, &gateway_figures, &peer_figures);
     Ok(())
 }
 

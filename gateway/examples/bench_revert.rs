@@ -300,7 +300,7 @@ fn main() -> anyhow::Result<()> {
         .tempdir()?;
     let run_id = std::process::id();
     let secret = format!("bench-secret-{run_id}");
-    let (http_addr, mqtt_addr) = (free_port()?, free_port()?);
+    let (http_addr, mqtt_addr) = (free_addr(), free_addr());
     let names: Vec<(String, String)> = (0..args.agents)
         .map(|i| {
             (

@@ -79,6 +79,208 @@ struct Args {
     keep: bool,
 }
 
+/// The p50, p99 and max latency, in milliseconds.
+fn latency_ms(samples: &[Sample]) -> (f64, f64, f64) {
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+    latencies.sort_unstable();
+    let p50 = ms(percentile(&latencies, 50.0));
+    let p99 = ms(percentile(&latencies, 99.0));
+    let max = ms(latencies.last().copied().unwrap_or_default());
+    (p50, p99, max)
+}
+
+/// The accepted requests (index, seq) and the errors by kind.
+fn tally(samples: &[Sample]) -> (Vec<(usize, u64)>, BTreeMap<String, usize>) {
+    let accepted: Vec<(usize, u64)> = samples
+        .iter()
+        .filter_map(|s| match s.outcome {
+            Outcome::Accepted(seq) => Some((s.index, seq?)),
+            _ => None,
+        })
+        .collect();
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    for s in samples {
+        match &s.outcome {
+            Outcome::Accepted(_) => {}
+            Outcome::Status(code, body) => {
+                *errors
+                    .entry(format!("HTTP {code}: {}", truncate(body, 160)))
+                    .or_default() += 1;
+            }
+            Outcome::Io(e) => *errors.entry(format!("I/O: {e}")).or_default() += 1,
+        }
+    }
+    (accepted, errors)
+}
+
+/// Where the figures come from, the ledger's group commits, and the errors.
+fn print_notes(pid: u32, requests: usize, metrics: &str, errors: &BTreeMap<String, usize>) {
+    println!("  (MB = 2^20 bytes, from /proc/{pid}/status VmRSS and VmHWM; CPU = utime + stime)");
+    if let (Some(sum), Some(count)) = (
+        metric(metrics, "orcastrate_ledger_commit_seconds_sum"),
+        metric(metrics, "orcastrate_ledger_commit_seconds_count"),
+    ) {
+        if count > 0.0 {
+            println!(
+                "  ledger group commits: {count:.0} groups, {:.1} webhooks per group, {:.2} ms per group on average",
+                requests as f64 / count,
+                sum * 1e3 / count
+            );
+        }
+    }
+    for (what, n) in errors {
+        println!("  error x{n}: {what}");
+    }
+}
+
+/// What one run measured, printed as the table of figures.
+struct Report<'a> {
+    samples: &'a [Sample],
+    elapsed: Duration,
+    idle_rss: u64,
+    rss_after: u64,
+    rss_peak: u64,
+    gateway_cpu: f64,
+    client_cpu: f64,
+    pid: u32,
+    metrics: &'a str,
+}
+
+impl Report<'_> {
+    /// Prints the figures beside the targets; returns the accepted requests (index, seq).
+    fn print(&self, args: &Args) -> Vec<(usize, u64)> {
+        let Self {
+            samples,
+            elapsed,
+            idle_rss,
+            rss_after,
+            rss_peak,
+            gateway_cpu,
+            client_cpu,
+            pid,
+            metrics,
+        } = *self;
+        let (accepted, errors) = tally(samples);
+        let error_count: usize = errors.values().sum();
+        let rps = samples.len() as f64 / elapsed.as_secs_f64();
+        let (p50, p99, max) = latency_ms(samples);
+        let rss_after_mb = mb(rss_after);
+
+        println!();
+        row("", "measured", "target", None);
+        row("requests", &samples.len().to_string(), "", None);
+        row("connections", &args.connections.to_string(), "", None);
+        row(
+            "accepted (202 with seq)",
+            &accepted.len().to_string(),
+            &format!("{}", samples.len()),
+            Some(accepted.len() == samples.len()),
+        );
+        row(
+            "errors",
+            &error_count.to_string(),
+            "0",
+            Some(error_count == 0),
+        );
+        row(
+            "duration (s)",
+            &format!("{:.2}", elapsed.as_secs_f64()),
+            "",
+            None,
+        );
+        row(
+            "throughput (req/s)",
+            &format!("{rps:.0}"),
+            &format!(">= {TARGET_RPS:.0}"),
+            Some(rps >= TARGET_RPS),
+        );
+        row("latency p50 (ms)", &format!("{p50:.2}"), "", None);
+        row(
+            "latency p99 (ms)",
+            &format!("{p99:.2}"),
+            &format!("< {TARGET_P99_MS:.0}"),
+            Some(p99 < TARGET_P99_MS),
+        );
+        row("latency max (ms)", &format!("{max:.2}"), "", None);
+        row(
+            "gateway RSS idle (MB)",
+            &format!("{:.1}", mb(idle_rss)),
+            "",
+            None,
+        );
+        row(
+            "gateway RSS after (MB)",
+            &format!("{rss_after_mb:.1}"),
+            &format!("< {TARGET_RSS_MB:.0}"),
+            Some(rss_after_mb < TARGET_RSS_MB),
+        );
+        row(
+            "gateway RSS peak (MB)",
+            &format!("{:.1}", mb(rss_peak)),
+            "",
+            None,
+        );
+        row("gateway CPU (s)", &format!("{gateway_cpu:.2}"), "", None);
+        row(
+            "gateway CPU per request (us)",
+            &format!("{:.0}", gateway_cpu * 1e6 / samples.len() as f64),
+            "",
+            None,
+        );
+        row(
+            "load generator CPU (s)",
+            &format!("{client_cpu:.2}"),
+            "",
+            None,
+        );
+        summary_row(
+            "signed pushes → durable order: req/s, p50 / p99",
+            &format!("{rps:.0} req/s, {p50:.1} / {p99:.1} ms"),
+            &format!("≥ {TARGET_RPS:.0} req/s, p99 < {TARGET_P99_MS:.0} ms"),
+            Some(rps >= TARGET_RPS && p99 < TARGET_P99_MS && error_count == 0),
+        );
+        summary_row(
+            "gateway RSS idle / after that load",
+            &format!("{:.1} / {rss_after_mb:.1} MB", mb(idle_rss)),
+            &format!("< 30 / < {TARGET_RSS_MB:.0} MB"),
+            Some(mb(idle_rss) < 30.0 && rss_after_mb < TARGET_RSS_MB),
+        );
+        print_notes(pid, samples.len(), metrics, &errors);
+        accepted
+    }
+}
+
+/// Starts the gateway binary and waits until it is ready.
+fn start_gateway(
+    runtime: &tokio::runtime::Runtime,
+    gateway_bin: &Path,
+    data_dir: &Path,
+    log_path: &Path,
+    (http_addr, mqtt_addr): (std::net::SocketAddr, std::net::SocketAddr),
+    secret: &str,
+) -> anyhow::Result<ChildGuard> {
+    let mut gateway = spawn_gateway(gateway_bin, log_path, |command| {
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-listen")
+            .arg(http_addr.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt_addr.to_string())
+            .env("GITHUB_SECRET", secret)
+            .env("ORCASTRATE_REPOS", REPOS);
+    })?;
+    let ready = runtime.block_on(wait_ready(http_addr, &mut gateway.0));
+    if let Err(e) = ready {
+        bail!(
+            "the gateway did not become ready: {e:#}\n--- {} ---\n{}",
+            log_path.display(),
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
+    }
+    Ok(gateway)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.requests > 0, "--requests must be at least 1");
@@ -97,34 +299,22 @@ fn main() -> anyhow::Result<()> {
         .context("cannot create a temporary data_dir")?;
     let data_dir = data.path().join("data");
     let log_path = data.path().join("gateway.log");
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
     let secret = format!("bench-secret-{}", std::process::id());
-
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
-        command
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--http-listen")
-            .arg(http_addr.to_string())
-            .arg("--mqtt-listen")
-            .arg(mqtt_addr.to_string())
-            .env("GITHUB_SECRET", &secret)
-            .env("ORCASTRATE_REPOS", REPOS);
-    })?;
-    let pid = gateway.0.id();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ready = runtime.block_on(wait_ready(http_addr, &mut gateway.0));
-    if let Err(e) = ready {
-        bail!(
-            "the gateway did not become ready: {e:#}\n--- {} ---\n{}",
-            log_path.display(),
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-    }
+    let mut gateway = start_gateway(
+        &runtime,
+        &gateway_bin,
+        &data_dir,
+        &log_path,
+        (http_addr, mqtt_addr),
+        &secret,
+    )?;
+    let pid = gateway.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = proc_status_kb(pid, "VmRSS")?;
 
@@ -175,138 +365,42 @@ fn main() -> anyhow::Result<()> {
     gateway.0.kill().context("cannot kill the gateway")?;
     gateway.0.wait()?;
 
-    // Figures.
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-    latencies.sort_unstable();
-    let accepted: Vec<(usize, u64)> = samples
-        .iter()
-        .filter_map(|s| match s.outcome {
-            Outcome::Accepted(seq) => Some((s.index, seq?)),
-            _ => None,
-        })
-        .collect();
-    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
-    for s in &samples {
-        match &s.outcome {
-            Outcome::Accepted(_) => {}
-            Outcome::Status(code, body) => {
-                *errors
-                    .entry(format!("HTTP {code}: {}", truncate(body, 160)))
-                    .or_default() += 1;
-            }
-            Outcome::Io(e) => *errors.entry(format!("I/O: {e}")).or_default() += 1,
-        }
-    }
-    let error_count: usize = errors.values().sum();
-    let rps = samples.len() as f64 / elapsed.as_secs_f64();
-    let p50 = ms(percentile(&latencies, 50.0));
-    let p99 = ms(percentile(&latencies, 99.0));
-    let max = ms(latencies.last().copied().unwrap_or_default());
-    let rss_after_mb = mb(rss_after);
-
-    println!();
-    row("", "measured", "target", None);
-    row("requests", &samples.len().to_string(), "", None);
-    row("connections", &args.connections.to_string(), "", None);
-    row(
-        "accepted (202 with seq)",
-        &accepted.len().to_string(),
-        &format!("{}", samples.len()),
-        Some(accepted.len() == samples.len()),
-    );
-    row(
-        "errors",
-        &error_count.to_string(),
-        "0",
-        Some(error_count == 0),
-    );
-    row(
-        "duration (s)",
-        &format!("{:.2}", elapsed.as_secs_f64()),
-        "",
-        None,
-    );
-    row(
-        "throughput (req/s)",
-        &format!("{rps:.0}"),
-        &format!(">= {TARGET_RPS:.0}"),
-        Some(rps >= TARGET_RPS),
-    );
-    row("latency p50 (ms)", &format!("{p50:.2}"), "", None);
-    row(
-        "latency p99 (ms)",
-        &format!("{p99:.2}"),
-        &format!("< {TARGET_P99_MS:.0}"),
-        Some(p99 < TARGET_P99_MS),
-    );
-    row("latency max (ms)", &format!("{max:.2}"), "", None);
-    row(
-        "gateway RSS idle (MB)",
-        &format!("{:.1}", mb(idle_rss)),
-        "",
-        None,
-    );
-    row(
-        "gateway RSS after (MB)",
-        &format!("{rss_after_mb:.1}"),
-        &format!("< {TARGET_RSS_MB:.0}"),
-        Some(rss_after_mb < TARGET_RSS_MB),
-    );
-    row(
-        "gateway RSS peak (MB)",
-        &format!("{:.1}", mb(rss_peak)),
-        "",
-        None,
-    );
-    row("gateway CPU (s)", &format!("{gateway_cpu:.2}"), "", None);
-    row(
-        "gateway CPU per request (us)",
-        &format!("{:.0}", gateway_cpu * 1e6 / samples.len() as f64),
-        "",
-        None,
-    );
-    row(
-        "load generator CPU (s)",
-        &format!("{client_cpu:.2}"),
-        "",
-        None,
-    );
-    summary_row(
-        "signed pushes → durable order: req/s, p50 / p99",
-        &format!("{rps:.0} req/s, {p50:.1} / {p99:.1} ms"),
-        &format!("≥ {TARGET_RPS:.0} req/s, p99 < {TARGET_P99_MS:.0} ms"),
-        Some(rps >= TARGET_RPS && p99 < TARGET_P99_MS && error_count == 0),
-    );
-    summary_row(
-        "gateway RSS idle / after that load",
-        &format!("{:.1} / {rss_after_mb:.1} MB", mb(idle_rss)),
-        &format!("< 30 / < {TARGET_RSS_MB:.0} MB"),
-        Some(mb(idle_rss) < 30.0 && rss_after_mb < TARGET_RSS_MB),
-    );
-    println!("  (MB = 2^20 bytes, from /proc/{pid}/status VmRSS and VmHWM; CPU = utime + stime)");
-    if let (Some(sum), Some(count)) = (
-        metric(&metrics, "orcastrate_ledger_commit_seconds_sum"),
-        metric(&metrics, "orcastrate_ledger_commit_seconds_count"),
-    ) {
-        if count > 0.0 {
-            println!(
-                "  ledger group commits: {count:.0} groups, {:.1} webhooks per group, {:.2} ms per group on average",
-                samples.len() as f64 / count,
-                sum * 1e3 / count
-            );
-        }
-    }
-    for (what, n) in &errors {
-        println!("  error x{n}: {what}");
-    }
+    let report = Report {
+        samples: &samples,
+        elapsed,
+        idle_rss,
+        rss_after,
+        rss_peak,
+        gateway_cpu,
+        client_cpu,
+        pid,
+        metrics: &metrics,
+    };
+    let accepted = report.print(&args);
     let (warnings, log_errors, desired_rewrites) = scan_log(&log_path)?;
     println!(
         "  gateway log: {warnings} warnings ({desired_rewrites} \"desired topic differs from the ledger\"), {log_errors} errors"
     );
 
-    // Durability.
+    let durable = print_durability(&data_dir, &requests, &accepted)?;
+
+    if args.keep {
+        let kept = data.keep();
+        println!("  kept {} (ledger and gateway.log)", kept.display());
+    }
+    ensure!(durable, "durability check failed");
+    Ok(())
+}
+
+/// Checks the ledger after the SIGKILL and prints what it holds; true if every accepted
+/// delivery has its order.
+fn print_durability(
+    data_dir: &Path,
+    requests: &[Push],
+    accepted: &[(usize, u64)],
+) -> anyhow::Result<bool> {
     let ledger_path = data_dir.join("ledger.db");
-    let check = check_ledger(&ledger_path, &requests, &accepted)
+    let check = check_ledger(&ledger_path, requests, accepted)
         .with_context(|| format!("cannot check the ledger {}", ledger_path.display()))?;
     println!();
     println!(
@@ -334,13 +428,7 @@ fn main() -> anyhow::Result<()> {
             "FAIL - accepted deliveries are missing from the ledger"
         }
     );
-
-    if args.keep {
-        let kept = data.keep();
-        println!("  kept {} (ledger and gateway.log)", kept.display());
-    }
-    ensure!(durable, "durability check failed");
-    Ok(())
+    Ok(durable)
 }
 
 fn row(what: &str, measured: &str, target: &str, met: Option<bool>) {

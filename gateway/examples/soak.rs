@@ -155,6 +155,148 @@ struct Sent {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    check_args(&args)?;
+    let targets = targets(&args)?;
+    let gateway_bin = match &args.gateway_bin {
+        Some(path) => path.clone(),
+        None => build_gateway()?,
+    };
+    let agent_bin = match (&args.agent_bin, args.no_agent) {
+        (_, true) => None,
+        (Some(path), false) => Some(path.clone()),
+        (None, false) => Some(build_binary("orcastrate-agent", "orcastrate-agent")?),
+    };
+
+    let dir = tempfile::Builder::new()
+        .prefix("orcastrate-soak-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let run_id = std::process::id();
+    let secret = format!("soak-secret-{run_id}");
+    let admin_token = format!("soak-admin-token-{run_id:08x}");
+    let idle_token = format!("soak-token-{run_id}-idle");
+    let http_addr = free_addr();
+    let mqtt_addr = free_addr();
+    let data_dir = dir.path().join("data");
+    let sims = sims(&args, &targets, run_id);
+    let config = gateway_config(
+        &args,
+        &targets,
+        &sims,
+        &data_dir,
+        (http_addr, mqtt_addr),
+        [&secret, &admin_token, &idle_token],
+    );
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config)?;
+
+    let log_path = dir.path().join("gateway.log");
+    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
+        command.arg("--config").arg(&config_path);
+    })?;
+    let pid = gateway.0.id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
+        bail!(
+            "the gateway did not become ready: {e:#}\n{}",
+            tail(&log_path, 20)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_gateway_idle = proc_status_kb(pid, "VmRSS")?;
+    let public_key = public_key(&gateway_bin, &config_path)?;
+    print_banner(
+        &args,
+        targets.len(),
+        &gateway_bin,
+        pid,
+        (http_addr, mqtt_addr),
+    );
+
+    let soak = Soak {
+        args: &args,
+        dir: dir.path(),
+        agent_bin: agent_bin.as_deref(),
+        url: format!("mqtt://{mqtt_addr}"),
+        idle_token: &idle_token,
+        verifier: Arc::new(OrderVerifier::new(&[&public_key])?),
+        public_key: &public_key,
+        api: Api {
+            addr: http_addr,
+            token: admin_token.clone(),
+        },
+        sims: &sims,
+        targets: &targets,
+        pid,
+        http_addr,
+        secret: &secret,
+        run_id,
+    };
+    let o = match runtime.block_on(soak.run()) {
+        Ok(o) => o,
+        Err(e) => bail!(
+            "{e:#}\n--- last lines of {} ---\n{}",
+            log_path.display(),
+            tail(&log_path, 20)
+        ),
+    };
+
+    // A crash, not a clean shutdown: what was answered 202 must already be in the ledger.
+    gateway.0.kill().context("cannot kill the gateway")?;
+    gateway.0.wait()?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let ledger_path = data_dir.join("ledger.db");
+    let ledger = check_ledger(&ledger_path, &targets, &o.sent)
+        .with_context(|| format!("cannot check the ledger {}", ledger_path.display()))?;
+    let failed = o.report(&args, targets.len(), &ledger, rss_gateway_idle);
+    if args.keep {
+        let kept = dir.keep();
+        println!("  kept {} (ledger, gateway.log, agent.log)", kept.display());
+    }
+    ensure!(failed.is_empty(), "soak FAILED: {}", failed.join("; "));
+    println!("  soak PASSED");
+    Ok(())
+}
+
+fn print_banner(
+    args: &Args,
+    targets: usize,
+    gateway_bin: &Path,
+    pid: u32,
+    (http_addr, mqtt_addr): (SocketAddr, SocketAddr),
+) {
+    println!("orcastrate soak");
+    println!(
+        "  gateway   {} (pid {pid}), http {http_addr}, mqtt {mqtt_addr}",
+        gateway_bin.display()
+    );
+    println!(
+        "  load      {} s at {} webhooks/s over {} connections; {} agents on {} repo/envs ({} each)",
+        args.seconds,
+        args.rate,
+        args.connections,
+        args.agents,
+        targets,
+        args.agents.div_ceil(targets)
+    );
+}
+
+/// The simulated agents, spread over the targets.
+fn sims(args: &Args, targets: &[Target], run_id: u32) -> Vec<Sim> {
+    (0..args.agents)
+        .map(|i| Sim {
+            index: i,
+            name: format!("soak-agent-{i:04}"),
+            token: format!("soak-token-{run_id}-{i:04}"),
+            target: i % targets.len(),
+        })
+        .collect()
+}
+
+/// Refuses arguments that cannot run, and raises the descriptor limit for the agents.
+fn check_args(args: &Args) -> anyhow::Result<()> {
     ensure!(args.seconds > 0, "--seconds must be at least 1");
     ensure!(
         args.rate > 0.0 && args.rate.is_finite(),
@@ -170,7 +312,11 @@ fn main() -> anyhow::Result<()> {
         args.agents
     );
 
-    // The push payload, one template per repo/env.
+    Ok(())
+}
+
+/// The push payload, one template per repo/env.
+fn targets(args: &Args) -> anyhow::Result<Vec<Target>> {
     let payload_path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/github/push__with-new-branch.payload.json");
     let payload: serde_json::Value = serde_json::from_str(
@@ -195,37 +341,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let gateway_bin = match &args.gateway_bin {
-        Some(path) => path.clone(),
-        None => build_gateway()?,
-    };
-    let agent_bin = match (&args.agent_bin, args.no_agent) {
-        (_, true) => None,
-        (Some(path), false) => Some(path.clone()),
-        (None, false) => Some(build_binary("orcastrate-agent", "orcastrate-agent")?),
-    };
+    Ok(targets)
+}
 
-    let dir = tempfile::Builder::new()
-        .prefix("orcastrate-soak-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
-    let run_id = std::process::id();
-    let secret = format!("soak-secret-{run_id}");
-    let admin_token = format!("soak-admin-token-{run_id:08x}");
-    let http_addr = free_port()?;
-    let mqtt_addr = free_port()?;
-    let data_dir = dir.path().join("data");
-
-    // The config: repos, admin token, one scoped client per agent and one for the idle agent.
-    let sims: Vec<Sim> = (0..args.agents)
-        .map(|i| Sim {
-            index: i,
-            name: format!("soak-agent-{i:04}"),
-            token: format!("soak-token-{run_id}-{i:04}"),
-            target: i % targets.len(),
-        })
-        .collect();
-    let idle_token = format!("soak-token-{run_id}-idle");
+/// The config: repos, admin token, one scoped client per agent and one for the idle agent.
+fn gateway_config(
+    args: &Args,
+    targets: &[Target],
+    sims: &[Sim],
+    data_dir: &Path,
+    (http_addr, mqtt_addr): (SocketAddr, SocketAddr),
+    [secret, admin_token, idle_token]: [&str; 3],
+) -> String {
     let mut config = format!(
         "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\nlisten = \"{mqtt_addr}\"\n\
          [github]\nsecret = \"{secret}\"\n[admin]\ntokens = [\"{admin_token}\"]\n",
@@ -241,7 +368,7 @@ fn main() -> anyhow::Result<()> {
             branches.join(", ")
         ));
     }
-    for sim in &sims {
+    for sim in sims {
         let t = &targets[sim.target];
         config.push_str(&format!(
             "[[clients]]\nname = \"{}\"\ntoken = \"{}\"\nscopes = [\"{}/{}\"]\n",
@@ -251,112 +378,165 @@ fn main() -> anyhow::Result<()> {
     config.push_str(&format!(
         "[[clients]]\nname = \"{IDLE_AGENT}\"\ntoken = \"{idle_token}\"\nscopes = [\"{IDLE_REPO}/{IDLE_ENV}\"]\n"
     ));
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config)?;
+    config
+}
 
-    let log_path = dir.path().join("gateway.log");
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
-        command.arg("--config").arg(&config_path);
-    })?;
-    let pid = gateway.0.id();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
-        bail!(
-            "the gateway did not become ready: {e:#}\n{}",
-            tail(&log_path, 20)
-        );
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_gateway_idle = proc_status_kb(pid, "VmRSS")?;
-    let public_key = {
-        let out = Command::new(&gateway_bin)
-            .arg("public-key")
-            .arg("--config")
-            .arg(&config_path)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "orcastrate-gateway public-key failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)?.trim().to_owned()
-    };
-    let verifier = Arc::new(OrderVerifier::new(&[&public_key])?);
-
-    println!("orcastrate soak");
-    println!(
-        "  gateway   {} (pid {pid}), http {http_addr}, mqtt {mqtt_addr}",
-        gateway_bin.display()
+/// The gateway's order-signing key, from `orcastrate-gateway public-key`.
+fn public_key(gateway_bin: &Path, config_path: &Path) -> anyhow::Result<String> {
+    let out = Command::new(gateway_bin)
+        .arg("public-key")
+        .arg("--config")
+        .arg(config_path)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "orcastrate-gateway public-key failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    println!(
-        "  load      {} s at {} webhooks/s over {} connections; {} agents on {} repo/envs ({} each)",
-        args.seconds,
-        args.rate,
-        args.connections,
-        args.agents,
-        targets.len(),
-        args.agents.div_ceil(targets.len())
-    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
 
-    let api = Api {
-        addr: http_addr,
-        token: admin_token.clone(),
-    };
-    let url = format!("mqtt://{mqtt_addr}");
-    let outcome = runtime.block_on(async {
-        // The real agent, idle.
-        let mut idle_agent = None;
-        let mut rss_agent_idle = None;
-        if let Some(bin) = &agent_bin {
-            let agent_log = dir.path().join("agent.log");
-            let child = Command::new(bin)
-                .env_clear()
-                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("HOME", dir.path())
-                .env("ORCASTRATE_SERVER", &url)
-                .env("CONNECT_TOKEN", &idle_token)
-                .env("REPO_NAME", IDLE_REPO)
-                .env("ENVIRONMENT", IDLE_ENV)
-                .env("ORCASTRATE_NAME", IDLE_AGENT)
-                .env("ORCASTRATE_ROOT", dir.path().join("agent-root"))
-                .env("ORCASTRATE_GATEWAY_KEYS", &public_key)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&agent_log)?)
-                .spawn()
-                .with_context(|| format!("cannot start {}", bin.display()))?;
-            let mut child = ChildGuard(child);
-            let started = Instant::now();
-            loop {
-                if let Some(status) = child.0.try_wait()? {
-                    bail!("the agent exited with {status}\n{}", tail(&agent_log, 20));
-                }
-                let statuses = api.agents(Some((IDLE_REPO, IDLE_ENV))).await?;
-                if statuses
-                    .iter()
-                    .any(|s| s.agent == IDLE_AGENT && s.state == AgentState::Idle)
-                {
-                    break;
-                }
-                if started.elapsed() > Duration::from_secs(20) {
-                    bail!(
-                        "the agent's idle status did not reach the gateway within 20 s\n{}",
-                        tail(&agent_log, 20)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // Past the new-host settle wait (2 s after subscribing): idle.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            rss_agent_idle = Some(proc_status_kb(child.0.id(), "VmRSS")?);
-            idle_agent = Some(child);
-        }
+/// A run against the started gateway.
+struct Soak<'a> {
+    args: &'a Args,
+    dir: &'a Path,
+    agent_bin: Option<&'a Path>,
+    url: String,
+    idle_token: &'a str,
+    public_key: &'a str,
+    verifier: Arc<OrderVerifier>,
+    api: Api,
+    sims: &'a [Sim],
+    targets: &'a [Target],
+    pid: u32,
+    http_addr: SocketAddr,
+    secret: &'a str,
+    run_id: u32,
+}
 
-        // The simulated agents, in batches (rumqttd's listen backlog is 128).
+/// The load's figures.
+struct Load {
+    sent: Vec<Sent>,
+    elapsed: Duration,
+    cpu_load: f64,
+    rss_samples: Vec<(Duration, u64)>,
+}
+
+impl Soak<'_> {
+    async fn run(&self) -> anyhow::Result<Outcome> {
+        let (idle_agent, rss_agent_idle) = self.start_idle_agent().await?;
         let stats = Arc::new(SimStats::default());
+        let (tasks, connect_time) = self.connect_sims(&stats).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_connected = proc_status_kb(self.pid, "VmRSS")?;
+        let Load {
+            sent,
+            elapsed,
+            cpu_load,
+            rss_samples,
+        } = self.load(rss_connected).await?;
+        let (newest, newest_agrees) = self.newest(&sent).await?;
+        let settle_started = Instant::now();
+        let (at_newest, not_at_newest) = self.settle(&newest).await?;
+        let settle_time = settle_started.elapsed();
+        let idle_status_ok = if idle_agent.is_some() {
+            let statuses = self.api.agents(Some((IDLE_REPO, IDLE_ENV))).await?;
+            Some(
+                statuses
+                    .iter()
+                    .any(|s| s.agent == IDLE_AGENT && s.state == AgentState::Idle),
+            )
+        } else {
+            None
+        };
+        let rss_end = proc_status_kb(self.pid, "VmRSS")?;
+        let rss_hwm = proc_status_kb(self.pid, "VmHWM")?;
+        let rss_agent_end = match &idle_agent {
+            Some(child) => Some(proc_status_kb(child.0.id(), "VmRSS")?),
+            None => None,
+        };
+        for task in &tasks {
+            task.abort();
+        }
+        drop(idle_agent);
+        Ok(Outcome {
+            rss_agent_idle,
+            rss_agent_end,
+            idle_status_ok,
+            connect_time,
+            rss_connected,
+            rss_samples,
+            rss_end,
+            rss_hwm,
+            cpu_load,
+            sent,
+            elapsed,
+            newest_agrees,
+            at_newest,
+            not_at_newest,
+            settle_time,
+            stats,
+        })
+    }
+
+    /// The real agent, idle: started, and its RSS once it is.
+    async fn start_idle_agent(&self) -> anyhow::Result<(Option<ChildGuard>, Option<u64>)> {
+        let Some(bin) = self.agent_bin else {
+            return Ok((None, None));
+        };
+        let (dir, url, api) = (self.dir, &self.url, &self.api);
+        let (idle_token, public_key) = (self.idle_token, self.public_key);
+        let agent_log = dir.join("agent.log");
+        let child = Command::new(bin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("ORCASTRATE_SERVER", url)
+            .env("CONNECT_TOKEN", idle_token)
+            .env("REPO_NAME", IDLE_REPO)
+            .env("ENVIRONMENT", IDLE_ENV)
+            .env("ORCASTRATE_NAME", IDLE_AGENT)
+            .env("ORCASTRATE_ROOT", dir.join("agent-root"))
+            .env("ORCASTRATE_GATEWAY_KEYS", public_key)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&agent_log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut child = ChildGuard(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.0.try_wait()? {
+                bail!("the agent exited with {status}\n{}", tail(&agent_log, 20));
+            }
+            let statuses = api.agents(Some((IDLE_REPO, IDLE_ENV))).await?;
+            if statuses
+                .iter()
+                .any(|s| s.agent == IDLE_AGENT && s.state == AgentState::Idle)
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "the agent's idle status did not reach the gateway within 20 s\n{}",
+                    tail(&agent_log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Past the new-host settle wait (2 s after subscribing): idle.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = proc_status_kb(child.0.id(), "VmRSS")?;
+        Ok((Some(child), Some(rss)))
+    }
+
+    /// The simulated agents, in batches (rumqttd's listen backlog is 128), all subscribed.
+    async fn connect_sims(
+        &self,
+        stats: &Arc<SimStats>,
+    ) -> anyhow::Result<(Vec<tokio::task::JoinHandle<()>>, Duration)> {
+        let (sims, targets, url, verifier) = (self.sims, self.targets, &self.url, &self.verifier);
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::with_capacity(sims.len());
         let connect_started = Instant::now();
@@ -366,7 +546,7 @@ fn main() -> anyhow::Result<()> {
                 let t = &targets[sim.target];
                 tasks.push(spawn_sim(
                     sim.clone(),
-                    &url,
+                    url,
                     t.repo.clone(),
                     t.env.clone(),
                     verifier.clone(),
@@ -385,15 +565,19 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let connect_time = connect_started.elapsed();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss_connected = proc_status_kb(pid, "VmRSS")?;
+        Ok((tasks, connect_time))
+    }
 
-        // The load, with RSS samples.
+    /// The load, with RSS samples.
+    async fn load(&self, rss_connected: u64) -> anyhow::Result<Load> {
+        let (pid, args) = (self.pid, self.args);
+        let (http_addr, targets, secret, run_id) =
+            (self.http_addr, self.targets, self.secret, self.run_id);
         let load_started = Instant::now();
         let cpu_before = proc_cpu_seconds(&format!("/proc/{pid}/stat"))?;
         let mut rss_samples = vec![(Duration::ZERO, rss_connected)];
         let (sent, elapsed) = {
-            let load = send_load(http_addr, &targets, &secret, run_id, &args);
+            let load = send_load(http_addr, targets, secret, run_id, args);
             tokio::pin!(load);
             let mut sampler = tokio::time::interval_at(
                 tokio::time::Instant::now() + Duration::from_secs(args.sample_every),
@@ -411,13 +595,24 @@ fn main() -> anyhow::Result<()> {
         let cpu_load = proc_cpu_seconds(&format!("/proc/{pid}/stat"))? - cpu_before;
         rss_samples.push((load_started.elapsed(), proc_status_kb(pid, "VmRSS")?));
 
-        // The newest order of every repo/env, per the gateway and per the 202 answers.
+        Ok(Load {
+            sent,
+            elapsed,
+            cpu_load,
+            rss_samples,
+        })
+    }
+
+    /// The newest order of every repo/env, per the gateway, and how many agree with the
+    /// 202 answers.
+    async fn newest(&self, sent: &[Sent]) -> anyhow::Result<(Vec<Option<DeployOrder>>, usize)> {
+        let (targets, api) = (self.targets, &self.api);
         let mut newest = Vec::with_capacity(targets.len());
-        for t in &targets {
+        for t in targets {
             newest.push(api.newest_order(&t.repo, &t.env).await?);
         }
         let mut answered_newest: Vec<Option<(u64, &str)>> = vec![None; targets.len()];
-        for s in &sent {
+        for s in sent {
             if let (Some(seq), 202) = (s.seq, s.status) {
                 let slot = &mut answered_newest[s.target];
                 if slot.is_none_or(|(n, _)| seq > n) {
@@ -431,7 +626,13 @@ fn main() -> anyhow::Result<()> {
             .filter(|(n, a)| n.as_ref().map(|o| (o.seq, o.sha.as_str())) == **a)
             .count();
 
-        // Every simulated agent at its repo/env's newest order, per the gateway.
+        Ok((newest, newest_agrees))
+    }
+
+    /// Waits (up to `--settle`) until every simulated agent is at its repo/env's newest
+    /// order, per the gateway: how many are, and who is not.
+    async fn settle(&self, newest: &[Option<DeployOrder>]) -> anyhow::Result<(usize, Vec<String>)> {
+        let (sims, args, api) = (self.sims, self.args, &self.api);
         let settle_started = Instant::now();
         let mut at_newest;
         let mut not_at_newest: Vec<String>;
@@ -441,7 +642,7 @@ fn main() -> anyhow::Result<()> {
                 statuses.iter().map(|s| (s.agent.as_str(), s)).collect();
             not_at_newest = Vec::new();
             at_newest = 0;
-            for sim in &sims {
+            for sim in sims {
                 let want = newest[sim.target].as_ref();
                 let ok = by_name.get(sim.name.as_str()).is_some_and(|s| {
                     s.state == AgentState::Healthy
@@ -462,287 +663,332 @@ fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let settle_time = settle_started.elapsed();
-        let idle_status_ok = if idle_agent.is_some() {
-            let statuses = api.agents(Some((IDLE_REPO, IDLE_ENV))).await?;
-            Some(
-                statuses
-                    .iter()
-                    .any(|s| s.agent == IDLE_AGENT && s.state == AgentState::Idle),
-            )
-        } else {
-            None
-        };
-        let rss_end = proc_status_kb(pid, "VmRSS")?;
-        let rss_hwm = proc_status_kb(pid, "VmHWM")?;
-        let rss_agent_end = match &idle_agent {
-            Some(child) => Some(proc_status_kb(child.0.id(), "VmRSS")?),
-            None => None,
-        };
-        for task in &tasks {
-            task.abort();
+        Ok((at_newest, not_at_newest))
+    }
+}
+
+impl Outcome {
+    /// Prints the figures and checks; returns the checks that failed.
+    fn report(
+        &self,
+        args: &Args,
+        targets: usize,
+        ledger: &LedgerCheck,
+        rss_gateway_idle: u64,
+    ) -> Vec<&'static str> {
+        let o = self;
+        let accepted = o
+            .sent
+            .iter()
+            .filter(|s| s.status == 202 && s.seq.is_some())
+            .count();
+        let mut refused: BTreeMap<String, usize> = BTreeMap::new();
+        for s in o
+            .sent
+            .iter()
+            .filter(|s| !(s.status == 202 && s.seq.is_some()))
+        {
+            let what = match &s.error {
+                Some(e) => format!("HTTP {}: {}", s.status, truncate(e, 120)),
+                None => format!("HTTP {}", s.status),
+            };
+            *refused.entry(what).or_default() += 1;
         }
-        drop(idle_agent);
-        anyhow::Ok(Outcome {
-            rss_agent_idle,
-            rss_agent_end,
-            idle_status_ok,
-            connect_time,
-            rss_connected,
-            rss_samples,
-            rss_end,
-            rss_hwm,
-            cpu_load,
-            sent,
-            elapsed,
-            newest_agrees,
-            at_newest,
-            not_at_newest,
-            settle_time,
-            stats,
-        })
-    });
-    let o = match outcome {
-        Ok(o) => o,
-        Err(e) => bail!(
-            "{e:#}\n--- last lines of {} ---\n{}",
-            log_path.display(),
-            tail(&log_path, 20)
-        ),
-    };
+        let mut latencies: Vec<Duration> = o.sent.iter().map(|s| s.latency).collect();
+        latencies.sort_unstable();
+        let rss_max = o
+            .rss_samples
+            .iter()
+            .map(|&(_, kb)| mb(kb))
+            .fold(mb(o.rss_end), f64::max);
+        let half = o.elapsed / 2;
+        let late: Vec<(f64, f64)> = o
+            .rss_samples
+            .iter()
+            .filter(|(t, _)| *t >= half)
+            .map(|&(t, kb)| (t.as_secs_f64() / 60.0, mb(kb)))
+            .collect();
+        let slope = slope(&late);
+        let growth = slope > GROWTH_MB_PER_MIN;
+        let rss_ok = !growth && rss_max < RSS_LIMIT_MB;
+        let stats = &o.stats;
+        let bad_signatures = stats.bad_signature.load(Ordering::Relaxed);
+        let all_accepted = accepted == o.sent.len();
+        let ledger_ok = ledger.missing == 0 && ledger.accepted_without_order == 0;
+        let statuses_ok = o.not_at_newest.is_empty() && o.newest_agrees == targets;
 
-    // A crash, not a clean shutdown: what was answered 202 must already be in the ledger.
-    gateway.0.kill().context("cannot kill the gateway")?;
-    gateway.0.wait()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    let ledger_path = data_dir.join("ledger.db");
-    let ledger = check_ledger(&ledger_path, &targets, &o.sent)
-        .with_context(|| format!("cannot check the ledger {}", ledger_path.display()))?;
-
-    // Figures and checks.
-    let accepted = o
-        .sent
-        .iter()
-        .filter(|s| s.status == 202 && s.seq.is_some())
-        .count();
-    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
-    for s in o
-        .sent
-        .iter()
-        .filter(|s| !(s.status == 202 && s.seq.is_some()))
-    {
-        let what = match &s.error {
-            Some(e) => format!("HTTP {}: {}", s.status, truncate(e, 120)),
-            None => format!("HTTP {}", s.status),
-        };
-        *refused.entry(what).or_default() += 1;
-    }
-    let mut latencies: Vec<Duration> = o.sent.iter().map(|s| s.latency).collect();
-    latencies.sort_unstable();
-    let rss_max = o
-        .rss_samples
-        .iter()
-        .map(|&(_, kb)| mb(kb))
-        .fold(mb(o.rss_end), f64::max);
-    let half = o.elapsed / 2;
-    let late: Vec<(f64, f64)> = o
-        .rss_samples
-        .iter()
-        .filter(|(t, _)| *t >= half)
-        .map(|&(t, kb)| (t.as_secs_f64() / 60.0, mb(kb)))
-        .collect();
-    let slope = slope(&late);
-    let growth = slope > GROWTH_MB_PER_MIN;
-    let rss_ok = !growth && rss_max < RSS_LIMIT_MB;
-    let stats = &o.stats;
-    let bad_signatures = stats.bad_signature.load(Ordering::Relaxed);
-    let all_accepted = accepted == o.sent.len();
-    let ledger_ok = ledger.missing == 0 && ledger.accepted_without_order == 0;
-    let statuses_ok = o.not_at_newest.is_empty() && o.newest_agrees == targets.len();
-
-    println!();
-    println!("  {:<40} {:<34} check", "", "measured");
-    let line = |what: &str, measured: String, ok: Option<bool>| {
-        let verdict = match ok {
-            Some(true) => "ok",
-            Some(false) => "FAIL",
-            None => "",
-        };
-        println!("  {what:<40} {measured:<34} {verdict}");
-    };
-    line(
-        "idle RSS: gateway / one real agent",
-        match o.rss_agent_idle {
-            Some(agent) => format!("{:.1} MB / {:.1} MB", mb(rss_gateway_idle), mb(agent)),
-            None => format!("{:.1} MB / (--no-agent)", mb(rss_gateway_idle)),
-        },
-        None,
-    );
-    line(
-        "agents connected and subscribed",
-        format!("{} in {:.1} s", args.agents, o.connect_time.as_secs_f64()),
-        None,
-    );
-    line(
-        "webhooks sent / accepted (202 + seq)",
-        format!(
-            "{} / {} in {:.1} s ({:.1}/s)",
-            o.sent.len(),
+        let summary = Summary {
             accepted,
-            o.elapsed.as_secs_f64(),
-            o.sent.len() as f64 / o.elapsed.as_secs_f64()
-        ),
-        Some(all_accepted),
-    );
-    line(
-        "webhook latency p50 / p99 / max",
-        format!(
-            "{:.1} / {:.1} / {:.1} ms",
-            ms(percentile(&latencies, 50.0)),
-            ms(percentile(&latencies, 99.0)),
-            ms(latencies.last().copied().unwrap_or_default())
-        ),
-        None,
-    );
-    line(
-        "orders received / taken by agents",
-        format!(
-            "{} / {} ({} stale skipped)",
-            stats.orders.load(Ordering::Relaxed),
-            stats.taken.load(Ordering::Relaxed),
-            stats.stale.load(Ordering::Relaxed)
-        ),
-        None,
-    );
-    line(
-        "orders with a bad signature",
-        bad_signatures.to_string(),
-        Some(bad_signatures == 0),
-    );
-    line(
-        "statuses published (MAC'd, retained)",
-        format!(
-            "{} ({} not queued, {} conn. errors)",
-            stats.statuses.load(Ordering::Relaxed),
-            stats.publish_failed.load(Ordering::Relaxed),
-            stats.connection_errors.load(Ordering::Relaxed)
-        ),
-        None,
-    );
-    line(
-        "ledger: 202 answers durable",
-        format!(
-            "{} / {} ({} deliveries, {} orders)",
-            accepted - ledger.missing.min(accepted),
-            accepted,
-            ledger.deliveries,
-            ledger.orders
-        ),
-        Some(ledger_ok),
-    );
-    line(
-        "newest order: API agrees with 202s",
-        format!("{} / {} repo/envs", o.newest_agrees, targets.len()),
-        Some(o.newest_agrees == targets.len()),
-    );
-    line(
-        "agent statuses at the newest order",
-        format!(
-            "{} / {} after {:.1} s",
-            o.at_newest,
-            args.agents,
-            o.settle_time.as_secs_f64()
-        ),
-        Some(statuses_ok),
-    );
-    if let Some(ok) = o.idle_status_ok {
-        line(
-            "real agent: idle status, RSS at end",
-            format!(
-                "{} , {:.1} MB",
-                if ok { "idle" } else { "missing" },
-                mb(o.rss_agent_end.unwrap_or_default())
-            ),
-            Some(ok),
-        );
-    }
-    line(
-        "gateway RSS start / max / end",
-        format!(
-            "{:.1} / {:.1} / {:.1} MB (peak {:.1})",
-            mb(o.rss_connected),
+            latencies,
             rss_max,
-            mb(o.rss_end),
-            mb(o.rss_hwm)
-        ),
-        Some(rss_ok),
-    );
-    line(
-        "gateway RSS trend, second half",
-        format!(
-            "{slope:+.1} MB/min ({} samples){}",
-            late.len(),
-            if growth { "  GROWTH" } else { "  flat" }
-        ),
-        Some(!growth),
-    );
-    line(
-        "gateway CPU during the load",
-        format!(
-            "{:.1} s ({:.0} % of one core)",
-            o.cpu_load,
-            o.cpu_load * 100.0 / o.elapsed.as_secs_f64()
-        ),
-        None,
-    );
-    let curve: Vec<String> = o
-        .rss_samples
-        .iter()
-        .map(|(t, kb)| format!("{:.0}s {:.1}", t.as_secs_f64(), mb(*kb)))
-        .collect();
-    println!("  RSS curve (MB): {}", curve.join(", "));
-    for (what, n) in &refused {
-        println!("  not accepted x{n}: {what}");
+            late,
+            slope,
+            growth,
+            checks: Checks {
+                all_accepted,
+                bad_signatures,
+                ledger_ok,
+                statuses_ok,
+                rss_ok,
+            },
+            targets,
+            ledger,
+            rss_gateway_idle,
+        };
+        self.print_figures(args, &summary);
+        self.print_memory(&summary);
+        for (what, n) in &refused {
+            println!("  not accepted x{n}: {what}");
+        }
+        self.print_not_at_newest();
+        summary.checks.failed(o.idle_status_ok)
     }
-    if !o.not_at_newest.is_empty() {
-        println!(
-            "  not at the newest order: {}{}",
-            o.not_at_newest
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
-            if o.not_at_newest.len() > 10 {
-                ", …"
-            } else {
-                ""
-            }
+
+    /// The webhooks, orders, statuses and ledger rows.
+    fn print_figures(&self, args: &Args, s: &Summary<'_>) {
+        let o = self;
+        let stats = &o.stats;
+        let (accepted, latencies, targets, ledger) =
+            (s.accepted, &s.latencies, s.targets, s.ledger);
+        let rss_gateway_idle = s.rss_gateway_idle;
+        let Checks {
+            all_accepted,
+            bad_signatures,
+            ledger_ok,
+            ..
+        } = s.checks;
+        println!();
+        println!("  {:<40} {:<34} check", "", "measured");
+        line(
+            "idle RSS: gateway / one real agent",
+            match o.rss_agent_idle {
+                Some(agent) => format!("{:.1} MB / {:.1} MB", mb(rss_gateway_idle), mb(agent)),
+                None => format!("{:.1} MB / (--no-agent)", mb(rss_gateway_idle)),
+            },
+            None,
         );
+        line(
+            "agents connected and subscribed",
+            format!("{} in {:.1} s", args.agents, o.connect_time.as_secs_f64()),
+            None,
+        );
+        line(
+            "webhooks sent / accepted (202 + seq)",
+            format!(
+                "{} / {} in {:.1} s ({:.1}/s)",
+                o.sent.len(),
+                accepted,
+                o.elapsed.as_secs_f64(),
+                o.sent.len() as f64 / o.elapsed.as_secs_f64()
+            ),
+            Some(all_accepted),
+        );
+        line(
+            "webhook latency p50 / p99 / max",
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                ms(percentile(latencies, 50.0)),
+                ms(percentile(latencies, 99.0)),
+                ms(latencies.last().copied().unwrap_or_default())
+            ),
+            None,
+        );
+        line(
+            "orders received / taken by agents",
+            format!(
+                "{} / {} ({} stale skipped)",
+                stats.orders.load(Ordering::Relaxed),
+                stats.taken.load(Ordering::Relaxed),
+                stats.stale.load(Ordering::Relaxed)
+            ),
+            None,
+        );
+        line(
+            "orders with a bad signature",
+            bad_signatures.to_string(),
+            Some(bad_signatures == 0),
+        );
+        line(
+            "statuses published (MAC'd, retained)",
+            format!(
+                "{} ({} not queued, {} conn. errors)",
+                stats.statuses.load(Ordering::Relaxed),
+                stats.publish_failed.load(Ordering::Relaxed),
+                stats.connection_errors.load(Ordering::Relaxed)
+            ),
+            None,
+        );
+        line(
+            "ledger: 202 answers durable",
+            format!(
+                "{} / {} ({} deliveries, {} orders)",
+                accepted - ledger.missing.min(accepted),
+                accepted,
+                ledger.deliveries,
+                ledger.orders
+            ),
+            Some(ledger_ok),
+        );
+        line(
+            "newest order: API agrees with 202s",
+            format!("{} / {} repo/envs", o.newest_agrees, targets),
+            Some(o.newest_agrees == targets),
+        );
+        self.print_statuses(args, s);
     }
-    if args.keep {
-        let kept = dir.keep();
-        println!("  kept {} (ledger, gateway.log, agent.log)", kept.display());
-    }
-    let mut failed = Vec::new();
-    for (ok, what) in [
-        (all_accepted, "webhooks not accepted"),
-        (bad_signatures == 0, "orders with a bad signature"),
-        (ledger_ok, "accepted deliveries missing from the ledger"),
-        (statuses_ok, "agents not at their newest order"),
-        (
-            o.idle_status_ok != Some(false),
-            "the real agent's idle status is missing",
-        ),
-        (rss_ok, "gateway RSS grew or exceeded the limit"),
-    ] {
-        if !ok {
-            failed.push(what);
+
+    /// Where the agents are, per the gateway.
+    fn print_statuses(&self, args: &Args, s: &Summary<'_>) {
+        let o = self;
+        let statuses_ok = s.checks.statuses_ok;
+        line(
+            "agent statuses at the newest order",
+            format!(
+                "{} / {} after {:.1} s",
+                o.at_newest,
+                args.agents,
+                o.settle_time.as_secs_f64()
+            ),
+            Some(statuses_ok),
+        );
+        if let Some(ok) = o.idle_status_ok {
+            line(
+                "real agent: idle status, RSS at end",
+                format!(
+                    "{} , {:.1} MB",
+                    if ok { "idle" } else { "missing" },
+                    mb(o.rss_agent_end.unwrap_or_default())
+                ),
+                Some(ok),
+            );
         }
     }
-    ensure!(failed.is_empty(), "soak FAILED: {}", failed.join("; "));
-    println!("  soak PASSED");
-    Ok(())
+
+    /// The gateway's memory and CPU over the run.
+    fn print_memory(&self, s: &Summary<'_>) {
+        let o = self;
+        let (rss_max, slope, late, growth, rss_ok) =
+            (s.rss_max, s.slope, &s.late, s.growth, s.checks.rss_ok);
+        line(
+            "gateway RSS start / max / end",
+            format!(
+                "{:.1} / {:.1} / {:.1} MB (peak {:.1})",
+                mb(o.rss_connected),
+                rss_max,
+                mb(o.rss_end),
+                mb(o.rss_hwm)
+            ),
+            Some(rss_ok),
+        );
+        line(
+            "gateway RSS trend, second half",
+            format!(
+                "{slope:+.1} MB/min ({} samples){}",
+                late.len(),
+                if growth { "  GROWTH" } else { "  flat" }
+            ),
+            Some(!growth),
+        );
+        line(
+            "gateway CPU during the load",
+            format!(
+                "{:.1} s ({:.0} % of one core)",
+                o.cpu_load,
+                o.cpu_load * 100.0 / o.elapsed.as_secs_f64()
+            ),
+            None,
+        );
+        let curve: Vec<String> = o
+            .rss_samples
+            .iter()
+            .map(|(t, kb)| format!("{:.0}s {:.1}", t.as_secs_f64(), mb(*kb)))
+            .collect();
+        println!("  RSS curve (MB): {}", curve.join(", "));
+    }
+
+    fn print_not_at_newest(&self) {
+        let o = self;
+        if !o.not_at_newest.is_empty() {
+            println!(
+                "  not at the newest order: {}{}",
+                o.not_at_newest
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if o.not_at_newest.len() > 10 {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+}
+
+/// A row of the table.
+fn line(what: &str, measured: String, ok: Option<bool>) {
+    let verdict = match ok {
+        Some(true) => "ok",
+        Some(false) => "FAIL",
+        None => "",
+    };
+    println!("  {what:<40} {measured:<34} {verdict}");
+}
+
+/// The figures derived from an [`Outcome`], and its verdicts.
+struct Summary<'a> {
+    accepted: usize,
+    latencies: Vec<Duration>,
+    rss_max: f64,
+    late: Vec<(f64, f64)>,
+    slope: f64,
+    growth: bool,
+    checks: Checks,
+    targets: usize,
+    ledger: &'a LedgerCheck,
+    rss_gateway_idle: u64,
+}
+
+/// The pass/fail verdicts of a soak.
+#[derive(Clone, Copy)]
+struct Checks {
+    all_accepted: bool,
+    bad_signatures: u64,
+    ledger_ok: bool,
+    statuses_ok: bool,
+    rss_ok: bool,
+}
+
+impl Checks {
+    fn failed(&self, idle_status_ok: Option<bool>) -> Vec<&'static str> {
+        let Checks {
+            all_accepted,
+            bad_signatures,
+            ledger_ok,
+            statuses_ok,
+            rss_ok,
+        } = *self;
+        let o_idle_status_ok = idle_status_ok;
+        let mut failed = Vec::new();
+        for (ok, what) in [
+            (all_accepted, "webhooks not accepted"),
+            (bad_signatures == 0, "orders with a bad signature"),
+            (ledger_ok, "accepted deliveries missing from the ledger"),
+            (statuses_ok, "agents not at their newest order"),
+            (
+                o_idle_status_ok != Some(false),
+                "the real agent's idle status is missing",
+            ),
+            (rss_ok, "gateway RSS grew or exceeded the limit"),
+        ] {
+            if !ok {
+                failed.push(what);
+            }
+        }
+        failed
+    }
 }
 
 /// Least-squares slope of `(x, y)` points; 0 for fewer than two distinct x.

@@ -13,6 +13,7 @@ use orcastrate_broker::Topics;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ExternalMqtt;
 
@@ -69,9 +70,12 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 impl Bus {
     /// The bus over the embedded broker's link, subscribed to `desired`, `status` and `fleet`.
+    ///
+    /// Its task runs on `tasks` until `cancel`.
     pub fn embedded(
         broker: EmbeddedBroker,
         topics: Topics,
+        tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, mpsc::Receiver<Inbound>)> {
         let EmbeddedBroker {
@@ -85,17 +89,18 @@ impl Bus {
                 .with_context(|| format!("cannot subscribe the gateway's link to {filter}"))?;
         }
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
-        tokio::spawn(forward_link(receiver, tx, cancel));
+        tasks.spawn(forward_link(receiver, tx, cancel));
         let bus = Self::new(Publisher::Embedded(publisher), topics, true);
         Ok((bus, rx))
     }
 
     /// The bus over an external MQTT engine. Connects in the background and keeps
     /// reconnecting with a capped backoff until `cancel`; each connection re-subscribes and
-    /// yields [`Inbound::Resync`].
+    /// yields [`Inbound::Resync`]. Its tasks run on `tasks`.
     pub fn external(
         engine: &ExternalMqtt,
         topics: Topics,
+        tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, mpsc::Receiver<Inbound>)> {
         let trust = engine.ca_file.clone().map_or(Trust::System, Trust::CaFile);
@@ -112,20 +117,23 @@ impl Bus {
         let (client, eventloop) = orcastrate_broker::mqtt::async_client(options, REQUEST_CAPACITY);
         let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
         let bus = Self::new(Publisher::External(client.clone()), topics, false);
-        tokio::spawn(resync_periodically(
+        tasks.spawn(resync_periodically(
             engine.republish_interval,
             bus.connected.clone(),
             tx.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(drive_engine(
+        tasks.spawn(drive_engine(
             eventloop,
             client,
             bus.topics.gateway_filters(),
             engine.url.clone(),
             bus.connected.clone(),
             tx,
-            cancel,
+            Stop {
+                tasks: tasks.clone(),
+                cancel,
+            },
         ));
         Ok((bus, rx))
     }
@@ -267,6 +275,21 @@ async fn resync_periodically(
     }
 }
 
+/// Queues a subscription to each filter (without waiting: the caller polls the event loop).
+fn subscribe_all(client: &AsyncClient, filters: &[String]) {
+    for filter in filters {
+        if let Err(e) = client.try_subscribe(filter.as_str(), SUBSCRIBE_QOS) {
+            tracing::error!(error = %e, filter, "cannot subscribe");
+        }
+    }
+}
+
+/// When [`drive_engine`] stops, and where its subscription retries run (joined at shutdown).
+struct Stop {
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
 /// Polls the engine connection until cancelled: re-subscribes on every CONNACK (sessions are
 /// clean), forwards messages, and waits a capped, doubling backoff after each failure
 /// (rumqttc reconnects on the next poll with no delay of its own).
@@ -277,7 +300,7 @@ async fn drive_engine(
     url: String,
     connected: Arc<AtomicBool>,
     tx: mpsc::Sender<Inbound>,
-    cancel: CancellationToken,
+    Stop { tasks, cancel }: Stop,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut refused_backoff = BACKOFF_FIRST;
@@ -291,13 +314,9 @@ async fn drive_engine(
                 backoff = BACKOFF_FIRST;
                 connected.store(true, Ordering::Relaxed);
                 tracing::info!(url, "connected to the MQTT engine");
-                for filter in &filters {
-                    // Queued ahead of any publish the Resync event causes, so the engine
-                    // subscribes us before our re-published orders come back.
-                    if let Err(e) = client.try_subscribe(filter.as_str(), SUBSCRIBE_QOS) {
-                        tracing::error!(error = %e, filter, "cannot subscribe");
-                    }
-                }
+                // Queued ahead of any publish the Resync event causes, so the engine
+                // subscribes us before our re-published orders come back.
+                subscribe_all(&client, &filters);
                 Inbound::Resync
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => Inbound::Message {
@@ -314,12 +333,24 @@ async fn drive_engine(
                         retry_in = ?refused_backoff,
                         "the MQTT engine refused a subscription; retrying (if this repeats, allow the gateway's user to read every desired and status topic)"
                     );
-                    let (client, filters, pause) =
-                        (client.clone(), filters.clone(), refused_backoff);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(pause).await;
-                        for filter in filters {
-                            let _ = client.subscribe(filter, SUBSCRIBE_QOS).await;
+                    // A task of its own: a timer in this loop would cancel
+                    // `EventLoop::poll` mid-write, and the request queue may be full until
+                    // this loop empties it. It stops with the loop, on `cancel`.
+                    let (client, filters, pause, stop) = (
+                        client.clone(),
+                        filters.clone(),
+                        refused_backoff,
+                        cancel.clone(),
+                    );
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = async {
+                                tokio::time::sleep(pause).await;
+                                for filter in filters {
+                                    let _ = client.subscribe(filter, SUBSCRIBE_QOS).await;
+                                }
+                            } => {}
                         }
                     });
                     refused_backoff = (refused_backoff * 2).min(BACKOFF_CAP);

@@ -414,12 +414,3 @@ pub fn rollout(cmd: &RolloutCommand) -> anyhow::Result<()> {
     });
     Ok(())
 }
-
-/// Exit code for an operator command's error: 3 unreachable, 4 refused, 1 otherwise.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    match e.downcast_ref::<ClientError>() {
-        Some(ClientError::Unreachable { .. }) => 3,
-        Some(ClientError::Refused { .. }) => 4,
-        None => 1,
-    }
-}

@@ -11,7 +11,7 @@
 //! only on their own listener (`[mqtt] hooks_listen`), optionally behind a bearer token
 //! (`[mqtt] hooks_token`). Refused logins are throttled per source ([`Throttle`]): past the
 //! burst, a source's attempts are denied without being checked. Refusals are logged once
-//! per [`BURST_WINDOW`](crate::burst::BURST_WINDOW) with a count, never once per request.
+//! per [`BURST_WINDOW`](orcastrate_broker::burst::BURST_WINDOW) with a count, never once per request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,8 +30,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::acl::{self, Action, Grants};
-use crate::burst::BurstLog;
 use crate::config::Access;
+use orcastrate_broker::burst::BurstLog;
 
 /// Largest hook body: three short fields.
 const MAX_HOOK_BODY: usize = 16 * 1024;

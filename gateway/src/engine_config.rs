@@ -17,7 +17,6 @@ use orcastrate_broker::Topics;
 
 use crate::acl::{self, Grants};
 use crate::config::{ExternalMqtt, MqttMode, Settings};
-use crate::secret_file;
 
 /// PBKDF2 rounds of generated mosquitto hashes. Tokens are long random strings, so the hash
 /// guards a leaked file, not weak passwords; more rounds would cost every agent's login.
@@ -32,8 +31,10 @@ fn users(settings: &Settings) -> anyhow::Result<Vec<(String, String, Grants)>> {
         username, password, ..
     }) = &settings.mqtt
     else {
-        anyhow::bail!(crate::config::ConfigError::from(
-            "engine files are for an external MQTT engine: set [mqtt] mode = \"external\" with url, username and password (the gateway's own login) first".to_owned()
+        anyhow::bail!(crate::config::ConfigError::new(
+            settings.origin(),
+            "[mqtt] mode",
+            "engine files are for an external MQTT engine: set [mqtt] mode = \"external\" with url, username and password (the gateway's own login) first",
         ));
     };
     let topics = Topics::new(&settings.prefix);
@@ -95,8 +96,8 @@ pub fn write_mosquitto(settings: &Settings, dir: &Path) -> anyhow::Result<()> {
         .map(|(user, password, _)| mosquitto_hash(user, password) + "\n")
         .collect();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    secret_file::write(&dir.join("passwd"), passwd.as_bytes())?;
-    secret_file::write(&dir.join("acl"), mosquitto_acl(&users).as_bytes())?;
+    orcastrate_fs::write_private(&dir.join("passwd"), passwd.as_bytes())?;
+    orcastrate_fs::write_private(&dir.join("acl"), mosquitto_acl(&users).as_bytes())?;
     Ok(())
 }
 
@@ -150,7 +151,10 @@ pub fn nats_authorization(settings: &Settings) -> anyhow::Result<String> {
 
 /// Writes the NATS `authorization` block to `path`, 0600.
 pub fn write_nats(settings: &Settings, path: &Path) -> anyhow::Result<()> {
-    secret_file::write(path, nats_authorization(settings)?.as_bytes())
+    Ok(orcastrate_fs::write_private(
+        path,
+        nats_authorization(settings)?.as_bytes(),
+    )?)
 }
 
 #[cfg(test)]

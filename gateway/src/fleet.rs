@@ -17,12 +17,12 @@ use orcastrate_broker::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::burst::{loggable, BurstLog};
 use crate::bus::Bus;
 use crate::config::Access;
 use crate::ledger::RecordedStatus;
 use crate::metrics::Metrics;
 use crate::sequencer::{NewestOrders, Sequencer};
+use orcastrate_broker::burst::{shown, BurstLog, BURST_WINDOW};
 
 /// How often fleet summaries are published at most, per repo/env.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
@@ -207,13 +207,13 @@ impl Fleet {
         self.metrics.status_refused(reason.as_str());
         if let Some(count) = self.refusals.note() {
             tracing::warn!(
-                agent = ?loggable(agent),
-                repo = ?loggable(repo),
-                env = ?loggable(env),
+                agent = %shown(agent),
+                repo = %shown(repo),
+                env = %shown(env),
                 reason = reason.as_str(),
                 refused_since_last_line = count,
                 "agent status refused; more refusals in the next {}s are only counted (orcastrate_agent_statuses_refused_total)",
-                crate::burst::BURST_WINDOW.as_secs()
+                BURST_WINDOW.as_secs()
             );
         }
     }
@@ -330,12 +330,12 @@ impl Fleet {
             self.metrics.foreign_summaries.inc();
             if let Some(count) = self.foreign_summaries.note() {
                 tracing::warn!(
-                    repo = ?loggable(repo),
-                    env = ?loggable(env),
+                    repo = %shown(repo),
+                    env = %shown(env),
                     action = ?check,
                     foreign_since_last_line = count,
                     "a fleet summary the gateway did not publish; replacing it (more in the next {}s are only counted)",
-                    crate::burst::BURST_WINDOW.as_secs()
+                    BURST_WINDOW.as_secs()
                 );
             }
         }

@@ -131,131 +131,136 @@ fn issued_by(sender: Option<Sender>) -> Option<String> {
 ///
 /// When the payload is not valid JSON of the event's shape.
 pub fn intent(event: &str, payload: &[u8], access: &Access) -> Result<Intent, PayloadError> {
-    let malformed = |detail: String| PayloadError {
+    let decided = match event {
+        "ping" => parse(payload).map(ping_intent),
+        "push" => parse(payload).and_then(|push| push_intent(push, access)),
+        "pull_request" => parse(payload).and_then(|pr| merge_intent(pr, access)),
+        other => parse(payload).map(|value| other_intent(other, &value)),
+    };
+    decided.map_err(|detail| PayloadError {
         event: event.to_owned(),
         detail,
+    })
+}
+
+/// The payload as `T`, or what is wrong with it.
+fn parse<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, String> {
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
+fn ping_intent(ping: Ping) -> Intent {
+    let repo = ping.repository.and_then(|r| names::repo(&r.full_name).ok());
+    Intent::Ping { repo }
+}
+
+/// A push deploys the env its branch is mapped to; tags, deletions and unmapped branches
+/// are ignored.
+fn push_intent(push: Push, access: &Access) -> Result<Intent, String> {
+    let repo = names::repo(&push.repository.full_name).map_err(|e| e.to_string())?;
+    let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else {
+        let what = if push.git_ref.starts_with("refs/tags/") {
+            "tag push"
+        } else {
+            "push to a ref that is not a branch"
+        };
+        return Ok(ignore(
+            Some(&repo),
+            None,
+            format!("{what}: {}", push.git_ref),
+        ));
     };
-    match event {
-        "ping" => {
-            let ping: Ping =
-                serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?;
-            let repo = ping.repository.and_then(|r| names::repo(&r.full_name).ok());
-            Ok(Intent::Ping { repo })
-        }
-        "push" => {
-            let push: Push =
-                serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?;
-            let repo =
-                names::repo(&push.repository.full_name).map_err(|e| malformed(e.to_string()))?;
-            let Some(branch) = push.git_ref.strip_prefix("refs/heads/") else {
-                let what = if push.git_ref.starts_with("refs/tags/") {
-                    "tag push"
-                } else {
-                    "push to a ref that is not a branch"
-                };
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    format!("{what}: {}", push.git_ref),
-                ));
-            };
-            if push.deleted || push.after == ZERO_SHA {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    format!("branch deleted: {branch}"),
-                ));
-            }
-            let Some(route) = access.repo(&repo) else {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    "repository not configured in [[repos]]",
-                ));
-            };
-            let Some(env) = route.branches.get(branch) else {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    format!("branch {branch} is not mapped to an env"),
-                ));
-            };
-            let sha = names::sha(&push.after).map_err(|e| malformed(e.to_string()))?;
-            names::single_line("ref", &push.git_ref).map_err(|e| malformed(e.to_string()))?;
-            Ok(Intent::Deploy {
-                repo: repo.clone(),
-                env: env.clone(),
-                sha: sha.to_owned(),
-                git_ref: push.git_ref,
-                kind: OrderKind::Push,
-                issued_by: issued_by(push.sender),
-            })
-        }
-        "pull_request" => {
-            let pr: PullRequestEvent =
-                serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?;
-            let repo =
-                names::repo(&pr.repository.full_name).map_err(|e| malformed(e.to_string()))?;
-            if pr.action != "closed" {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    format!("pull request {}: only a merge deploys", pr.action),
-                ));
-            }
-            if !pr.pull_request.merged {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    "pull request closed without merging",
-                ));
-            }
-            let base = pr.pull_request.base.git_ref;
-            let Some(route) = access.repo(&repo) else {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    "repository not configured in [[repos]]",
-                ));
-            };
-            let Some(env) = route.branches.get(&base) else {
-                return Ok(ignore(
-                    Some(&repo),
-                    None,
-                    format!("branch {base} is not mapped to an env"),
-                ));
-            };
-            let sha = pr
-                .pull_request
-                .merge_commit_sha
-                .ok_or_else(|| malformed("merged pull request without merge_commit_sha".into()))?;
-            let sha = names::sha(&sha).map_err(|e| malformed(e.to_string()))?;
-            let git_ref = format!("refs/heads/{base}");
-            names::single_line("ref", &git_ref).map_err(|e| malformed(e.to_string()))?;
-            Ok(Intent::Deploy {
-                repo: repo.clone(),
-                env: env.clone(),
-                sha: sha.to_owned(),
-                git_ref,
-                kind: OrderKind::Merge,
-                issued_by: issued_by(pr.sender),
-            })
-        }
-        other => {
-            // Still a JSON object, or GitHub did not send it.
-            let value: serde_json::Value =
-                serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?;
-            let repo = value
-                .pointer("/repository/full_name")
-                .and_then(|v| v.as_str())
-                .and_then(|r| names::repo(r).ok());
-            Ok(ignore(
-                repo.as_deref(),
-                None,
-                format!("event {other} does not deploy"),
-            ))
-        }
+    if push.deleted || push.after == ZERO_SHA {
+        return Ok(ignore(
+            Some(&repo),
+            None,
+            format!("branch deleted: {branch}"),
+        ));
     }
+    let env = match mapped_env(access, &repo, branch) {
+        Ok(env) => env,
+        Err(ignored) => return Ok(ignored),
+    };
+    let sha = names::sha(&push.after).map_err(|e| e.to_string())?;
+    names::single_line("ref", &push.git_ref).map_err(|e| e.to_string())?;
+    Ok(Intent::Deploy {
+        repo,
+        env,
+        sha: sha.to_owned(),
+        git_ref: push.git_ref,
+        kind: OrderKind::Push,
+        issued_by: issued_by(push.sender),
+    })
+}
+
+/// A merged pull request deploys its base branch's env at the merge commit; any other
+/// pull request event is ignored.
+fn merge_intent(pr: PullRequestEvent, access: &Access) -> Result<Intent, String> {
+    let repo = names::repo(&pr.repository.full_name).map_err(|e| e.to_string())?;
+    if pr.action != "closed" {
+        return Ok(ignore(
+            Some(&repo),
+            None,
+            format!("pull request {}: only a merge deploys", pr.action),
+        ));
+    }
+    if !pr.pull_request.merged {
+        return Ok(ignore(
+            Some(&repo),
+            None,
+            "pull request closed without merging",
+        ));
+    }
+    let base = pr.pull_request.base.git_ref;
+    let env = match mapped_env(access, &repo, &base) {
+        Ok(env) => env,
+        Err(ignored) => return Ok(ignored),
+    };
+    let sha = pr
+        .pull_request
+        .merge_commit_sha
+        .ok_or_else(|| "merged pull request without merge_commit_sha".to_owned())?;
+    let sha = names::sha(&sha).map_err(|e| e.to_string())?;
+    let git_ref = format!("refs/heads/{base}");
+    names::single_line("ref", &git_ref).map_err(|e| e.to_string())?;
+    Ok(Intent::Deploy {
+        repo,
+        env,
+        sha: sha.to_owned(),
+        git_ref,
+        kind: OrderKind::Merge,
+        issued_by: issued_by(pr.sender),
+    })
+}
+
+/// The env `branch` of `repo` deploys to, or the [`Intent::Ignore`] saying why none.
+fn mapped_env(access: &Access, repo: &str, branch: &str) -> Result<String, Intent> {
+    let Some(route) = access.repo(repo) else {
+        return Err(ignore(
+            Some(repo),
+            None,
+            "repository not configured in [[repos]]",
+        ));
+    };
+    route.branches.get(branch).cloned().ok_or_else(|| {
+        ignore(
+            Some(repo),
+            None,
+            format!("branch {branch} is not mapped to an env"),
+        )
+    })
+}
+
+/// Any other event (still a JSON object, or GitHub did not send it) does not deploy.
+fn other_intent(event: &str, value: &serde_json::Value) -> Intent {
+    let repo = value
+        .pointer("/repository/full_name")
+        .and_then(|v| v.as_str())
+        .and_then(|r| names::repo(r).ok());
+    ignore(
+        repo.as_deref(),
+        None,
+        format!("event {event} does not deploy"),
+    )
 }
 
 #[cfg(test)]

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use orcastrate_broker::OrderSigner;
 
-use crate::secret_file;
-
 /// The key file's name inside `data_dir`.
 pub const KEY_FILE: &str = "signing.key";
 
@@ -43,7 +41,7 @@ pub fn load_or_create(data_dir: &Path, ledger_orders: u64) -> anyhow::Result<Ord
         );
     }
     let signer = OrderSigner::generate();
-    secret_file::write(&path, &signer.seed())
+    orcastrate_fs::write_private(&path, &signer.seed())
         .with_context(|| format!("cannot create the signing key {}", path.display()))?;
     tracing::info!(
         public_key = %signer.public_key_base64(),

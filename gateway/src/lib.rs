@@ -11,20 +11,21 @@
 //!   external MQTT engine.
 //! - [`acl`], [`engine_auth`] and [`engine_config`]: topic permissions, and the login/ACL
 //!   hooks and files for an external engine.
-//! - [`fleet`]: verified agent statuses and the retained fleet summaries; [`burst`]:
-//!   refusals logged once per burst.
+//! - [`fleet`]: verified agent statuses and the retained fleet summaries (refusals logged
+//!   once per burst by `orcastrate_broker::burst`).
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
-//! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
+//! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line; [`exit`]:
+//!   its exit codes.
 
 pub mod acl;
-pub mod burst;
 pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine_auth;
 pub mod engine_config;
+pub mod exit;
 pub mod fleet;
 pub mod github;
 pub mod health;
@@ -34,7 +35,6 @@ pub mod ledger;
 pub mod listener;
 pub mod metrics;
 pub mod rollout;
-pub mod secret_file;
 pub mod sequencer;
 pub mod serve;
 pub mod tls;

@@ -1,14 +1,14 @@
 //! `orcastrate-gateway`: parses the command line, sets up logging, and runs a command.
 //!
-//! Exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 gateway unreachable,
-//! 4 refused by the gateway.
+//! Exit codes: [`orcastrate_gateway::exit::Exit`].
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use orcastrate_gateway::cli::{Cli, Command, EngineFilesArgs, LogFormat, ServeArgs};
-use orcastrate_gateway::config::{self, ConfigError, Overrides, Settings};
+use orcastrate_gateway::config::{self, Overrides, Settings};
+use orcastrate_gateway::exit::Exit;
 use orcastrate_gateway::{client, engine_config, keys, Gateway};
 use tracing_subscriber::EnvFilter;
 
@@ -51,12 +51,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
-                2
-            } else {
-                client::exit_code(&e)
-            };
-            ExitCode::from(code)
+            Exit::of(&e).into()
         }
     }
 }

@@ -9,12 +9,13 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context;
 use orcastrate_broker::auth::Credentials;
 use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
-use orcastrate_broker::Topics;
+use orcastrate_broker::{OrderSigner, Topics};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Inbound};
 use crate::config::{self, Access, MqttMode, Settings};
 use crate::engine_auth::EngineAuth;
 use crate::fleet::Fleet;
@@ -70,29 +71,225 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
+/// Creates `data_dir`, opens the ledger, and loads (or, on a first start, creates) the
+/// signing key.
+fn open_data_dir(settings: &Settings) -> anyhow::Result<(rusqlite::Connection, OrderSigner)> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data_dir {}: create it or set data_dir to a writable folder",
+            settings.data_dir.display()
+        )
+    })?;
+    let ledger_path = settings.data_dir.join(LEDGER_FILE);
+    let conn = ledger::open(&ledger_path)
+        .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?;
+    let signer = keys::load_or_create(&settings.data_dir, ledger::order_count(&conn)?)?;
+    Ok((conn, signer))
+}
+
+/// What the bus is started with, besides the `[mqtt]` settings.
+struct BusParts<'a> {
+    access: &'a Arc<RwLock<Access>>,
+    credentials: &'a Arc<RwLock<Credentials>>,
+    probe_token: &'a str,
+    topics: Topics,
+    /// The bus's tasks run here, joined at shutdown.
+    tasks: &'a TaskTracker,
+    /// Stops the bus; cancelled after the sequencer has drained.
+    stop: &'a CancellationToken,
+}
+
+/// Starts the embedded broker or connects to the external engine: the bus, its inbound
+/// events, the embedded broker's address, and what `/healthz` probes.
+fn start_bus(
+    settings: &Settings,
+    parts: BusParts<'_>,
+) -> anyhow::Result<(
+    Bus,
+    mpsc::Receiver<Inbound>,
+    Option<SocketAddr>,
+    ProbeTarget,
+)> {
+    let BusParts {
+        access,
+        credentials,
+        probe_token,
+        topics,
+        tasks,
+        stop,
+    } = parts;
+    match &settings.mqtt {
+        MqttMode::Embedded {
+            listen,
+            tls,
+            quotas,
+        } => {
+            let policy = crate::acl::AccessPolicy {
+                access: access.clone(),
+                topics: topics.clone(),
+            };
+            let broker = EmbeddedBroker::start(
+                &EmbeddedSettings {
+                    listen: *listen,
+                    tls: tls.clone(),
+                    topics: topics.clone(),
+                    quotas: quotas.clone(),
+                },
+                credentials.clone(),
+                Arc::new(policy),
+            )?;
+            let mqtt_addr = health::local_addr(broker.local_addr);
+            let (bus, inbound) = Bus::embedded(broker, topics, tasks, stop.clone())?;
+            let health = ProbeTarget::Listener {
+                mqtt_addr,
+                token: probe_token.to_owned(),
+                tls: tls.is_some(),
+            };
+            Ok((bus, inbound, Some(mqtt_addr), health))
+        }
+        MqttMode::External(engine) => {
+            let (bus, inbound) =
+                Bus::external(engine, topics, tasks, stop.clone()).map_err(|e| {
+                    config::ConfigError::new(settings.origin(), "[mqtt] url", format!("{e:#}"))
+                })?;
+            let health = ProbeTarget::Engine {
+                bus: bus.clone(),
+                url: engine.url.clone(),
+            };
+            Ok((bus, inbound, None, health))
+        }
+    }
+}
+
+/// The listener for an external engine's login/ACL hooks (`[mqtt] hooks_listen`), if any.
+async fn bind_hooks(mqtt: &MqttMode) -> anyhow::Result<Option<TcpListener>> {
+    let MqttMode::External(engine) = mqtt else {
+        return Ok(None);
+    };
+    let Some(listen) = engine.hooks_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen for the engine hooks on {listen}: is another process using it? set [mqtt] hooks_listen")
+    })?;
+    Ok(Some(listener))
+}
+
+/// The login/ACL hooks of an external engine (only called with hooks to serve).
+fn engine_auth(
+    mqtt: &MqttMode,
+    credentials: &Arc<RwLock<Credentials>>,
+    access: &Arc<RwLock<Access>>,
+    bus: &Bus,
+) -> EngineAuth {
+    let (gateway_user, token) = match mqtt {
+        MqttMode::External(engine) => (Some(engine.username.clone()), engine.hooks_token.clone()),
+        MqttMode::Embedded { .. } => (None, None),
+    };
+    EngineAuth::new(
+        credentials.clone(),
+        access.clone(),
+        bus.topics().clone(),
+        gateway_user,
+        token,
+    )
+}
+
+/// Shutdown, in order: the HTTP servers finish (every handler drops its sequencer handle),
+/// the sequencer drains what was accepted, the bus stops, and the background tasks are
+/// joined within the shutdown deadline.
+async fn drain(
+    main_server: impl Future<Output = ()>,
+    hooks_server: Option<impl Future<Output = ()>>,
+    sequencer_done: tokio::task::JoinHandle<()>,
+    bus_stop: CancellationToken,
+    tasks: TaskTracker,
+    deadline: std::time::Duration,
+) -> anyhow::Result<()> {
+    match hooks_server {
+        Some(hooks_server) => {
+            tokio::join!(main_server, hooks_server);
+        }
+        None => main_server.await,
+    }
+    let drained = sequencer_done.await.context("sequencer task failed");
+    bus_stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            ?deadline,
+            "shutdown deadline passed: leaving background tasks still running"
+        );
+    }
+    drained
+}
+
+/// The TLS acceptor for `[http] tls_cert`/`tls_key`, if set.
+fn http_tls(settings: &Settings) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match &settings.http_tls {
+        // A bad certificate is a configuration error (exit 2), like every other key.
+        Some((cert, key)) => Ok(Some(crate::tls::acceptor(cert, key).map_err(|e| {
+            config::ConfigError::new(settings.origin(), "[http] tls_cert", format!("{e:#}"))
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// The HTTP limits, with the connection cap leaving the embedded broker its share of
+/// descriptors.
+fn http_limits(settings: &Settings) -> config::HttpLimits {
+    let broker_share = match settings.mqtt {
+        MqttMode::Embedded { .. } => orcastrate_broker::embedded::MAX_CONNECTIONS,
+        MqttMode::External(_) => 0,
+    };
+    config::HttpLimits {
+        max_connections: listener::connection_cap(
+            settings.http_limits.max_connections,
+            broker_share,
+        ),
+        ..settings.http_limits.clone()
+    }
+}
+
+/// What the HTTP handlers share.
+fn app_state(
+    settings: &Settings,
+    sequencer: crate::sequencer::Sequencer,
+    access: Arc<RwLock<Access>>,
+    metrics: Arc<Metrics>,
+    health: HealthProbe,
+) -> AppState {
+    AppState {
+        sequencer,
+        access,
+        github_secret: settings.github_secret.clone().into(),
+        admin_tokens: settings.admin_tokens.clone().into(),
+        max_body_bytes: settings.max_body_bytes,
+        metrics,
+        health,
+        webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
+        body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
+        budget_wait: settings.http_limits.body_timeout,
+    }
+}
+
+fn log_ready(http_addr: SocketAddr, mqtt_addr: Option<SocketAddr>, hooks_addr: Option<SocketAddr>) {
+    match mqtt_addr {
+        Some(mqtt_addr) => tracing::info!(%http_addr, %mqtt_addr, "gateway ready"),
+        None => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
+    }
+    if let Some(hooks_addr) = hooks_addr {
+        tracing::info!(%hooks_addr, "engine login/ACL hooks served");
+    }
+}
+
 impl Gateway {
     /// Starts everything; returns once the HTTP and MQTT listeners accept connections.
     ///
     /// `http` is an already-bound listener (tests bind port 0).
     pub async fn start(settings: Settings, http: TcpListener) -> anyhow::Result<Self> {
-        let http_tls = match &settings.http_tls {
-            // A bad certificate is a configuration error (exit 2), like every other key.
-            Some((cert, key)) => Some(
-                crate::tls::acceptor(cert, key)
-                    .map_err(|e| config::ConfigError::from(format!("{e:#}")))?,
-            ),
-            None => None,
-        };
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "cannot create data_dir {}: create it or set data_dir to a writable folder",
-                settings.data_dir.display()
-            )
-        })?;
-        let ledger_path = settings.data_dir.join(LEDGER_FILE);
-        let conn = ledger::open(&ledger_path)
-            .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?;
-        let signer = keys::load_or_create(&settings.data_dir, ledger::order_count(&conn)?)?;
+        let http_tls = http_tls(&settings)?;
+        let (conn, signer) = open_data_dir(&settings)?;
         let recorded = ledger::recorded_statuses(&conn)?;
         let public_key = signer.public_key_base64();
         tracing::info!(public_key = %public_key, key_id = signer.key_id(), "order-signing key");
@@ -108,56 +305,23 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
         let bus_stop = CancellationToken::new();
-        let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
-            MqttMode::Embedded {
-                listen,
-                tls,
-                quotas,
-            } => {
-                let policy = crate::acl::AccessPolicy {
-                    access: access.clone(),
-                    topics: topics.clone(),
-                };
-                let broker = EmbeddedBroker::start(
-                    &EmbeddedSettings {
-                        listen: *listen,
-                        tls: tls.clone(),
-                        topics: topics.clone(),
-                        quotas: quotas.clone(),
-                    },
-                    credentials.clone(),
-                    Arc::new(policy),
-                )?;
-                let mqtt_addr = health::local_addr(broker.local_addr);
-                let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
-                let health = ProbeTarget::Listener {
-                    mqtt_addr,
-                    token: probe_token.clone(),
-                    tls: tls.is_some(),
-                };
-                (bus, inbound, Some(mqtt_addr), health)
-            }
-            MqttMode::External(engine) => {
-                let (bus, inbound) = Bus::external(engine, topics, bus_stop.clone())
-                    .map_err(|e| config::ConfigError::from(format!("{e:#}")))?;
-                let health = ProbeTarget::Engine {
-                    bus: bus.clone(),
-                    url: engine.url.clone(),
-                };
-                (bus, inbound, None, health)
-            }
-        };
+        // Every background task (the bus's, the watcher, the fleet publisher), joined at
+        // shutdown within the shutdown deadline.
+        let tasks = TaskTracker::new();
+        let (bus, inbound, mqtt_addr, health) = start_bus(
+            &settings,
+            BusParts {
+                access: &access,
+                credentials: &credentials,
+                probe_token: &probe_token,
+                topics,
+                tasks: &tasks,
+                stop: &bus_stop,
+            },
+        )?;
         let health = HealthProbe::new(health, metrics.health_checks.clone());
         // Bound before anything else starts, so a taken port fails start-up cleanly.
-        let hooks = match &settings.mqtt {
-            MqttMode::External(engine) => match engine.hooks_listen {
-                Some(listen) => Some(TcpListener::bind(listen).await.with_context(|| {
-                    format!("cannot listen for the engine hooks on {listen}: is another process using it? set [mqtt] hooks_listen")
-                })?),
-                None => None,
-            },
-            MqttMode::Embedded { .. } => None,
-        };
+        let hooks = bind_hooks(&settings.mqtt).await?;
 
         let (task, newest) = SequencerTask::new(
             conn,
@@ -177,83 +341,40 @@ impl Gateway {
 
         let cancel = CancellationToken::new();
         // Subscribed already; on its Connected event it publishes every newest order.
-        tokio::spawn(crate::watch::run(
+        tasks.spawn(crate::watch::run(
             inbound,
             bus.clone(),
             newest.clone(),
             fleet.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
+        tasks.spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
 
-        let state = AppState {
-            sequencer,
-            access: access.clone(),
-            github_secret: settings.github_secret.clone().into(),
-            admin_tokens: settings.admin_tokens.clone().into(),
-            max_body_bytes: settings.max_body_bytes,
-            metrics,
-            health,
-            webhook_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_WEBHOOKS)),
-            body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
-            budget_wait: settings.http_limits.body_timeout,
-        };
+        let state = app_state(&settings, sequencer, access.clone(), metrics, health);
         let http_addr = http.local_addr()?;
-        let broker_share = match settings.mqtt {
-            MqttMode::Embedded { .. } => orcastrate_broker::embedded::MAX_CONNECTIONS,
-            MqttMode::External(_) => 0,
-        };
-        let limits = config::HttpLimits {
-            max_connections: listener::connection_cap(
-                settings.http_limits.max_connections,
-                broker_share,
-            ),
-            ..settings.http_limits.clone()
-        };
+        let limits = http_limits(&settings);
         let router = http::router(state);
         let hooks_addr = hooks.as_ref().map(TcpListener::local_addr).transpose()?;
-        let hooks_server = match (hooks, &settings.mqtt) {
-            (Some(hooks), MqttMode::External(engine)) => {
-                let auth = EngineAuth::new(
-                    credentials.clone(),
-                    access.clone(),
-                    bus.topics().clone(),
-                    Some(engine.username.clone()),
-                    engine.hooks_token.clone(),
-                );
-                let router = crate::engine_auth::router(auth);
-                Some(listener::serve(
-                    hooks,
-                    router,
-                    None,
-                    limits.clone(),
-                    cancel.clone(),
-                ))
-            }
-            _ => None,
-        };
-        let main_server = listener::serve(http, router, http_tls, limits, cancel.clone());
-        let done = tokio::spawn(async move {
-            match hooks_server {
-                Some(hooks_server) => {
-                    tokio::join!(main_server, hooks_server);
-                }
-                None => main_server.await,
-            }
-            // Every handler has finished and dropped its sequencer handle: the sequencer
-            // drains what was accepted and stops.
-            let drained = sequencer_done.await.context("sequencer task failed");
-            bus_stop.cancel();
-            drained?;
-            Ok(())
+        let hooks_server = hooks.map(|hooks| {
+            let router = crate::engine_auth::router(engine_auth(
+                &settings.mqtt,
+                &credentials,
+                &access,
+                &bus,
+            ));
+            listener::serve(hooks, router, None, limits.clone(), cancel.clone())
         });
-        match mqtt_addr {
-            Some(mqtt_addr) => tracing::info!(%http_addr, %mqtt_addr, "gateway ready"),
-            None => tracing::info!(%http_addr, "gateway ready; the bus is an external engine"),
-        }
-        if let Some(hooks_addr) = hooks_addr {
-            tracing::info!(%hooks_addr, "engine login/ACL hooks served");
-        }
+        let deadline = limits.shutdown_timeout;
+        let main_server = listener::serve(http, router, http_tls, limits, cancel.clone());
+        let done = tokio::spawn(drain(
+            main_server,
+            hooks_server,
+            sequencer_done,
+            bus_stop,
+            tasks,
+            deadline,
+        ));
+        log_ready(http_addr, mqtt_addr, hooks_addr);
         Ok(Self {
             http_addr,
             hooks_addr,
@@ -304,5 +425,65 @@ impl Gateway {
         }
         tracing::info!("shutting down: finishing in-flight webhooks");
         self.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_joins_the_background_tasks_after_the_bus_stops() {
+        let (tasks, bus_stop) = (TaskTracker::new(), CancellationToken::new());
+        let finished = Arc::new(AtomicBool::new(false));
+        {
+            let (stop, finished) = (bus_stop.clone(), finished.clone());
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                // Cleaning up after the bus stopped takes a while (a DISCONNECT flushed).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                finished.store(true, Ordering::SeqCst);
+            });
+        }
+        let sequencer = tokio::spawn(async {});
+        let no_hooks: Option<std::future::Ready<()>> = None;
+        drain(
+            async {},
+            no_hooks,
+            sequencer,
+            bus_stop.clone(),
+            tasks,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(bus_stop.is_cancelled());
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "drain returned before the task ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stuck_task_does_not_hold_shutdown_past_the_deadline() {
+        let tasks = TaskTracker::new();
+        tasks.spawn(std::future::pending::<()>());
+        let no_hooks: Option<std::future::Ready<()>> = None;
+        let drained = tokio::time::timeout(
+            Duration::from_secs(20),
+            drain(
+                async {},
+                no_hooks,
+                tokio::spawn(async {}),
+                CancellationToken::new(),
+                tasks,
+                Duration::from_millis(100),
+            ),
+        )
+        .await;
+        assert!(matches!(drained, Ok(Ok(()))), "{drained:?}");
     }
 }

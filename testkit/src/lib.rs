@@ -1,62 +1,38 @@
-//! The test kit shared by the gateway, agent and end-to-end tests.
+//! The test kit shared by the gateway, agent and end-to-end tests (and the benchmarks): one
+//! piece of code for each job every test has, in the way ripgrep's `tests/util.rs` serves
+//! every ripgrep test.
+//!
+//! It depends on none of the workspace's crates, so the gateway's and agent's own tests can
+//! use it without building those crates twice; it speaks to them as users do (git, MQTT,
+//! HTTP, signed webhooks).
+//!
+//! # Layout
+//!
+//! - [`free_port`]: loopback ports below the ephemeral range.
+//! - [`eventually`]: polling with a bound and a message naming what was awaited.
+//! - [`InProcess`]: a server (the gateway, an agent) on a thread and runtime of its own.
+//! - [`git`]: a bare "GitHub" origin with a work clone to commit and push from.
+//! - [`app`]: the sample Node app every test deploys (`fixtures/server.js`) and how to ask
+//!   it who it is.
+//! - [`github`]: webhook signatures and payloads made from GitHub's own fixtures.
+//! - [`mqtt`]: a synchronous MQTT client that subscribes and waits for messages.
+//! - [`http`]: a JSON-over-HTTP client that never fails on a status.
+//! - [`logs`]: counting events in a log that sums up floods (`count=N`).
+//! - [`procs`]: the processes a test left behind under a directory.
+//! - [`files`]: what a deploy left on disk (symlinks, file trees).
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+pub mod app;
+pub mod files;
+pub mod git;
+pub mod github;
+pub mod http;
+mod in_process;
+pub mod logs;
+pub mod mqtt;
+mod ports;
+pub mod procs;
+mod wait;
 
-/// The first port above the ports handed out here: Linux's ephemeral range starts at 32768.
-const RANGE_END: u16 = 32_768;
-/// How many ports the kit hands out from, below the ephemeral range.
-const RANGE: u16 = 12_000;
-
-/// A loopback port that nothing listens on, for a process the test starts and restarts.
-///
-/// Ports come from below the kernel's ephemeral range, so no outgoing connection (of this or
-/// another test) can take one between this call and the bind, and never the same port twice
-/// in one test process; the start depends on the process id, so test binaries running side
-/// by side start apart.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = (std::process::id() % u32::from(RANGE)) as u16;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < RANGE, "the test kit ran out of ports");
-        let port = RANGE_END - RANGE + (start + n * 7) % RANGE;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
-#[track_caller]
-pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_distinct_and_below_the_ephemeral_range() {
-        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), ports.len());
-        assert!(ports
-            .iter()
-            .all(|&p| (RANGE_END - RANGE..RANGE_END).contains(&p)));
-    }
-}
+pub use in_process::{Ended, InProcess, Stop};
+pub use ports::free_port;
+pub use wait::eventually;

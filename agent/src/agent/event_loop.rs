@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::machine::{self, Accepted, Machine, Resume};
 use super::RunOutcome;
@@ -42,6 +43,11 @@ struct EventLoop<'a> {
     /// Health check tasks report here; the loop holds a sender to clone for each check.
     health_tx: mpsc::UnboundedSender<HealthReport>,
     health_tick: Interval,
+    /// The health check tasks, joined when the loop ends so no check (and no process it
+    /// runs) outlives the loop; `checks_cancel` stops them first.
+    checks: TaskTracker,
+    /// Stops the health checks when the loop ends; a child of shutdown.
+    checks_cancel: CancellationToken,
 }
 
 /// Runs the loop until shutdown (or, with `--once`, until it is done).
@@ -74,6 +80,8 @@ pub(super) async fn run(
         refusals: RefusalLog::default(),
         health_tx,
         health_tick,
+        checks: TaskTracker::new(),
+        checks_cancel: shutdown.child_token(),
     };
     if let Some(p) = pending {
         lp.resume(machine::resume(p));
@@ -87,6 +95,7 @@ pub(super) async fn run(
             lp.current = Some(start_deploy(ctx, order, attempt));
         }
         if let Some(verdict) = lp.machine.verdict(Instant::now()) {
+            lp.join_checks().await;
             return lp.finish(verdict);
         }
         let once_wake = lp.machine.once_wake();
@@ -108,6 +117,7 @@ pub(super) async fn run(
         }
     }
     lp.stop().await;
+    lp.join_checks().await;
     RunOutcome::Stopped
 }
 
@@ -151,14 +161,15 @@ impl EventLoop<'_> {
         self.machine.on_boot_check();
         let tx = self.health_tx.clone();
         let ctx = self.ctx.clone();
-        tokio::spawn(async move {
+        let cancel = self.checks_cancel.clone();
+        self.checks.spawn(async move {
             let result = crate::health::wait_healthy(
                 &ctx.settings.health.check,
                 &ctx.layout.current(),
                 ctx.settings.health.timeout,
                 || ctx.supervisor.alive(),
                 ctx.settings.run_as.as_ref(),
-                &CancellationToken::new(),
+                &cancel,
             )
             .await;
             let _ = tx.send(HealthReport { result, boot: true });
@@ -268,8 +279,13 @@ impl EventLoop<'_> {
         let dir = ctx.layout.current();
         let alive = ctx.supervisor.alive();
         let user = ctx.settings.run_as.clone();
-        tokio::spawn(async move {
-            let result = crate::health::check_once(&check, &dir, alive, user.as_ref()).await;
+        let cancel = self.checks_cancel.clone();
+        self.checks.spawn(async move {
+            // Dropping the check on shutdown stops its command, as its own timeout does.
+            let result = tokio::select! {
+                r = crate::health::check_once(&check, &dir, alive, user.as_ref()) => r,
+                () = cancel.cancelled() => return,
+            };
             let _ = tx.send(HealthReport {
                 result,
                 boot: false,
@@ -292,6 +308,13 @@ impl EventLoop<'_> {
     }
 
     /// Shutdown: cancels the deploy in progress if it can still be, else waits for it.
+    /// Stops the health checks still running and waits for them.
+    async fn join_checks(&self) {
+        self.checks_cancel.cancel();
+        self.checks.close();
+        self.checks.wait().await;
+    }
+
     async fn stop(&mut self) {
         let Some(run) = self.current.take() else {
             return;

@@ -43,14 +43,9 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
-    /// The process exit code: 0 healthy or up to date, 1 failed or rolled back, 3 no
-    /// connection (2, bad config, is decided before the agent runs).
+    /// The process exit code, as [`crate::Exit`] maps it.
     pub fn exit_code(self) -> u8 {
-        match self {
-            Self::Stopped | Self::UpToDate | Self::Healthy | Self::Skipped => 0,
-            Self::Failed | Self::RolledBack => 1,
-            Self::NoConnection => 3,
-        }
+        crate::Exit::from(self).code()
     }
 }
 

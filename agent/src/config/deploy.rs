@@ -5,13 +5,13 @@
 use std::path::{Component, PathBuf};
 use std::time::Duration;
 
-use super::error::Problems;
 use super::{
     ConfigError, FileConfig, GitSettings, HealthCheck, HealthSettings, OnShutdown, StepSettings,
     DEFAULT_FETCH_ATTEMPTS, DEFAULT_FETCH_TIMEOUT_S, DEFAULT_HEALTH_INTERVAL_S,
     DEFAULT_HEALTH_TIMEOUT_S, DEFAULT_INSTALL, DEFAULT_KEEP_RELEASES, DEFAULT_START,
     DEFAULT_STOP_TIMEOUT_S,
 };
+use orcastrate_broker::Problems;
 
 /// `keep_releases`.
 pub(super) fn keep_releases(origin: &str, file: &FileConfig) -> Result<usize, ConfigError> {

@@ -92,18 +92,14 @@ pub(crate) fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         )
     })?;
     toml::from_str(&text).map_err(|e| {
-        let message = e.message().to_owned();
-        let key = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start].matches('\n').count() + 1;
-                format!("line {line}")
-            })
-            .unwrap_or_else(|| "(file)".to_owned());
-        ConfigError::new(
+        ConfigError::at_offset(
             &origin,
-            &key,
-            format!("{message} (see config/agent.example.toml for every key)"),
+            &text,
+            e.span().map(|span| span.start),
+            format!(
+                "{} (see config/agent.example.toml for every key)",
+                e.message()
+            ),
         )
     })
 }

@@ -293,7 +293,8 @@ pub(super) fn run_as(
     }
 }
 
-/// `prefix`: the first topic level.
+/// `prefix`: the first topic level(s), under the one rule the gateway's `[mqtt] prefix`
+/// follows too ([`orcastrate_broker::topics::check_prefix`]).
 pub(super) fn prefix(src: &Sources, cli: &Cli, file: &FileConfig) -> Result<String, ConfigError> {
     let (prefix, origin) = src.pick(
         cli.prefix.clone(),
@@ -302,14 +303,13 @@ pub(super) fn prefix(src: &Sources, cli: &Cli, file: &FileConfig) -> Result<Stri
         file.prefix.clone(),
     );
     let prefix = prefix.unwrap_or_else(|| orcastrate_broker::DEFAULT_PREFIX.to_owned());
-    let prefix = prefix.trim_end_matches('/').to_owned();
-    if prefix.is_empty() || prefix.contains(['+', '#', '\n']) || prefix.starts_with('$') {
-        return Err(ConfigError::new(
-            origin,
+    orcastrate_broker::topics::check_prefix(&prefix).map_err(|e| {
+        ConfigError::new(
+            &origin,
             "prefix",
-            "must be a plain topic level without + # or a leading $ (default \"orcastrate\")",
-        ));
-    }
+            format!("{e}; set it to the gateway's [mqtt] prefix"),
+        )
+    })?;
     Ok(prefix)
 }
 

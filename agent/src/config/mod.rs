@@ -11,7 +11,8 @@
 //! - `environment`: the process environment as a value, and where each value came from.
 //! - `identity`: who the agent is and where it connects (name, server, token, repo, …).
 //! - `deploy`: how a deploy runs (steps, shared, health, git, …).
-//! - `error`: [`ConfigError`] and the collector of problems.
+//! - [`ConfigError`] and the collector of problems are `orcastrate_broker`'s, shared with the
+//!   gateway.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,7 +24,6 @@ pub use crate::users::RunAs;
 
 mod deploy;
 mod environment;
-mod error;
 mod file;
 mod identity;
 #[cfg(test)]
@@ -31,9 +31,9 @@ mod tests;
 
 pub(crate) use deploy::{parse_http_url, HttpTarget};
 pub use environment::Environment;
-pub use error::ConfigError;
-use error::Problems;
 pub use file::{FileConfig, GitFile, HealthFile, ServerList, SharedFile, StepsFile};
+pub use orcastrate_broker::ConfigError;
+use orcastrate_broker::Problems;
 
 /// Default `install` step.
 pub const DEFAULT_INSTALL: &str = "npm install";
@@ -144,7 +144,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the config file the command line names, merges and validates, then creates
+    /// Reads the config file the command line names and this process's environment (the
+    /// only place the agent's configuration reads process state), validates, then creates
     /// `root`.
     ///
     /// # Errors
@@ -155,22 +156,27 @@ impl Settings {
             Some(path) => (file::read_file(path)?, path.display().to_string()),
             None => (FileConfig::default(), "configuration".to_owned()),
         };
-        Self::merge(cli, &file, &file_origin)
+        Self::merge(cli, &file, &file_origin, &Environment::current())
     }
 
-    /// Merges and validates already-parsed inputs in this process's environment
-    /// (`file_origin` names the file in errors), then creates `root`.
+    /// Merges and validates already-parsed inputs in the environment `env` (`file_origin`
+    /// names the file in errors), then creates `root`: the one side effect, after every
+    /// check passed.
     ///
     /// # Errors
     ///
     /// Every problem found, naming its origin, key and fix.
-    pub fn merge(cli: &Cli, file: &FileConfig, file_origin: &str) -> Result<Self, ConfigError> {
-        let env = Environment::current();
-        let mut settings = Self::validate(cli, file, file_origin, &env)?;
+    pub fn merge(
+        cli: &Cli,
+        file: &FileConfig,
+        file_origin: &str,
+        env: &Environment,
+    ) -> Result<Self, ConfigError> {
+        let mut settings = Self::validate(cli, file, file_origin, env)?;
         let src = environment::Sources {
             file_origin,
             from_env: &cli.secrets_from_env,
-            env: &env,
+            env,
         };
         settings.root = create_root(&settings.root, &identity::root_origin(&src, cli, file))?;
         Ok(settings)

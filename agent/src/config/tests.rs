@@ -24,6 +24,11 @@ fn base_file() -> FileConfig {
     .unwrap()
 }
 
+/// Start-up's merge in this process's environment.
+fn merge(cli: &Cli, file: &FileConfig, origin: &str) -> Result<Settings, ConfigError> {
+    Settings::merge(cli, file, origin, &Environment::current())
+}
+
 #[test]
 fn urls() {
     assert_eq!(
@@ -44,7 +49,7 @@ fn urls() {
 
 #[test]
 fn defaults_apply() {
-    let s = Settings::merge(&Cli::default(), &base_file(), "agent.toml").unwrap();
+    let s = merge(&Cli::default(), &base_file(), "agent.toml").unwrap();
     assert_eq!(s.repo, "octo-org/web");
     assert_eq!(s.steps.install, "npm install");
     assert_eq!(s.steps.build, "");
@@ -66,7 +71,7 @@ fn flag_beats_file() {
         server: vec!["mqtt://a:1".into(), " mqtt://b:2".into()],
         ..Cli::default()
     };
-    let s = Settings::merge(&cli, &base_file(), "agent.toml").unwrap();
+    let s = merge(&cli, &base_file(), "agent.toml").unwrap();
     assert_eq!(s.repo, "other/repo");
     assert_eq!(s.servers, vec!["mqtt://a:1", "mqtt://b:2"]);
 }
@@ -75,7 +80,7 @@ fn flag_beats_file() {
 fn errors_name_origin_and_key() {
     let mut f = base_file();
     f.env = Some("Prod.1".into());
-    let e = Settings::merge(&Cli::default(), &f, "/etc/agent.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "/etc/agent.toml").unwrap_err();
     assert_eq!(e.origin, "/etc/agent.toml");
     assert_eq!(e.key, "env");
 
@@ -84,12 +89,12 @@ fn errors_name_origin_and_key() {
         timeout_s: Some(0),
         ..HealthFile::default()
     });
-    let e = Settings::merge(&Cli::default(), &f, "a.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "health.timeout_s");
 
     let mut f = base_file();
     f.gateway_public_keys = None;
-    let e = Settings::merge(&Cli::default(), &f, "a.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "gateway_public_keys");
 
     let mut f = base_file();
@@ -97,15 +102,13 @@ fn errors_name_origin_and_key() {
         files: Some(vec!["../etc/passwd".into()]),
         dirs: None,
     });
-    let e = Settings::merge(&Cli::default(), &f, "a.toml").unwrap_err();
+    let e = merge(&Cli::default(), &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "shared.files");
 
     let mut f = base_file();
     f.on_shutdown = Some("maybe".into());
     assert_eq!(
-        Settings::merge(&Cli::default(), &f, "a.toml")
-            .unwrap_err()
-            .key,
+        merge(&Cli::default(), &f, "a.toml").unwrap_err().key,
         "on_shutdown"
     );
 }
@@ -160,29 +163,21 @@ fn secrets_from_files_and_their_errors() {
         config: Some(dir.path().join("agent.toml")),
         ..Cli::default()
     };
-    assert_eq!(
-        Settings::merge(&cli, &f, "a.toml").unwrap().token,
-        "from-file"
-    );
+    assert_eq!(merge(&cli, &f, "a.toml").unwrap().token, "from-file");
 
     f.token = Some("both".into());
-    assert_eq!(
-        Settings::merge(&cli, &f, "a.toml").unwrap_err().key,
-        "token"
-    );
+    assert_eq!(merge(&cli, &f, "a.toml").unwrap_err().key, "token");
 
     f.token = None;
     f.token_file = Some("missing".into());
-    let e = Settings::merge(&cli, &f, "a.toml").unwrap_err();
+    let e = merge(&cli, &f, "a.toml").unwrap_err();
     assert_eq!(e.key, "token_file");
     assert!(e.problem.contains("missing"), "{e}");
 
     let mut f = base_file();
     f.run_as = Some("no-such-user-here".into());
     assert_eq!(
-        Settings::merge(&Cli::default(), &f, "a.toml")
-            .unwrap_err()
-            .key,
+        merge(&Cli::default(), &f, "a.toml").unwrap_err().key,
         "run_as"
     );
 }
@@ -214,6 +209,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
     f.env = Some("Prod.1".into());
     f.keep_releases = Some(0);
     f.on_shutdown = Some("maybe".into());
+    f.prefix = Some("orcastrate/".into());
     f.steps = Some(StepsFile {
         install: Some("a\nb".into()),
         start: Some(" ".into()),
@@ -236,6 +232,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
             "env",
             "keep_releases",
             "on_shutdown",
+            "prefix",
             "steps.install",
             "steps.start",
             "health.http",
@@ -245,7 +242,7 @@ fn every_problem_of_a_file_is_reported_at_once() {
         "{e}"
     );
     assert!(e.all().all(|p| p.origin == "a.toml"), "{e}");
-    assert_eq!(e.to_string().lines().count(), 8, "{e}");
+    assert_eq!(e.to_string().lines().count(), 9, "{e}");
     // The first problem keeps the single-problem shape.
     assert_eq!((e.origin.as_str(), e.key.as_str()), ("a.toml", "env"));
 }
@@ -299,7 +296,7 @@ fn validation_creates_nothing_and_reads_the_environment_it_is_given() {
 
     // Start-up creates it.
     f.root = Some(root.clone());
-    let s = Settings::merge(&Cli::default(), &f, "a.toml").unwrap();
+    let s = merge(&Cli::default(), &f, "a.toml").unwrap();
     assert!(root.is_dir());
     assert_eq!(s.root, root.canonicalize().unwrap());
 }
@@ -319,4 +316,30 @@ fn run_as_is_looked_up_in_the_environment_given() {
     let e = Settings::validate(&Cli::default(), &f, "a.toml", &env).unwrap_err();
     assert_eq!(e.key, "run_as");
     assert!(e.problem.contains("root"), "{e}");
+}
+
+#[test]
+fn the_prefix_follows_the_gateways_rule() {
+    for ok in ["orcastrate", "acme/deploys"] {
+        let mut f = base_file();
+        f.prefix = Some(ok.into());
+        let s = Settings::validate(&Cli::default(), &f, "a.toml", &bare_env()).unwrap();
+        assert_eq!(s.prefix, ok);
+    }
+    // The agent used to trim a trailing '/' and allow a leading one and '$'; the gateway
+    // refuses them, and both now follow one rule.
+    for bad in ["orcastrate/", "/orcastrate", "$SYS/x", "a/#"] {
+        let mut f = base_file();
+        f.prefix = Some(bad.into());
+        let e = Settings::validate(&Cli::default(), &f, "a.toml", &bare_env()).unwrap_err();
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("a.toml", "prefix"),
+            "{e}"
+        );
+        assert!(
+            e.problem.contains("not a topic prefix") && e.problem.contains("[mqtt] prefix"),
+            "{bad}: {e}"
+        );
+    }
 }

@@ -3,18 +3,19 @@
 //! the real agent binary, and a tiny Node HTTP service as the app.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings, LinkPublisher};
+use orcastrate_broker::embedded::{EmbeddedBroker, LinkPublisher};
 use orcastrate_broker::{
     AgentState, AgentStatus, DeployOrder, LogLine, OrderKind, OrderSigner, Topics,
 };
+
+/// The agent benchmarks' helpers: one place starts an open embedded broker.
+#[path = "../../examples/support/mod.rs"]
+mod support;
 
 pub(crate) const REPO: &str = "octo-org/web";
 pub(crate) const ENV: &str = "production";
@@ -29,21 +30,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) use orcastrate_testkit::free_port;
 
-/// Polls `f` until it returns `Some`, at most `limit`.
-#[track_caller]
-pub(crate) fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub(crate) use orcastrate_testkit::eventually;
 
 /// What the test's "mosquitto_sub" saw.
 #[derive(Default)]
@@ -68,21 +55,8 @@ impl Bus {
 
     /// A broker on `port` whose gateway signs with the key of `seed`.
     pub(crate) async fn start_on(port: u16, seed: [u8; 32]) -> Self {
-        let creds = Credentials::new([
-            (AGENT.to_owned(), TOKEN.to_owned()),
-            (WATCHER.to_owned(), WATCHER_TOKEN.to_owned()),
-        ]);
-        let broker = EmbeddedBroker::start(
-            &EmbeddedSettings {
-                listen: SocketAddr::from(([127, 0, 0, 1], port)),
-                tls: None,
-                topics: Topics::default(),
-                quotas: Default::default(),
-            },
-            Arc::new(RwLock::new(creds)),
-            Arc::new(orcastrate_broker::guard::OpenPolicy),
-        )
-        .expect("embedded broker starts");
+        let broker = support::open_broker(port, &[(AGENT, TOKEN), (WATCHER, WATCHER_TOKEN)])
+            .expect("embedded broker starts");
         let EmbeddedBroker {
             mut publisher,
             mut receiver,
@@ -230,157 +204,13 @@ impl Bus {
     }
 }
 
-/// A bare "GitHub" origin and a work clone to commit and push from.
-pub(crate) struct Origin {
-    pub(crate) bare: PathBuf,
-    work: PathBuf,
-}
-
-impl Origin {
-    pub(crate) fn new(dir: &Path) -> Self {
-        let bare = dir.join("origin.git");
-        let work = dir.join("work");
-        git(
-            dir,
-            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
-        );
-        git(dir, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
-        Self { bare, work }
-    }
-
-    /// Writes `files` (path, content; content `None` deletes), commits, pushes; returns the sha.
-    pub(crate) fn commit(&self, message: &str, files: &[(&str, Option<&str>)]) -> String {
-        for (path, content) in files {
-            let p = self.work.join(path);
-            match content {
-                Some(c) => {
-                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                    std::fs::write(&p, c).unwrap();
-                }
-                None => {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-        }
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "-q",
-                "--allow-empty",
-                "-m",
-                message,
-            ],
-        );
-        git(
-            &self.work,
-            &[
-                "push",
-                "-q",
-                self.bare.to_str().unwrap(),
-                "HEAD:refs/heads/main",
-            ],
-        );
-        git_out(&self.work, &["rev-parse", "HEAD"])
-    }
-}
-
-pub(crate) fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-pub(crate) fn git_out(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// The test service: answers `/` with its version and pid, `/health` with 200 (500 if the
-/// release has a file `UNHEALTHY`), `/env` with its environment; listens after `DELAY` ms.
-pub(crate) const SERVER_JS: &str = r#"
-const http = require('http');
-const fs = require('fs');
-const version = fs.readFileSync('VERSION', 'utf8').trim();
-const port = +fs.readFileSync('PORT', 'utf8').trim();
-const delay = fs.existsSync('DELAY') ? +fs.readFileSync('DELAY', 'utf8') : 0;
-const server = http.createServer((q, s) => {
-  if (q.url === '/health') { s.statusCode = fs.existsSync('UNHEALTHY') ? 500 : 200; return s.end('ok'); }
-  if (q.url === '/env') { s.setHeader('content-type', 'application/json'); return s.end(JSON.stringify(process.env)); }
-  s.end(JSON.stringify({ version, pid: process.pid }));
-});
-setTimeout(() => server.listen(port, '127.0.0.1'), delay);
-"#;
-
-/// Files of a release of the test service; `install` is the content of install.sh.
-pub(crate) fn app_files(version: &str, port: u16, install: &str) -> Vec<(String, Option<String>)> {
-    vec![
-        ("server.js".into(), Some(SERVER_JS.into())),
-        ("VERSION".into(), Some(format!("{version}\n"))),
-        ("PORT".into(), Some(format!("{port}\n"))),
-        ("install.sh".into(), Some(install.into())),
-        (
-            "package.json".into(),
-            Some(r#"{"name":"web","version":"1.0.0","private":true,"scripts":{"start":"node server.js"}}"#.into()),
-        ),
-    ]
-}
-
-pub(crate) fn as_refs(files: &[(String, Option<String>)]) -> Vec<(&str, Option<&str>)> {
-    files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_deref()))
-        .collect()
-}
-
-/// `GET http://127.0.0.1:{port}{path}`: status and body, or `None` if nothing answers.
-pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((code, body))
-}
+pub(crate) use orcastrate_testkit::app::http_get;
+pub(crate) use orcastrate_testkit::git::{git, Origin};
 
 /// What the app answers on `/`: (version, pid).
 pub(crate) fn app_identity(port: u16) -> Option<(String, u32)> {
-    let (code, body) = http_get(port, "/")?;
-    if code != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    Some((v["version"].as_str()?.to_owned(), v["pid"].as_u64()? as u32))
+    let (version, pid) = orcastrate_testkit::app::identity(port)?;
+    Some((version, u32::try_from(pid).ok()?))
 }
 
 /// A test world: temp dir, broker, origin, app port, agent config.
@@ -500,10 +330,43 @@ interval_s = 1
         install: &str,
         extra: &[(&str, Option<&str>)],
     ) -> String {
-        let files = app_files(version, self.app_port, install);
-        let mut refs = as_refs(&files);
-        refs.extend_from_slice(extra);
-        self.origin.commit(version, &refs)
+        let mut files = vec![("install.sh", Some(install))];
+        files.extend_from_slice(extra);
+        orcastrate_testkit::app::commit(&self.origin, version, self.app_port, &files)
+    }
+
+    /// The usual start: commits `v1` with `install`, orders it, starts the agent and waits
+    /// until it is healthy on it. Returns the sha, the order's seq and the agent run.
+    pub(crate) async fn start_healthy_on_v1(&mut self, install: &str) -> (String, u64, usize) {
+        let sha = self.commit("v1", install);
+        let seq = self.order(&sha, OrderKind::Push).await;
+        let n = self.start_until_healthy(seq).await;
+        (sha, seq, n)
+    }
+
+    /// Starts the agent and waits until it is healthy on order `seq` (the failure shows its
+    /// log); returns the agent run.
+    pub(crate) async fn start_until_healthy(&mut self, seq: u64) -> usize {
+        let n = self.start_agent();
+        let out = self.bus.wait_outcome(seq).await;
+        assert_eq!(
+            out.state,
+            AgentState::Healthy,
+            "{out:?}\n{}",
+            self.agent_log(n)
+        );
+        n
+    }
+
+    /// `plain` encrypted with `key` as `orcastrate-crypt encrypt` writes
+    /// `encrypted_production.{ext}`, to commit as the service's config.
+    pub(crate) fn encrypted(&self, key: &orcastrate_crypt::Key, ext: &str, plain: &str) -> String {
+        let plain_path = self.dir.path().join(format!("decrypted_production.{ext}"));
+        std::fs::write(&plain_path, plain).unwrap();
+        let encrypted = self.dir.path().join(format!("encrypted_production.{ext}"));
+        orcastrate_crypt::encrypt_file(&plain_path, &encrypted, key, false).unwrap();
+        std::fs::remove_file(&plain_path).unwrap();
+        std::fs::read_to_string(&encrypted).unwrap()
     }
 
     /// The next order number.
@@ -587,18 +450,18 @@ interval_s = 1
             .arg(pid.to_string())
             .status();
         let child = &mut self.agents[n];
-        poll("agent exit", WAIT, || child.try_wait().unwrap()).code()
+        eventually(WAIT, "agent exit", || child.try_wait().unwrap()).code()
     }
 
     /// Waits for agent run `n` to exit by itself; returns its code.
     pub(crate) fn wait_exit(&mut self, n: usize) -> Option<i32> {
         let child = &mut self.agents[n];
-        poll("agent exit", WAIT, || child.try_wait().unwrap()).code()
+        eventually(WAIT, "agent exit", || child.try_wait().unwrap()).code()
     }
 
     /// Waits until the app answers with `version`; returns its pid.
     pub(crate) fn wait_app(&self, version: &str) -> u32 {
-        poll(&format!("app version {version}"), WAIT, || {
+        eventually(WAIT, &format!("app version {version}"), || {
             app_identity(self.app_port)
                 .filter(|(v, _)| v == version)
                 .map(|(_, pid)| pid)
@@ -607,12 +470,7 @@ interval_s = 1
 
     /// The release `current` points to.
     pub(crate) fn current(&self) -> String {
-        std::fs::read_link(self.root.join("current"))
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
+        orcastrate_testkit::files::link_name(&self.root.join("current"))
     }
 
     pub(crate) fn release_dirs(&self) -> Vec<String> {
@@ -645,37 +503,7 @@ interval_s = 1
     }
 }
 
-/// Live (not zombie) processes with a working directory under `dir`, with their cmdline.
-pub(crate) fn processes_under(dir: &Path) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
-            continue;
-        };
-        if !cwd.starts_with(dir) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.trim_start().chars().next())
-            .unwrap_or(None);
-        if matches!(state, Some('Z') | Some('X') | None) {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        out.push((pid, cmd));
-    }
-    out
-}
+pub(crate) use orcastrate_testkit::procs::under as processes_under;
 
 impl Drop for World {
     fn drop(&mut self) {
@@ -684,19 +512,7 @@ impl Drop for World {
             let _ = a.wait();
         }
         // Whatever the agents started (apps, steps) must not outlive the test.
-        for _ in 0..50 {
-            let left = processes_under(&self.root);
-            if left.is_empty() {
-                break;
-            }
-            for (pid, _) in left {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        orcastrate_testkit::procs::kill_all_under(&self.root);
         if std::thread::panicking() {
             for n in 0..self.agents.len() {
                 eprintln!("---- agent run {n} ----\n{}", self.agent_log(n));
@@ -708,86 +524,18 @@ impl Drop for World {
     }
 }
 
-/// A test MQTT client (rumqttc, logged in as [`WATCHER`]) that records every message under
-/// `orcastrate/#` as (topic, payload text).
-pub(crate) struct Watcher {
-    pub(crate) client: rumqttc::AsyncClient,
-    pub(crate) seen: Arc<Mutex<Vec<(String, String)>>>,
+/// A watcher (logged in as [`WATCHER`]) recording every message under `orcastrate/#`.
+pub(crate) fn watcher(port: u16) -> Recorder {
+    let client_id = format!("{WATCHER}:t{}", free_port());
+    Recorder::start(
+        Mqtt::options(port, &client_id, WATCHER, WATCHER_TOKEN),
+        "orcastrate/#",
+    )
+    .expect("the watcher's SUBACK")
 }
 
-impl Watcher {
-    pub(crate) async fn connect(port: u16) -> Self {
-        let options = orcastrate_broker::mqtt::client_options(
-            &format!("mqtt://127.0.0.1:{port}"),
-            &format!("{WATCHER}:t{}", free_port()),
-            WATCHER,
-            WATCHER_TOKEN,
-        )
-        .unwrap();
-        let (client, mut eventloop) = orcastrate_broker::mqtt::async_client(options, 10_000);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let mut subscribed_tx = Some(subscribed_tx);
-        client
-            .subscribe("orcastrate/#", rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        sink.lock().unwrap().push((
-                            p.topic.clone(),
-                            String::from_utf8_lossy(&p.payload).into_owned(),
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, subscribed)
-            .await
-            .expect("the watcher's SUBACK")
-            .unwrap();
-        Self { client, seen }
-    }
-
-    /// Every message seen so far, as `topic payload` lines.
-    pub(crate) fn text(&self) -> String {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(t, p)| format!("{t} {p}\n"))
-            .collect()
-    }
-}
-
-/// Every file under `dir` (recursively, not following links) and its content.
-pub(crate) fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        if meta.is_dir() {
-            out.extend(files_under(&e.path()));
-        } else if meta.is_file() {
-            out.push((e.path(), std::fs::read(e.path()).unwrap_or_default()));
-        }
-    }
-    out
-}
+pub(crate) use orcastrate_testkit::files::under as files_under;
+use orcastrate_testkit::mqtt::{Mqtt, Recorder};
 
 /// Reads a key=value file into a map (for decrypted dotenv configs).
 pub(crate) fn parse_dotenv(text: &str) -> HashMap<String, String> {

@@ -7,10 +7,7 @@ use crate::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_install_retries_the_order_once_without_duplicating_the_app() {
     let mut w = World::new().await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    let first = w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, _, first) = w.start_healthy_on_v1("true\n").await;
     let pid1 = w.wait_app("v1");
 
     // The install takes long the first time only (a marker in shared/ remembers the try).
@@ -24,7 +21,7 @@ async fn killed_mid_install_retries_the_order_once_without_duplicating_the_app()
             s.seq == Some(s2) && s.step == Some(Step::Install)
         })
         .await;
-    poll("first try", WAIT, || {
+    eventually(WAIT, "first try", || {
         w.processes_in_root()
             .iter()
             .any(|(_, c)| c.contains("sleep 120"))
@@ -56,10 +53,7 @@ async fn killed_mid_install_retries_the_order_once_without_duplicating_the_app()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_the_app_runs_adopts_it() {
     let mut w = World::new().await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    let first = w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, _, first) = w.start_healthy_on_v1("true\n").await;
     let pid = w.wait_app("v1");
 
     w.kill9(first);
@@ -69,7 +63,7 @@ async fn killed_while_the_app_runs_adopts_it() {
         .await;
     let before = w.bus.statuses().len();
     let second = w.start_agent();
-    poll("adoption", WAIT, || {
+    eventually(WAIT, "adoption", || {
         w.agent_log(second)
             .contains("adopted the running app")
             .then_some(())
@@ -79,7 +73,7 @@ async fn killed_while_the_app_runs_adopts_it() {
         .bus
         .wait_status("healthy again", |s| s.state == AgentState::Healthy)
         .await;
-    let again = poll("new status", WAIT, || w.bus.statuses().get(before).cloned());
+    let again = eventually(WAIT, "new status", || w.bus.statuses().get(before).cloned());
     assert_ne!(again.session, st.session);
     // Same process: adopted, not restarted.
     assert_eq!(w.wait_app("v1"), pid);
@@ -96,16 +90,13 @@ async fn killed_while_the_app_runs_adopts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_app_is_restarted() {
     let mut w = World::new().await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.start_healthy_on_v1("true\n").await;
     let pid = w.wait_app("v1");
     let _ = std::process::Command::new("kill")
         .arg("-KILL")
         .arg(pid.to_string())
         .status();
-    let pid2 = poll("a restarted app", WAIT, || {
+    let pid2 = eventually(WAIT, "a restarted app", || {
         app_identity(w.app_port)
             .map(|(_, p)| p)
             .filter(|&p| p != pid)
@@ -117,10 +108,7 @@ async fn a_dead_app_is_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_health_reports_unhealthy_and_recovery() {
     let mut w = World::new().await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, s1, _) = w.start_healthy_on_v1("true\n").await;
     w.wait_app("v1");
     // The test app answers 500 on /health while this file exists.
     let flag = w.root.join("current/UNHEALTHY");
@@ -133,7 +121,7 @@ async fn periodic_health_reports_unhealthy_and_recovery() {
     assert_eq!(bad.seq, Some(s1));
     let n = w.bus.statuses().len();
     std::fs::remove_file(&flag).unwrap();
-    poll("healthy again", WAIT, || {
+    eventually(WAIT, "healthy again", || {
         w.bus.statuses()[n..]
             .iter()
             .any(|s| s.state == AgentState::Healthy)
@@ -153,7 +141,7 @@ async fn reconnects_when_the_broker_comes_up_later_trying_servers_in_order() {
     );
     std::fs::write(&w.config, text).unwrap();
     let n = w.start_agent();
-    poll("a failed connection attempt", WAIT, || {
+    eventually(WAIT, "a failed connection attempt", || {
         w.agent_log(n)
             .contains("cannot reach the MQTT server")
             .then_some(())
@@ -179,13 +167,13 @@ async fn an_order_interrupted_twice_is_given_up() {
     let s2 = w.order(&b, OrderKind::Push).await;
     for _ in 0..2 {
         let n = w.bus.statuses().len();
-        poll("an install of seq 2", WAIT, || {
+        eventually(WAIT, "an install of seq 2", || {
             w.bus.statuses()[n..]
                 .iter()
                 .any(|s| s.seq == Some(s2) && s.step == Some(Step::Install))
                 .then_some(())
         });
-        poll("the install to run", WAIT, || {
+        eventually(WAIT, "the install to run", || {
             w.processes_in_root()
                 .iter()
                 .any(|(_, c)| c.contains("sleep 120"))
@@ -208,17 +196,14 @@ async fn an_order_interrupted_twice_is_given_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_state_file_takes_the_floor_from_the_release_names() {
     let mut w = World::new().await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    let first = w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, s1, first) = w.start_healthy_on_v1("true\n").await;
     let pid = w.wait_app("v1");
     w.kill9(first);
     std::fs::remove_file(w.root.join("state.json")).unwrap();
 
     let n = w.bus.statuses().len();
     let second = w.start_agent();
-    poll("the floor", WAIT, || {
+    eventually(WAIT, "the floor", || {
         w.agent_log(second)
             .contains("floor taken from the release directories")
             .then_some(())

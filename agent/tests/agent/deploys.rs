@@ -89,10 +89,7 @@ async fn first_and_second_deploy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_failure_keeps_the_old_app() {
     let mut w = World::new().await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (a, s1, _) = w.start_healthy_on_v1(OK_INSTALL).await;
     let pid = w.wait_app("v1");
 
     let b = w.commit("v2", "echo about to fail; exit 7\n");
@@ -126,10 +123,7 @@ async fn health_failure_rolls_back() {
         ..Options::default()
     })
     .await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (a, s1, _) = w.start_healthy_on_v1(OK_INSTALL).await;
     w.wait_app("v1");
 
     let b = w.commit_with("v2", OK_INSTALL, &[("UNHEALTHY", Some("yes"))]);
@@ -147,10 +141,7 @@ async fn health_failure_rolls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_order_to_a_warm_release_skips_fetch_and_install() {
     let mut w = World::new().await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (a, s1, _) = w.start_healthy_on_v1(OK_INSTALL).await;
     let b = w.commit("v2", OK_INSTALL);
     let s2 = w.order(&b, OrderKind::Push).await;
     assert_eq!(w.bus.wait_outcome(s2).await.state, AgentState::Healthy);
@@ -189,10 +180,7 @@ async fn rollback_order_to_a_warm_release_skips_fetch_and_install() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_order_supersedes_an_install() {
     let mut w = World::new().await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.start_healthy_on_v1(OK_INSTALL).await;
     let pid1 = w.wait_app("v1");
 
     let b = w.commit("v2", "echo slow install; exec sleep 120\n");
@@ -202,7 +190,7 @@ async fn a_newer_order_supersedes_an_install() {
             s.seq == Some(s2) && s.step == Some(Step::Install)
         })
         .await;
-    poll("the slow install to run", WAIT, || {
+    eventually(WAIT, "the slow install to run", || {
         w.processes_in_root()
             .iter()
             .any(|(_, c)| c.contains("sleep 120"))
@@ -235,10 +223,7 @@ async fn a_newer_order_supersedes_an_install() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_order_waits_for_a_deploy_past_the_switch() {
     let mut w = World::new().await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.start_healthy_on_v1(OK_INSTALL).await;
 
     // v2 takes a while to listen: the order for v3 arrives during its health check.
     let b = w.commit_with("v2", OK_INSTALL, &[("DELAY", Some("1500"))]);
@@ -277,7 +262,7 @@ async fn old_releases_are_pruned_keeping_current_and_newest_healthy() {
         last = format!("{seq}-{}", &sha[..12]);
     }
     // Pruning runs once the deploy task has finished, just after its healthy status.
-    let dirs = poll("pruning down to 3 releases", WAIT, || {
+    let dirs = eventually(WAIT, "pruning down to 3 releases", || {
         Some(w.release_dirs()).filter(|d| d.len() <= 3)
     });
     assert_eq!(dirs.len(), 3, "{dirs:?}");
@@ -339,10 +324,7 @@ impl Drop for UnwritableRelease {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_release_dir_fails_clearly_and_the_old_app_keeps_serving() {
     let mut w = World::new().await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (a, s1, _) = w.start_healthy_on_v1(OK_INSTALL).await;
     let pid = w.wait_app("v1");
 
     let b = w.commit("v2", OK_INSTALL);

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orcastrate_broker::{AgentState, OrderKind, OrderSigner, Topics};
+use orcastrate_testkit::logs;
 
 use crate::common::*;
 
@@ -111,7 +112,7 @@ async fn a_token_in_git_url_never_leaves_the_agent() {
         extra_tables: "[git]\nfetch_attempts = 2\n".into(),
         ..Options::default()
     });
-    let watcher = Watcher::connect(w.bus.port).await;
+    let watcher = watcher(w.bus.port);
     let a = w.commit("v1", OK_INSTALL);
     git(&w.origin.bare, &["update-server-info"]);
     let s1 = w.order(&a, OrderKind::Push).await;
@@ -139,7 +140,7 @@ async fn a_token_in_git_url_never_leaves_the_agent() {
     w.wait_app("v1");
 
     // The bus, as a subscriber saw it: the URL went out, redacted.
-    let bus = poll("the failure on the watcher", WAIT, || {
+    let bus = eventually(WAIT, "the failure on the watcher", || {
         let text = watcher.text();
         text.contains("\"failed\"").then_some(text)
     });
@@ -203,10 +204,7 @@ async fn a_tarpit_git_server_fails_the_deploy_after_retries() {
         ..Options::default()
     })
     .await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    let n = w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, _, n) = w.start_healthy_on_v1(OK_INSTALL).await;
     let pid = w.wait_app("v1");
     let b = w.commit("v2", OK_INSTALL);
     let port = tarpit();
@@ -272,7 +270,7 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
     let n = w.start_agent();
     assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
 
-    let attacker = Watcher::connect(w.bus.port).await;
+    let attacker = watcher(w.bus.port);
     let desired = Topics::default().desired(REPO, ENV);
     // Two forgeries, signed once (signing is slow in a debug build) and sent with ever
     // new seqs: signed by a key the agent does not know, and the gateway's key id with a
@@ -297,7 +295,6 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
                 false,
                 serde_json::to_vec(&order).unwrap(),
             )
-            .await
             .unwrap();
     }
     // The true order, after the flood.
@@ -306,28 +303,9 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
     w.wait_app("v2");
     // Wait until the agent has refused all it got (the counts stop growing; the last ones
     // are written a window after the burst).
-    let tally = |log: &str| -> (Vec<String>, u64) {
-        let lines: Vec<String> = log
-            .lines()
-            .filter(|l| l.contains("WARN") && l.contains("refused"))
-            .map(str::to_owned)
-            .collect();
-        let refusals = lines
-            .iter()
-            .map(|l| match l.split("count=").nth(1) {
-                Some(n) => n
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0),
-                None => 1,
-            })
-            .sum();
-        (lines, refusals)
-    };
     let mut last = (0, Instant::now());
-    let (warn_lines, refusals) = poll("the refusals to settle", WAIT * 2, || {
-        let (lines, refusals) = tally(&w.agent_log(n));
+    let (warn_lines, refusals) = eventually(WAIT * 2, "the refusals to settle", || {
+        let (lines, refusals) = logs::tally(&w.agent_log(n), "WARN", "refused");
         if refusals != last.0 {
             last = (refusals, Instant::now());
             return None;

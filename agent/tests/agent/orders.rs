@@ -100,7 +100,7 @@ async fn a_new_host_waits_and_takes_the_highest_order() {
     w.bus
         .wait_status("idle", |s| s.state == AgentState::Idle)
         .await;
-    poll("the settle wait to start", WAIT, || {
+    eventually(WAIT, "the settle wait to start", || {
         w.agent_log(n).contains("waiting 2 s").then_some(())
     });
     // A replayed old order, then the newest, within the settle wait.
@@ -119,10 +119,7 @@ async fn a_new_host_waits_and_takes_the_highest_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_for_a_commit_the_origin_lacks_fails_cleanly() {
     let mut w = World::new().await;
-    let a = w.commit("v1", OK_INSTALL);
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.start_healthy_on_v1(OK_INSTALL).await;
     let pid = w.wait_app("v1");
     let s2 = w
         .order(&"0123456789abcdef".repeat(3)[..40], OrderKind::Manual)

@@ -108,11 +108,11 @@ async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the
     let mut w = World::new().await;
     // The service's encrypted config, committed like `orcastrate-crypt encrypt` does.
     let key = orcastrate_crypt::Key::generate().unwrap();
-    let plain = w.dir.path().join("decrypted_production.env");
-    std::fs::write(&plain, "DATABASE_URL=postgres://db/web\nAPI_KEY=s3cret\n").unwrap();
-    let encrypted = w.dir.path().join("encrypted_production.env");
-    orcastrate_crypt::encrypt_file(&plain, &encrypted, &key, false).unwrap();
-    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    let enc_text = w.encrypted(
+        &key,
+        "env",
+        "DATABASE_URL=postgres://db/web\nAPI_KEY=s3cret\n",
+    );
     assert!(!enc_text.contains("s3cret"));
     // The defaults run `npm install` and `npm run start` (package.json has no dependencies).
     let a = w.commit_with(
@@ -195,18 +195,11 @@ async fn an_undecryptable_config_fails_the_deploy() {
         ..Options::default()
     })
     .await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.start_healthy_on_v1("true\n").await;
     let pid = w.wait_app("v1");
 
     let other = orcastrate_crypt::Key::generate().unwrap();
-    let plain = w.dir.path().join("decrypted_production.json");
-    std::fs::write(&plain, "{\"a\": \"b\"}").unwrap();
-    let encrypted = w.dir.path().join("encrypted_production.json");
-    orcastrate_crypt::encrypt_file(&plain, &encrypted, &other, false).unwrap();
-    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    let enc_text = w.encrypted(&other, "json", "{\"a\": \"b\"}");
     let b = w.commit_with(
         "v2",
         "true\n",
@@ -230,7 +223,7 @@ async fn a_wrong_token_is_explained() {
     })
     .await;
     let n = w.start_agent();
-    poll("the login error", WAIT, || {
+    eventually(WAIT, "the login error", || {
         w.agent_log(n)
             // The broker answers a wrong token with CONNACK 5, which the agent names.
             .contains("login refused: check name and token")
@@ -242,10 +235,7 @@ async fn a_wrong_token_is_explained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully() {
     let mut w = World::new().await;
-    let a = w.commit("v1", "true\n");
-    let s1 = w.order(&a, OrderKind::Push).await;
-    let n = w.start_agent();
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    let (_, s1, n) = w.start_healthy_on_v1("true\n").await;
     w.wait_app("v1");
     assert_eq!(w.terminate(n), Some(0));
     // on_shutdown = "stop", and an explicit offline status (a clean DISCONNECT fires no will).

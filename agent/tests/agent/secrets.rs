@@ -76,12 +76,7 @@ async fn secrets_given_in_the_environment_leave_it() {
     .await;
     let key = orcastrate_crypt::Key::generate().unwrap();
     let key_b64 = key.to_base64().to_string();
-    let plain = w.dir.path().join("decrypted_production.env");
-    std::fs::write(&plain, "API_KEY=s3cret\n").unwrap();
-    let encrypted = w.dir.path().join("encrypted_production.env");
-    orcastrate_crypt::encrypt_file(&plain, &encrypted, &key, false).unwrap();
-    std::fs::remove_file(&plain).unwrap();
-    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    let enc_text = w.encrypted(&key, "env", "API_KEY=s3cret\n");
     let a = w.commit_with(
         "v1",
         "true\n",
@@ -172,25 +167,14 @@ async fn secrets_from_files() {
         ),
         ..Options::default()
     });
-    let plain = w.dir.path().join("decrypted_production.env");
-    std::fs::write(&plain, "API_KEY=s3cret\n").unwrap();
-    let encrypted = w.dir.path().join("encrypted_production.env");
-    orcastrate_crypt::encrypt_file(&plain, &encrypted, &key, false).unwrap();
-    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    let enc_text = w.encrypted(&key, "env", "API_KEY=s3cret\n");
     let a = w.commit_with(
         "v1",
         "true\n",
         &[("config/encrypted_production.env", Some(&enc_text))],
     );
     let s1 = w.order(&a, OrderKind::Push).await;
-    let n = w.start_agent();
-    let out = w.bus.wait_outcome(s1).await;
-    assert_eq!(
-        out.state,
-        AgentState::Healthy,
-        "{out:?}\n{}",
-        w.agent_log(n)
-    );
+    let n = w.start_until_healthy(s1).await;
     let decrypted =
         std::fs::read_to_string(w.root.join("current/config/decrypted_production.env")).unwrap();
     assert!(decrypted.contains("API_KEY=s3cret"));
@@ -237,14 +221,7 @@ async fn run_as_runs_steps_and_the_app_as_another_user() {
     );
     let a = w.commit("v1", &install);
     let s1 = w.order(&a, OrderKind::Push).await;
-    let n = w.start_agent();
-    let out = w.bus.wait_outcome(s1).await;
-    assert_eq!(
-        out.state,
-        AgentState::Healthy,
-        "{out:?}\n{}",
-        w.agent_log(n)
-    );
+    let n = w.start_until_healthy(s1).await;
     let app = w.wait_app("v1");
     assert_eq!(uid_of(app), Some(NOBODY), "the app does not run as nobody");
     let release = w.root.join("current");

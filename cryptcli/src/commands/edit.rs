@@ -203,7 +203,7 @@ fn ask(question: &str) -> anyhow::Result<bool> {
 
 fn aborted(why: &str) -> anyhow::Error {
     Exit {
-        code: 1,
+        code: orcastrate_crypt::Exit::Conflict,
         message: format!("edit aborted ({why}): nothing written, temporary file deleted"),
     }
     .into()

@@ -41,7 +41,7 @@ impl Ctx {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub(crate) struct Exit {
-    pub(crate) code: u8,
+    pub(crate) code: orcastrate_crypt::Exit,
     pub(crate) message: String,
 }
 

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OpenFlags};
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -251,9 +249,7 @@ pub(crate) fn spawn_gateway(
 /// A complete `POST` of a GitHub `push` delivery, signed with `X-Hub-Signature-256` as
 /// GitHub signs it (HMAC-SHA256 of the body under the webhook secret).
 pub(crate) fn signed_push(path: &str, delivery: &str, body: &str, secret: &str) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
+    let signature = orcastrate_testkit::github::signature(secret, body.as_bytes());
     let mut wire = format!(
         "POST {path} HTTP/1.1\r\n\
          Host: orcastrate-bench\r\n\
@@ -263,7 +259,7 @@ pub(crate) fn signed_push(path: &str, delivery: &str, body: &str, secret: &str) 
          X-GitHub-Event: push\r\n\
          X-GitHub-Delivery: {delivery}\r\n\
          X-GitHub-Hook-ID: 1\r\n\
-         X-Hub-Signature-256: sha256={signature}\r\n\
+         X-Hub-Signature-256: {signature}\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     )
@@ -311,9 +307,10 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A loopback address with a port that was free a moment ago.
-pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(StdTcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A loopback address with a port nothing listens on, from the test kit (below the
+/// ephemeral range, never the same twice).
+pub(crate) fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], orcastrate_testkit::free_port()))
 }
 
 /// One GET on a fresh connection.

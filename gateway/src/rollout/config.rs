@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use orcastrate_broker::names;
+use orcastrate_broker::{names, ConfigError};
 use serde::{Deserialize, Serialize};
 
 /// Most waves a rollout may have; more is a typo, not a plan.
@@ -76,23 +76,31 @@ impl Policy {
 ///
 /// # Errors
 ///
-/// A message naming the key, what is wrong and what to write instead.
+/// A [`ConfigError`] naming the key, what is wrong and what to write instead.
 pub fn validate(
     repo: &str,
     envs: &[&str],
     tables: BTreeMap<String, RolloutFile>,
     where_: &str,
-) -> Result<BTreeMap<String, Policy>, String> {
+) -> Result<BTreeMap<String, Policy>, ConfigError> {
     let mut out = BTreeMap::new();
     for (env, file) in tables {
-        let key = format!("{where_}: [repos.rollout.{env}] of {repo}");
+        let table = format!("[repos.rollout.{env}] of {repo}");
         if !envs.contains(&env.as_str()) {
-            return Err(format!(
-                "{key}: {env:?} is not an env of this repo's branches ({}): name one of them",
-                envs.join(", ")
+            return Err(ConfigError::new(
+                where_,
+                table,
+                format!(
+                    "{env:?} is not an env of this repo's branches ({}): name one of them",
+                    envs.join(", ")
+                ),
             ));
         }
-        out.insert(env, policy(file).map_err(|e| format!("{key}: {e}"))?);
+        let policy = policy(file).map_err(|e| {
+            let (key, problem) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            ConfigError::new(where_, format!("{table} {key}"), problem)
+        })?;
+        out.insert(env, policy);
     }
     Ok(out)
 }
@@ -167,6 +175,7 @@ mod tests {
             BTreeMap::from([(env.to_owned(), f)]),
             "g.toml",
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]

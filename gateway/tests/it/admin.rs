@@ -2,33 +2,19 @@
 
 use std::time::Duration;
 
-use orcastrate_broker::{sign, AgentState, AgentStatus};
+use orcastrate_broker::{sign, AgentState};
 use serde_json::json;
 
 use crate::common::*;
 
 /// Publishes a verified `healthy` status of web-1 for an order, and waits until it is recorded.
 fn report_healthy(gw: &TestGateway, seq: u64, sha_: &str) {
-    let mut s = AgentStatus {
-        v: 1,
-        agent: "web-1".into(),
-        host: "h".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
-        session: "s".into(),
-        state: AgentState::Healthy,
-        step: None,
-        seq: Some(seq),
-        sha: Some(sha_.into()),
-        running_sha: Some(sha_.into()),
-        previous_sha: None,
-        release: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: Some(1),
-        error: None,
-        version: "t".into(),
-        mac: String::new(),
-    };
+    let mut s = agent_status("web-1", AgentState::Healthy);
+    s.session = "s".into();
+    s.seq = Some(seq);
+    s.sha = Some(sha_.into());
+    s.running_sha = Some(sha_.into());
+    s.deploy_ms = Some(1);
     sign::seal_status("token-web-1", &mut s);
     let mut agent = gw.mqtt("web-1", "token-web-1");
     agent.publish(

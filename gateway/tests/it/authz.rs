@@ -17,26 +17,10 @@ fn topic(rest: &str) -> String {
 }
 
 fn own_status(state: AgentState) -> AgentStatus {
-    let mut s = AgentStatus {
-        v: 1,
-        agent: "web-1".into(),
-        host: "h".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
-        session: "s1".into(),
-        state,
-        step: None,
-        seq: None,
-        sha: None,
-        running_sha: None,
-        previous_sha: None,
-        release: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: None,
-        error: None,
-        version: "t".into(),
-        mac: String::new(),
-    };
+    let mut s = agent_status("web-1", state);
+    s.seq = None;
+    s.sha = None;
+    s.running_sha = None;
     sign::seal_status("token-web-1", &mut s);
     s
 }

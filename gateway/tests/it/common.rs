@@ -1,17 +1,20 @@
 //! Test helpers: a gateway on free loopback ports, signed webhooks, MQTT clients.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use orcastrate_broker::{AgentState, AgentStatus};
 use orcastrate_gateway::config::{FileConfig, Overrides, Settings};
-use orcastrate_gateway::{github, Gateway};
-use rumqttc::{Client, Connection, Event, Incoming, MqttOptions, QoS};
+use orcastrate_gateway::Gateway;
+use orcastrate_testkit::{http, Ended, InProcess};
 use serde_json::Value;
 
 pub const SECRET: &str = "test-webhook-secret";
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const REPO: &str = "codertocat/hello-world";
 pub const ENV: &str = "production";
+/// How long a graceful shutdown may take before the test fails (far more than it needs).
+const SHUTDOWN_WITHIN: Duration = Duration::from_secs(60);
 
 pub use orcastrate_testkit::free_port;
 
@@ -52,8 +55,7 @@ pub struct TestGateway {
     pub mqtt_port: u16,
     pub data_dir: PathBuf,
     pub public_key: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: InProcess,
 }
 
 impl TestGateway {
@@ -80,39 +82,29 @@ impl TestGateway {
         let file: FileConfig = toml::from_str(text).unwrap();
         let settings =
             Settings::build(file, None, &[("UNUSED", "")], &Overrides::default()).unwrap();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
+        let (server, (addr, mqtt_addr, public_key)) = InProcess::start(
+            "gateway",
+            || {},
+            move |ready, stop| async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let gateway = Gateway::start(settings, listener).await.unwrap();
-                ready_tx
-                    .send((
-                        gateway.http_addr,
-                        gateway.mqtt_addr,
-                        gateway.public_key.clone(),
-                    ))
-                    .unwrap();
-                let _ = stop_rx.await;
+                let addrs = (
+                    gateway.http_addr,
+                    gateway.mqtt_addr,
+                    gateway.public_key.clone(),
+                );
+                ready.send(addrs).unwrap();
+                let _ = stop.await;
                 gateway.shutdown().await.unwrap();
-            });
-        });
-        let (addr, mqtt_addr, public_key) = ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("gateway started");
+            },
+        );
         let mqtt_port = mqtt_addr.map_or(0, |a| a.port());
         Self {
             http: format!("http://{addr}"),
             mqtt_port,
             data_dir: data_dir.to_owned(),
             public_key,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
@@ -122,17 +114,16 @@ impl TestGateway {
     }
 
     fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
+        let ended = self.server.stop_within(SHUTDOWN_WITHIN);
+        assert!(
+            ended == Ended::Done || std::thread::panicking(),
+            "the gateway did not shut down cleanly within {SHUTDOWN_WITHIN:?}: {ended:?}"
+        );
     }
 
     /// POSTs a webhook body signed with the test secret.
     pub fn webhook(&self, event: &str, delivery: &str, body: &[u8]) -> (u16, Value) {
-        let sig = github::sign(SECRET, body);
+        let sig = orcastrate_testkit::github::signature(SECRET, body);
         self.raw_webhook(
             "/webhook",
             &[
@@ -147,31 +138,26 @@ impl TestGateway {
 
     /// POSTs `body` with exactly these headers.
     pub fn raw_webhook(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-        let mut req = http_agent().post(format!("{}{path}", self.http));
+        let mut req = http::client().post(format!("{}{path}", self.http));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        answer(req.send(body))
+        http::answer(req.send(body))
     }
 
     /// GET with the admin token.
     pub fn admin_get(&self, path: &str) -> (u16, Value) {
-        answer(
-            http_agent()
-                .get(format!("{}{path}", self.http))
-                .header("Authorization", format!("Bearer {ADMIN}"))
-                .call(),
-        )
+        http::get_bearer(&format!("{}{path}", self.http), ADMIN)
     }
 
     /// POST JSON with the admin token.
     pub fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        answer(
-            http_agent()
-                .post(format!("{}{path}", self.http))
-                .header("Authorization", format!("Bearer {ADMIN}"))
-                .send_json(body),
-        )
+        http::post_bearer(&format!("{}{path}", self.http), ADMIN, &body)
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        metrics_of(&self.http)
     }
 
     /// Opens the ledger read-only.
@@ -200,43 +186,44 @@ impl Drop for TestGateway {
     }
 }
 
-fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
+pub use orcastrate_testkit::github::fixture;
+
+/// The `/metrics` text of the gateway at `http`.
+pub fn metrics_of(http: &str) -> String {
+    let (code, text) = http::get_text(&format!("{http}/metrics"));
+    assert_eq!(code, 200, "{text}");
+    text
 }
 
-fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
-    let mut response = result.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// A fixture payload's bytes.
-pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/github")
-            .join(name),
-    )
-    .unwrap()
-}
-
-/// A push of `sha` to `branch` of the fixture repo, made from a real payload. Each call
-/// makes a new body, as each of GitHub's pushes is (`repository.pushed_at` differs): the
-/// gateway answers a body it has seen as a duplicate, whatever its delivery id.
+/// A push of `sha` to `branch` of the fixture repo, made from a real payload (a new body
+/// each call, as each of GitHub's pushes is).
 pub fn push_of(sha: &str, branch: &str) -> Vec<u8> {
-    static PUSHED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut v: Value =
-        serde_json::from_slice(&fixture("push__with-new-branch.payload.json")).unwrap();
-    v["after"] = sha.into();
-    v["ref"] = format!("refs/heads/{branch}").into();
-    v["repository"]["pushed_at"] =
-        (1_700_000_000 + PUSHED_AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).into();
-    serde_json::to_vec(&v).unwrap()
+    serde_json::to_vec(&orcastrate_testkit::github::push(sha, branch)).unwrap()
+}
+
+/// A status of `agent` for our repo/env in `state`, on order 1 (`sha(1)`), stamped now and
+/// not yet sealed: tests change what they need and seal it with `sign::seal_status`.
+pub fn agent_status(agent: &str, state: AgentState) -> AgentStatus {
+    AgentStatus {
+        v: 1,
+        agent: agent.into(),
+        host: "h".into(),
+        repo: REPO.into(),
+        env: ENV.into(),
+        session: "s1".into(),
+        state,
+        step: None,
+        seq: Some(1),
+        sha: Some(sha(1)),
+        running_sha: Some(sha(1)),
+        previous_sha: None,
+        release: None,
+        updated_at: orcastrate_broker::time::now(),
+        deploy_ms: None,
+        error: None,
+        version: "t".into(),
+        mac: String::new(),
+    }
 }
 
 /// A sha made from a number.
@@ -244,139 +231,7 @@ pub fn sha(n: u64) -> String {
     format!("{n:040x}")
 }
 
-/// A connected MQTT test client.
-pub struct Mqtt {
-    pub client: Client,
-    connection: Connection,
-}
-
-impl Mqtt {
-    /// Connects and waits for the CONNACK; `Err` if the broker refuses or drops the login.
-    pub fn connect(port: u16, client_id: &str, user: &str, token: &str) -> Result<Self, String> {
-        Self::connect_with(Self::options(port, client_id, user, token))
-    }
-
-    /// The options `connect` uses, to add to (a last will, ...).
-    pub fn options(port: u16, client_id: &str, user: &str, token: &str) -> MqttOptions {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        if !user.is_empty() {
-            options.set_credentials(user, token);
-        }
-        options
-    }
-
-    /// Connects with `options` and waits for the CONNACK; `Err` says why not (a refused
-    /// login's return code shows as `ConnectionRefused(...)`).
-    pub fn connect_with(options: MqttOptions) -> Result<Self, String> {
-        let (client, mut connection) = Client::new(options, 100);
-        match connection.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => Ok(Self { client, connection }),
-            Ok(Ok(other)) => Err(format!("unexpected {other:?}")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("no answer: {e:?}")),
-        }
-    }
-
-    /// Subscribes at QoS 1.
-    pub fn subscribe(&mut self, filter: &str) {
-        self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
-    }
-
-    /// Subscribes to `filters` at QoS 1 in one SUBSCRIBE and returns the SUBACK's codes;
-    /// `Err` if the connection ends first.
-    pub fn subscribe_acked(
-        &mut self,
-        filters: &[&str],
-    ) -> Result<Vec<rumqttc::SubscribeReasonCode>, String> {
-        let filters = filters
-            .iter()
-            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
-        self.client
-            .subscribe_many(filters)
-            .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.connection.recv_timeout(left) {
-                Ok(Ok(Event::Incoming(Incoming::SubAck(ack)))) => return Ok(ack.return_codes),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => break,
-            }
-        }
-        Err("no SUBACK within 10 s".to_owned())
-    }
-
-    /// Whether the connection still answers a ping-sized round trip: a QoS 1 subscribe to
-    /// `filter` gets its SUBACK.
-    pub fn alive(&mut self, filter: &str) -> bool {
-        self.subscribe_acked(&[filter]).is_ok()
-    }
-
-    /// Waits for a publish whose topic and payload satisfy `f`.
-    pub fn wait_for(
-        &mut self,
-        timeout: Duration,
-        mut f: impl FnMut(&str, &[u8]) -> bool,
-    ) -> Option<(String, Vec<u8>)> {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.connection.recv_timeout(left) {
-                Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => {
-                    if f(&p.topic, &p.payload) {
-                        return Some((p.topic, p.payload.to_vec()));
-                    }
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("MQTT connection failed: {e}"),
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-
-    /// Everything that arrives within `window`.
-    pub fn collect(&mut self, window: Duration) -> Vec<(String, Vec<u8>)> {
-        let mut out = Vec::new();
-        let _ = self.wait_for(window, |t, p| {
-            out.push((t.to_owned(), p.to_vec()));
-            false
-        });
-        out
-    }
-
-    /// Publishes, driving the connection while the request queue is full (a blocking
-    /// `publish` with nobody polling would wait forever).
-    pub fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
-        while self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload.clone())
-            .is_err()
-        {
-            if let Ok(Err(e)) = self.connection.recv_timeout(Duration::from_millis(50)) {
-                panic!("MQTT connection failed: {e}");
-            }
-        }
-    }
-
-    /// Publishes at QoS 0, as fast as the connection takes it.
-    pub fn publish_qos0(&mut self, topic: &str, payload: Vec<u8>) {
-        while self
-            .client
-            .try_publish(topic, QoS::AtMostOnce, false, payload.clone())
-            .is_err()
-        {
-            if let Ok(Err(e)) = self.connection.recv_timeout(Duration::from_millis(50)) {
-                panic!("MQTT connection failed: {e}");
-            }
-        }
-    }
-
-    /// Drives the connection for a moment so queued publishes go out.
-    pub fn flush(&mut self) {
-        let _ = self.collect(Duration::from_millis(300));
-    }
-}
+pub use orcastrate_testkit::mqtt::Mqtt;
 
 pub use orcastrate_testkit::eventually;
 

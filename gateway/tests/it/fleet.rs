@@ -11,26 +11,12 @@ use crate::common::*;
 /// an agent's newest).
 fn status(agent: &str, env: &str, state: AgentState, token: &str) -> AgentStatus {
     static STAMP: AtomicU64 = AtomicU64::new(0);
-    let mut s = AgentStatus {
-        v: 1,
-        agent: agent.into(),
-        host: "host".into(),
-        repo: REPO.into(),
-        env: env.into(),
-        session: format!("session-{agent}"),
-        state,
-        step: None,
-        seq: Some(1),
-        sha: Some(sha(1)),
-        running_sha: Some(sha(1)),
-        previous_sha: None,
-        release: None,
-        updated_at: time::from_unix_ms(1_800_000_000_000 + STAMP.fetch_add(1, Ordering::Relaxed)),
-        deploy_ms: None,
-        error: None,
-        version: "test".into(),
-        mac: String::new(),
-    };
+    let mut s = agent_status(agent, state);
+    s.host = "host".into();
+    s.env = env.into();
+    s.session = format!("session-{agent}");
+    s.updated_at = time::from_unix_ms(1_800_000_000_000 + STAMP.fetch_add(1, Ordering::Relaxed));
+    s.version = "test".into();
     sign::seal_status(token, &mut s);
     s
 }
@@ -118,12 +104,7 @@ fn fleet_summary_holds_verified_statuses_only() {
         .wait_for(Duration::from_millis(1500), |_, _| true)
         .is_none());
 
-    let metrics = ureq::get(format!("{}/metrics", gw.http))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = gw.metrics();
     assert!(
         metrics.contains("orcastrate_connected_agents 150"),
         "{metrics}"
@@ -194,16 +175,6 @@ fn gateway_link_keeps_up_with_a_burst_of_statuses() {
     );
 }
 
-/// The gateway's `/metrics` text.
-fn metrics(gw: &TestGateway) -> String {
-    ureq::get(format!("{}/metrics", gw.http))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-}
-
 /// The state of `agent` in the retained fleet summary, as a fresh subscriber sees it.
 fn fleet_state(gw: &TestGateway, agent: &str) -> Option<AgentState> {
     let mut sub = gw.mqtt("ops", "token-ops");
@@ -228,7 +199,7 @@ fn api_state(gw: &TestGateway) -> Option<String> {
 fn wait_refused(gw: &TestGateway, reason: &str, n: u64) {
     let line = format!("orcastrate_agent_statuses_refused_total{{reason=\"{reason}\"}} {n}");
     eventually(Duration::from_secs(10), &line, || {
-        metrics(gw).lines().any(|l| l == line).then_some(())
+        gw.metrics().lines().any(|l| l == line).then_some(())
     });
 }
 
@@ -301,9 +272,10 @@ fn r11_a_replayed_old_status_is_refused_before_and_after_a_restart() {
         (api_state(&gw).as_deref() == Some("idle")).then_some(())
     });
     assert!(
-        metrics(&gw).contains("orcastrate_agent_statuses_total{outcome=\"accepted\"} 1"),
+        gw.metrics()
+            .contains("orcastrate_agent_statuses_total{outcome=\"accepted\"} 1"),
         "{}",
-        metrics(&gw)
+        gw.metrics()
     );
 }
 
@@ -365,7 +337,7 @@ fn r11_a_forged_retained_fleet_summary_is_refused() {
     let retained = mosquitto_retained(&gw, &topic).expect("a retained summary");
     assert!(own(&retained), "the forgery was retained: {retained}");
     // Refused by the broker, not repaired by the guard: the gateway never saw it.
-    let metrics = metrics(&gw);
+    let metrics = gw.metrics();
     assert!(
         metrics
             .lines()
@@ -396,6 +368,6 @@ fn a_burst_of_statuses_reaches_the_gateway_whole() {
     agent.flush();
     let line = format!("orcastrate_agent_statuses_total{{outcome=\"accepted\"}} {BURST}");
     eventually(Duration::from_secs(20), &line, || {
-        metrics(&gw).lines().any(|l| l == line).then_some(())
+        gw.metrics().lines().any(|l| l == line).then_some(())
     });
 }

@@ -412,12 +412,7 @@ fn sigterm_with_slowloris_connections_exits_within_the_deadline() {
 
 /// `orcastrate_health_checks_total` from /metrics.
 fn health_checks(http: &str) -> u64 {
-    let text = ureq::get(format!("{http}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let text = metrics_of(http);
     text.lines()
         .find_map(|l| l.strip_prefix("orcastrate_health_checks_total "))
         .unwrap_or_else(|| panic!("no health_checks_total in {text}"))

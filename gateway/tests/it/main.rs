@@ -3,7 +3,6 @@
 #![allow(unreachable_pub)]
 
 mod admin;
-mod agent_e2e;
 mod authz;
 mod common;
 mod fleet;
@@ -11,5 +10,4 @@ mod limits;
 mod mqtt;
 mod process;
 mod rollout_cli;
-mod rollout_restart;
 mod webhooks;

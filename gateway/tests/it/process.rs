@@ -285,32 +285,13 @@ fn operator_cli_prints_tables_and_json() {
 /// fast (300 replays and 300 forgeries here), and counted in `/metrics`.
 #[test]
 fn r11_a_flood_of_refused_statuses_is_one_log_line() {
-    use orcastrate_broker::{sign, time, AgentState, AgentStatus};
+    use orcastrate_broker::{sign, time, AgentState};
 
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let log_path = dir.path().join("gateway.log");
     let gw = Process::spawn(&config, std::fs::File::create(&log_path).unwrap().into());
-    let mut status = AgentStatus {
-        v: 1,
-        agent: "web-1".into(),
-        host: "h".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
-        session: "s1".into(),
-        state: AgentState::Healthy,
-        step: None,
-        seq: Some(1),
-        sha: Some(sha(1)),
-        running_sha: Some(sha(1)),
-        previous_sha: None,
-        release: None,
-        updated_at: time::now(),
-        deploy_ms: None,
-        error: None,
-        version: "t".into(),
-        mac: String::new(),
-    };
+    let mut status = agent_status("web-1", AgentState::Healthy);
     sign::seal_status("token-web-1", &mut status);
     let old = serde_json::to_vec(&status).unwrap();
     status.state = AgentState::Failed;
@@ -321,10 +302,7 @@ fn r11_a_flood_of_refused_statuses_is_one_log_line() {
     let mut agent = eventually(Duration::from_secs(10), "an MQTT login", || {
         Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1").ok()
     });
-    let metrics = || {
-        let mut r = ureq::get(format!("{}/metrics", gw.http)).call().unwrap();
-        r.body_mut().read_to_string().unwrap()
-    };
+    let metrics = || metrics_of(&gw.http);
     for (n, status) in [&old, &newer].into_iter().enumerate() {
         let line = format!(
             "orcastrate_agent_statuses_total{{outcome=\"accepted\"}} {}",

@@ -496,12 +496,7 @@ fn r10_replayed_body_with_a_new_delivery_id_is_a_duplicate_before_and_after_rest
     let (status, answer) = gw.webhook("push", "genuine-3", &push_of(&sha(43), "master"));
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["sha"], sha(43).as_str());
-    let metrics = ureq::get(format!("{}/metrics", gw.http))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = gw.metrics();
     assert!(
         metrics.contains("orcastrate_webhooks_total{outcome=\"duplicate\"} 1"),
         "{metrics}"

@@ -29,9 +29,7 @@ fn the_encrypted_config_is_decrypted_for_the_app_and_a_tampered_one_fails_before
 
     let file = encrypted(&key, "hello from v1");
     assert!(!file.contains("hello from v1"));
-    let sha1 = w
-        .origin
-        .commit_app_with("v1", w.app_port, true, &[(ENCRYPTED, &file)]);
+    let sha1 = w.commit_with("v1", &[(ENCRYPTED, Some(&file))]);
     let seq1 = w.push(&sha1);
     w.wait_healthy(seq1, &sha1);
     let answer = eventually(WAIT, "the app v1", || {
@@ -44,9 +42,7 @@ fn the_encrypted_config_is_decrypted_for_the_app_and_a_tampered_one_fails_before
 
     // Someone edits the committed file by hand: it no longer verifies.
     let tampered = encrypted(&key, "hello from v2").replace("\"greeting\"", "\"greetinG\"");
-    let sha2 = w
-        .origin
-        .commit_app_with("v2", w.app_port, true, &[(ENCRYPTED, &tampered)]);
+    let sha2 = w.commit_with("v2", &[(ENCRYPTED, Some(&tampered))]);
     let seq2 = w.push(&sha2);
     let status = w.gateway.wait_agent(&format!("done with seq {seq2}"), |s| {
         s["seq"] == seq2 && s["state"] != "deploying" && s["state"] != "idle"

@@ -21,11 +21,11 @@ fn a_signed_push_deploys_that_commit_and_the_fleet_view_shows_it_healthy() {
     assert_eq!(answer["sha"], sha1.as_str(), "{answer}");
     let seq1 = answer["seq"].as_u64().expect("a seq in the answer");
     let event = events
-        .wait_for(WAIT, |p| {
+        .wait_publish(WAIT, |p| {
             serde_json::from_slice::<Value>(&p.payload).is_ok_and(|e| e["delivery"] == id.as_str())
         })
         .expect("an event for the delivery");
-    let event: Value = serde_json::from_slice(&event).unwrap();
+    let event: Value = serde_json::from_slice(&event.payload).unwrap();
     assert_eq!(event["outcome"], "accepted", "{event}");
     assert_eq!(event["seq"], seq1, "{event}");
     assert_eq!(event["sha"], sha1.as_str(), "{event}");
@@ -132,7 +132,7 @@ fn rollback_returns_to_the_warm_first_release_without_fetching() {
     assert_eq!(w.current_release(), warm);
     w.wait_app("v1");
     let line = log
-        .wait_for(WAIT, |p| {
+        .wait_publish(WAIT, |p| {
             serde_json::from_slice::<Value>(&p.payload).is_ok_and(|l| {
                 l["seq"] == seq3
                     && l["line"]
@@ -141,7 +141,7 @@ fn rollback_returns_to_the_warm_first_release_without_fetching() {
             })
         })
         .expect("the agent's log line about the warm release");
-    let line: Value = serde_json::from_slice(&line).unwrap();
+    let line: Value = serde_json::from_slice(&line.payload).unwrap();
     assert_eq!(line["agent"], AGENT, "{line}");
 
     // The sha rolled back from is marked bad: pushing it again deploys nothing.
@@ -204,12 +204,7 @@ fn a_broken_push_is_rolled_back_by_the_agent_and_reverted_for_the_fleet_which_ma
 #[test]
 fn two_hosts_deploy_the_same_push_and_the_fleet_summary_lists_both() {
     let mut w = World::new();
-    w.start_agent();
-    let port2 = free_port();
-    w.start_second_agent(port2);
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
+    let (port2, sha1, seq1) = w.start_two_hosts_and_push_v1();
     let status = w.gateway.wait_agent_of(AGENT2, "healthy", |s| {
         s["seq"] == seq1 && s["state"] == "healthy"
     });

@@ -142,13 +142,7 @@ fn on_mosquitto_two_hosts_deploy_forgeries_are_dropped_and_a_restart_converges()
     let config = gateway_config_external(&dir.path().join("unused"), "mqtt://127.0.0.1:1");
     let mut mosquitto = Mosquitto::start(dir.path(), &config);
     let mut w = World::with_engine(mosquitto.port);
-    w.start_agent();
-    let port2 = free_port();
-    w.start_second_agent(port2);
-
-    let sha1 = w.commit("v1");
-    let seq1 = w.push(&sha1);
-    w.wait_healthy(seq1, &sha1);
+    let (_, sha1, seq1) = w.start_two_hosts_and_push_v1();
     w.gateway.wait_agent_of(AGENT2, "healthy on v1", |s| {
         s["seq"] == seq1 && s["state"] == "healthy"
     });
@@ -311,8 +305,9 @@ fn on_an_external_engine_the_newest_order_is_published_again_every_interval() {
 
     let mut watcher = gateway.watch(&topic("desired"));
     for round in 1..=2 {
-        let live = watcher.wait_for(WAIT, |p| !p.retain);
-        let order: Value = serde_json::from_slice(&live.expect("a re-published order")).unwrap();
+        let live = watcher.wait_publish(WAIT, |p| !p.retain);
+        let order: Value =
+            serde_json::from_slice(&live.expect("a re-published order").payload).unwrap();
         assert_eq!(order["sha"], sha.as_str(), "round {round}: {order}");
     }
     assert_eq!(

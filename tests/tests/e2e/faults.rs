@@ -129,7 +129,7 @@ fn a_burst_of_20_pushes_deploys_one_at_a_time_and_the_last_sha_wins() {
     let mut statuses: Vec<AgentStatus> = Vec::new();
     let mut lines: Vec<LogLine> = Vec::new();
     watch
-        .wait_for(WAIT, |p| {
+        .wait_publish(WAIT, |p| {
             if p.topic == log_topic {
                 lines.push(serde_json::from_slice(&p.payload).unwrap());
             } else if p.topic == status_topic && !p.retain {
@@ -208,13 +208,13 @@ impl Outage {
 #[track_caller]
 fn wait_line(log: &mut Mqtt, seq: u64, text: &str) -> String {
     let payload = log
-        .wait_for(WAIT, |p| {
+        .wait_publish(WAIT, |p| {
             serde_json::from_slice::<Value>(&p.payload).is_ok_and(|l| {
                 l["seq"] == seq && l["line"].as_str().is_some_and(|t| t.contains(text))
             })
         })
         .unwrap_or_else(|| panic!("no log line of seq {seq} containing {text:?}"));
-    let line: Value = serde_json::from_slice(&payload).unwrap();
+    let line: Value = serde_json::from_slice(&payload.payload).unwrap();
     line["line"].as_str().unwrap().to_owned()
 }
 

@@ -8,17 +8,14 @@
 //! broker crate's public verifiers. Each part logs into its own buffer, printed if a test
 //! fails.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac as _};
 use orcastrate_broker::{AgentStatus, DeployOrder, FleetSummary, OrderVerifier};
-use rumqttc::{Client, Connection, Event, Incoming, MqttOptions, QoS};
+use orcastrate_testkit::{app, github, http, procs, Ended, InProcess, Stop};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -88,35 +85,18 @@ impl std::io::Write for LogBuf {
     }
 }
 
-/// Runs `body` on a new thread with its own runtime whose every thread logs into `logs`.
-fn spawn_runtime<F, T>(
-    name: &str,
-    logs: &LogBuf,
-    filter: &str,
-    body: F,
-) -> std::thread::JoinHandle<T>
+/// Runs `serve` in-process (see [`InProcess::start`]) with every thread of its runtime
+/// logging into `logs`.
+fn start_logged<T, F, Fut>(name: &str, logs: &LogBuf, filter: &str, serve: F) -> (InProcess, T)
 where
-    F: FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
     T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>, Stop) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
 {
     let dispatch = logs.dispatch(filter);
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _guard = tracing::dispatcher::set_default(&dispatch);
-            let for_workers = dispatch.clone();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .on_thread_start(move || {
-                    // Kept for the thread's life: it logs into this part's buffer.
-                    std::mem::forget(tracing::dispatcher::set_default(&for_workers));
-                })
-                .build()
-                .unwrap();
-            body(&runtime)
-        })
-        .unwrap()
+    // Kept for the thread's life: it logs into this part's buffer.
+    let log_here = move || std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+    InProcess::start(name, log_here, serve)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -176,14 +156,11 @@ branches = {{ {BRANCH} = "{ENV}" }}
     )
 }
 
-/// A gateway running in-process on its own runtime.
+/// A gateway running in-process on its own runtime; its [`Api`] is what tests use.
 pub struct Gateway {
-    pub http: String,
-    pub mqtt_port: u16,
-    pub public_key: String,
+    pub api: Api,
     pub logs: LogBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: InProcess,
 }
 
 impl Gateway {
@@ -206,56 +183,63 @@ impl Gateway {
         let settings = Settings::build(file, None, &[("UNUSED", "")], &Overrides::default())
             .expect("the gateway's config is valid");
         let logs = LogBuf::default();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = spawn_runtime("gateway", &logs, "info", move |runtime| {
-            runtime.block_on(async move {
+        let (server, (addr, public_key)) =
+            start_logged("gateway", &logs, "info", move |ready, stop| async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let gateway = orcastrate_gateway::Gateway::start(settings, listener)
                     .await
                     .expect("the gateway starts");
-                let _ = ready_tx.send((gateway.http_addr, gateway.public_key.clone()));
-                let _ = stop_rx.await;
+                let _ = ready.send((gateway.http_addr, gateway.public_key.clone()));
+                let _ = stop.await;
                 gateway.shutdown().await.unwrap();
             });
-        });
-        let (addr, public_key) = ready_rx.recv_timeout(WAIT).expect("the gateway started");
         Self {
-            http: format!("http://{addr}"),
-            mqtt_port,
-            public_key,
+            api: Api {
+                http: format!("http://{addr}"),
+                mqtt_port,
+                public_key,
+            },
             logs,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            server,
         }
     }
 
     /// Graceful shutdown, bounded: a gateway that does not stop within [`WAIT`] is reported
     /// and left behind, so a shutdown hang fails loudly instead of stalling the suite.
     fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + WAIT;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                eprintln!(
-                    "the gateway did not shut down within {WAIT:?}; its log:\n{}",
-                    self.logs.text()
-                );
-                assert!(
-                    std::thread::panicking(),
-                    "the gateway did not shut down within {WAIT:?}"
-                );
-            }
+        if self.server.stop_within(WAIT) == Ended::StillRunning {
+            eprintln!(
+                "the gateway did not shut down within {WAIT:?}; its log:\n{}",
+                self.logs.text()
+            );
+            assert!(
+                std::thread::panicking(),
+                "the gateway did not shut down within {WAIT:?}"
+            );
         }
     }
+}
 
+impl std::ops::Deref for Gateway {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A gateway as its users reach it: HTTP (webhooks, the admin API, metrics) and MQTT (as the
+/// operator's watcher). The same for an in-process gateway and the gateway binary.
+pub struct Api {
+    /// `http://127.0.0.1:{port}`.
+    pub http: String,
+    /// Where agents and watchers log in.
+    pub mqtt_port: u16,
+    /// The key its orders are signed with (base64), for agents' `gateway_public_keys`.
+    pub public_key: String,
+}
+
+impl Api {
     /// POSTs a GitHub push of `sha` to the mapped branch, signed as GitHub signs it.
     pub fn push(&self, sha: &str, delivery: &str) -> (u16, Value) {
         self.webhook("push", delivery, "application/json", &push_body(sha))
@@ -269,35 +253,18 @@ impl Gateway {
         content_type: &str,
         body: &[u8],
     ) -> (u16, Value) {
-        answer(
-            http_agent()
-                .post(format!("{}/webhook", self.http))
-                .header("Content-Type", content_type)
-                .header("X-GitHub-Event", event)
-                .header("X-GitHub-Delivery", delivery)
-                .header("X-Hub-Signature-256", github_signature(SECRET, body))
-                .send(body),
-        )
+        let url = format!("{}/webhook", self.http);
+        http::webhook(&url, SECRET, event, delivery, content_type, body)
     }
 
     /// GET with the admin token.
     pub fn admin_get(&self, path: &str) -> (u16, Value) {
-        answer(
-            http_agent()
-                .get(format!("{}{path}", self.http))
-                .header("Authorization", format!("Bearer {ADMIN}"))
-                .call(),
-        )
+        http::get_bearer(&format!("{}{path}", self.http), ADMIN)
     }
 
     /// POST JSON with the admin token.
     pub fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
-        answer(
-            http_agent()
-                .post(format!("{}{path}", self.http))
-                .header("Authorization", format!("Bearer {ADMIN}"))
-                .send_json(body),
-        )
+        http::post_bearer(&format!("{}{path}", self.http), ADMIN, &body)
     }
 
     /// The agent's latest verified status in the gateway's fleet view (`/api/v1/agents`).
@@ -343,6 +310,22 @@ impl Gateway {
         }
     }
 
+    /// Waits until the fleet view shows the agent `healthy` on order `seq` running `sha`.
+    #[track_caller]
+    pub fn wait_healthy(&self, seq: u64, sha: &str) -> Value {
+        let status = self.wait_agent(&format!("healthy on seq {seq}"), |s| {
+            s["seq"] == seq
+                && matches!(
+                    s["state"].as_str(),
+                    Some("healthy" | "failed" | "rolled_back" | "skipped")
+                )
+        });
+        assert_eq!(status["state"], "healthy", "{status}");
+        assert_eq!(status["sha"], sha, "{status}");
+        assert_eq!(status["running_sha"], sha, "{status}");
+        status
+    }
+
     /// The orders of the ledger, newest first (`/api/v1/deployments`).
     pub fn deployments(&self) -> Vec<Value> {
         let (code, v) = self.admin_get(&format!("/api/v1/deployments?repo={REPO}&env={ENV}"));
@@ -354,7 +337,8 @@ impl Gateway {
     pub fn retained(&self, topic: &str) -> Option<Vec<u8>> {
         let mut sub = Mqtt::connect(self.mqtt_port, "", WATCHER, WATCHER_TOKEN).ok()?;
         sub.subscribe(topic);
-        sub.wait_for(Duration::from_secs(2), |p| p.topic == topic && p.retain)
+        sub.wait_publish(Duration::from_secs(2), |p| p.topic == topic && p.retain)
+            .map(|p| p.payload.to_vec())
     }
 
     /// A watcher subscribed to `filter` (the subscription acknowledged before it returns,
@@ -368,7 +352,7 @@ impl Gateway {
 
     /// `GET /metrics`.
     pub fn metrics(&self) -> String {
-        let mut r = http_agent()
+        let mut r = http::client()
             .get(format!("{}/metrics", self.http))
             .call()
             .unwrap();
@@ -401,33 +385,10 @@ impl Drop for Gateway {
     }
 }
 
-fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
-    let mut response = result.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// A real GitHub push payload (`push__with-new-branch`) turned into a push of `sha` to
-/// `main` of our repository. Each call makes a new body, as each of GitHub's pushes is
-/// (`repository.pushed_at` differs): the gateway answers a body it has seen as a duplicate.
+/// A real GitHub push payload turned into a push of `sha` to `main` of our repository (a
+/// new body each call, as each of GitHub's pushes is).
 pub fn push_body(sha: &str) -> Vec<u8> {
-    static PUSHED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../gateway/tests/fixtures/github/push__with-new-branch.payload.json");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["after"] = sha.into();
-    v["ref"] = format!("refs/heads/{BRANCH}").into();
-    v["repository"]["pushed_at"] =
-        (1_700_000_000 + PUSHED_AT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).into();
+    let mut v = github::push(sha, BRANCH);
     v["repository"]["full_name"] = GITHUB_REPO.into();
     serde_json::to_vec(&v).unwrap()
 }
@@ -435,9 +396,7 @@ pub fn push_body(sha: &str) -> Vec<u8> {
 /// A real GitHub pull request payload (`pull_request__closed`) turned into the merge of a
 /// pull request into `main` of our repository, with merge commit `sha`.
 pub fn merged_pull_request_body(sha: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../gateway/tests/fixtures/github/pull_request__closed.payload.json");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut v = github::payload("pull_request__closed.payload.json");
     v["pull_request"]["merged"] = true.into();
     v["pull_request"]["merge_commit_sha"] = sha.into();
     v["pull_request"]["base"]["ref"] = BRANCH.into();
@@ -466,217 +425,46 @@ pub fn mosquitto_pub_retained(port: u16, user: &str, token: &str, topic: &str, p
     assert!(out.status.success(), "mosquitto_pub failed: {out:?}");
 }
 
-/// `X-Hub-Signature-256` as GitHub computes it.
-pub fn github_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 // ---------------------------------------------------------------------------------------
 // MQTT
 
-/// A connected rumqttc client (synchronous).
-pub struct Mqtt {
-    pub client: Client,
-    connection: Connection,
-}
-
-impl Mqtt {
-    /// Connects and waits for the CONNACK; `Err` if the broker refuses or drops the login.
-    pub fn connect(port: u16, client_id: &str, user: &str, token: &str) -> Result<Self, String> {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        options.set_credentials(user, token);
-        let (client, mut connection) = Client::new(options, 100);
-        match connection.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(_)))) => Ok(Self { client, connection }),
-            Ok(Ok(other)) => Err(format!("unexpected {other:?}")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("no answer: {e:?}")),
-        }
-    }
-
-    pub fn subscribe(&mut self, filter: &str) {
-        self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
-    }
-
-    /// Waits for the SUBACK of the subscription just sent.
-    pub fn wait_suback(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.connection.recv_timeout(left) {
-                Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => return,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("MQTT connection failed: {e}"),
-                Err(_) => break,
-            }
-        }
-        panic!("no SUBACK within {WAIT:?}");
-    }
-
-    /// Waits for a publish satisfying `f`; returns its payload.
-    pub fn wait_for(
-        &mut self,
-        timeout: Duration,
-        mut f: impl FnMut(&rumqttc::Publish) -> bool,
-    ) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.connection.recv_timeout(left) {
-                Ok(Ok(Event::Incoming(Incoming::Publish(p)))) if f(&p) => {
-                    return Some(p.payload.to_vec())
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("MQTT connection failed: {e}"),
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-}
+pub use orcastrate_testkit::mqtt::Mqtt;
 
 // ---------------------------------------------------------------------------------------
 // Git and the app
 
-/// A bare "GitHub" origin and a work clone to commit and push from.
-pub struct Origin {
-    pub bare: PathBuf,
-    work: PathBuf,
+pub use orcastrate_testkit::git::Origin;
+
+pub use orcastrate_testkit::app::{answer as app_answer, identity as app_identity};
+
+// ---------------------------------------------------------------------------------------
+// Binaries
+
+/// `<target>/<profile>`: this test binary is `<target>/<profile>/deps/e2e-<hash>`, and the
+/// workspace's binaries are built next to `deps/` (so `CARGO_TARGET_DIR` is honoured).
+pub fn binaries_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the path of the test binary");
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in <target>/<profile>/deps/", exe.display()))
+        .to_path_buf()
 }
 
-impl Origin {
-    pub fn new(dir: &Path) -> Self {
-        let bare = dir.join("origin.git");
-        let work = dir.join("work");
-        git(
-            dir,
-            &["init", "-q", "--bare", "-b", BRANCH, path_str(&bare)],
-        );
-        git(dir, &["init", "-q", "-b", BRANCH, path_str(&work)]);
-        Self { bare, work }
-    }
-
-    /// Commits version `version` of the app (serving on `port`; its `/health` failing unless
-    /// `healthy`), pushes it to the origin's `main`, and returns the commit's sha.
-    pub fn commit_app(&self, version: &str, port: u16, healthy: bool) -> String {
-        self.commit_app_with(version, port, healthy, &[])
-    }
-
-    /// Like `commit_app`, with more files (path, content) written before the commit.
-    pub fn commit_app_with(
-        &self,
-        version: &str,
-        port: u16,
-        healthy: bool,
-        more: &[(&str, &str)],
-    ) -> String {
-        let files = [
-            ("server.js", SERVER_JS.to_owned()),
-            ("VERSION", format!("{version}\n")),
-            ("PORT", format!("{port}\n")),
-            (
-                "package.json",
-                r#"{"name":"web","version":"1.0.0","private":true,"scripts":{"start":"node server.js"}}"#
-                    .to_owned(),
-            ),
-        ];
-        for (name, content) in files {
-            std::fs::write(self.work.join(name), content).unwrap();
-        }
-        for (name, content) in more {
-            let path = self.work.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        let unhealthy = self.work.join("UNHEALTHY");
-        if healthy {
-            let _ = std::fs::remove_file(unhealthy);
-        } else {
-            std::fs::write(unhealthy, "").unwrap();
-        }
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "-q",
-                "-m",
-                version,
-            ],
-        );
-        git(
-            &self.work,
-            &[
-                "push",
-                "-q",
-                path_str(&self.bare),
-                &format!("HEAD:refs/heads/{BRANCH}"),
-            ],
-        );
-        git_out(&self.work, &["rev-parse", "HEAD"])
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    git_out(dir, args);
-}
-
-fn git_out(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git is installed");
+/// The workspace's binary `name` of this build.
+///
+/// # Panics
+///
+/// If it has not been built: `cargo test -p orcastrate-e2e` builds only libraries.
+#[track_caller]
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = binaries_dir().join(name);
     assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        path.is_file(),
+        "{} is missing: this test runs the workspace's binaries; run `cargo build --workspace` \
+         first (or `cargo test --workspace`, which builds them)",
+        path.display()
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// The app: answers `/` with its version and pid, `/health` with 200 (500 if the release
-/// has a file `UNHEALTHY`); the port is in the release's `PORT` file.
-const SERVER_JS: &str = r#"
-const http = require('http');
-const fs = require('fs');
-const version = fs.readFileSync('VERSION', 'utf8').trim();
-const port = +fs.readFileSync('PORT', 'utf8').trim();
-const configFile = 'config/decrypted_production.json';
-const config = fs.existsSync(configFile) ? JSON.parse(fs.readFileSync(configFile, 'utf8')) : {};
-http.createServer((q, s) => {
-  if (q.url === '/health') { s.statusCode = fs.existsSync('UNHEALTHY') ? 500 : 200; return s.end('ok'); }
-  s.setHeader('content-type', 'application/json');
-  s.end(JSON.stringify({ version, pid: process.pid, greeting: config.greeting }));
-}).listen(port, '127.0.0.1');
-"#;
-
-/// What the app on `port` answers on `/`: (version, pid), or `None` if nothing answers.
-pub fn app_identity(port: u16) -> Option<(String, u64)> {
-    let v = app_answer(port)?;
-    Some((v["version"].as_str()?.to_owned(), v["pid"].as_u64()?))
-}
-
-/// The app's JSON answer on `/` (version, pid, greeting from its decrypted config).
-pub fn app_answer(port: u16) -> Option<Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    if text.split_whitespace().nth(1)? != "200" {
-        return None;
-    }
-    serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+    path
 }
 
 // ---------------------------------------------------------------------------------------
@@ -695,6 +483,8 @@ pub struct AgentConfig<'a> {
     /// Where its health check looks.
     pub app_port: u16,
     pub health_timeout_s: u64,
+    /// The install step.
+    pub install: &'a str,
     /// Top-level keys (before the tables).
     pub top: &'a str,
     /// Appended (TOML tables).
@@ -722,7 +512,7 @@ on_shutdown = "stop"
 {top}
 
 [steps]
-install = "test -f package.json"
+install = "{install}"
 build = ""
 start = "exec node server.js"
 stop_timeout_s = 5
@@ -739,6 +529,7 @@ interval_s = 1
             public_key = self.public_key,
             app_port = self.app_port,
             health_timeout_s = self.health_timeout_s,
+            install = self.install,
             top = self.top,
             extra = self.extra,
         )
@@ -748,9 +539,7 @@ interval_s = 1
 /// The agent running in-process (its library `run`) on its own runtime.
 pub struct Agent {
     pub logs: LogBuf,
-    cancel: CancellationToken,
-    done: mpsc::Receiver<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: InProcess,
 }
 
 impl Agent {
@@ -762,30 +551,24 @@ impl Agent {
         };
         let settings = orcastrate_agent::Settings::load(&cli).expect("the agent's config is valid");
         let logs = LogBuf::default();
-        let cancel = CancellationToken::new();
-        let (done_tx, done) = mpsc::channel();
-        let stop = cancel.clone();
-        let thread = spawn_runtime("agent", &logs, "orcastrate_agent=debug,info", move |rt| {
-            let outcome = rt.block_on(orcastrate_agent::run(settings, stop));
+        let filter = "orcastrate_agent=debug,info";
+        let (server, ()) = start_logged("agent", &logs, filter, move |ready, stop| async move {
+            let cancel = CancellationToken::new();
+            let on_stop = cancel.clone();
+            tokio::spawn(async move {
+                let _ = stop.await;
+                on_stop.cancel();
+            });
+            let _ = ready.send(());
+            let outcome = orcastrate_agent::run(settings, cancel).await;
             tracing::info!(?outcome, "the agent returned");
-            let _ = done_tx.send(());
         });
-        Self {
-            logs,
-            cancel,
-            done,
-            thread: Some(thread),
-        }
+        Self { logs, server }
     }
 
     /// Cancels the agent and waits (bounded) until `run` returns.
     pub fn stop(&mut self) {
-        self.cancel.cancel();
-        if let Some(thread) = self.thread.take() {
-            if self.done.recv_timeout(WAIT).is_ok() {
-                let _ = thread.join();
-            }
-        }
+        let _ = self.server.stop_within(WAIT);
     }
 }
 
@@ -793,23 +576,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Live processes whose working directory is inside `dir`.
-fn processes_under(dir: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-            (cwd.starts_with(dir) && !matches!(state, 'Z' | 'X')).then_some(pid)
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -858,7 +624,7 @@ impl World {
     fn with_gateway(start: impl FnOnce(&Path) -> Gateway) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let gateway = start(&dir.path().join("gateway-data"));
-        let origin = Origin::new(dir.path());
+        let origin = Origin::on_branch(dir.path(), BRANCH);
         let root = dir.path().join("agent-root");
         Self {
             origin,
@@ -929,6 +695,7 @@ impl World {
             public_key: &self.gateway.public_key,
             app_port: port,
             health_timeout_s: self.health_timeout_s,
+            install: "test -f package.json",
             top: &self
                 .config_key
                 .as_ref()
@@ -959,12 +726,31 @@ impl World {
 
     /// Commits app version `version`; returns its sha.
     pub fn commit(&self, version: &str) -> String {
-        self.origin.commit_app(version, self.app_port, true)
+        self.commit_with(version, &[("UNHEALTHY", None)])
     }
 
     /// Commits app version `version` whose health check fails; returns its sha.
     pub fn commit_unhealthy(&self, version: &str) -> String {
-        self.origin.commit_app(version, self.app_port, false)
+        self.commit_with(version, &[("UNHEALTHY", Some(""))])
+    }
+
+    /// Commits app version `version` with `more` files (path, content; `None` deletes).
+    pub fn commit_with(&self, version: &str, more: &[(&str, Option<&str>)]) -> String {
+        app::commit(&self.origin, version, self.app_port, more)
+    }
+
+    /// Starts the agent and a second host (`AGENT2`, its app on a port of its own), commits
+    /// v1 and pushes it; returns the second app's port, v1's sha and the order's seq once the
+    /// first agent is healthy on it.
+    #[track_caller]
+    pub fn start_two_hosts_and_push_v1(&mut self) -> (u16, String, u64) {
+        self.start_agent();
+        let port2 = free_port();
+        self.start_second_agent(port2);
+        let sha1 = self.commit("v1");
+        let seq1 = self.push(&sha1);
+        self.wait_healthy(seq1, &sha1);
+        (port2, sha1, seq1)
     }
 
     /// A signed push of `sha`: asserts the 202 names our repo/env and the sha; returns `seq`.
@@ -994,19 +780,7 @@ impl World {
     /// Waits until the fleet view shows the agent `healthy` on order `seq` running `sha`.
     #[track_caller]
     pub fn wait_healthy(&self, seq: u64, sha: &str) -> Value {
-        let status = self
-            .gateway
-            .wait_agent(&format!("healthy on seq {seq}"), |s| {
-                s["seq"] == seq
-                    && matches!(
-                        s["state"].as_str(),
-                        Some("healthy" | "failed" | "rolled_back" | "skipped")
-                    )
-            });
-        assert_eq!(status["state"], "healthy", "{status}");
-        assert_eq!(status["sha"], sha, "{status}");
-        assert_eq!(status["running_sha"], sha, "{status}");
-        status
+        self.gateway.wait_healthy(seq, sha)
     }
 
     /// Waits until the app answers as `version`; returns its pid.
@@ -1036,12 +810,7 @@ impl World {
 
     /// The release `current` points to.
     pub fn current_release(&self) -> String {
-        std::fs::read_link(self.root.join("current"))
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
+        orcastrate_testkit::files::link_name(&self.root.join("current"))
     }
 }
 
@@ -1060,19 +829,7 @@ impl Drop for World {
             }
         }
         // Nothing the agent started may outlive the test.
-        for _ in 0..50 {
-            let left = processes_under(self.dir.path());
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        procs::kill_all_under(self.dir.path());
         if std::thread::panicking() {
             eprintln!("---- gateway log ----\n{}", self.gateway.logs.text());
             if let Ok(app) = std::fs::read_to_string(self.root.join("logs/app.log")) {

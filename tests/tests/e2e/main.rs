@@ -1,7 +1,9 @@
 //! End-to-end tests: the real gateway (its library, with its embedded broker on loopback
 //! ports) and the real agent (its library `run`) working together, with real git
 //! repositories in temp dirs, a tiny Node app, signed GitHub webhooks, and MQTT clients
-//! (rumqttc and mosquitto_pub) watching and attacking the bus.
+//! (rumqttc and mosquitto_pub) watching and attacking the bus. `restarts` and `quickstart`
+//! run the gateway binary (and the quickstart all three): build the workspace first
+//! (`cargo test --workspace` does). Helpers come from `orcastrate-testkit` and `harness`.
 //!
 //! Needs `git`, `node` and `mosquitto-clients` (see `.ci/run`).
 #![allow(unreachable_pub)]
@@ -14,4 +16,6 @@ mod forged;
 mod harness;
 mod nats;
 mod quickstart;
+mod restarts;
+mod rollout_restarts;
 mod rollouts;

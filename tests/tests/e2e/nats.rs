@@ -251,22 +251,10 @@ fn wait_subscribed(logs: &LogBuf, from: usize, url: &str) {
     });
 }
 
-#[test]
-fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let config = gateway_config_external(&dir.path().join("unused"), "mqtt://127.0.0.1:1");
-    let mut nats = NatsCluster::start(dir.path(), &config);
-    eprintln!("the NATS cluster took {:?} to form", started.elapsed());
-    let (n1, n2, n3) = (
-        nats.nodes[0].mqtt_port,
-        nats.nodes[1].mqtt_port,
-        nats.nodes[2].mqtt_port,
-    );
-
-    // The generated permissions on a real server: a `.` inside a level is `//` in the
-    // subject, so a client scoped to `octo/web.site` reads its `desired` (written by the
-    // gateway's user on another node) and writes its own status, which a watcher reads.
+/// The generated permissions on a real server: a `.` inside a level is `//` in the
+/// subject, so a client scoped to `octo/web.site` reads its `desired` (written by the
+/// gateway's user on another node) and writes its own status, which a watcher reads.
+fn dotted_repo_permissions_hold(n1: u16, n2: u16, n3: u16) {
     mosquitto_pub_retained(
         n1,
         GATEWAY_USER,
@@ -294,6 +282,50 @@ fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order(
         )
     });
     assert_eq!(got, b"dotted-status");
+}
+
+/// An agent's token may not write `desired` nor another agent's status: NATS refuses both
+/// (and logs a violation), so the true order stays retained, untouched; nor read anything
+/// but its own orders.
+fn forgeries_are_refused(w: &World, n2: u16, seq2: u64, sha2: &str) {
+    mosquitto_pub_retained(n2, AGENT, AGENT_TOKEN, &topic("desired"), "{\"forged\":1}");
+    mosquitto_pub_retained(
+        n2,
+        AGENT,
+        AGENT_TOKEN,
+        &topic("status/web-2"),
+        "{\"forged\":2}",
+    );
+    let desired = w.gateway.desired().expect("the true order is retained");
+    assert_eq!((desired.seq, desired.sha.as_str()), (seq2, sha2));
+    let status2: Value =
+        serde_json::from_slice(&w.gateway.retained(&topic("status/web-2")).unwrap()).unwrap();
+    assert_eq!(status2["agent"], AGENT2, "{status2}");
+    assert!(
+        !w.gateway.logs.text().contains("differs from the ledger"),
+        "a forged order reached the bus:\n{}",
+        w.gateway.logs.text()
+    );
+    assert!(
+        retained_as(n2, AGENT, AGENT_TOKEN, &topic("status/web-2")).is_none(),
+        "an agent read another agent's status"
+    );
+}
+
+#[test]
+fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let config = gateway_config_external(&dir.path().join("unused"), "mqtt://127.0.0.1:1");
+    let mut nats = NatsCluster::start(dir.path(), &config);
+    eprintln!("the NATS cluster took {:?} to form", started.elapsed());
+    let (n1, n2, n3) = (
+        nats.nodes[0].mqtt_port,
+        nats.nodes[1].mqtt_port,
+        nats.nodes[2].mqtt_port,
+    );
+
+    dotted_repo_permissions_hold(n1, n2, n3);
 
     // The gateway on node 1; web-1 on node 2 (then node 3), web-2 on node 3.
     let mut w = World::with_engine(n1);
@@ -314,31 +346,7 @@ fn on_a_three_node_nats_cluster_deploy_rollback_and_a_killed_node_lose_no_order(
     w.wait_app("v2");
     wait_app2(port2, "v2");
 
-    // An agent's token may not write `desired` nor another agent's status: NATS refuses
-    // both (and logs a violation), so the true order stays retained, untouched.
-    mosquitto_pub_retained(n2, AGENT, AGENT_TOKEN, &topic("desired"), "{\"forged\":1}");
-    mosquitto_pub_retained(
-        n2,
-        AGENT,
-        AGENT_TOKEN,
-        &topic("status/web-2"),
-        "{\"forged\":2}",
-    );
-    let desired = w.gateway.desired().expect("the true order is retained");
-    assert_eq!((desired.seq, desired.sha.as_str()), (seq2, sha2.as_str()));
-    let status2: Value =
-        serde_json::from_slice(&w.gateway.retained(&topic("status/web-2")).unwrap()).unwrap();
-    assert_eq!(status2["agent"], AGENT2, "{status2}");
-    assert!(
-        !w.gateway.logs.text().contains("differs from the ledger"),
-        "a forged order reached the bus:\n{}",
-        w.gateway.logs.text()
-    );
-    // Nor read anything but its own orders.
-    assert!(
-        retained_as(n2, AGENT, AGENT_TOKEN, &topic("status/web-2")).is_none(),
-        "an agent read another agent's status"
-    );
+    forgeries_are_refused(&w, n2, seq2, &sha2);
 
     // The operator's rollback reaches both hosts through the cluster.
     let (code, answer) = w

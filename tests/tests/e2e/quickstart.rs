@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::{binaries_dir, workspace_binary};
+
 const BINARIES: [&str; 3] = ["orcastrate-gateway", "orcastrate-agent", "orcastrate-crypt"];
 /// Far above what the script needs (each of its waits is bounded at 60 s); only a guard
 /// against a hang, never a timing assertion.
@@ -17,16 +19,6 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// `<target>/<profile>`: this test binary is `<target>/<profile>/deps/e2e-<hash>`, and the
-/// workspace's binaries are built next to `deps/` (so `CARGO_TARGET_DIR` is honoured).
-fn binaries_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of the test binary");
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("{} is not in <target>/<profile>/deps/", exe.display()))
         .to_path_buf()
 }
 
@@ -130,13 +122,7 @@ fn the_quickstart_script_deploys_pushes_and_rolls_back() {
     let root = workspace_root();
     let bin = binaries_dir();
     for name in BINARIES {
-        let path = bin.join(name);
-        assert!(
-            path.is_file(),
-            "{} is missing: the quickstart test runs the workspace's binaries; run \
-             `cargo build --workspace` first (or `cargo test --workspace`, which builds them)",
-            path.display()
-        );
+        workspace_binary(name);
     }
 
     let logs = tempfile::tempdir().expect("a temp dir");

@@ -43,7 +43,7 @@ impl Fleet {
         let mqtt_port = free_port();
         let text = gateway_config(&dir.path().join("gateway-data"), mqtt_port) + table;
         let gateway = Gateway::start_config(&text, mqtt_port);
-        let origin = Origin::new(dir.path());
+        let origin = Origin::on_branch(dir.path(), BRANCH);
         Self {
             hosts: Vec::new(),
             gateway,
@@ -71,6 +71,7 @@ impl Fleet {
             public_key: &self.gateway.public_key,
             app_port: port,
             health_timeout_s: 3,
+            install: "test -f package.json",
             top: "",
             extra: "\n[shared]\nfiles = [\"PORT\"]\n",
         }
@@ -87,7 +88,8 @@ impl Fleet {
     }
 
     fn commit(&self, version: &str, healthy: bool) -> String {
-        self.origin.commit_app(version, 1, healthy)
+        let unhealthy = if healthy { None } else { Some("") };
+        orcastrate_testkit::app::commit(&self.origin, version, 1, &[("UNHEALTHY", unhealthy)])
     }
 
     /// A signed push: its seq, or the reason it was ignored.
@@ -175,8 +177,8 @@ impl StatusLog {
         let (s, st) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
-                sub.wait_for(Duration::from_millis(100), |p| {
-                    if let Ok(status) = serde_json::from_slice::<AgentStatus>(&p.payload) {
+                sub.wait_for(Duration::from_millis(100), |_, payload| {
+                    if let Ok(status) = serde_json::from_slice::<AgentStatus>(payload) {
                         s.lock().unwrap().push(status);
                     }
                     false

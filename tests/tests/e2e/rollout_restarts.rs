@@ -2,76 +2,53 @@
 //! once with SIGTERM and once with SIGKILL, while the canary's wave holds; the restarted
 //! gateway resumes the rollout from the ledger, hold timer included, and completes it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::agent_e2e::{app_version, public_key, Agent, GatewayProcess, Origin};
-use crate::common::*;
+use super::restarts::{public_key, GatewayProcess};
+use crate::harness::*;
 
-const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The bound of these waits: a restart and a hold fit in it.
+const LONG: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// `web-1` and `web-2` (their tokens in `config_text`), each with its own root and app port.
-const HOSTS: [(&str, &str); 2] = [("web-1", "token-web-1"), ("web-2", "token-web-2")];
-
+/// Writes host `name`'s config (its own root, and its app's port shared into every
+/// release); returns the config's path and the app's port.
 fn write_agent(
     dir: &Path,
-    name: &str,
-    token: &str,
+    (name, token): (&str, &str),
     mqtt_port: u16,
     key: &str,
     origin: &Origin,
-) -> (std::path::PathBuf, u16) {
+) -> (PathBuf, u16) {
     let port = free_port();
     let root = dir.join(format!("root-{name}"));
     std::fs::create_dir_all(root.join("shared")).unwrap();
-    // The app reads its port from `PORT`: this host's own, shared into every release.
-    std::fs::write(root.join("shared/PORT"), port.to_string()).unwrap();
+    std::fs::write(root.join("shared/PORT"), format!("{port}\n")).unwrap();
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"name = "{name}"
-server = ["mqtt://127.0.0.1:{mqtt_port}"]
-token = "{token}"
-repo = "Codertocat/Hello-World"
-env = "{ENV}"
-git_url = "{origin}"
-root = "{root}"
-gateway_public_keys = ["{key}"]
-on_shutdown = "stop"
-[steps]
-install = "test -f server.js"
-start = "exec node server.js"
-stop_timeout_s = 5
-[shared]
-files = ["PORT"]
-[health]
-http = "http://127.0.0.1:{port}/health"
-timeout_s = 15
-interval_s = 1
-"#,
-            origin = origin.bare.display(),
-            root = root.display(),
-        ),
-    )
-    .unwrap();
+    let text = AgentConfig {
+        name,
+        token,
+        mqtt_port,
+        servers: &[],
+        origin: &origin.bare,
+        root: &root,
+        public_key: key,
+        app_port: port,
+        health_timeout_s: 15,
+        install: "test -f package.json",
+        top: "",
+        extra: "\n[shared]\nfiles = [\"PORT\"]\n",
+    }
+    .text();
+    std::fs::write(&config, text).unwrap();
     (config, port)
 }
 
 fn rollout(gateway: &GatewayProcess) -> Value {
-    gateway.admin_get(&format!("/api/v1/rollouts?repo={REPO}&env={ENV}&limit=1"))["rollouts"][0]
-        .clone()
-}
-
-fn agent_at(gateway: &GatewayProcess, name: &str, sha: &str, seq: u64) -> bool {
-    let v = gateway.admin_get(&format!("/api/v1/agents?repo={REPO}&env={ENV}"));
-    v["agents"].as_array().into_iter().flatten().any(|a| {
-        a["agent"] == name
-            && a["state"] == "healthy"
-            && a["sha"] == sha
-            && a["seq"].as_u64() >= Some(seq)
-    })
+    let (code, v) = gateway.admin_get(&format!("/api/v1/rollouts?repo={REPO}&env={ENV}&limit=1"));
+    assert_eq!(code, 200, "{v}");
+    v["rollouts"][0].clone()
 }
 
 #[test]
@@ -80,31 +57,30 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let config = dir.path().join("gateway.toml");
     let table = "[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 4\n";
-    std::fs::write(
-        &config,
-        config_text(&dir.path().join("data"), mqtt_port, SECRET, table),
-    )
-    .unwrap();
+    let text = gateway_config(&dir.path().join("data"), mqtt_port) + table;
+    std::fs::write(&config, text).unwrap();
     let log = dir.path().join("gateway.log");
     let mut gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
     let key = public_key(&config);
-    let origin = Origin::new(dir.path(), 1);
+    let origin = Origin::on_branch(dir.path(), BRANCH);
     let mut agents = Vec::new();
     let mut ports = Vec::new();
-    for (name, token) in HOSTS {
-        let (cfg, port) = write_agent(dir.path(), name, token, mqtt_port, &key, &origin);
+    for host in [(AGENT, AGENT_TOKEN), (AGENT2, AGENT2_TOKEN)] {
+        let (cfg, port) = write_agent(dir.path(), host, mqtt_port, &key, &origin);
         agents.push(Agent::start(&cfg));
         ports.push(port);
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         for (n, version) in ["v1", "v2", "v3"].into_iter().enumerate() {
-            let sha = origin.commit(version);
-            let (code, answer) = gateway.push(&sha, &format!("restart-{version}"));
+            let sha = orcastrate_testkit::app::commit(&origin, version, 1, &[]);
+            let (code, answer) = gateway.push(&sha, &delivery());
             assert_eq!(code, 202, "{answer}");
             let seq = answer["seq"].as_u64().unwrap();
             // The canary's wave: web-1 runs it, web-2 is not in it.
-            eventually(WAIT, "the canary to be healthy", || {
-                agent_at(&gateway, "web-1", &sha, seq).then_some(())
+            gateway.wait_agent_of(AGENT, "healthy on the canary's wave", |s| {
+                s["state"] == "healthy"
+                    && s["sha"] == sha.as_str()
+                    && s["seq"].as_u64() >= Some(seq)
             });
             let r = rollout(&gateway);
             assert_eq!(
@@ -122,7 +98,7 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
                 gateway = GatewayProcess::start(&config, http_port, mqtt_port, &log);
             }
             eventually(
-                WAIT,
+                LONG,
                 &format!("the rollout of {version} to complete"),
                 || {
                     let r = rollout(&gateway);
@@ -130,13 +106,14 @@ fn a_rollout_resumes_after_the_gateway_is_stopped_or_killed_mid_wave() {
                 },
             );
             for port in &ports {
-                eventually(WAIT, &format!("every app to serve {version}"), || {
-                    (app_version(*port)? == version).then_some(())
+                eventually(LONG, &format!("every app to serve {version}"), || {
+                    app_identity(*port).filter(|(v, _)| v == version)
                 });
             }
         }
     }));
     drop(agents);
+    orcastrate_testkit::procs::kill_all_under(dir.path());
     if let Err(panic) = result {
         eprintln!(
             "---- gateway log ----\n{}",
