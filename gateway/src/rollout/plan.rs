@@ -3,12 +3,15 @@
 
 use std::collections::BTreeSet;
 
-use orcastrate_broker::message::sha12;
+use orcastrate_broker::message::{sha12, truncate_text};
 use orcastrate_broker::{AgentState, AgentStatus};
 use sha2::{Digest, Sha256};
 
 use super::config::{Policy, Wave};
 use super::Rollout;
+
+/// Longest part of an agent's error quoted in a revert's reason (five agents at most are).
+const MAX_ERROR_BYTES: usize = 300;
 
 /// What a running rollout does now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,10 +62,11 @@ pub fn decide(r: &Rollout, statuses: &[AgentStatus], now_ms: u64) -> Decision {
             .iter()
             .take(5)
             .map(|s| {
+                // Each agent's error is bounded: the reason travels in replies and events.
                 let why = s
                     .error
                     .as_deref()
-                    .map(|e| format!(": {e}"))
+                    .map(|e| format!(": {}", truncate_text(e, MAX_ERROR_BYTES)))
                     .unwrap_or_default();
                 format!("{} {}{}", s.agent, s.state.as_str(), why)
             })
