@@ -90,6 +90,8 @@ fn forged_orders(gateway: &OrderSigner) -> (DeployOrder, DeployOrder) {
         issued_at: orcastrate_broker::time::now(),
         issued_by: None,
         key_id: String::new(),
+        targets: None,
+        base_sha: None,
         sig: String::new(),
     };
     let mut unknown_key = forged.clone();

@@ -150,6 +150,8 @@ impl Orders<'_> {
             issued_at: orcastrate_broker::time::now(),
             issued_by: None,
             key_id: String::new(),
+            targets: None,
+            base_sha: None,
             sig: String::new(),
         };
         self.signer.sign(&mut order);

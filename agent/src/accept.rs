@@ -44,6 +44,9 @@ pub(crate) enum Refusal {
     },
     #[error(transparent)]
     Signature(#[from] SignError),
+    /// A rollout wave for other agents that names no base sha: nothing for this one yet.
+    #[error("order seq {seq} is for other agents and names no base sha for this one")]
+    NotTargeted { seq: u64 },
     /// `seq` is not above the floor: an order already started (or older: a replay).
     #[error("seq {seq} is not above the floor {floor} (already started, or replayed)")]
     Stale { seq: u64, floor: u64 },
@@ -62,11 +65,15 @@ impl Refusal {
             Self::Signature(SignError::UnknownKey(_)) => "unknown key",
             Self::Signature(_) => "signature",
             Self::Stale { .. } => "stale",
+            Self::NotTargeted { .. } => "not targeted",
         }
     }
 }
 
-/// Checks an order payload against everything but the settle and skip rules.
+/// Checks an order payload against everything but the settle and skip rules, and returns
+/// it with `sha` set to what this agent runs: the order's `sha` if `targets` names this
+/// agent (or is null), else its `base_sha` (design: Rollouts). The signature was verified
+/// over the fields as received, before that.
 ///
 /// The cheap rules come first (size, parse, names, target, floor) and the Ed25519
 /// verification last, so a flood of forged or replayed orders costs little CPU.
@@ -107,6 +114,13 @@ pub(crate) fn check(
         }
     }
     settings.verifier.verify(&order)?;
+    let mut order = order;
+    if !order.targets_agent(&settings.name) {
+        let Some(base) = order.base_sha.clone() else {
+            return Err(Refusal::NotTargeted { seq: order.seq });
+        };
+        order.sha = base;
+    }
     Ok(order)
 }
 
@@ -209,6 +223,8 @@ mod tests {
             issued_at: "2026-01-01T00:00:00.000Z".into(),
             issued_by: None,
             key_id: String::new(),
+            targets: None,
+            base_sha: None,
             sig: String::new(),
         };
         signer.sign(&mut o);
@@ -233,6 +249,25 @@ mod tests {
             check(&bytes(&o), &s, Some(11)),
             Err(Refusal::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn an_agent_outside_the_wave_runs_the_base_sha() {
+        let (_d, s, signer) = setup();
+        let mut o = order(&signer, 10);
+        o.targets = Some(vec!["web-2".into()]);
+        signer.sign(&mut o);
+        assert!(matches!(
+            check(&bytes(&o), &s, None),
+            Err(Refusal::NotTargeted { seq: 10 })
+        ));
+        o.base_sha = Some("cd".repeat(20));
+        signer.sign(&mut o);
+        let got = check(&bytes(&o), &s, None).unwrap();
+        assert_eq!(got.sha, "cd".repeat(20));
+        o.targets = Some(vec!["web-2".into(), "web-1".into()]);
+        signer.sign(&mut o);
+        assert_eq!(check(&bytes(&o), &s, None).unwrap().sha, "ab".repeat(20));
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub struct DeployOrder {
     pub issued_by: Option<String>,
     /// Which gateway key signed it.
     pub key_id: String,
+    /// The agents this order is for (a rollout wave); `None`: every agent.
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+    /// What every agent not in `targets` runs; `None` when there is nothing else to run.
+    #[serde(default)]
+    pub base_sha: Option<String>,
     /// Ed25519 signature (base64) over [`crate::sign::order_canonical`].
     pub sig: String,
 }
@@ -90,7 +96,30 @@ impl DeployOrder {
         }
         names::single_line("issued_at", &self.issued_at)?;
         names::single_line("key_id", &self.key_id)?;
+        if let Some(base) = &self.base_sha {
+            names::sha(base)?;
+        }
+        for agent in self.targets.iter().flatten() {
+            names::agent(agent)?;
+        }
         Ok(())
+    }
+
+    /// Whether `agent` is one this order is for (`targets` null: every agent).
+    pub fn targets_agent(&self, agent: &str) -> bool {
+        self.targets
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|a| a == agent))
+    }
+
+    /// The sha `agent` should run: `sha` if the order is for it, else `base_sha` (`None`
+    /// if it is not for it and names no base).
+    pub fn sha_for(&self, agent: &str) -> Option<&str> {
+        if self.targets_agent(agent) {
+            Some(&self.sha)
+        } else {
+            self.base_sha.as_deref()
+        }
     }
 }
 
@@ -197,6 +226,19 @@ pub struct FleetAgent {
     pub updated_at: String,
 }
 
+/// The newest rollout of a repo/env as the fleet summary shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRollout {
+    pub id: i64,
+    pub sha: String,
+    pub base_sha: Option<String>,
+    /// The current wave, counting from 1.
+    pub wave: usize,
+    pub waves: usize,
+    /// `running`, `completed`, `reverted`, `halted`, `superseded` or `aborted`.
+    pub state: String,
+}
+
 /// Retained summary of every verified agent of a repo/env, on `fleet`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetSummary {
@@ -204,6 +246,9 @@ pub struct FleetSummary {
     pub repo: String,
     pub env: String,
     pub desired: Option<FleetDesired>,
+    /// The newest rollout, if any.
+    #[serde(default)]
+    pub rollout: Option<FleetRollout>,
     pub agents: Vec<FleetAgent>,
     pub updated_at: String,
 }
@@ -290,14 +335,36 @@ mod tests {
             issued_at: "2026-01-01T00:00:00.000Z".into(),
             issued_by: Some("admin".into()),
             key_id: "k".into(),
+            targets: None,
+            base_sha: None,
             sig: "s".into(),
         };
         let json: serde_json::Value = serde_json::to_value(&order).unwrap();
         assert_eq!(json["ref"], serde_json::Value::Null);
+        assert_eq!(json["targets"], serde_json::Value::Null);
+        assert_eq!(json["base_sha"], serde_json::Value::Null);
         assert_eq!(json["kind"], "manual");
         let back: DeployOrder = serde_json::from_value(json).unwrap();
         assert_eq!(back, order);
         assert!(order.validate().is_ok());
+    }
+
+    #[test]
+    fn each_agent_computes_its_own_sha() {
+        let mut order: DeployOrder = serde_json::from_str(
+            r#"{"v":1,"seq":1,"repo":"a/b","env":"e","sha":"1111111111111111111111111111111111111111","ref":null,"kind":"push","delivery":null,"issued_at":"t","issued_by":null,"key_id":"k","sig":"s"}"#,
+        )
+        .unwrap();
+        // An order without the fields (the first release's) is for everyone.
+        assert_eq!(order.sha_for("web-9"), Some(order.sha.as_str()));
+        order.targets = Some(vec!["web-1".into()]);
+        assert_eq!(order.sha_for("web-2"), None);
+        order.base_sha = Some("2".repeat(40));
+        assert_eq!(order.sha_for("web-1"), Some("1".repeat(40).as_str()));
+        assert_eq!(order.sha_for("web-2"), Some("2".repeat(40).as_str()));
+        assert!(order.validate().is_ok());
+        order.targets = Some(vec!["Web 1".into()]);
+        assert!(order.validate().is_err());
     }
 
     #[test]

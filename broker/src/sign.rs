@@ -26,13 +26,33 @@ pub enum SignError {
     BadPublicKey(String),
     #[error("invalid signing key file: expected 32 bytes")]
     BadSigningKey,
+    #[error("order signed as orcastrate-order-v1 (without targets and base_sha): this agent accepts v2 only; upgrade the gateway")]
+    OldSignature,
 }
 
-/// The string an order's `sig` covers.
+/// The string an order's `sig` covers (v2: v1 plus `base_sha` and `targets` joined with `,`).
 pub fn order_canonical(o: &DeployOrder) -> String {
+    format!(
+        "orcastrate-order-v2{}\n{}\n{}",
+        order_fields(o),
+        o.base_sha.as_deref().unwrap_or_default(),
+        o.targets
+            .as_deref()
+            .map(|t| t.join(","))
+            .unwrap_or_default()
+    )
+}
+
+/// The string the first release signed; only used to refuse such orders with a clear reason.
+fn order_canonical_v1(o: &DeployOrder) -> String {
+    format!("orcastrate-order-v1{}", order_fields(o))
+}
+
+/// The fields v1 and v2 share, each after a newline.
+fn order_fields(o: &DeployOrder) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     format!(
-        "orcastrate-order-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        "\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
         o.repo,
         o.env,
         o.seq,
@@ -171,11 +191,23 @@ impl OrderVerifier {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or(SignError::BadSignature)?;
-        key.verify_strict(
-            order_canonical(order).as_bytes(),
-            &Signature::from_bytes(&sig_bytes),
-        )
-        .map_err(|_| SignError::BadSignature)
+        let sig = Signature::from_bytes(&sig_bytes);
+        if key
+            .verify_strict(order_canonical(order).as_bytes(), &sig)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        // A v1 signature cannot say which agents an order is for: refused, but named.
+        if order.targets.is_none()
+            && order.base_sha.is_none()
+            && key
+                .verify_strict(order_canonical_v1(order).as_bytes(), &sig)
+                .is_ok()
+        {
+            return Err(SignError::OldSignature);
+        }
+        Err(SignError::BadSignature)
     }
 }
 
@@ -219,6 +251,8 @@ mod tests {
             issued_at: "2026-01-01T00:00:00.000Z".into(),
             issued_by: None,
             key_id: String::new(),
+            targets: None,
+            base_sha: None,
             sig: String::new(),
         }
     }
@@ -229,8 +263,35 @@ mod tests {
         o.key_id = "kid".into();
         assert_eq!(
             order_canonical(&o),
-            "orcastrate-order-v1\nocto-org/web\nproduction\n1700000000000\n0123456789abcdef0123456789abcdef01234567\nrefs/heads/main\npush\nd-1\n2026-01-01T00:00:00.000Z\n\nkid"
+            "orcastrate-order-v2\nocto-org/web\nproduction\n1700000000000\n0123456789abcdef0123456789abcdef01234567\nrefs/heads/main\npush\nd-1\n2026-01-01T00:00:00.000Z\n\nkid\n\n"
         );
+        o.targets = Some(vec!["web-1".into(), "web-2".into()]);
+        o.base_sha = Some("f".repeat(40));
+        assert!(order_canonical(&o).ends_with(&format!("\nkid\n{}\nweb-1,web-2", "f".repeat(40))));
+    }
+
+    #[test]
+    fn targets_and_base_are_signed_and_v1_is_refused() {
+        let signer = OrderSigner::generate();
+        let verifier = OrderVerifier::new(&[signer.public_key_base64()]).unwrap();
+        let mut o = order();
+        o.targets = Some(vec!["web-1".into()]);
+        o.base_sha = Some("f".repeat(40));
+        signer.sign(&mut o);
+        assert_eq!(verifier.verify(&o), Ok(()));
+        let mut widened = o.clone();
+        widened.targets = None;
+        assert_eq!(verifier.verify(&widened), Err(SignError::BadSignature));
+        let mut rebased = o.clone();
+        rebased.base_sha = Some("e".repeat(40));
+        assert_eq!(verifier.verify(&rebased), Err(SignError::BadSignature));
+
+        // The first release's signature over the v1 string.
+        let mut old = order();
+        old.key_id = signer.key_id().to_owned();
+        let sig = signer.key.sign(order_canonical_v1(&old).as_bytes());
+        old.sig = B64.encode(sig.to_bytes());
+        assert_eq!(verifier.verify(&old), Err(SignError::OldSignature));
     }
 
     #[test]

@@ -52,3 +52,33 @@ fn status_example_mac_matches_its_token() {
         unescape(example("status-canonical"))
     );
 }
+
+/// Prints the order example with the doc's example key (seed: 32 bytes of 7); run with
+/// `cargo test -p orcastrate-broker --test protocol_doc -- --ignored --nocapture` after a
+/// change to the order's fields, and paste the output into `docs/protocol.md`.
+#[test]
+#[ignore = "prints the worked example; not a check"]
+fn print_order_example() {
+    use orcastrate_broker::{OrderKind, OrderSigner};
+    let signer = OrderSigner::from_seed(&[7u8; 32]).unwrap();
+    let mut order = DeployOrder {
+        v: 1,
+        seq: 1_764_518_400_000,
+        repo: "octo-org/web".into(),
+        env: "production".into(),
+        sha: "9049f1265b7d61be4a8904a9a27120d2064dab3b".into(),
+        git_ref: Some("refs/heads/main".into()),
+        kind: OrderKind::Push,
+        delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+        issued_at: "2026-11-30T16:00:00.000Z".into(),
+        issued_by: Some("github".into()),
+        key_id: String::new(),
+        targets: Some(vec!["web-1".into()]),
+        base_sha: Some("0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".into()),
+        sig: String::new(),
+    };
+    signer.sign(&mut order);
+    println!("{}", signer.public_key_base64());
+    println!("{}", serde_json::to_string_pretty(&order).unwrap());
+    println!("{}", order_canonical(&order).replace('\n', "\\n"));
+}

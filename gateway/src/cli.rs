@@ -45,6 +45,9 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Pause a repo/env: webhooks are recorded but make no order.
     Pause(RepoEnvArgs),
+    /// Show, promote (next wave now) or abort (revert) the rollout of a repo/env.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Resume a paused repo/env.
     Resume(RepoEnvArgs),
     /// Show the bus live, one readable line per webhook decision, order and agent status
@@ -59,6 +62,17 @@ pub enum Command {
     /// Write a NATS `authorization` block with per-user permissions from [[clients]] and the
     /// gateway's [mqtt] login, for mode = "external".
     NatsConfig(EngineFilesArgs),
+}
+
+/// What to do with a rollout.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show the newest rollouts: wave, state, and why it ended as it did.
+    Status(RepoEnvArgs),
+    /// Publish the next wave now, without waiting out the hold.
+    Promote(RepoEnvArgs),
+    /// Revert the running rollout: a rollback to its base sha for every agent.
+    Abort(RepoEnvArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,19 +167,24 @@ pub struct RepoEnvArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     pub target: RepoEnvArgs,
-    /// Full 40-character commit sha.
+    /// Commit sha: all 40 characters, or any prefix `status`/`history` print that names
+    /// one sha only.
     #[arg(long)]
     pub sha: String,
     /// Git ref to record with the order.
     #[arg(long = "ref")]
     pub git_ref: Option<String>,
+    /// To every agent at once, without the repo/env's rollout waves.
+    #[arg(long)]
+    pub now: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     #[command(flatten)]
     pub target: RepoEnvArgs,
-    /// Sha to roll back to (default: the newest earlier order reported healthy).
+    /// Sha to roll back to, or a unique prefix of one (default: the newest earlier order
+    /// reported healthy).
     #[arg(long)]
     pub to: Option<String>,
 }

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
 
-use crate::cli::{ClientArgs, DeployArgs, HistoryArgs, ListArgs, RepoEnvArgs, RollbackArgs};
+use crate::cli::{
+    ClientArgs, DeployArgs, HistoryArgs, ListArgs, RepoEnvArgs, RollbackArgs, RolloutCommand,
+};
 
 /// Why an operator command failed, mapped to its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +180,44 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
             rows,
         )
     });
+    if !args.client.json {
+        let rollouts = call(
+            &args.client,
+            &format!("/api/v1/rollouts?{}&limit=100", query(args)),
+            None,
+        )?;
+        for line in rollout_lines(&rollouts) {
+            println!("{line}");
+        }
+    }
     Ok(())
+}
+
+/// One line per repo/env about its newest rollout: what, where it stands, and why.
+fn rollout_lines(v: &Value) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for r in v["rollouts"].as_array().into_iter().flatten() {
+        if !seen.insert((s(&r["repo"]), s(&r["env"]))) {
+            continue;
+        }
+        let waves = r["policy"]["waves"].as_array().map_or(0, Vec::len);
+        let why = r["reason"]
+            .as_str()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        out.push(format!(
+            "rollout {} of {}/{}: {} over {}, wave {}/{waves}, {}{why}",
+            s(&r["id"]),
+            s(&r["repo"]),
+            s(&r["env"]),
+            short(&r["sha"]),
+            short(&r["base_sha"]),
+            r["wave"].as_u64().unwrap_or(0) + 1,
+            s(&r["state"]),
+        ));
+    }
+    out
 }
 
 /// `history`: orders newest first.
@@ -204,6 +243,7 @@ pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
                             s(&o["ref"]),
                             s(&o["issued_at"]),
                             s(&o["issued_by"]),
+                            outcome(o),
                         ]
                     })
                     .collect()
@@ -219,6 +259,7 @@ pub fn history(args: &HistoryArgs) -> anyhow::Result<()> {
                 "REF",
                 "ISSUED_AT",
                 "ISSUED_BY",
+                "OUTCOME",
             ],
             rows,
         )
@@ -240,10 +281,70 @@ fn print_order(json: bool, value: &Value) {
     });
 }
 
+/// An order's outcome and why, on one line.
+fn outcome(o: &Value) -> String {
+    match o["reason"].as_str() {
+        Some(why) => format!("{}: {why}", s(&o["outcome"])),
+        None => s(&o["outcome"]),
+    }
+}
+
+/// The full sha a prefix names among the shas the gateway knows for a repo/env (its orders
+/// and its agents'), as `status` and `history` print them (12 characters).
+fn full_sha(t: &RepoEnvArgs, given: &str) -> anyhow::Result<String> {
+    let given = given.trim().to_ascii_lowercase();
+    if given.len() == 40 || given.is_empty() || !given.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(given);
+    }
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("repo", &t.repo.to_ascii_lowercase())
+        .append_pair("env", &t.env);
+    let q = q.finish();
+    let orders = call(
+        &t.client,
+        &format!("/api/v1/deployments?{q}&limit=1000"),
+        None,
+    )?;
+    let agents = call(&t.client, &format!("/api/v1/agents?{q}"), None)?;
+    let mut found: Vec<String> = Vec::new();
+    let known = orders["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|o| [&o["sha"], &o["base_sha"]])
+        .chain(
+            agents["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| [&a["sha"], &a["running_sha"], &a["previous_sha"]]),
+        );
+    for sha in known.filter_map(Value::as_str) {
+        if sha.starts_with(&given) && !found.iter().any(|f| f == sha) {
+            found.push(sha.to_owned());
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(anyhow!(
+            "no order or agent of {}/{} has a sha starting with {given}: give all 40 characters",
+            t.repo,
+            t.env
+        )),
+        _ => Err(anyhow!(
+            "{given} is the start of {} shas ({}): give more characters",
+            found.len(),
+            found.join(", ")
+        )),
+    }
+}
+
 /// `deploy`: a manual order.
 pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let body = json!({ "repo": t.repo, "env": t.env, "sha": args.sha, "ref": args.git_ref });
+    let sha = full_sha(t, &args.sha)?;
+    let body =
+        json!({ "repo": t.repo, "env": t.env, "sha": sha, "ref": args.git_ref, "now": args.now });
     let value = call(&t.client, "/api/v1/deploy", Some(body))?;
     print_order(t.client.json, &value);
     Ok(())
@@ -252,7 +353,8 @@ pub fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
 /// `rollback`: a rollback order.
 pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let body = json!({ "repo": t.repo, "env": t.env, "to": args.to });
+    let to = args.to.as_deref().map(|to| full_sha(t, to)).transpose()?;
+    let body = json!({ "repo": t.repo, "env": t.env, "to": to });
     let value = call(&t.client, "/api/v1/rollback", Some(body))?;
     print_order(t.client.json, &value);
     Ok(())
@@ -273,6 +375,61 @@ pub fn set_paused(args: &RepoEnvArgs, paused: bool) -> anyhow::Result<()> {
             s(&v["repo"]),
             s(&v["env"]),
             if paused { "paused" } else { "resumed" }
+        )
+    });
+    Ok(())
+}
+
+/// `rollout status|promote|abort`.
+pub fn rollout(cmd: &RolloutCommand) -> anyhow::Result<()> {
+    let (args, path) = match cmd {
+        RolloutCommand::Status(a) => (a, None),
+        RolloutCommand::Promote(a) => (a, Some("/api/v1/rollouts/promote")),
+        RolloutCommand::Abort(a) => (a, Some("/api/v1/rollouts/abort")),
+    };
+    let value = match path {
+        Some(path) => {
+            let body = json!({ "repo": args.repo, "env": args.env });
+            call(&args.client, path, Some(body))?
+        }
+        None => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("repo", &args.repo.to_ascii_lowercase())
+                .append_pair("env", &args.env)
+                .append_pair("limit", "10");
+            call(
+                &args.client,
+                &format!("/api/v1/rollouts?{}", q.finish()),
+                None,
+            )?
+        }
+    };
+    print(args.client.json, &value, |v| {
+        let list = match v.get("rollout") {
+            Some(one) => vec![one.clone()],
+            None => v["rollouts"].as_array().cloned().unwrap_or_default(),
+        };
+        let rows = list
+            .iter()
+            .map(|r| {
+                let waves = r["policy"]["waves"].as_array().map_or(0, Vec::len);
+                vec![
+                    s(&r["id"]),
+                    s(&r["kind"]),
+                    short(&r["sha"]),
+                    short(&r["base_sha"]),
+                    format!("{}/{waves}", r["wave"].as_u64().unwrap_or(0) + 1),
+                    s(&r["state"]),
+                    s(&r["started_at"]),
+                    s(&r["reason"]),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID", "KIND", "SHA", "BASE", "WAVE", "STATE", "STARTED", "WHY",
+            ],
+            rows,
         )
     });
     Ok(())

@@ -298,6 +298,10 @@ impl Fleet {
             repo: repo.to_owned(),
             env: env.to_owned(),
             desired,
+            rollout: self
+                .sequencer
+                .rollout_view(repo, env)
+                .map(|r| r.fleet_view()),
             agents,
             updated_at: time::now(),
         }
@@ -366,7 +370,9 @@ impl Fleet {
             .iter()
             .map(|(k, o)| (k.clone(), o.order.seq))
             .collect();
+        let rollouts = self.sequencer.take_changed_rollouts();
         let mut state = self.state.lock().expect("fleet lock poisoned");
+        state.dirty.extend(rollouts);
         for (key, seq) in newest {
             if state.published_desired.get(&key) != Some(&seq) {
                 state.published_desired.insert(key.clone(), seq);

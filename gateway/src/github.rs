@@ -308,6 +308,7 @@ mod tests {
                 repos: vec![RepoRoute {
                     name: "codertocat/hello-world".into(),
                     branches: [("master".to_owned(), "production".to_owned())].into(),
+                    rollout: Default::default(),
                 }],
             }
         }

@@ -78,6 +78,31 @@ const MIGRATIONS: &[&str] = &[
     // replayed after a restart either (the held status may be a last will, which carries
     // the time its connection began). NULL for statuses recorded before: their own time.
     "ALTER TABLE statuses ADD COLUMN newest_at TEXT;",
+    // 3: rollouts (waves, their health gate and the fleet-wide revert; see
+    // `crate::rollout::store`), and why a sha was marked bad.
+    "CREATE TABLE IF NOT EXISTS rollouts (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         repo TEXT NOT NULL,
+         env TEXT NOT NULL,
+         sha TEXT NOT NULL,
+         base_sha TEXT,
+         kind TEXT NOT NULL,
+         first_seq INTEGER NOT NULL,
+         wave_seq INTEGER NOT NULL,
+         wave INTEGER NOT NULL,
+         policy TEXT NOT NULL,
+         targets TEXT,
+         state TEXT NOT NULL,
+         reason TEXT,
+         wave_started_ms INTEGER NOT NULL,
+         hold_from_ms INTEGER,
+         left_out TEXT NOT NULL,
+         started_at TEXT NOT NULL,
+         updated_at TEXT NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS rollouts_repo_env ON rollouts (repo, env, id);
+     CREATE INDEX IF NOT EXISTS rollouts_state ON rollouts (state);
+     ALTER TABLE bad_shas ADD COLUMN reason TEXT;",
 ];
 
 /// An order as stored: the parsed order and the exact bytes that were published.
@@ -308,8 +333,12 @@ pub fn record_status(conn: &Connection, status: &AgentStatus, payload: &str) -> 
     ])?;
     if status.state == orcastrate_broker::AgentState::Healthy {
         if let (Some(seq), Some(sha)) = (status.seq, &status.sha) {
+            // Only at the order's own sha: an agent outside a rollout wave reports the
+            // wave's seq with the base sha it kept running.
             conn.prepare_cached(
-                "INSERT OR IGNORE INTO healthy (repo, env, seq, sha) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO healthy (repo, env, seq, sha)
+                 SELECT repo, env, seq, sha FROM orders
+                 WHERE repo = ?1 AND env = ?2 AND seq = ?3 AND sha = ?4",
             )?
             .execute(params![status.repo, status.env, to_i64(seq), sha])?;
         }

@@ -6,6 +6,7 @@
 //! - [`github`]: webhook signatures and what a payload asks for.
 //! - [`sequencer`]: the single writer that decides, numbers, commits and publishes orders.
 //! - [`ledger`]: the SQLite tables.
+//! - [`rollout`]: waves, their health gate and the fleet-wide revert.
 //! - [`bus`] and [`watch`]: publishing on, and listening to, the embedded broker or an
 //!   external MQTT engine.
 //! - [`acl`], [`engine_auth`] and [`engine_config`]: topic permissions, and the login/ACL
@@ -38,6 +39,7 @@ pub mod keys;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
+pub mod rollout;
 pub mod sequencer;
 pub mod serve;
 pub mod tls;

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => client::deploy(args),
         Command::Rollback(args) => client::rollback(args),
         Command::Pause(args) => client::set_paused(args, true),
+        Command::Rollout(cmd) => client::rollout(cmd),
         Command::Resume(args) => client::set_paused(args, false),
         Command::Watch(args) => orcastrate_gateway::view::run(args),
         Command::AgentConfig(args) => agent_config(args),

@@ -264,6 +264,8 @@ mod tests {
             issued_at: String::new(),
             issued_by: None,
             key_id: String::new(),
+            targets: None,
+            base_sha: None,
             sig: String::new(),
         }
     }

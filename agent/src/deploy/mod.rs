@@ -187,6 +187,18 @@ pub(crate) async fn deploy(
         Some(&ctx.layout.logs().join(format!("{name}.log"))),
     );
     let running_sha = ctx.running_sha();
+    let job = Job {
+        ctx: &ctx,
+        order: &order,
+        sink: &sink,
+        control: &control,
+        began,
+        previous_sha: previous_sha.clone(),
+    };
+    let newest_healthy = state::lock(&ctx.state).get().newest_healthy().cloned();
+    if let Some(healthy) = newest_healthy.filter(|h| job.already_serving(h)) {
+        return job.nothing_to_do(&healthy);
+    }
     ctx.status.update(|s| {
         s.state = AgentState::Deploying;
         s.step = Some(Step::Fetch);
@@ -212,14 +224,6 @@ pub(crate) async fn deploy(
             }
         ),
     );
-    let job = Job {
-        ctx: &ctx,
-        order: &order,
-        sink: &sink,
-        control: &control,
-        began,
-        previous_sha,
-    };
     job.run(&name).await
 }
 
@@ -309,6 +313,39 @@ impl Job<'_> {
         // Point of no return: from here the deploy finishes even if a newer order arrives.
         self.step(Step::Start);
         self.switch_and_start(&release).await
+    }
+
+    /// Whether the order asks for the sha that serves now from the newest healthy release,
+    /// so it needs no restart: a rollout wave or revert for an agent that never left that
+    /// sha, or that went back to it by itself (`failed` before the switch, `rolled_back`
+    /// after it; design: Rollouts). An operator's `manual` deploy always redeploys.
+    fn already_serving(&self, healthy: &HealthyRelease) -> bool {
+        self.order.kind != OrderKind::Manual
+            && healthy.sha == self.order.sha
+            && matches!(
+                self.ctx.status.get().state,
+                AgentState::Healthy | AgentState::Failed | AgentState::RolledBack
+            )
+            && self.ctx.running_sha().as_deref() == Some(self.order.sha.as_str())
+            && self.ctx.layout.current_release().as_deref() == Some(healthy.release.as_str())
+    }
+
+    /// Reports the order healthy without touching the release that serves it.
+    fn nothing_to_do(&self, healthy: &HealthyRelease) -> Outcome {
+        self.sink.note(
+            None,
+            &format!(
+                "{} already serves healthy from {}: nothing to do",
+                healthy.sha, healthy.release
+            ),
+        );
+        self.record(Record {
+            last: self.last(AgentState::Healthy, Some(&healthy.release), Some(0), None),
+            healthy: None,
+            running_sha: Some(self.order.sha.clone()),
+            keep_status_release: false,
+        });
+        Outcome::Healthy
     }
 
     /// Whether a push/merge order's sha is an ancestor of the newest healthy sha.

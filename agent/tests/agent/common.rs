@@ -118,6 +118,8 @@ impl Bus {
             issued_at: orcastrate_broker::time::now(),
             issued_by: None,
             key_id: String::new(),
+            targets: None,
+            base_sha: None,
             sig: String::new(),
         };
         self.signer.sign(&mut o);

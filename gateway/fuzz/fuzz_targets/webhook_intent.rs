@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         repos: vec![RepoRoute {
             name: "codertocat/hello-world".into(),
             branches: [("master".to_owned(), "production".to_owned())].into(),
+            rollout: Default::default(),
         }],
     };
     let event = EVENTS[usize::from(pick) % EVENTS.len()];

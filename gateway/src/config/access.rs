@@ -69,6 +69,7 @@ pub(super) fn build(
                     None => repos.push(RepoRoute {
                         name: repo,
                         branches: BTreeMap::from([(branch, env_name)]),
+                        rollout: BTreeMap::new(),
                     }),
                 }
             }
@@ -189,7 +190,17 @@ fn repo(r: RepoFile, where_: &str) -> Result<RepoRoute, ConfigError> {
             branches.insert(branch, env_name);
         }
     }
-    p.finish(Some(RepoRoute { name, branches }), where_)
+    let envs: Vec<&str> = branches.values().map(String::as_str).collect();
+    let rollout = crate::rollout::config::validate(&name, &envs, r.rollout, where_);
+    let rollout = p.check(rollout).unwrap_or_default();
+    p.finish(
+        Some(RepoRoute {
+            name,
+            branches,
+            rollout,
+        }),
+        where_,
+    )
 }
 
 /// One `ORCASTRATE_REPOS` entry, `owner/name@branch=env`.

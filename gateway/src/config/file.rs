@@ -94,6 +94,9 @@ pub struct RepoFile {
     pub name: String,
     #[serde(default)]
     pub branches: BTreeMap<String, String>,
+    /// `[repos.rollout.ENV]`: waves of that env (see `crate::rollout::config`).
+    #[serde(default)]
+    pub rollout: BTreeMap<String, crate::rollout::config::RolloutFile>,
 }
 
 /// Values from flags and the environment that override the file (`None`: not given).

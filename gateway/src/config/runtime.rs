@@ -56,6 +56,8 @@ impl Client {
 pub struct RepoRoute {
     pub name: String,
     pub branches: BTreeMap<String, String>,
+    /// The rollout policy of each env that has a `[repos.rollout.ENV]` table.
+    pub rollout: BTreeMap<String, crate::rollout::config::Policy>,
 }
 
 /// The parts of the configuration that reload on SIGHUP.

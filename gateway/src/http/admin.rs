@@ -22,6 +22,9 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/rollback", post(rollback))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
+        .route("/api/v1/rollouts", get(rollouts))
+        .route("/api/v1/rollouts/promote", post(promote))
+        .route("/api/v1/rollouts/abort", post(abort))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(ADMIN_MAX_BODY))
 }
@@ -103,6 +106,43 @@ async fn agents(
     Ok(Json(json!({ "agents": agents })))
 }
 
+async fn rollouts(
+    State(app): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, AppError> {
+    let (repo, env) = filter(q.repo, q.env)?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let rollouts = app.sequencer.rollouts(repo, env, limit).await?;
+    Ok(Json(json!({ "rollouts": rollouts })))
+}
+
+async fn steer(
+    app: AppState,
+    who: String,
+    body: RepoEnvBody,
+    abort: bool,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let (repo, env) = repo_env(&body.repo, &body.env)?;
+    let rollout = app.sequencer.steer_rollout(repo, env, abort, who).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "rollout": rollout }))))
+}
+
+async fn promote(
+    State(app): State<AppState>,
+    Extension(Operator(who)): Extension<Operator>,
+    AppJson(body): AppJson<RepoEnvBody>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    steer(app, who, body, false).await
+}
+
+async fn abort(
+    State(app): State<AppState>,
+    Extension(Operator(who)): Extension<Operator>,
+    AppJson(body): AppJson<RepoEnvBody>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    steer(app, who, body, true).await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeployBody {
@@ -111,6 +151,9 @@ struct DeployBody {
     sha: String,
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    /// To every agent at once, without waves.
+    #[serde(default)]
+    now: bool,
 }
 
 #[derive(Deserialize)]
@@ -151,10 +194,15 @@ async fn deploy(
     if let Some(r) = &body.git_ref {
         names::single_line("ref", r).map_err(AppError::bad_request)?;
     }
-    let order = app
-        .sequencer
-        .deploy(repo, env, sha, body.git_ref, who)
-        .await?;
+    let order = if body.now {
+        app.sequencer
+            .deploy_now(repo, env, sha, body.git_ref, who)
+            .await?
+    } else {
+        app.sequencer
+            .deploy(repo, env, sha, body.git_ref, who)
+            .await?
+    };
     Ok((StatusCode::ACCEPTED, order_json(&order)))
 }
 

@@ -93,7 +93,9 @@ impl From<DeskError> for AppError {
     fn from(e: DeskError) -> Self {
         match e {
             DeskError::UnknownRepoEnv { .. } => Self::new(ErrorKind::NotFound, e.to_string()),
-            DeskError::NoRollbackTarget { .. } => Self::new(ErrorKind::Conflict, e.to_string()),
+            DeskError::NoRollbackTarget { .. } | DeskError::NoRollout { .. } => {
+                Self::new(ErrorKind::Conflict, e.to_string())
+            }
             DeskError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Self::new(

@@ -34,12 +34,15 @@ pub(super) struct Publish {
 pub(super) struct Staged {
     pub publish: Vec<Publish>,
     pub new_orders: Vec<StoredOrder>,
+    /// Rollouts started or changed, for the fleet summaries.
+    pub rollouts: Vec<crate::rollout::Rollout>,
 }
 
 impl Staged {
     pub(super) fn extend(&mut self, other: Staged) {
         self.publish.extend(other.publish);
         self.new_orders.extend(other.new_orders);
+        self.rollouts.extend(other.rollouts);
     }
 }
 

@@ -16,23 +16,26 @@ mod command;
 mod history;
 mod order;
 mod pause;
+mod rollout;
 mod status;
 mod webhook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use orcastrate_broker::{AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::bus::Bus;
 use crate::config::Access;
 use crate::ledger::{self, StoredOrder};
 use crate::metrics::Metrics;
+use crate::rollout::{store, Rollout};
 use command::{Command, Ctx, Job, Pending, Staged};
 
+pub use history::OrderEntry;
 pub use webhook::{Webhook, WebhookOutcome};
 
 /// Commands taken into one transaction at most; bounds the latency of the first one.
@@ -44,6 +47,24 @@ const QUEUE: usize = 4096;
 /// Newest order of each repo/env, as published (shared with the desired-topic guard and fleet).
 pub type NewestOrders = Arc<RwLock<HashMap<(String, String), StoredOrder>>>;
 
+/// Newest rollout of each repo/env, for the fleet summaries, and which of them changed since
+/// the fleet last asked.
+type Rollouts = Arc<RwLock<RolloutViews>>;
+
+#[derive(Default)]
+struct RolloutViews {
+    newest: HashMap<(String, String), Rollout>,
+    changed: std::collections::HashSet<(String, String)>,
+}
+
+/// How often running rollouts are looked at without a new status: their hold and wave
+/// timers count in seconds.
+const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+
+/// Least time between two looks at running rollouts: a burst of thousands of statuses costs
+/// a few looks (each reads the repo/env's statuses), not one per status.
+const ROLLOUT_TICK_GAP: Duration = Duration::from_millis(20);
+
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeskError {
@@ -51,6 +72,12 @@ pub enum DeskError {
     UnknownRepoEnv { repo: String, env: String },
     #[error("no rollback target for {repo}/{env}: {why}")]
     NoRollbackTarget {
+        repo: String,
+        env: String,
+        why: String,
+    },
+    #[error("{repo}/{env}: {why}")]
+    NoRollout {
         repo: String,
         env: String,
         why: String,
@@ -68,6 +95,9 @@ type Queued = Box<dyn Job>;
 #[derive(Clone)]
 pub struct Sequencer {
     tx: mpsc::Sender<Queued>,
+    /// Woken by each recorded status: the rollout ticker then looks at running rollouts.
+    statuses: Arc<Notify>,
+    rollouts: Rollouts,
 }
 
 impl Sequencer {
@@ -102,6 +132,7 @@ impl Sequencer {
             git_ref,
             kind: OrderKind::Manual,
             issued_by,
+            now: false,
         })
         .await
     }
@@ -121,6 +152,7 @@ impl Sequencer {
             git_ref: None,
             kind: OrderKind::Rollback,
             issued_by,
+            now: true,
         })
         .await
     }
@@ -136,6 +168,72 @@ impl Sequencer {
         if self.tx.try_send(job).is_err() {
             tracing::warn!("sequencer queue full: a status was not recorded in the ledger");
         }
+        self.statuses.notify_one();
+    }
+
+    /// A new `manual` order for every agent at once (`deploy --now`).
+    pub async fn deploy_now(
+        &self,
+        repo: String,
+        env: String,
+        sha: String,
+        git_ref: Option<String>,
+        issued_by: String,
+    ) -> Result<DeployOrder, DeskError> {
+        self.ask(order::Order {
+            repo,
+            env,
+            sha: Some(sha),
+            git_ref,
+            kind: OrderKind::Manual,
+            issued_by,
+            now: true,
+        })
+        .await
+    }
+
+    /// Rollouts newest first.
+    pub async fn rollouts(
+        &self,
+        repo: Option<String>,
+        env: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Rollout>, DeskError> {
+        self.ask(rollout::List { repo, env, limit }).await
+    }
+
+    /// Promotes (the next wave now) or aborts (reverts) the running rollout of a repo/env.
+    pub async fn steer_rollout(
+        &self,
+        repo: String,
+        env: String,
+        abort: bool,
+        by: String,
+    ) -> Result<Rollout, DeskError> {
+        self.ask(rollout::Steer {
+            repo,
+            env,
+            abort,
+            by,
+        })
+        .await
+    }
+
+    /// The newest rollout of a repo/env, as the last batch left it.
+    pub fn rollout_view(&self, repo: &str, env: &str) -> Option<Rollout> {
+        self.rollouts
+            .read()
+            .expect("rollouts lock poisoned")
+            .newest
+            .get(&(repo.to_owned(), env.to_owned()))
+            .cloned()
+    }
+
+    /// The repo/envs whose rollout changed since the last call (their fleet summaries are
+    /// due again).
+    pub fn take_changed_rollouts(&self) -> Vec<(String, String)> {
+        let mut views = self.rollouts.write().expect("rollouts lock poisoned");
+        views.changed.drain().collect()
     }
 
     /// Orders newest first.
@@ -144,7 +242,7 @@ impl Sequencer {
         repo: Option<String>,
         env: Option<String>,
         limit: u32,
-    ) -> Result<Vec<DeployOrder>, DeskError> {
+    ) -> Result<Vec<history::OrderEntry>, DeskError> {
         self.ask(history::History { repo, env, limit }).await
     }
 
@@ -171,6 +269,7 @@ pub struct SequencerTask {
     topics: Topics,
     access: Arc<RwLock<Access>>,
     newest: NewestOrders,
+    rollouts: Rollouts,
     metrics: Arc<Metrics>,
 }
 
@@ -195,6 +294,13 @@ impl SequencerTask {
             .map(|o| ((o.order.repo.clone(), o.order.env.clone()), o))
             .collect();
         let newest = Arc::new(RwLock::new(newest));
+        let rollouts = RolloutViews {
+            newest: store::all_latest(&conn)?
+                .into_iter()
+                .map(|r| ((r.repo.clone(), r.env.clone()), r))
+                .collect(),
+            changed: std::collections::HashSet::new(),
+        };
         let topics = bus.topics().clone();
         Ok((
             Self {
@@ -204,17 +310,30 @@ impl SequencerTask {
                 topics,
                 access,
                 newest: newest.clone(),
+                rollouts: Arc::new(RwLock::new(rollouts)),
                 metrics,
             },
             newest,
         ))
     }
 
-    /// Starts the task; it ends when every [`Sequencer`] handle is dropped and the queue is drained.
+    /// Starts the task; it ends when every [`Sequencer`] handle is dropped and the queue is
+    /// drained. A ticker beside it moves running rollouts on after each recorded status and
+    /// every [`ROLLOUT_TICK`]; it holds no handle, so it ends with the sequencer.
     pub fn spawn(self) -> (Sequencer, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let statuses = Arc::new(Notify::new());
+        tokio::spawn(tick_rollouts(tx.downgrade(), statuses.clone()));
+        let rollouts = self.rollouts.clone();
         let handle = tokio::spawn(self.run(rx));
-        (Sequencer { tx }, handle)
+        (
+            Sequencer {
+                tx,
+                statuses,
+                rollouts,
+            },
+            handle,
+        )
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
@@ -252,6 +371,14 @@ impl SequencerTask {
                 .ledger_commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.conn = Some(conn);
+            if !result.staged.rollouts.is_empty() {
+                let mut views = self.rollouts.write().expect("rollouts lock poisoned");
+                for r in result.staged.rollouts {
+                    let key = (r.repo.clone(), r.env.clone());
+                    views.changed.insert(key.clone());
+                    views.newest.insert(key, r);
+                }
+            }
             if !result.staged.new_orders.is_empty() {
                 let mut newest = self.newest.write().expect("newest-orders lock poisoned");
                 for o in result.staged.new_orders {
@@ -279,6 +406,28 @@ impl SequencerTask {
                 job.answer();
             }
         }
+    }
+}
+
+/// Asks the sequencer to look at running rollouts after each burst of statuses, and once a
+/// [`ROLLOUT_TICK`] for their timers, until the sequencer is gone.
+async fn tick_rollouts(tx: mpsc::WeakSender<Queued>, statuses: Arc<Notify>) {
+    loop {
+        let _ = tokio::time::timeout(ROLLOUT_TICK, statuses.notified()).await;
+        let Some(tx) = tx.upgrade() else { return };
+        let (reply, rx) = oneshot::channel();
+        if tx
+            .send(Box::new(Pending::new(rollout::Tick, Some(reply))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        drop(tx);
+        if let Ok(Err(e)) = rx.await {
+            tracing::warn!(error = %e, "rollouts not moved on; trying again");
+        }
+        tokio::time::sleep(ROLLOUT_TICK_GAP).await;
     }
 }
 

@@ -1,11 +1,14 @@
 //! `Order`: a `manual` or `rollback` order from the admin API, and the numbering, signing and
 //! storing every new order goes through.
 
+use orcastrate_broker::message::sha12;
 use orcastrate_broker::{names, time, DeployOrder, OrderKind};
 
 use super::command::{internal, Command, Ctx, Publish, Staged};
+use super::rollout::{self, policy_of};
 use super::DeskError;
 use crate::ledger::{self, StoredOrder};
+use crate::rollout::RolloutState;
 
 /// A new order asked for through the admin API.
 pub(super) struct Order {
@@ -16,6 +19,9 @@ pub(super) struct Order {
     pub git_ref: Option<String>,
     pub kind: OrderKind,
     pub issued_by: String,
+    /// To every agent at once, even where a rollout table would make waves (`deploy --now`;
+    /// always so for a rollback).
+    pub now: bool,
 }
 
 impl Command for Order {
@@ -48,6 +54,9 @@ pub(super) struct OrderFields<'a> {
     pub kind: OrderKind,
     pub delivery: Option<&'a str>,
     pub issued_by: Option<&'a str>,
+    /// A rollout wave's agents (`None`: every agent) and what the others run.
+    pub targets: Option<Vec<String>>,
+    pub base_sha: Option<String>,
 }
 
 /// Numbers, signs and stores a new order, and stages its retained publish.
@@ -74,6 +83,8 @@ pub(super) fn new_order(
         issued_at: time::now(),
         issued_by: f.issued_by.map(str::to_owned),
         key_id: String::new(),
+        targets: f.targets,
+        base_sha: f.base_sha,
         sig: String::new(),
     };
     cx.signer.sign(&mut order);
@@ -100,6 +111,7 @@ fn admin_order(cx: &Ctx<'_>, cmd: Order, out: &mut Staged) -> Result<DeployOrder
         git_ref,
         kind,
         issued_by,
+        now,
     } = cmd;
     if !known(cx, &repo, &env)? {
         return Err(DeskError::UnknownRepoEnv { repo, env });
@@ -134,18 +146,21 @@ fn admin_order(cx: &Ctx<'_>, cmd: Order, out: &mut Staged) -> Result<DeployOrder
         (_, None) => return Err(internal("an order needs a sha")),
     };
     debug_assert!(names::sha(&sha).is_ok(), "validated at the HTTP edge");
-    new_order(
-        cx,
-        newest.as_ref(),
-        OrderFields {
-            repo: &repo,
-            env: &env,
-            sha: &sha,
-            git_ref: git_ref.as_deref(),
-            kind,
-            delivery: None,
-            issued_by: Some(&issued_by),
-        },
-        out,
-    )
+    let fields = OrderFields {
+        repo: &repo,
+        env: &env,
+        sha: &sha,
+        git_ref: git_ref.as_deref(),
+        kind,
+        delivery: None,
+        issued_by: Some(&issued_by),
+        targets: None,
+        base_sha: None,
+    };
+    if let Some(policy) = policy_of(cx, &repo, &env).filter(|_| !now) {
+        return rollout::start(cx, newest.as_ref(), fields, policy, out);
+    }
+    let reason = format!("{} of {} by {issued_by}", kind.as_str(), sha12(&sha));
+    rollout::end_running(cx, (&repo, &env), RolloutState::Superseded, reason, out)?;
+    new_order(cx, newest.as_ref(), fields, out)
 }

@@ -3,10 +3,13 @@
 use orcastrate_broker::{message::sha12, time, DeployOrder, Event, EventOutcome};
 
 use super::command::{internal, Command, Ctx, Publish, Staged};
-use super::order::{new_order, OrderFields};
+use super::order::OrderFields;
+use super::rollout::{self, policy_of};
 use super::DeskError;
 use crate::github::Intent;
 use crate::ledger::{self, DeliveryRecord};
+use crate::rollout::config::Policy;
+use crate::rollout::store;
 
 /// What the gateway decided about a webhook.
 #[derive(Debug, Clone)]
@@ -58,14 +61,55 @@ fn refusal(
         return Ok(Some(format!("{repo}/{env} is paused: resume it to deploy")));
     }
     if ledger::is_bad(cx.conn, repo, env, sha).map_err(internal)? {
-        return Ok(Some(format!(
-            "sha {} is marked bad: it was rolled back from",
-            sha12(sha)
-        )));
+        let why = store::bad_reason(cx.conn, repo, env, sha)
+            .map_err(internal)?
+            .map(|r| format!("it was reverted ({r})"))
+            .unwrap_or_else(|| "it was rolled back from".to_owned());
+        return Ok(Some(format!("sha {} is marked bad: {why}", sha12(sha))));
     }
     Ok(newest
         .filter(|n| n.order.sha == *sha)
         .map(|_| format!("sha {} is already the newest order", sha12(sha))))
+}
+
+/// A push or merge to a mapped branch: ignored (and why), or the first wave of a rollout.
+fn deploy(
+    cx: &Ctx<'_>,
+    w: &Webhook,
+    out: &mut Staged,
+) -> Result<(WebhookOutcome, Option<DeployOrder>), DeskError> {
+    let Intent::Deploy {
+        repo,
+        env,
+        sha,
+        git_ref,
+        kind,
+        issued_by,
+    } = &w.intent
+    else {
+        return Err(internal("not a deploy intent"));
+    };
+    let newest = ledger::newest_order(cx.conn, repo, env).map_err(internal)?;
+    if let Some(reason) = refusal(cx, (repo, env, sha), newest.as_ref())? {
+        return Ok((WebhookOutcome::Ignored(reason), None));
+    }
+    let policy = policy_of(cx, repo, env).unwrap_or_else(Policy::all_at_once);
+    let fields = OrderFields {
+        repo,
+        env,
+        sha,
+        git_ref: Some(git_ref.as_str()),
+        kind: *kind,
+        delivery: Some(&w.delivery),
+        issued_by: issued_by.as_deref(),
+        targets: None,
+        base_sha: None,
+    };
+    let stored = rollout::start(cx, newest.as_ref(), fields, policy, out)?;
+    Ok((
+        WebhookOutcome::Accepted(Box::new(stored.clone())),
+        Some(stored),
+    ))
 }
 
 /// Decides a webhook, records its delivery and stages its event (and its order, if any).
@@ -118,40 +162,7 @@ fn decide_webhook(cx: &Ctx<'_>, w: Webhook, out: &mut Staged) -> Result<WebhookO
     let (outcome, order) = match &w.intent {
         Intent::Ping { .. } => (WebhookOutcome::Ping, None),
         Intent::Ignore { reason, .. } => (WebhookOutcome::Ignored(reason.clone()), None),
-        Intent::Deploy {
-            repo,
-            env,
-            sha,
-            git_ref,
-            kind,
-            issued_by,
-        } => {
-            let newest = ledger::newest_order(cx.conn, repo, env).map_err(internal)?;
-            let reason = refusal(cx, (repo, env, sha), newest.as_ref())?;
-            match reason {
-                Some(reason) => (WebhookOutcome::Ignored(reason), None),
-                None => {
-                    let stored = new_order(
-                        cx,
-                        newest.as_ref(),
-                        OrderFields {
-                            repo,
-                            env,
-                            sha,
-                            git_ref: Some(git_ref.as_str()),
-                            kind: *kind,
-                            delivery: Some(&w.delivery),
-                            issued_by: issued_by.as_deref(),
-                        },
-                        out,
-                    )?;
-                    (
-                        WebhookOutcome::Accepted(Box::new(stored.clone())),
-                        Some(stored),
-                    )
-                }
-            }
-        }
+        Intent::Deploy { .. } => deploy(cx, &w, out)?,
     };
     let reason = match &outcome {
         WebhookOutcome::Ping => Some("ping".to_owned()),

@@ -12,4 +12,5 @@ mod migration;
 mod mqtt;
 mod operator_views;
 mod process;
+mod rollout_cli;
 mod webhooks;

@@ -154,7 +154,7 @@ fn rollback_returns_to_the_warm_first_release_without_fetching() {
 }
 
 #[test]
-fn a_broken_push_is_rolled_back_by_the_agent_and_the_operator_rollback_marks_it_bad() {
+fn a_broken_push_is_rolled_back_by_the_agent_and_reverted_for_the_fleet_which_marks_it_bad() {
     let mut w = World::new();
     // The broken release fails its health check until this runs out.
     w.health_timeout_s = 6;
@@ -176,15 +176,21 @@ fn a_broken_push_is_rolled_back_by_the_agent_and_the_operator_rollback_marks_it_
     assert_eq!(status["running_sha"], sha1.as_str(), "{status}");
     w.wait_app("v1");
 
-    // The operator's rollback: seq2 was never healthy, so the target is the first sha.
+    // The gateway reverts the fleet by itself (issue 13): a rollback order to the first
+    // sha, which is what the operator had to ask for before.
+    let revert = eventually(WAIT, "the fleet-wide revert", || {
+        w.gateway.desired().filter(|d| d.seq > seq2)
+    });
+    assert_eq!(revert.sha, sha1);
+    assert_eq!(revert.issued_by.as_deref(), Some("rollout"));
+    let seq3 = revert.seq;
+    w.wait_healthy(seq3, &sha1);
+    w.wait_app("v1");
+    // Nothing is left for an operator's rollback to go back to.
     let (code, answer) = w
         .gateway
         .admin_post("/api/v1/rollback", json!({ "repo": REPO, "env": ENV }));
-    assert_eq!(code, 202, "{answer}");
-    assert_eq!(answer["order"]["sha"], sha1.as_str(), "{answer}");
-    let seq3 = answer["order"]["seq"].as_u64().unwrap();
-    w.wait_healthy(seq3, &sha1);
-    w.wait_app("v1");
+    assert_eq!(code, 409, "{answer}");
 
     // The broken sha is marked bad: GitHub redelivering its push (a new delivery) deploys
     // nothing.

@@ -256,9 +256,27 @@ fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_ser
     // The old release never stopped.
     assert_eq!(app_identity(w.app_port), Some(("v1".to_owned(), pid)));
     assert_eq!(w.current_release(), format!("{seq1}-{}", &sha1[..12]));
-    assert_eq!(w.retained_status().error.as_deref(), Some(error));
+    // The failure reverts the fleet to v1 (issue 13), which the agent already serves: it
+    // is not restarted, and the history says why seq2 was reverted.
+    let revert = eventually(WAIT, "the fleet-wide revert", || {
+        w.gateway.desired().filter(|d| d.seq > seq2)
+    });
+    assert_eq!(revert.sha, sha1);
+    w.wait_healthy(revert.seq, &sha1);
+    assert_eq!(app_identity(w.app_port), Some(("v1".to_owned(), pid)));
+    let history = w.gateway.deployments();
+    let entry = history.iter().find(|o| o["seq"] == seq2).unwrap();
+    assert_eq!(entry["outcome"], "reverted", "{entry}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 attempts failed"),
+        "{entry}"
+    );
 
-    // The remote is back: the operator deploys the commit again, and it runs.
+    // The remote is back: the operator deploys the commit again (a manual deploy may name
+    // a sha marked bad), and it runs.
     outage.restore();
     let (code, answer) = w.gateway.admin_post(
         "/api/v1/deploy",
@@ -269,7 +287,15 @@ fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_ser
     w.wait_healthy(seq3, &sha2);
     w.wait_app("v2");
     let got: Vec<(u64, String)> = ledger(&w).into_iter().map(|(s, h, _)| (s, h)).collect();
-    assert_eq!(got, [(seq3, sha2.clone()), (seq2, sha2), (seq1, sha1)]);
+    assert_eq!(
+        got,
+        [
+            (seq3, sha2.clone()),
+            (revert.seq, sha1.clone()),
+            (seq2, sha2),
+            (seq1, sha1)
+        ]
+    );
 }
 
 #[test]

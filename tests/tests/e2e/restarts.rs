@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::harness::*;
 
 /// The gateway binary on fixed ports, logging to a file.
-struct GatewayProcess {
+pub(super) struct GatewayProcess {
     child: Child,
     api: Api,
 }
@@ -20,7 +20,7 @@ struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `orcastrate-gateway serve --config config` on `http_port` and `mqtt_port`,
     /// appending its stderr to `log`; returns once `/healthz` answers 200.
-    fn start(config: &Path, http_port: u16, mqtt_port: u16, log: &Path) -> Self {
+    pub(super) fn start(config: &Path, http_port: u16, mqtt_port: u16, log: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,7 +57,7 @@ impl GatewayProcess {
     }
 
     /// SIGTERM, and the exit status once it has stopped.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(super) fn terminate(mut self) -> std::process::ExitStatus {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -70,7 +70,7 @@ impl GatewayProcess {
     }
 
     /// SIGKILL: no graceful anything.
-    fn kill9(mut self) {
+    pub(super) fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -109,7 +109,7 @@ fn gateway_command(config: &Path, command: &str) -> Command {
 }
 
 /// The gateway's public key, from `orcastrate-gateway public-key` as an operator gets it.
-fn public_key(config: &Path) -> String {
+pub(super) fn public_key(config: &Path) -> String {
     let out = gateway_command(config, "public-key").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
