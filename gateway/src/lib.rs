@@ -14,6 +14,7 @@
 //!   refusals logged once per burst.
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
+//! - [`websocket`]: MQTT over WebSocket at `GET /mqtt`, into the embedded broker.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line.
 
 pub mod acl;
@@ -37,5 +38,6 @@ pub mod sequencer;
 pub mod serve;
 pub mod tls;
 pub mod watch;
+pub mod websocket;
 
 pub use serve::Gateway;

@@ -107,7 +107,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
         let bus_stop = CancellationToken::new();
-        let (bus, inbound, mqtt_addr, health) = match &settings.mqtt {
+        let (bus, inbound, mqtt_addr, health, door) = match &settings.mqtt {
             MqttMode::Embedded {
                 listen,
                 tls,
@@ -128,13 +128,16 @@ impl Gateway {
                     Arc::new(policy),
                 )?;
                 let mqtt_addr = health::local_addr(broker.local_addr);
+                let door = settings
+                    .mqtt_websocket
+                    .then(|| (broker.door.clone(), quotas.max_packet_bytes()));
                 let (bus, inbound) = Bus::embedded(broker, topics, bus_stop.clone())?;
                 let health = ProbeTarget::Listener {
                     mqtt_addr,
                     token: probe_token.clone(),
                     tls: tls.is_some(),
                 };
-                (bus, inbound, Some(mqtt_addr), health)
+                (bus, inbound, Some(mqtt_addr), health, door)
             }
             MqttMode::External(engine) => {
                 let (bus, inbound) =
@@ -145,7 +148,7 @@ impl Gateway {
                     bus: bus.clone(),
                     url: engine.url.clone(),
                 };
-                (bus, inbound, None, health)
+                (bus, inbound, None, health, None)
             }
         };
         let health = HealthProbe::new(health, metrics.health_checks.clone());
@@ -211,7 +214,10 @@ impl Gateway {
             ),
             ..settings.http_limits.clone()
         };
-        let router = http::router(state);
+        let mut router = http::router(state);
+        if let Some((door, max_packet)) = door {
+            router = router.merge(crate::websocket::router(door, max_packet));
+        }
         let hooks_addr = hooks.as_ref().map(TcpListener::local_addr).transpose()?;
         let hooks_server = match (hooks, &settings.mqtt) {
             (Some(hooks), MqttMode::External(engine)) => {

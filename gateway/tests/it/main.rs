@@ -10,3 +10,4 @@ mod limits;
 mod mqtt;
 mod process;
 mod webhooks;
+mod websocket;
