@@ -235,11 +235,16 @@ fn new_session() -> String {
 
 fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>) -> MqttOptions {
     // URLs were validated with the same parser at start-up.
-    let mut options = orcastrate_broker::mqtt::client_options(
+    let trust = match &settings.ca_file {
+        Some(path) => orcastrate_broker::mqtt::Trust::CaFile(path.clone()),
+        None => orcastrate_broker::mqtt::Trust::System,
+    };
+    let mut options = orcastrate_broker::mqtt::client_options_with(
         url,
         &settings.name,
         &settings.name,
         &settings.token,
+        &trust,
     )
     .unwrap_or_else(|_| MqttOptions::new(settings.name.clone(), "127.0.0.1", 1883));
     let will = last

@@ -116,6 +116,9 @@ pub struct GitSettings {
 pub struct Settings {
     pub name: String,
     pub servers: Vec<String>,
+    /// The certificates `mqtts://` and `wss://` servers are checked against (`ca_file`);
+    /// `None`: the system's roots (and `SSL_CERT_FILE`).
+    pub ca_file: Option<PathBuf>,
     pub token: String,
     pub repo: String,
     pub env: String,
@@ -205,6 +208,7 @@ impl Settings {
         let mut p = Problems::default();
         let name = p.check(identity::name(&src, cli, file));
         let servers = p.check(identity::servers(&src, cli, file));
+        let ca_file = p.check(identity::ca_file(file_origin, file, file_dir));
         let token = p.check(identity::token(&src, cli, file, file_dir));
         let repo = p.check(identity::repo(&src, cli, file));
         let env_name = p.check(identity::env(&src, cli, file));
@@ -240,6 +244,7 @@ impl Settings {
             Some((shared_files, shared_dirs)),
             Some(health),
             Some(git),
+            Some(ca_file),
         ) = (
             name,
             servers,
@@ -258,6 +263,7 @@ impl Settings {
             shared,
             health,
             git,
+            ca_file,
         )
         else {
             // A git_url is missing without a valid repo: that goes with the repo's problem.
@@ -266,6 +272,7 @@ impl Settings {
         Ok(Self {
             name,
             servers,
+            ca_file,
             token,
             repo,
             env: env_name,
