@@ -134,3 +134,50 @@ fn the_websocket_upgrade_needs_the_mqtt_subprotocol_and_can_be_turned_off() {
     // The MQTT port is unchanged.
     drop(gw.mqtt("ops", "token-ops"));
 }
+
+#[test]
+fn websocket_logins_are_throttled_per_address_like_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    // 50 wrong logins at once over WebSocket, from 127.0.0.1 (the HTTP peer's address).
+    let addr = http_addr(&gw);
+    let tries: Vec<_> = (0..50)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                Mqtt::connect_with(Mqtt::ws_options(&addr, "", "web-1", "wrong-token"))
+                    .err()
+                    .unwrap_or_default()
+            })
+        })
+        .collect();
+    let errors: Vec<String> = tries.into_iter().map(|t| t.join().unwrap()).collect();
+    let checked = errors
+        .iter()
+        .filter(|e| e.contains("NotAuthorized"))
+        .count();
+    let throttled = errors
+        .iter()
+        .filter(|e| e.contains("ServiceUnavailable"))
+        .count();
+    // The broker saw the real peer: the burst allowance, then refusals unchecked. Had the
+    // WebSocket logins no address, all 50 would have been checked.
+    assert!(checked <= 20, "{checked} of 50 wrong logins were checked");
+    assert_eq!(
+        checked + throttled,
+        50,
+        "every login got an answer: {errors:?}"
+    );
+    // Another address is not held back: the right token from 127.0.0.2 over TCP.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
+        .args(["-A", "127.0.0.2", "-u", "ops", "-P", "token-ops"])
+        .args(["-t", "x/y", "-W", "1"])
+        .output()
+        .expect("mosquitto_sub is installed");
+    let said = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        !said.contains("unavailable") && !said.contains("authori"),
+        "{said}"
+    );
+}
