@@ -216,7 +216,7 @@ impl Gateway {
         };
         let mut router = http::router(state);
         if let Some((door, max_packet)) = door {
-            router = router.merge(crate::websocket::router(door, max_packet));
+            router = router.merge(crate::websocket::router(door, max_packet, cancel.clone()));
         }
         let hooks_addr = hooks.as_ref().map(TcpListener::local_addr).transpose()?;
         let hooks_server = match (hooks, &settings.mqtt) {

@@ -19,6 +19,7 @@ use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use orcastrate_broker::embedded::MqttDoor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// Where MQTT over WebSocket is served (the path MQTT clients use by convention).
 pub const PATH: &str = "/mqtt";
@@ -37,14 +38,18 @@ struct Door {
     /// Largest WebSocket message and frame accepted: the broker's largest packet plus its
     /// header, so a client cannot make the gateway buffer more than the broker would.
     max_message: usize,
+    /// The gateway's shutdown: every bridged connection closes (agents then reconnect to
+    /// their next server), as the HTTP listener's connections do.
+    shutdown: CancellationToken,
 }
 
-/// The `/mqtt` route, handing each upgraded connection to `door`; `max_packet` is the
-/// broker's largest MQTT packet.
-pub fn router(door: MqttDoor, max_packet: usize) -> Router {
+/// The `/mqtt` route, handing each upgraded connection to `door` until `shutdown`;
+/// `max_packet` is the broker's largest MQTT packet.
+pub fn router(door: MqttDoor, max_packet: usize, shutdown: CancellationToken) -> Router {
     Router::new().route(PATH, get(upgrade)).with_state(Door {
         door,
         max_message: max_packet + 16,
+        shutdown,
     })
 }
 
@@ -61,9 +66,18 @@ async fn upgrade(
         )
             .into_response();
     }
+    // tungstenite's 128 KiB default read buffer is allocated per connection: MQTT packets
+    // here are small, and thousands of agents stay connected.
     ws.max_message_size(door.max_message)
         .max_frame_size(door.max_message)
-        .on_upgrade(move |socket| bridge(socket, door.door, peer))
+        .read_buffer_size(PIPE_BYTES)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| async move {
+            tokio::select! {
+                () = bridge(socket, door.door, peer) => {}
+                () = door.shutdown.cancelled() => {}
+            }
+        })
 }
 
 /// Copies MQTT bytes between `socket` and the broker until either side closes.
