@@ -524,6 +524,18 @@ fn log_failure(server: &str, e: &ConnectionError, was_connected: bool) {
         _ if matches!(e, ConnectionError::NetworkTimeout) => {
             tracing::warn!(%server, "connecting timed out; retrying")
         }
+        _ if matches!(e, ConnectionError::Tls(_)) => {
+            tracing::error!(%server, error = %e, "TLS failed: check the server's certificate and name (ca_file or SSL_CERT_FILE)")
+        }
+        // ws:// and wss://: certificates, HTTP answers (404: not /mqtt; 502: the proxy) and
+        // the subprotocol all show up here, before any MQTT.
+        _ if matches!(
+            e,
+            ConnectionError::Websocket(_) | ConnectionError::ResponseValidation(_)
+        ) =>
+        {
+            tracing::error!(%server, error = %e, "the WebSocket connection failed: check the URL (wss://host/mqtt), the certificate (ca_file), and that a proxy passes upgrades")
+        }
         _ if matches!(e, ConnectionError::ConnectionRefused(_)) => {
             tracing::error!(%server, error = %e, "login refused: check name and token")
         }
