@@ -240,11 +240,16 @@ fn new_session() -> String {
 
 fn options_for(settings: &Settings, url: &str, session: &str, last: Option<&Bus>) -> MqttOptions {
     // URLs were validated with the same parser at start-up.
-    let mut options = orcastrate_broker::mqtt::client_options(
+    let trust = match &settings.ca_file {
+        Some(path) => orcastrate_broker::mqtt::Trust::CaFile(path.clone()),
+        None => orcastrate_broker::mqtt::Trust::System,
+    };
+    let mut options = orcastrate_broker::mqtt::client_options_with(
         url,
         &settings.name,
         &settings.name,
         &settings.token,
+        &trust,
     )
     .unwrap_or_else(|_| MqttOptions::new(settings.name.clone(), "127.0.0.1", 1883));
     let will = last
@@ -451,6 +456,18 @@ fn log_failure(server: &str, agent: &str, e: &ConnectionError, was_connected: bo
         }
         _ if matches!(e, ConnectionError::NetworkTimeout) => {
             tracing::warn!(%server, "connecting timed out; retrying")
+        }
+        _ if matches!(e, ConnectionError::Tls(_)) => {
+            tracing::error!(%server, error = %e, "TLS failed: check the server's certificate and name (ca_file or SSL_CERT_FILE)")
+        }
+        // ws:// and wss://: certificates, HTTP answers (404: not /mqtt; 502: the proxy) and
+        // the subprotocol all show up here, before any MQTT.
+        _ if matches!(
+            e,
+            ConnectionError::Websocket(_) | ConnectionError::ResponseValidation(_)
+        ) =>
+        {
+            tracing::error!(%server, error = %e, "the WebSocket connection failed: check the URL (wss://host/mqtt), the certificate (ca_file), and that a proxy passes upgrades")
         }
         _ if matches!(e, ConnectionError::ConnectionRefused(_)) => {
             tracing::error!(%server, name = agent, error = %e, "login refused: check name and token (the name must be the one the gateway pairs with the token: [[clients]] name, or TOKENS/TRUSTED_NAMES; set ORCASTRATE_NAME)")

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{
-    BoundListener, Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings,
+    BoundListener, Broker, Config, ConnectionSettings, ExternalSender, ExternalStreams,
+    Notification, RouterConfig, ServerSettings,
 };
 
 use crate::auth::Credentials;
@@ -63,6 +64,10 @@ const SEGMENT_COUNT: usize = 2;
 /// these exact filters only (a client subscribing to the same filter shares the log).
 const LINK_SEGMENT_BYTES: usize = 1024 * 1024;
 const LINK_SEGMENT_COUNT: usize = 4;
+
+/// Streams accepted elsewhere (MQTT over WebSocket) queued for the listener's thread; it
+/// takes them as fast as it accepts TCP connections, so a short queue does.
+const DOOR_QUEUE: usize = 128;
 
 /// How long start-up waits for the listener to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +114,24 @@ pub struct EmbeddedBroker {
     pub receiver: LinkReceiver,
     /// Where the listener is bound (the chosen port when `listen` had port 0).
     pub local_addr: SocketAddr,
+    /// Serves connections accepted elsewhere as if the listener had accepted them.
+    pub door: MqttDoor,
+}
+
+/// Serves a byte stream accepted elsewhere (an upgraded WebSocket carrying MQTT) through the
+/// MQTT listener's own code: the same login, authorization, quotas, throttling and CONNACK
+/// codes as a TCP connection, and it counts against [`MAX_CONNECTIONS`].
+#[derive(Clone)]
+pub struct MqttDoor(ExternalSender);
+
+impl MqttDoor {
+    /// Hands `stream` (from `peer`) to the broker; `false` when the broker has stopped.
+    pub async fn serve<S>(&self, stream: S, peer: SocketAddr) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        self.0.send(Box::new(stream), peer).await
+    }
 }
 
 impl EmbeddedBroker {
@@ -135,7 +158,9 @@ impl EmbeddedBroker {
         };
         let listener = TcpListener::bind(settings.listen).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let (door, external) = ExternalStreams::channel(DOOR_QUEUE);
         let config = broker_config(settings, BoundListener::new(listener), credentials, policy)?;
+        let config = with_external(config, external);
         let mut broker = Broker::new(config);
         let (tx, rx) = broker
             .link(LINK_NAME)
@@ -153,8 +178,17 @@ impl EmbeddedBroker {
             publisher: LinkPublisher { tx },
             receiver: LinkReceiver { rx },
             local_addr,
+            door: MqttDoor(door),
         })
     }
+}
+
+/// Gives the MQTT listener the streams accepted elsewhere.
+fn with_external(mut config: Config, external: ExternalStreams) -> Config {
+    for server in config.v4.iter_mut().flat_map(|v4| v4.values_mut()) {
+        server.external = external.clone();
+    }
+    config
 }
 
 fn broker_config(
@@ -205,6 +239,7 @@ fn broker_config(
         next_connection_delay_ms: 0,
         connections,
         bound,
+        external: ExternalStreams::default(),
     };
     Ok(Config {
         id: 0,

@@ -1,5 +1,6 @@
 //! `rumqttc` options that every Orcastrate client uses: credentials, 1 MiB packets both
-//! ways, our keep-alive, and TLS for `mqtts://` URLs.
+//! ways, our keep-alive, TLS for `mqtts://` URLs, and MQTT over WebSocket for `ws://` and
+//! `wss://` URLs (a gateway's `GET /mqtt` on its HTTP port, or behind a reverse proxy).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,26 +42,70 @@ pub struct ServerUrl {
     pub host: String,
     pub port: u16,
     pub tls: bool,
+    /// The HTTP path of MQTT over WebSocket (`ws://`, `wss://`); `None` for MQTT over TCP.
+    pub ws_path: Option<String>,
 }
 
-/// Parses `mqtt://host:port` or `mqtts://host:port` (a bare `host:port` means `mqtt://`).
+impl ServerUrl {
+    /// The URL rumqttc's WebSocket transport connects to (`None` for MQTT over TCP).
+    pub fn ws_url(&self) -> Option<String> {
+        let path = self.ws_path.as_deref()?;
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        Some(format!("{scheme}://{host}:{}{path}", self.port))
+    }
+}
+
+/// The path of a `ws://` or `wss://` URL without one: where the gateway serves MQTT.
+const DEFAULT_WS_PATH: &str = "/mqtt";
+
+/// Parses `mqtt://host:port`, `mqtts://host:port`, `ws://host:port/path` or
+/// `wss://host:port/path` (a bare `host:port` means `mqtt://`; a WebSocket URL without a
+/// path means `/mqtt`).
 pub fn parse_url(url: &str) -> Result<ServerUrl, UrlError> {
     let err = |reason| UrlError::Url {
         url: url.to_owned(),
         reason,
     };
-    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://").or(url.strip_prefix("tcp://"))
-    {
-        (rest, false)
-    } else if let Some(rest) = url.strip_prefix("mqtts://").or(url.strip_prefix("ssl://")) {
-        (rest, true)
+    let scheme = |prefixes: &[&str]| prefixes.iter().find_map(|p| url.strip_prefix(p));
+    let (rest, tls, ws) = if let Some(rest) = scheme(&["mqtt://", "tcp://"]) {
+        (rest, false, false)
+    } else if let Some(rest) = scheme(&["mqtts://", "ssl://"]) {
+        (rest, true, false)
+    } else if let Some(rest) = scheme(&["ws://"]) {
+        (rest, false, true)
+    } else if let Some(rest) = scheme(&["wss://"]) {
+        (rest, true, true)
     } else if url.contains("://") {
-        return Err(err("use mqtt://host:port or mqtts://host:port"));
+        return Err(err(
+            "use mqtt://host:port, mqtts://host:port, ws://host:port/mqtt or wss://host/mqtt",
+        ));
     } else {
-        (url, false)
+        (url, false, false)
     };
-    let default_port = if tls { 8883 } else { 1883 };
-    let rest = rest.trim_end_matches('/');
+    let default_port = match (tls, ws) {
+        (false, false) => 1883,
+        (true, false) => 8883,
+        (false, true) => 80,
+        (true, true) => 443,
+    };
+    let (rest, ws_path) = match rest.find('/') {
+        Some(i) if ws => (&rest[..i], Some(rest[i..].to_owned())),
+        _ if ws => (rest, Some(DEFAULT_WS_PATH.to_owned())),
+        _ => (rest.trim_end_matches('/'), None),
+    };
+    if ws_path
+        .as_deref()
+        .is_some_and(|p| p.contains(['?', '#', ' ']))
+    {
+        return Err(err(
+            "a WebSocket URL takes a path only, e.g. wss://host/mqtt",
+        ));
+    }
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && !port.contains(']') => (
             host,
@@ -78,6 +123,7 @@ pub fn parse_url(url: &str) -> Result<ServerUrl, UrlError> {
         host: host.to_owned(),
         port,
         tls,
+        ws_path,
     })
 }
 
@@ -100,15 +146,26 @@ pub fn client_options_with(
     trust: &Trust,
 ) -> Result<MqttOptions, UrlError> {
     let server = parse_url(url)?;
-    let mut options = MqttOptions::new(client_id, server.host, server.port);
+    // rumqttc's WebSocket transport takes the whole URL as the "host".
+    let host = server.ws_url().unwrap_or_else(|| server.host.clone());
+    let mut options = MqttOptions::new(client_id, host, server.port);
     options
         .set_credentials(username, password)
         .set_max_packet_size(crate::MAX_PACKET_BYTES, crate::MAX_PACKET_BYTES)
         .set_keep_alive(KEEP_ALIVE)
         .set_clean_session(true);
-    if server.tls {
-        let config = tls_config(trust)?;
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
+    let tls = || Ok::<_, UrlError>(TlsConfiguration::Rustls(Arc::new(tls_config(trust)?)));
+    match (server.tls, server.ws_path.is_some()) {
+        (false, false) => {}
+        (true, false) => {
+            options.set_transport(Transport::Tls(tls()?));
+        }
+        (false, true) => {
+            options.set_transport(Transport::Ws);
+        }
+        (true, true) => {
+            options.set_transport(Transport::Wss(tls()?));
+        }
     }
     Ok(options)
 }
@@ -232,7 +289,27 @@ mod tests {
             host: host.into(),
             port,
             tls,
+            ws_path: None,
         }
+    }
+
+    #[test]
+    fn websocket_urls() {
+        let ws = |url: &str| {
+            let s = parse_url(url).unwrap();
+            (s.tls, s.ws_url().unwrap())
+        };
+        assert_eq!(ws("ws://h:8080/mqtt"), (false, "ws://h:8080/mqtt".into()));
+        assert_eq!(ws("ws://h"), (false, "ws://h:80/mqtt".into()));
+        assert_eq!(ws("wss://h/mqtt"), (true, "wss://h:443/mqtt".into()));
+        assert_eq!(ws("wss://h:8443/a/b"), (true, "wss://h:8443/a/b".into()));
+        assert_eq!(ws("ws://[::1]:9/mqtt"), (false, "ws://[::1]:9/mqtt".into()));
+        assert!(parse_url("ws://h/mqtt?x=1").is_err());
+        assert!(parse_url("wss:///mqtt").is_err());
+        assert_eq!(parse_url("mqtt://h:1/").unwrap().ws_url(), None);
+        assert!(client_options_with("wss://h/mqtt", "a", "a", "t", &Trust::OwnListener).is_ok());
+        let o = client_options("ws://h:8080/mqtt", "a", "a", "t").unwrap();
+        assert_eq!(o.broker_address().0, "ws://h:8080/mqtt");
     }
 
     #[test]

@@ -33,6 +33,9 @@
 //! `orcastrate-gateway mosquitto-config` / `nats-config` write from the same config, and the
 //! gateway in `mode = "external"`. The engine's RSS is printed beside the gateway's.
 //!
+//! With `--transport ws`, the agents speak MQTT over WebSocket to `ws://{http}/mqtt`, the
+//! gateway's HTTP port, into the same embedded broker (compare with the default TCP run).
+//!
 //! With `--door`, the agents reach the broker through a "door": a proxy on its own thread
 //! (one single-threaded tokio runtime) that accepts each agent and copies bytes both ways to
 //! its own connection to the broker, as a door in front of an unmodified rumqttd would. It
@@ -89,6 +92,16 @@ struct Args {
     /// Put a byte-copying proxy between the agents and the broker (see above).
     #[arg(long)]
     door: bool,
+    /// How agents reach the embedded broker: MQTT over TCP on its port, or MQTT over
+    /// WebSocket at `/mqtt` on the gateway's HTTP port.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Tcp,
+    Ws,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -183,7 +196,7 @@ fn main() -> anyhow::Result<()> {
 
     let run = Run {
         args: &args,
-        url: bus_url(&args, mqtt_addr)?,
+        url: bus_url(&args, mqtt_addr, http_addr)?,
         topic: orcastrate_broker::topics::Topics::default().desired(REPO, ENV),
         names: &names,
         pushes: Pushes {
@@ -211,9 +224,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the agents connect: the broker, or with `--door` a byte-copying proxy in front.
-fn bus_url(args: &Args, mqtt_addr: SocketAddr) -> anyhow::Result<String> {
-    if args.door {
+/// Where the agents connect: the broker, with `--door` a byte-copying proxy in front, or
+/// with `--transport ws` the gateway's HTTP port.
+fn bus_url(args: &Args, mqtt_addr: SocketAddr, http_addr: SocketAddr) -> anyhow::Result<String> {
+    ensure!(
+        args.transport == Transport::Tcp || (args.engine == Engine::Embedded && !args.door),
+        "--transport ws goes to the embedded broker through the gateway's HTTP port: drop --engine and --door"
+    );
+    if args.transport == Transport::Ws {
+        Ok(format!("ws://{http_addr}/mqtt"))
+    } else if args.door {
         let door_addr = start_door(mqtt_addr)?;
         println!("  door      {door_addr} → {mqtt_addr} (byte-copying proxy)");
         Ok(format!("mqtt://{door_addr}"))
@@ -499,8 +519,10 @@ impl Measured {
             connect_time.as_secs_f64()
         );
         println!(
-            "  gateway RSS with them connected   {:.1} MB; after the order {:.1} MB",
+            "  gateway RSS with them connected   {:.1} MB ({:.1} KB per agent over {:?}); after the order {:.1} MB",
             mb(rss_connected),
+            rss_connected.saturating_sub(rss_idle) as f64 / args.agents as f64,
+            args.transport,
             mb(rss_after)
         );
         if let (Some(idle), Some(connected)) = (engine_rss_idle, engine_rss_connected) {

@@ -17,6 +17,7 @@
 //!   once per burst by `orcastrate_broker::burst`).
 //! - [`http`]: webhook routes, `/healthz`, `/metrics`, the admin API.
 //! - [`listener`]: the HTTP accept loop and its connection limits, timeouts and shutdown.
+//! - [`websocket`]: MQTT over WebSocket at `GET /mqtt`, into the embedded broker.
 //! - [`serve`]: wiring it all together; [`cli`] and [`client`]: the command line; [`exit`]:
 //!   its exit codes; [`view`]: the `watch` command; [`agent_config`]: the `agent-config`
 //!   command.
@@ -45,5 +46,6 @@ pub mod serve;
 pub mod tls;
 pub mod view;
 pub mod watch;
+pub mod websocket;
 
 pub use serve::Gateway;

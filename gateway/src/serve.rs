@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use orcastrate_broker::auth::Credentials;
-use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings};
+use orcastrate_broker::embedded::{EmbeddedBroker, EmbeddedSettings, MqttDoor};
 use orcastrate_broker::{OrderSigner, Topics};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -99,17 +99,21 @@ struct BusParts<'a> {
     stop: &'a CancellationToken,
 }
 
-/// Starts the embedded broker or connects to the external engine: the bus, its inbound
-/// events, the embedded broker's address, and what `/healthz` probes.
-fn start_bus(
-    settings: &Settings,
-    parts: BusParts<'_>,
-) -> anyhow::Result<(
+/// The embedded broker's door for MQTT over WebSocket, and the largest packet it takes.
+type WebSocketDoor = Option<(MqttDoor, usize)>;
+
+/// The bus, its inbound events, the embedded broker's address, what `/healthz` probes, and
+/// the WebSocket door (`[http] mqtt_websocket`, embedded broker only).
+type StartedBus = (
     Bus,
     mpsc::Receiver<Inbound>,
     Option<SocketAddr>,
     ProbeTarget,
-)> {
+    WebSocketDoor,
+);
+
+/// Starts the embedded broker or connects to the external engine.
+fn start_bus(settings: &Settings, parts: BusParts<'_>) -> anyhow::Result<StartedBus> {
     let BusParts {
         access,
         credentials,
@@ -139,13 +143,16 @@ fn start_bus(
                 Arc::new(policy),
             )?;
             let mqtt_addr = health::local_addr(broker.local_addr);
+            let door = settings
+                .mqtt_websocket
+                .then(|| (broker.door.clone(), quotas.max_packet_bytes()));
             let (bus, inbound) = Bus::embedded(broker, topics, tasks, stop.clone())?;
             let health = ProbeTarget::Listener {
                 mqtt_addr,
                 token: probe_token.to_owned(),
                 tls: tls.is_some(),
             };
-            Ok((bus, inbound, Some(mqtt_addr), health))
+            Ok((bus, inbound, Some(mqtt_addr), health, door))
         }
         MqttMode::External(engine) => {
             let (bus, inbound) =
@@ -156,7 +163,7 @@ fn start_bus(
                 bus: bus.clone(),
                 url: engine.url.clone(),
             };
-            Ok((bus, inbound, None, health))
+            Ok((bus, inbound, None, health, None))
         }
     }
 }
@@ -319,7 +326,7 @@ impl Gateway {
         // Every background task (the bus's, the watcher, the fleet publisher), joined at
         // shutdown within the shutdown deadline.
         let tasks = TaskTracker::new();
-        let (bus, inbound, mqtt_addr, health) = start_bus(
+        let (bus, inbound, mqtt_addr, health, door) = start_bus(
             &settings,
             BusParts {
                 access: &access,
@@ -364,7 +371,10 @@ impl Gateway {
         let state = app_state(&settings, sequencer, access.clone(), metrics, health);
         let http_addr = http.local_addr()?;
         let limits = http_limits(&settings);
-        let router = http::router(state);
+        let mut router = http::router(state);
+        if let Some((door, max_packet)) = door {
+            router = router.merge(crate::websocket::router(door, max_packet, cancel.clone()));
+        }
         let hooks_addr = hooks.as_ref().map(TcpListener::local_addr).transpose()?;
         let hooks_server = hooks.map(|hooks| {
             let router = crate::engine_auth::router(engine_auth(

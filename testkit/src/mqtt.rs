@@ -47,6 +47,23 @@ impl Mqtt {
         options
     }
 
+    /// As [`Mqtt::options`], over WebSocket to `ws://{http_addr}/mqtt` (`http_addr` is
+    /// `host:port` of a gateway's HTTP listener).
+    pub fn ws_options(http_addr: &str, client_id: &str, user: &str, token: &str) -> MqttOptions {
+        let port = http_addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(80);
+        let mut options = MqttOptions::new(client_id, format!("ws://{http_addr}/mqtt"), port);
+        options.set_transport(rumqttc::Transport::Ws);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        if !user.is_empty() {
+            options.set_credentials(user, token);
+        }
+        options
+    }
+
     /// Connects with `options` and waits for the CONNACK.
     ///
     /// # Errors

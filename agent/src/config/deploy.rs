@@ -320,3 +320,34 @@ pub(super) fn logs(origin: &str, file: &FileConfig) -> Result<AppLogLimits, Conf
         .map(|(max_bytes, keep)| AppLogLimits { max_bytes, keep });
     p.finish(value, origin)
 }
+
+/// The deploy-related settings, validated together (every problem goes to `p`).
+pub(super) struct Deployment {
+    pub(super) keep_releases: usize,
+    pub(super) on_shutdown: OnShutdown,
+    pub(super) steps: StepSettings,
+    pub(super) shared: (Vec<PathBuf>, Vec<PathBuf>),
+    pub(super) health: HealthSettings,
+    pub(super) git: GitSettings,
+    pub(super) app_log: AppLogLimits,
+}
+
+/// Checks every deploy-related key, then returns them if all were valid.
+pub(super) fn deployment(origin: &str, file: &FileConfig, p: &mut Problems) -> Option<Deployment> {
+    let keep_releases = p.check(keep_releases(origin, file));
+    let on_shutdown = p.check(on_shutdown(origin, file));
+    let steps = p.check(steps(origin, file));
+    let shared = p.check(shared(origin, file));
+    let health = p.check(health(origin, file));
+    let git = p.check(git(origin, file));
+    let app_log = p.check(logs(origin, file));
+    Some(Deployment {
+        keep_releases: keep_releases?,
+        on_shutdown: on_shutdown?,
+        steps: steps?,
+        shared: shared?,
+        health: health?,
+        git: git?,
+        app_log: app_log?,
+    })
+}

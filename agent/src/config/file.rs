@@ -16,6 +16,7 @@ pub struct FileConfig {
     pub server: Option<ServerList>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
     pub repo: Option<String>,
     pub env: Option<String>,
     pub git_url: Option<String>,

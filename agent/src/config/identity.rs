@@ -75,6 +75,26 @@ pub(super) fn servers(
     Ok(servers)
 }
 
+/// `ca_file`: a PEM file of the certificates `mqtts://` and `wss://` servers are checked
+/// against (a private CA, or a self-signed certificate); relative to the config file.
+pub(super) fn ca_file(
+    origin: &str,
+    file: &FileConfig,
+    file_dir: Option<&Path>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = &file.ca_file else {
+        return Ok(None);
+    };
+    let path = match file_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.clone(),
+    };
+    let trust = orcastrate_broker::mqtt::Trust::CaFile(path.clone());
+    orcastrate_broker::mqtt::client_options_with("mqtts://check", "", "", "", &trust)
+        .map_err(|e| ConfigError::new(origin, "ca_file", e.to_string()))?;
+    Ok(Some(path))
+}
+
 /// `token` (or `token_file`, or the systemd credential).
 pub(super) fn token(
     src: &Sources,

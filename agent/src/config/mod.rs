@@ -122,6 +122,9 @@ pub struct Settings {
     /// name its token is paired with in the gateway's `TRUSTED_NAMES`.
     pub name_origin: String,
     pub servers: Vec<String>,
+    /// The certificates `mqtts://` and `wss://` servers are checked against (`ca_file`);
+    /// `None`: the system's roots (and `SSL_CERT_FILE`).
+    pub ca_file: Option<PathBuf>,
     pub token: String,
     pub repo: String,
     pub env: String,
@@ -237,6 +240,7 @@ impl Settings {
         let mut p = Problems::default();
         let name = p.check(identity::name(&src, cli, file));
         let servers = p.check(identity::servers(&src, cli, file));
+        let ca_file = p.check(identity::ca_file(file_origin, file, file_dir));
         let token = p.check(identity::token(&src, cli, file, file_dir));
         let repo = p.check(identity::repo(&src, cli, file));
         let env_name = p.check(identity::env(&src, cli, file));
@@ -244,17 +248,11 @@ impl Settings {
             .check(identity::git_url(&src, cli, file, repo.as_deref()))
             .flatten();
         let root = p.check(identity::root(&src, cli, file));
-        let keep_releases = p.check(deploy::keep_releases(file_origin, file));
         let verifier = p.check(identity::verifier(&src, cli, file));
         let config_key = p.check(identity::config_key(&src, cli, file, file_dir));
         let run_as = p.check(identity::run_as(&src, cli, file));
-        let on_shutdown = p.check(deploy::on_shutdown(file_origin, file));
         let prefix = p.check(identity::prefix(&src, cli, file));
-        let steps = p.check(deploy::steps(file_origin, file));
-        let shared = p.check(deploy::shared(file_origin, file));
-        let health = p.check(deploy::health(file_origin, file));
-        let git = p.check(deploy::git(file_origin, file));
-        let app_log = p.check(deploy::logs(file_origin, file));
+        let deployment = deploy::deployment(file_origin, file, &mut p);
         let (
             Some((name, name_origin)),
             Some(servers),
@@ -263,36 +261,15 @@ impl Settings {
             Some(env_name),
             Some(git_url),
             Some(root),
-            Some(keep_releases),
             Some(verifier),
             Some(config_key),
             Some(run_as),
-            Some(on_shutdown),
             Some(prefix),
-            Some(steps),
-            Some((shared_files, shared_dirs)),
-            Some(health),
-            Some(git),
-            Some(app_log),
+            Some(deployment),
+            Some(ca_file),
         ) = (
-            name,
-            servers,
-            token,
-            repo,
-            env_name,
-            git_url,
-            root,
-            keep_releases,
-            verifier,
-            config_key,
-            run_as,
-            on_shutdown,
-            prefix,
-            steps,
-            shared,
-            health,
-            git,
-            app_log,
+            name, servers, token, repo, env_name, git_url, root, verifier, config_key, run_as,
+            prefix, deployment, ca_file,
         )
         else {
             // A git_url is missing without a valid repo: that goes with the repo's problem.
@@ -302,23 +279,24 @@ impl Settings {
             name,
             name_origin,
             servers,
+            ca_file,
             token,
             repo,
             env: env_name,
             git_url,
             root,
-            keep_releases,
+            keep_releases: deployment.keep_releases,
             verifier,
             config_key,
             run_as,
-            on_shutdown,
+            on_shutdown: deployment.on_shutdown,
             prefix,
-            steps,
-            shared_files,
-            shared_dirs,
-            health,
-            git,
-            app_log,
+            steps: deployment.steps,
+            shared_files: deployment.shared.0,
+            shared_dirs: deployment.shared.1,
+            health: deployment.health,
+            git: deployment.git,
+            app_log: deployment.app_log,
             log_writer: None,
             once: cli.once,
             connect_timeout: Duration::from_secs(

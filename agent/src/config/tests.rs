@@ -343,3 +343,27 @@ fn the_prefix_follows_the_gateways_rule() {
         );
     }
 }
+
+#[test]
+fn websocket_servers_and_a_ca_file() {
+    let mut file = base_file();
+    file.server = Some(ServerList::Many(vec![
+        "wss://deploy.example.com/mqtt".into(),
+        "ws://10.0.0.1:8080/mqtt".into(),
+        "mqtt://10.0.0.1:1883".into(),
+    ]));
+    let s = merge(&Cli::default(), &file, "agent.toml").unwrap();
+    assert_eq!(s.servers.len(), 3);
+    assert_eq!(s.ca_file, None);
+    file.ca_file = Some("/nonexistent/ca.pem".into());
+    let e = merge(&Cli::default(), &file, "agent.toml").unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("ca_file") && e.contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+    file.ca_file = None;
+    file.server = Some(ServerList::One("wss://h/mqtt?token=x".into()));
+    let e = merge(&Cli::default(), &file, "agent.toml").unwrap_err();
+    assert!(e.to_string().contains("server"), "{e}");
+}

@@ -41,6 +41,7 @@ pub struct HttpFile {
     pub body_min_bytes_per_s: Option<u64>,
     pub body_buffer_bytes: Option<usize>,
     pub shutdown_timeout_s: Option<u64>,
+    pub mqtt_websocket: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -21,6 +21,8 @@ pub(super) struct HttpSection {
     pub(super) tls: Option<(PathBuf, PathBuf)>,
     pub(super) max_body_bytes: usize,
     pub(super) limits: HttpLimits,
+    /// MQTT over WebSocket at `GET /mqtt` (embedded broker only).
+    pub(super) mqtt_websocket: bool,
 }
 
 /// Validates `[http]`: `listen` (a flag beats `PORT`, which beats the file), TLS, body size
@@ -49,6 +51,7 @@ pub(super) fn section(
             tls,
             max_body_bytes,
             limits,
+            mqtt_websocket: http.mqtt_websocket.unwrap_or(true),
         }),
         _ => None,
     };

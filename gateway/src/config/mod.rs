@@ -51,6 +51,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Timeouts and caps of the HTTP listener.
     pub http_limits: HttpLimits,
+    /// MQTT over WebSocket at `GET /mqtt` on the HTTP listener (`[http] mqtt_websocket`).
+    pub mqtt_websocket: bool,
     pub mqtt: MqttMode,
     pub prefix: String,
     pub github_secret: String,
@@ -118,6 +120,7 @@ impl Settings {
                 http_tls: http.tls,
                 max_body_bytes: http.max_body_bytes,
                 http_limits: http.limits,
+                mqtt_websocket: http.mqtt_websocket,
                 mqtt,
                 prefix,
                 github_secret,

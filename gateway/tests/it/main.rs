@@ -14,3 +14,4 @@ mod operator_views;
 mod process;
 mod rollout_cli;
 mod webhooks;
+mod websocket;

@@ -607,6 +607,8 @@ pub struct World {
     pub health_timeout_s: u64,
     /// `config_key` of the agent (for the encrypted config), if any.
     pub config_key: Option<String>,
+    /// More top-level keys of every agent's config (`ca_file = …`).
+    pub agent_top: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -632,6 +634,7 @@ impl World {
             root,
             health_timeout_s: 15,
             config_key: None,
+            agent_top: String::new(),
             agent: None,
             others: Vec::new(),
             gateway,
@@ -699,8 +702,10 @@ impl World {
             top: &self
                 .config_key
                 .as_ref()
-                .map(|k| format!("config_key = \"{k}\""))
-                .unwrap_or_default(),
+                .map(|k| format!("config_key = \"{k}\"\n"))
+                .into_iter()
+                .chain([self.agent_top.clone()])
+                .collect::<String>(),
             extra,
         }
         .text();

@@ -5,7 +5,8 @@
 //! `rollout_restarts` and `quickstart` run the gateway binary (and the quickstart all three): build the workspace first
 //! (`cargo test --workspace` does). Helpers come from `orcastrate-testkit` and `harness`.
 //!
-//! Needs `git`, `node` and `mosquitto-clients` (see `.ci/run`).
+//! Needs `git`, `node`, `mosquitto-clients`, `openssl`, `nginx` and the PyPI `paho-mqtt`
+//! (see `.ci/run`).
 #![allow(unreachable_pub)]
 
 mod config;
@@ -19,3 +20,4 @@ mod quickstart;
 mod restarts;
 mod rollout_restarts;
 mod rollouts;
+mod websocket;

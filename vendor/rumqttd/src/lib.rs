@@ -22,6 +22,7 @@ pub use authz::{Authorizer, ConnectionGuard, LoginFuture, LoginRequest, Session,
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
+pub use link::network::N;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
@@ -122,6 +123,53 @@ pub struct ServerSettings {
     /// address is taken); `listen` is bound only when this is empty.
     #[serde(skip)]
     pub bound: BoundListener,
+    /// Connections the embedding program accepted itself (MQTT over WebSocket on its own
+    /// HTTP listener), served like this listener's own: same login, authorizer and limits.
+    #[serde(skip)]
+    pub external: ExternalStreams,
+}
+
+/// A byte stream accepted outside rumqttd and the address of its peer.
+pub type ExternalStream = (Box<dyn link::network::N>, std::net::SocketAddr);
+
+/// The receiving end of [`ExternalStream`]s handed to the server thread, taken once.
+#[derive(Clone, Default)]
+pub struct ExternalStreams(Arc<std::sync::Mutex<Option<flume::Receiver<ExternalStream>>>>);
+
+impl ExternalStreams {
+    /// A channel: the sender goes to the embedding program, the rest into `ServerSettings`.
+    pub fn channel(capacity: usize) -> (ExternalSender, Self) {
+        let (tx, rx) = flume::bounded(capacity);
+        (
+            ExternalSender(tx),
+            Self(Arc::new(std::sync::Mutex::new(Some(rx)))),
+        )
+    }
+
+    pub fn take(&self) -> Option<flume::Receiver<ExternalStream>> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// Hands streams accepted outside rumqttd to its server thread.
+#[derive(Clone)]
+pub struct ExternalSender(flume::Sender<ExternalStream>);
+
+impl ExternalSender {
+    /// Queues `stream` for the server; `false` when the server thread has stopped.
+    pub async fn send(
+        &self,
+        stream: Box<dyn link::network::N>,
+        peer: std::net::SocketAddr,
+    ) -> bool {
+        self.0.send_async((stream, peer)).await.is_ok()
+    }
+}
+
+impl fmt::Debug for ExternalStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ExternalStreams")
+    }
 }
 
 /// A bound `std` listener handed to the server thread, taken once.

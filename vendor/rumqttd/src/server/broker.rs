@@ -396,9 +396,20 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             listen_addr = self.config.listen.to_string(),
             "Listening for remote connections",
         );
+        let external = self.config.external.take();
         loop {
-            // Await new network connection.
-            let (stream, addr) = match listener.accept().await {
+            // Await new network connection, or one the embedding program accepted.
+            let accepted = match &external {
+                Some(external) => tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    Ok((stream, addr)) = external.recv_async() => {
+                        self.spawn_external(config.clone(), stream, addr);
+                        continue;
+                    }
+                },
+                None => listener.accept().await,
+            };
+            let (stream, addr) = match accepted {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
@@ -471,6 +482,34 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
             time::sleep(delay).await;
         }
+    }
+}
+
+impl<P: Protocol + Clone + Send + 'static> Server<P> {
+    /// Serves a stream accepted outside rumqttd exactly as an accepted TCP connection.
+    fn spawn_external(
+        &self,
+        config: Arc<ConnectionSettings>,
+        stream: Box<dyn N>,
+        addr: SocketAddr,
+    ) {
+        info!(name=?self.config.name, ?addr, "accept external");
+        task::spawn(
+            remote(
+                config,
+                None,
+                self.router_tx.clone(),
+                stream,
+                self.protocol.clone(),
+                self.awaiting_will_handler.clone(),
+                addr,
+            )
+            .instrument(tracing::error_span!(
+                "external_link",
+                client_id = field::Empty,
+                connection_id = field::Empty,
+            )),
+        );
     }
 }
 

@@ -1,0 +1,275 @@
+//! MQTT over WebSocket (issue 15): a real agent deploys through `ws://…/mqtt` on the
+//! gateway's HTTP port (the one port a Heroku-style host gives a service), and through
+//! `wss://` via a real nginx that terminates TLS with the README's configuration; paho-mqtt
+//! (a client nobody here wrote) reads the retained order and fleet summary both ways, and a
+//! wrong token is refused.
+//!
+//! Needs `nginx` and the PyPI `paho-mqtt` (see `.ci/run`): without them these tests fail and
+//! say what to install.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// The gateway's MQTT over WebSocket URL.
+fn ws_url(w: &World) -> String {
+    format!("{}/mqtt", w.gateway.http.replacen("http://", "ws://", 1))
+}
+
+#[test]
+fn an_agent_deploys_through_websocket_on_the_http_port() {
+    let mut w = World::new();
+    // The WebSocket URL first; plain MQTT stays usable beside it in the same list.
+    let servers = [
+        ws_url(&w),
+        format!("mqtt://127.0.0.1:{}", w.gateway.mqtt_port),
+    ];
+    w.start_agent_on(&servers);
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    w.wait_app("v1");
+    let logs = w.agent.as_ref().unwrap().logs.text();
+    assert!(
+        logs.contains("ws://127.0.0.1"),
+        "the agent did not say it connected over WebSocket:\n{logs}"
+    );
+    let sha2 = w.commit("v2");
+    let seq2 = w.push(&sha2);
+    w.wait_healthy(seq2, &sha2);
+    w.wait_app("v2");
+}
+
+#[test]
+fn behind_nginx_an_agent_deploys_over_wss_and_paho_reads_the_bus() {
+    let mut w = World::new();
+    let tls = w.dir.path().join("tls");
+    let (ca, cert, key) = certificates(&tls);
+    let gateway_addr = w.gateway.http.trim_start_matches("http://").to_owned();
+    let nginx = Nginx::start(&w.dir.path().join("nginx"), &gateway_addr, &cert, &key);
+    let wss = format!("wss://localhost:{}/mqtt", nginx.port);
+
+    w.agent_top = format!("ca_file = {:?}\n", ca.display().to_string());
+    w.start_agent_on(std::slice::from_ref(&wss));
+    let sha1 = w.commit("v1");
+    let seq1 = w.push(&sha1);
+    w.wait_healthy(seq1, &sha1);
+    w.wait_app("v1");
+    let logs = w.agent.as_ref().unwrap().logs.text();
+    assert!(logs.contains("wss://localhost"), "{logs}");
+
+    // paho-mqtt reads the retained order and fleet summary through nginx and directly.
+    let topics = [topic("desired"), topic("fleet")];
+    for (url, ca) in [(wss.as_str(), ca.as_path()), (&ws_url(&w), Path::new("-"))] {
+        let (code, out) = paho(url, ca, WATCHER, WATCHER_TOKEN, &topics);
+        assert_eq!(code, 0, "paho over {url}: {out}");
+        let got = &out["got"];
+        let order: Value = serde_json::from_str(got[&topics[0]].as_str().unwrap()).unwrap();
+        assert_eq!(order["sha"], sha1.as_str(), "{url}: {order}");
+        let fleet: Value = serde_json::from_str(got[&topics[1]].as_str().unwrap()).unwrap();
+        assert!(fleet.to_string().contains(AGENT), "{url}: {fleet}");
+        // A wrong token is refused with CONNACK 5 over WebSocket too.
+        let (code, out) = paho(url, ca, WATCHER, "not-the-token", &topics);
+        assert_eq!(code, 5, "paho over {url} with a wrong token: {out}");
+        assert_eq!(out["connack"], "Not authorized", "{url}: {out}");
+    }
+    drop(nginx);
+}
+
+/// Runs `tests/fixtures/paho/ws_retained.py`: its exit code and its JSON line.
+fn paho(url: &str, ca: &Path, user: &str, token: &str, topics: &[String]) -> (i32, Value) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/paho/ws_retained.py");
+    let check = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output();
+    assert!(
+        check.is_ok_and(|o| o.status.success()),
+        "paho-mqtt is not installed: python3 -m pip install paho-mqtt (.ci/run installs it)"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(url)
+        .arg(ca)
+        .args([user, token])
+        .args(topics)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "paho printed no result: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// A private CA (its certificate is what clients trust) and a certificate it signed for
+/// `localhost` and 127.0.0.1 with its key, made by openssl in `dir`: (ca, cert, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = |name: &str| dir.join(name);
+    let ext = file("ext.cnf");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "proxy.key",
+        "-out",
+        "proxy.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "proxy.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "proxy.crt",
+    ]);
+    (file("ca.crt"), file("proxy.crt"), file("proxy.key"))
+}
+
+/// The README's nginx configuration, run as a test process (not a daemon) in `dir`.
+struct Nginx {
+    port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    fn start(dir: &Path, gateway_addr: &str, cert: &Path, key: &Path) -> Self {
+        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is not installed: apt-get install nginx (.ci/run installs it)");
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let site = readme_nginx_site()
+            .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
+            .replace("127.0.0.1:8080", gateway_addr)
+            .replace(
+                "/etc/ssl/deploy.example.com.crt",
+                &cert.display().to_string(),
+            )
+            .replace(
+                "/etc/ssl/deploy.example.com.key",
+                &key.display().to_string(),
+            );
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\n{user}\nevents {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{site}\n}}\n",
+            user = if is_root() { "user root;" } else { "" },
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let mut nginx = Self {
+            port,
+            dir: dir.to_owned(),
+            child,
+        };
+        orcastrate_testkit::eventually(WAIT, "nginx to listen", || {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited with {status}:\n{}", nginx.log());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        nginx
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its worker; SIGKILL would leave the worker behind.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// The ```nginx block of the workspace README: the configuration users copy is the one
+/// tested.
+fn readme_nginx_site() -> String {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(readme).unwrap();
+    let start = text.find("```nginx\n").expect("README has an nginx block") + 9;
+    let len = text[start..].find("```").unwrap();
+    text[start..start + len].to_owned()
+}
