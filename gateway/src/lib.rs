@@ -23,6 +23,7 @@
 
 pub mod acl;
 pub mod agent_config;
+pub mod board;
 pub mod bus;
 pub mod cli;
 pub mod client;

@@ -258,6 +258,7 @@ fn app_state(
     access: Arc<RwLock<Access>>,
     metrics: Arc<Metrics>,
     health: HealthProbe,
+    stop: CancellationToken,
 ) -> AppState {
     AppState {
         sequencer,
@@ -271,6 +272,16 @@ fn app_state(
         body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
         budget_wait: settings.http_limits.body_timeout,
         duplicates: Arc::default(),
+        board: Arc::new(crate::board::Board::new(
+            crate::board::session::Sessions::new(
+                &settings.github_secret,
+                &settings.admin_tokens,
+                &settings.viewer_tokens,
+            ),
+            settings.viewer_tokens.clone(),
+            settings.http_tls.is_some(),
+            stop,
+        )),
     }
 }
 
@@ -361,7 +372,14 @@ impl Gateway {
         ));
         tasks.spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
 
-        let state = app_state(&settings, sequencer, access.clone(), metrics, health);
+        let state = app_state(
+            &settings,
+            sequencer,
+            access.clone(),
+            metrics,
+            health,
+            cancel.clone(),
+        );
         let http_addr = http.local_addr()?;
         let limits = http_limits(&settings);
         let router = http::router(state);
