@@ -37,6 +37,7 @@ function confirmThen(text, action) {
   const d = $("confirm");
   $("confirm-text").textContent = text;
   d.onclose = async () => {
+    if (last) render(last);
     if (d.returnValue !== "yes") return;
     try { await action(); $("notice").textContent = ""; } catch (e) { $("notice").textContent = e.message; }
   };
@@ -146,6 +147,7 @@ function eventsTable(s) {
 }
 
 function render(s) {
+  if ($("confirm").open) return; // keep what the person is confirming in front of them
   const parts = groups(s).map((x) => el("section", { class: "env", "data-repo": x.repo, "data-env": x.env },
     el("h2", {}, x.repo + " / " + x.env), summary(x), actions(x),
     el("h3", {}, "Agents"), agentsTable(x), el("h3", {}, "History"), historyTable(x)));
