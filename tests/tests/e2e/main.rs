@@ -8,6 +8,8 @@
 //! Needs `git`, `node` and `mosquitto-clients` (see `.ci/run`).
 #![allow(unreachable_pub)]
 
+mod board;
+mod browser;
 mod config;
 mod deploys;
 mod engines;
