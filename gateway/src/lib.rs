@@ -24,6 +24,7 @@
 
 pub mod acl;
 pub mod agent_config;
+pub mod board;
 pub mod bus;
 pub mod cli;
 pub mod client;

@@ -99,6 +99,30 @@ struct BusParts<'a> {
     stop: &'a CancellationToken,
 }
 
+/// Who may log in: the access table (replaced on SIGHUP), the token of the health probe's
+/// own login, and the broker's credentials made of both.
+fn logins(settings: &Settings) -> (Arc<RwLock<Access>>, String, Arc<RwLock<Credentials>>) {
+    let access = Arc::new(RwLock::new(settings.access.clone()));
+    let probe_token = random_token();
+    let credentials = Arc::new(RwLock::new(credentials_for(
+        &settings.access,
+        &probe_token,
+        &settings.mqtt,
+    )));
+    (access, probe_token, credentials)
+}
+
+/// The HTTP routes, with MQTT over WebSocket at `/mqtt` when the door is open.
+fn routes(state: AppState, door: WebSocketDoor, cancel: &CancellationToken) -> axum::Router {
+    let router = http::router(state);
+    match door {
+        Some((door, max_packet)) => {
+            router.merge(crate::websocket::router(door, max_packet, cancel.clone()))
+        }
+        None => router,
+    }
+}
+
 /// The embedded broker's door for MQTT over WebSocket, and the largest packet it takes.
 type WebSocketDoor = Option<(MqttDoor, usize)>;
 
@@ -265,6 +289,7 @@ fn app_state(
     access: Arc<RwLock<Access>>,
     metrics: Arc<Metrics>,
     health: HealthProbe,
+    stop: CancellationToken,
 ) -> AppState {
     AppState {
         sequencer,
@@ -278,6 +303,16 @@ fn app_state(
         body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
         budget_wait: settings.http_limits.body_timeout,
         duplicates: Arc::default(),
+        board: Arc::new(crate::board::Board::new(
+            crate::board::session::Sessions::new(
+                &settings.github_secret,
+                &settings.admin_tokens,
+                &settings.viewer_tokens,
+            ),
+            settings.viewer_tokens.clone(),
+            settings.http_tls.is_some(),
+            stop,
+        )),
     }
 }
 
@@ -312,13 +347,7 @@ impl Gateway {
         crate::decisions::warn_at_startup(&settings);
         tracing::info!(public_key = %public_key, key_id = signer.key_id(), "order-signing key");
 
-        let access = Arc::new(RwLock::new(settings.access.clone()));
-        let probe_token = random_token();
-        let credentials = Arc::new(RwLock::new(credentials_for(
-            &settings.access,
-            &probe_token,
-            &settings.mqtt,
-        )));
+        let (access, probe_token, credentials) = logins(&settings);
         let topics = Topics::new(&settings.prefix);
         let metrics = Arc::new(Metrics::new());
         // The bus outlives the HTTP server so the sequencer can publish what it drains.
@@ -368,13 +397,17 @@ impl Gateway {
         ));
         tasks.spawn(fleet.clone().publish_loop(bus.clone(), cancel.clone()));
 
-        let state = app_state(&settings, sequencer, access.clone(), metrics, health);
+        let state = app_state(
+            &settings,
+            sequencer,
+            access.clone(),
+            metrics,
+            health,
+            cancel.clone(),
+        );
         let http_addr = http.local_addr()?;
         let limits = http_limits(&settings);
-        let mut router = http::router(state);
-        if let Some((door, max_packet)) = door {
-            router = router.merge(crate::websocket::router(door, max_packet, cancel.clone()));
-        }
+        let router = routes(state, door, &cancel);
         let hooks_addr = hooks.as_ref().map(TcpListener::local_addr).transpose()?;
         let hooks_server = hooks.map(|hooks| {
             let router = crate::engine_auth::router(engine_auth(

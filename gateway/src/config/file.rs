@@ -87,6 +87,8 @@ pub struct ClientFile {
 pub struct AdminFile {
     #[serde(default)]
     pub tokens: Vec<String>,
+    #[serde(default)]
+    pub viewer_tokens: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,6 +57,8 @@ pub struct Settings {
     pub prefix: String,
     pub github_secret: String,
     pub admin_tokens: Vec<String>,
+    /// Read-only board and API sign-ins (`[admin] viewer_tokens`).
+    pub viewer_tokens: Vec<String>,
     pub access: Access,
     /// The config file, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
@@ -89,6 +91,18 @@ impl Settings {
         let mqtt = p.check(mqtt::mode(file.mqtt, overrides, env, &where_));
         let github_secret = p.check(github_secret(file.github.secret, env, &where_));
         let admin_tokens = p.check(admin_tokens(file.admin.tokens, env, &where_));
+        if file
+            .admin
+            .viewer_tokens
+            .iter()
+            .any(|t| t.len() < MIN_ADMIN_TOKEN)
+        {
+            p.push(ConfigError::new(
+                &where_,
+                "[admin] viewer_tokens",
+                "a viewer token is shorter than 16 characters: use a long random one (openssl rand -hex 24)",
+            ));
+        }
         let access = p.check(access::build(file.clients, file.repos, env, &where_));
         if let (Some(MqttMode::External(external)), Some(access)) = (&mqtt, &access) {
             if access.client(&external.username).is_some() {
@@ -125,6 +139,7 @@ impl Settings {
                 prefix,
                 github_secret,
                 admin_tokens,
+                viewer_tokens: file.admin.viewer_tokens,
                 access,
                 config_file,
             }),

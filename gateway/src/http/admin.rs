@@ -1,7 +1,7 @@
 //! The operator API: bearer-token check (before any body is read) and its handlers.
 
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,7 +10,7 @@ use orcastrate_broker::{names, DeployOrder};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{header_str, AppError, AppJson, AppState, ErrorKind, ADMIN_MAX_BODY};
+use super::{AppError, AppJson, AppState, ADMIN_MAX_BODY};
 
 /// The admin routes, behind the token check.
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
@@ -25,6 +25,7 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/rollouts", get(rollouts))
         .route("/api/v1/rollouts/promote", post(promote))
         .route("/api/v1/rollouts/abort", post(abort))
+        .route("/api/v1/stream", get(super::stream::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(ADMIN_MAX_BODY))
 }
@@ -33,32 +34,15 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
 #[derive(Clone)]
 struct Operator(String);
 
-/// Refuses admin requests without a valid bearer token before anything reads their body.
+/// Refuses admin requests without a valid token or session before anything reads their
+/// body; viewers may only read ([`crate::board::authorize`]).
 async fn require_admin(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    match admin(&app, req.headers()) {
-        Ok(who) => {
-            req.extensions_mut().insert(Operator(who));
+    match crate::board::authorize(&app, req.method(), req.headers()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(Operator(caller.name));
             next.run(req).await
         }
         Err(e) => e.into_response(),
-    }
-}
-
-/// Checks the bearer token of an admin request; returns the operator's name for `issued_by`.
-fn admin(app: &AppState, headers: &HeaderMap) -> Result<String, AppError> {
-    let given = header_str(headers, header::AUTHORIZATION.as_str())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok = !given.is_empty()
-        && app.admin_tokens.iter().fold(false, |ok, t| {
-            ok | orcastrate_broker::auth::secrets_equal(given, t)
-        });
-    if ok {
-        Ok("admin".to_owned())
-    } else {
-        Err(AppError::new(ErrorKind::Unauthorized,
-            "missing or wrong admin token: send Authorization: Bearer <token> with a token from [admin] tokens or ORCASTRATE_ADMIN_TOKEN",
-        ))
     }
 }
 

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Malformed,
     /// A webhook signature or an admin token is missing or wrong.
     Unauthorized,
+    /// A read-only sign-in attempted a write, or a session's CSRF token is missing or wrong.
+    Forbidden,
     /// The repo/env is not one the gateway deploys.
     NotFound,
     /// The body arrived too slowly.
@@ -39,6 +41,7 @@ impl ErrorKind {
         match self {
             Self::Malformed => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::TooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict => StatusCode::CONFLICT,
@@ -58,7 +61,7 @@ impl ErrorKind {
             Self::TooLarge => "too_large",
             Self::BadContentType => "bad_content_type",
             Self::Unavailable => "busy",
-            Self::NotFound | Self::Conflict | Self::Internal => "error",
+            Self::Forbidden | Self::NotFound | Self::Conflict | Self::Internal => "error",
         }
     }
 }
@@ -71,7 +74,7 @@ pub struct AppError {
 }
 
 impl AppError {
-    pub(super) fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, msg: impl Into<String>) -> Self {
         Self {
             kind,
             msg: msg.into(),

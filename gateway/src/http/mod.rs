@@ -32,6 +32,7 @@ use crate::{decisions, github};
 
 mod admin;
 mod error;
+pub mod stream;
 
 pub use error::{AppError, AppJson, ErrorKind};
 
@@ -63,6 +64,8 @@ pub struct AppState {
     /// Duplicate webhooks are logged once per burst: whoever captured one signed body can
     /// send it again as often as they like.
     pub duplicates: Arc<orcastrate_broker::burst::BurstLog>,
+    /// Board sessions and live streams.
+    pub board: Arc<crate::board::Board>,
 }
 
 /// The router of every route.
@@ -74,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(admin::routes(&state))
+        .merge(crate::board::routes())
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &Request| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),

@@ -13,6 +13,7 @@
 mod agents;
 mod check;
 mod command;
+mod feed;
 mod history;
 mod order;
 mod pause;
@@ -35,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::rollout::{store, Rollout};
 use command::{Command, Ctx, Job, Pending, Staged};
 
+pub use feed::{Event, FeedView};
 pub use history::OrderEntry;
 pub use webhook::{Webhook, WebhookOutcome};
 
@@ -253,6 +255,11 @@ impl Sequencer {
         env: Option<String>,
     ) -> Result<Vec<AgentStatus>, DeskError> {
         self.ask(agents::Agents { repo, env }).await
+    }
+
+    /// The newest `limit` webhook decisions and the paused repo/envs (for the board).
+    pub async fn feed(&self, limit: u32) -> Result<FeedView, DeskError> {
+        self.ask(feed::Feed { limit }).await
     }
 
     /// Runs a trivial query through the ledger (for `/healthz`).

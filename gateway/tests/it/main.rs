@@ -4,6 +4,7 @@
 
 mod admin;
 mod authz;
+mod board;
 mod common;
 mod decision_logs;
 mod fleet;

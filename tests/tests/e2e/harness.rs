@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "e2e-webhook-secret";
 pub const ADMIN: &str = "e2e-admin-token-0123456789";
+/// A read-only board sign-in (`[admin] viewer_tokens`).
+pub const VIEWER: &str = "e2e-viewer-token-0123456789";
 /// The repository as GitHub spells it (and as `[[repos]]` names it): mixed case.
 pub const GITHUB_REPO: &str = "Octo-Org/Web";
 /// The repository as it is used after it entered: lowercased.
@@ -132,6 +134,7 @@ data_dir = "{data_dir}"
 secret = "{SECRET}"
 [admin]
 tokens = ["{ADMIN}"]
+viewer_tokens = ["{VIEWER}"]
 [[clients]]
 name = "{AGENT}"
 token = "{AGENT_TOKEN}"

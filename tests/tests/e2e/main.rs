@@ -9,6 +9,8 @@
 //! (see `.ci/run`).
 #![allow(unreachable_pub)]
 
+mod board;
+mod browser;
 mod config;
 mod deploys;
 mod engines;
