@@ -135,7 +135,8 @@ pub(super) fn health(origin: &str, file: &FileConfig) -> Result<HealthSettings, 
             "health",
             "set either http or command, not both",
         )),
-        (Some(url), None) => parse_http_url(&url)
+        // `{port}` (a release's private port behind `[proxy]`) is filled in per release.
+        (Some(url), None) => parse_http_url(&url.replace(super::PORT_PLACEHOLDER, "1"))
             .map(|_| HealthCheck::Http(url))
             .map_err(|p| ConfigError::new(origin, "health.http", p)),
         (None, Some(cmd)) => one_line(origin, "health.command", &cmd).map(HealthCheck::Command),

@@ -26,6 +26,7 @@ mod deploy;
 mod environment;
 mod file;
 mod identity;
+mod proxy;
 #[cfg(test)]
 mod tests;
 
@@ -33,9 +34,13 @@ pub use crate::app_log::AppLogLimits;
 pub(crate) use deploy::{parse_http_url, HttpTarget};
 pub use deploy::{DEFAULT_APP_LOG_KEEP, DEFAULT_APP_LOG_MAX_BYTES};
 pub use environment::Environment;
-pub use file::{FileConfig, GitFile, HealthFile, LogsFile, ServerList, SharedFile, StepsFile};
+pub use file::{
+    FileConfig, GitFile, HealthFile, LogsFile, ProxyFile, ServerList, SharedFile, StepsFile,
+};
 pub use orcastrate_broker::ConfigError;
 use orcastrate_broker::Problems;
+pub(crate) use proxy::health_on;
+pub use proxy::{ProxySettings, DEFAULT_DRAIN_S, DEFAULT_PORT_VAR, PORT_PLACEHOLDER};
 
 /// Default `install` step.
 pub const DEFAULT_INSTALL: &str = "npm install";
@@ -147,6 +152,9 @@ pub struct Settings {
     /// never writes into a pipe of a dead agent); `None` (the agent embedded as a library):
     /// a thread of the agent writes the log. `main` sets it.
     pub log_writer: Option<PathBuf>,
+    /// `[proxy]`: blue/green switches behind the agent's own TCP proxy; `None`: the app
+    /// owns its port and a deploy stops the old app before starting the new one.
+    pub proxy: Option<ProxySettings>,
     /// `--once`.
     pub once: bool,
     /// With `--once`: how long to try to reach a server.
@@ -255,6 +263,7 @@ impl Settings {
         let health = p.check(deploy::health(file_origin, file));
         let git = p.check(deploy::git(file_origin, file));
         let app_log = p.check(deploy::logs(file_origin, file));
+        let proxy = p.check(proxy::proxy(file_origin, file));
         let (
             Some((name, name_origin)),
             Some(servers),
@@ -274,6 +283,7 @@ impl Settings {
             Some(health),
             Some(git),
             Some(app_log),
+            Some(proxy),
         ) = (
             name,
             servers,
@@ -293,6 +303,7 @@ impl Settings {
             health,
             git,
             app_log,
+            proxy,
         )
         else {
             // A git_url is missing without a valid repo: that goes with the repo's problem.
@@ -320,6 +331,7 @@ impl Settings {
             git,
             app_log,
             log_writer: None,
+            proxy,
             once: cli.once,
             connect_timeout: Duration::from_secs(
                 cli.connect_timeout_s
