@@ -103,6 +103,25 @@ impl Proxy {
         }
     }
 
+    /// Waits until no connection is open, or `within` passed; returns how many were still
+    /// open then (the agent stopping: the app may keep serving, the connections through this
+    /// process cannot).
+    pub(crate) async fn drain_all(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let open: usize = self
+                .open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .sum();
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
     async fn serve(self, listener: TcpListener, stop: CancellationToken) {
         loop {
             let accepted = tokio::select! {
@@ -111,12 +130,8 @@ impl Proxy {
             };
             match accepted {
                 Ok((client, _)) => {
-                    let Some(port) = self.target() else {
-                        // Nothing serves yet: closing at once beats a client hanging.
-                        continue;
-                    };
                     let _ = client.set_nodelay(true);
-                    tokio::spawn(self.clone().relay(client, port));
+                    tokio::spawn(self.clone().relay(client));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "proxy cannot accept");
@@ -126,18 +141,27 @@ impl Proxy {
         }
     }
 
-    async fn relay(self, mut client: TcpStream, port: u16) {
-        let _open = Open::new(&self.open, port);
+    /// Copies between `client` and the app serving now. Until there is one (start-up) or
+    /// while it does not accept (it is being restarted), the client waits up to
+    /// [`CONNECT_PATIENCE`] rather than being refused.
+    async fn relay(self, mut client: TcpStream) {
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-        let mut app = loop {
-            match TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
-                Ok(app) => break app,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    tracing::warn!(port, error = %e, "proxy cannot reach the app");
-                    return;
+        let (mut app, _open) = loop {
+            let error = match self.target() {
+                Some(port) => {
+                    let open = Open::new(&self.open, port);
+                    match TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+                        Ok(app) => break (app, open),
+                        Err(e) => e.to_string(),
+                    }
                 }
-                Err(_) => tokio::time::sleep(CONNECT_PAUSE).await,
+                None => "no release serves yet".to_owned(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(%error, "proxy cannot reach the app; closing the connection");
+                return;
             }
+            tokio::time::sleep(CONNECT_PAUSE).await;
         };
         let _ = app.set_nodelay(true);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;

@@ -133,6 +133,18 @@ pub async fn run(
 
     let outcome = event_loop::run(&ctx, events_rx, &shutdown, started_at_boot).await;
 
+    // Stop accepting (a socket systemd holds keeps queueing for the next agent) and let the
+    // open connections finish while the app still serves them.
+    stop_proxy.cancel();
+    if let (Some(proxy), Some(p)) = (&ctx.proxy, &ctx.settings.proxy) {
+        let left = proxy.drain_all(p.drain).await;
+        if left > 0 {
+            tracing::warn!(
+                open = left,
+                "closing proxied connections still open after drain_s"
+            );
+        }
+    }
     match ctx.settings.on_shutdown {
         OnShutdown::Stop => {
             if ctx.supervisor.stop().await.is_some() {
@@ -142,7 +154,6 @@ pub async fn run(
         }
         OnShutdown::Keep => ctx.supervisor.detach(),
     }
-    stop_proxy.cancel();
     connection.close().await;
     Ok(outcome)
 }
