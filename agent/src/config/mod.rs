@@ -262,8 +262,7 @@ impl Settings {
         let shared = p.check(deploy::shared(file_origin, file));
         let health = p.check(deploy::health(file_origin, file));
         let git = p.check(deploy::git(file_origin, file));
-        let app_log = p.check(deploy::logs(file_origin, file));
-        let proxy = p.check(proxy::proxy(file_origin, file));
+        let logs_proxy = p.check(proxy::logs_and_proxy(file_origin, file));
         let (
             Some((name, name_origin)),
             Some(servers),
@@ -282,8 +281,7 @@ impl Settings {
             Some((shared_files, shared_dirs)),
             Some(health),
             Some(git),
-            Some(app_log),
-            Some(proxy),
+            Some((app_log, proxy)),
         ) = (
             name,
             servers,
@@ -302,8 +300,7 @@ impl Settings {
             shared,
             health,
             git,
-            app_log,
-            proxy,
+            logs_proxy,
         )
         else {
             // A git_url is missing without a valid repo: that goes with the repo's problem.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ConfigError, FileConfig, HealthCheck};
+use super::{AppLogLimits, ConfigError, FileConfig, HealthCheck};
 use orcastrate_broker::Problems;
 
 /// Default time old connections may finish after a switch (`[proxy] drain_s`).
@@ -96,6 +96,17 @@ pub(super) fn proxy(origin: &str, file: &FileConfig) -> Result<Option<ProxySetti
         _ => None,
     };
     p.finish(value, origin)
+}
+
+/// `[logs]` and `[proxy]`, one slot of `Settings::validate`.
+pub(super) fn logs_and_proxy(
+    origin: &str,
+    file: &FileConfig,
+) -> Result<(AppLogLimits, Option<ProxySettings>), ConfigError> {
+    let mut p = Problems::default();
+    let logs = p.check(super::deploy::logs(origin, file));
+    let proxy = p.check(proxy(origin, file));
+    p.finish(logs.zip(proxy), origin)
 }
 
 /// `check` with `{port}` replaced by `port`.
