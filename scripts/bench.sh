@@ -33,12 +33,13 @@ else
 fi
 run fanout "$target/examples/bench_fanout" --gateway-bin "$gateway" --agents 2000 --deploys 1000
 run rollback "$target/examples/bench_rollback"
+run proxy "$target/examples/bench_proxy"
 run revert "$target/examples/bench_revert" --gateway-bin "$gateway" --agents 200
 
 echo "Summary ($(nproc) cores, $(date -u +%Y-%m-%d))"
 echo
 echo "| what | measured | target | |"
 echo "| --- | --- | --- | --- |"
-for name in peer webhooks fanout rollback revert; do
+for name in peer webhooks fanout rollback proxy revert; do
   [ -f "$out/$name.txt" ] && grep -h '^SUMMARY|' "$out/$name.txt" | sed 's/^SUMMARY//'
 done

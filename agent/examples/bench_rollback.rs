@@ -21,79 +21,27 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
 use orcastrate_agent::{Cli, Settings};
-use orcastrate_broker::embedded::{EmbeddedBroker, LinkReceiver};
-use orcastrate_broker::{
-    AgentState, AgentStatus, DeployOrder, OrderKind, OrderSigner, Step, Topics,
-};
+use orcastrate_broker::embedded::EmbeddedBroker;
+use orcastrate_broker::{AgentState, AgentStatus, OrderKind, OrderSigner, Step, Topics};
 use orcastrate_testkit::git::Origin;
 use orcastrate_testkit::{app, free_port};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/orders.rs"]
+mod orders;
 #[path = "support/mod.rs"]
 mod support;
+
+use orders::{summary_row, Orders, Watch};
 
 const REPO: &str = "bench/web";
 const ENV: &str = "production";
 const AGENT: &str = "bench-1";
 const TOKEN: &str = "bench-token";
 const INSTALL: &str = "npm install --no-audit --no-fund";
-
-/// Statuses as the watcher received them.
-struct Watch {
-    rx: mpsc::UnboundedReceiver<(Instant, AgentStatus)>,
-    seen: Vec<(Instant, AgentStatus)>,
-}
-
-impl Watch {
-    /// Collects the statuses the link receives, stamped with their arrival.
-    fn spawn(mut receiver: LinkReceiver) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(msg) = receiver.recv().await {
-                if let Ok(s) = serde_json::from_slice::<AgentStatus>(&msg.payload) {
-                    let _ = tx.send((Instant::now(), s));
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the final state of `seq`; returns every status of it with its arrival time.
-    async fn until_done(&mut self, seq: u64) -> anyhow::Result<Vec<(Instant, AgentStatus)>> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let of_seq: Vec<_> = self
-                .seen
-                .iter()
-                .filter(|(_, s)| s.seq == Some(seq))
-                .cloned()
-                .collect();
-            if let Some((_, last)) = of_seq.last() {
-                if !matches!(
-                    last.state,
-                    AgentState::Deploying | AgentState::Idle | AgentState::Offline
-                ) {
-                    if last.state != AgentState::Healthy {
-                        bail!("seq {seq} ended {:?}: {:?}", last.state, last.error);
-                    }
-                    return Ok(of_seq);
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.rx.recv()).await {
-                Ok(Some(item)) => self.seen.push(item),
-                _ => bail!("timed out waiting for seq {seq}"),
-            }
-        }
-    }
-}
 
 fn first_at(
     statuses: &[(Instant, AgentStatus)],
@@ -116,47 +64,6 @@ fn summary(name: &str, values: &mut [f64]) -> f64 {
         values[values.len() - 1]
     );
     median
-}
-
-/// A row of the combined table `scripts/bench.sh` prints (it sets `ORCASTRATE_BENCH_SUMMARY`);
-/// nothing otherwise.
-fn summary_row(what: &str, measured: &str, target: &str, met: bool) {
-    if std::env::var_os("ORCASTRATE_BENCH_SUMMARY").is_none() {
-        return;
-    }
-    let verdict = if met { "ok" } else { "MISSED" };
-    println!("SUMMARY| {what} | {measured} | {target} | {verdict} |");
-}
-
-/// Signed orders with increasing `seq`.
-struct Orders<'a> {
-    signer: &'a OrderSigner,
-    seq: u64,
-}
-
-impl Orders<'_> {
-    /// The next order for `sha`: its `seq` and payload.
-    fn next(&mut self, sha: &str, kind: OrderKind) -> (u64, Vec<u8>) {
-        self.seq += 1;
-        let mut order = DeployOrder {
-            v: 1,
-            seq: self.seq,
-            repo: REPO.into(),
-            env: ENV.into(),
-            sha: sha.into(),
-            git_ref: Some("refs/heads/main".into()),
-            kind,
-            delivery: None,
-            issued_at: orcastrate_broker::time::now(),
-            issued_by: None,
-            key_id: String::new(),
-            targets: None,
-            base_sha: None,
-            sig: String::new(),
-        };
-        self.signer.sign(&mut order);
-        (self.seq, serde_json::to_vec(&order).unwrap())
-    }
 }
 
 /// The benchmarked agent's config: the app from `origin`, health on `app_port`.
@@ -223,6 +130,8 @@ async fn main() -> anyhow::Result<()> {
     let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
 
     let mut orders = Orders {
+        repo: REPO,
+        env: ENV,
         signer: &signer,
         seq: orcastrate_broker::time::unix_ms(),
     };

@@ -45,6 +45,7 @@ pub mod handoff;
 mod health;
 mod outcome;
 mod procs;
+mod proxy;
 mod random;
 mod redact;
 mod release;

@@ -45,6 +45,9 @@ pub(crate) struct ProcRecord {
 pub(crate) struct AppRecord {
     pub(crate) proc: ProcRecord,
     pub(crate) release: String,
+    /// Its private port behind `[proxy]`, for the proxy of a restarted agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u16>,
 }
 
 /// The outcome last reported, re-published after a restart.

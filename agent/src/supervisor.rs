@@ -10,6 +10,7 @@
 //! and what it last printed to stderr, so a deploy waiting for health fails at once.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub(crate) struct AppInfo {
     pub(crate) proc: ProcRecord,
     /// How often it was restarted after dying.
     pub(crate) restarts: u32,
+    /// Its private port behind `[proxy]`.
+    pub(crate) port: Option<u16>,
 }
 
 /// How the app died the first time after it was started (announced as it happens), and the
@@ -129,10 +132,16 @@ pub(crate) struct AppLogs {
     pub(crate) limits: AppLogLimits,
     /// The agent binary, to run the log writer as its own process (else a thread).
     pub(crate) writer: Option<PathBuf>,
+    /// The variable that tells the app its private port (`[proxy] port_var`).
+    pub(crate) port_var: Option<String>,
 }
 
-struct Running {
+/// One supervised app.
+pub(crate) struct Running {
     info: Arc<Mutex<AppInfo>>,
+    /// Whether it is the app `state.json` records (a blue/green candidate is not, until
+    /// promoted: after a crash the agent adopts the app that served).
+    recorded: Arc<AtomicBool>,
     /// Fired by the watch task when the app first dies.
     first_exit: Arc<FirstExit>,
     /// Tells the watch task to stop the app; the task owns the process.
@@ -141,7 +150,15 @@ struct Running {
     task: JoinHandle<Stopped>,
 }
 
-/// Runs at most one app at a time.
+impl Running {
+    /// Its private port behind `[proxy]`.
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).port
+    }
+}
+
+/// Runs one app, and behind `[proxy]` a second one (the candidate of a blue/green switch)
+/// while it proves healthy.
 pub(crate) struct Supervisor {
     start_cmd: String,
     /// `run_as`.
@@ -151,6 +168,8 @@ pub(crate) struct Supervisor {
     state: SharedState,
     logs: AppLogs,
     running: Mutex<Option<Running>>,
+    /// The blue/green candidate.
+    next: Mutex<Option<Running>>,
 }
 
 enum Process {
@@ -176,6 +195,7 @@ impl Supervisor {
             state,
             logs,
             running: Mutex::new(None),
+            next: Mutex::new(None),
         }
     }
 
@@ -222,8 +242,10 @@ impl Supervisor {
                 release: record.release.clone(),
                 proc: record.proc,
                 restarts: 0,
+                port: record.port,
             },
             Process::Adopted,
+            false,
         );
         true
     }
@@ -233,23 +255,89 @@ impl Supervisor {
     /// # Errors
     ///
     /// When the start command cannot be spawned.
-    pub(crate) fn start(&self, release: &str) -> std::io::Result<ProcRecord> {
-        let (child, proc, writer) = self.spawn(release)?;
+    pub(crate) fn start(&self, release: &str, port: Option<u16>) -> std::io::Result<ProcRecord> {
+        self.start_in(release, port, false)
+    }
+
+    /// Starts `release` on `port` beside the app that serves, as the candidate of a
+    /// blue/green switch: [`Self::promote`] makes it the app, [`Self::discard`] stops it.
+    ///
+    /// # Errors
+    ///
+    /// When the start command cannot be spawned.
+    pub(crate) fn start_next(&self, release: &str, port: u16) -> std::io::Result<ProcRecord> {
+        self.start_in(release, Some(port), true)
+    }
+
+    fn start_in(
+        &self,
+        release: &str,
+        port: Option<u16>,
+        next: bool,
+    ) -> std::io::Result<ProcRecord> {
+        let (child, proc, writer) = spawn_app(
+            &self.start_cmd,
+            self.user.as_ref(),
+            &self.layout,
+            (release, port),
+            (!next).then_some(&self.state),
+            &self.logs,
+        )?;
         self.watch(
             AppInfo {
                 release: release.to_owned(),
                 proc,
                 restarts: 0,
+                port,
             },
             Process::Own(Box::new((child, writer))),
+            next,
         );
         Ok(proc)
     }
 
-    /// Stops the app (SIGTERM to its group, SIGKILL after `stop_timeout_s`); `None` when
-    /// nothing was running.
-    pub(crate) async fn stop(&self) -> Option<Stopped> {
-        let running = self.lock().take()?;
+    /// Whether the candidate's process group has a live process.
+    pub(crate) fn next_alive(&self) -> bool {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        next.as_ref().is_some_and(|r| {
+            procs::group_alive(r.info.lock().unwrap_or_else(|p| p.into_inner()).proc.pgid)
+        })
+    }
+
+    /// How the candidate first died, once it has.
+    pub(crate) fn next_first_exit(&self) -> Option<Arc<FirstExit>> {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        next.as_ref().map(|r| r.first_exit.clone())
+    }
+
+    /// Makes the candidate the app (recorded in `state.json`) and returns the one it
+    /// replaces, still running, for [`Self::retire`] once its connections drained.
+    pub(crate) fn promote(&self) -> Option<Running> {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let info = next.info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        next.recorded.store(true, Ordering::SeqCst);
+        state::update(&self.state, |s| {
+            s.app = Some(AppRecord {
+                proc: info.proc,
+                release: info.release.clone(),
+                port: info.port,
+            });
+        });
+        self.lock().replace(next)
+    }
+
+    /// Stops the candidate (it failed its health check); `None` when there was none.
+    pub(crate) async fn discard(&self) -> Option<Stopped> {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some(Self::stop_running(next, self.stop_timeout).await)
+    }
+
+    /// Stops an app [`Self::promote`] replaced.
+    pub(crate) async fn retire(&self, old: Running) -> Stopped {
+        Self::stop_running(old, self.stop_timeout).await
+    }
+
+    async fn stop_running(running: Running, stop_timeout: Duration) -> Stopped {
         running.stop.cancel();
         let pgid = running
             .info
@@ -257,11 +345,20 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .proc
             .pgid;
-        let how = match running.task.await {
+        match running.task.await {
             Ok(how) => how,
             // The task panicked: stop the group here.
-            Err(_) => procs::stop_group(pgid, self.stop_timeout).await,
-        };
+            Err(_) => procs::stop_group(pgid, stop_timeout).await,
+        }
+    }
+
+    /// Stops the app (SIGTERM to its group, SIGKILL after `stop_timeout_s`); `None` when
+    /// nothing was running.
+    pub(crate) async fn stop(&self) -> Option<Stopped> {
+        // A candidate left by a cancelled switch goes too.
+        self.discard().await;
+        let running = self.lock().take()?;
+        let how = Self::stop_running(running, self.stop_timeout).await;
         state::update(&self.state, |s| s.app = None);
         Some(how)
     }
@@ -272,21 +369,14 @@ impl Supervisor {
         if let Some(running) = self.lock().take() {
             running.task.abort();
         }
+        if let Some(next) = self.next.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            next.task.abort();
+        }
     }
 
-    fn spawn(&self, release: &str) -> std::io::Result<(tokio::process::Child, ProcRecord, Writer)> {
-        spawn_app(
-            &self.start_cmd,
-            self.user.as_ref(),
-            &self.layout,
-            release,
-            &self.state,
-            &self.logs,
-        )
-    }
-
-    fn watch(&self, info: AppInfo, process: Process) {
+    fn watch(&self, info: AppInfo, process: Process, next: bool) {
         let info = Arc::new(Mutex::new(info));
+        let recorded = Arc::new(AtomicBool::new(!next));
         let stop = CancellationToken::new();
         let first_exit = Arc::new(FirstExit::default());
         let task = tokio::spawn(watch_task(
@@ -298,17 +388,27 @@ impl Supervisor {
                 state: self.state.clone(),
                 logs: self.logs.clone(),
                 first_exit: first_exit.clone(),
+                recorded: recorded.clone(),
             },
             info.clone(),
             stop.clone(),
             process,
         ));
-        let previous = self.lock().replace(Running {
+        let running = Running {
             info,
+            recorded,
             first_exit,
             stop,
             task,
-        });
+        };
+        let previous = if next {
+            self.next
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(running)
+        } else {
+            self.lock().replace(running)
+        };
         if let Some(p) = previous {
             // Callers stop before starting; a leftover watcher must not restart its app.
             p.stop.cancel();
@@ -324,25 +424,40 @@ struct WatchCtx {
     state: SharedState,
     logs: AppLogs,
     first_exit: Arc<FirstExit>,
+    recorded: Arc<AtomicBool>,
 }
 
-/// Spawns the start command of `release`, its output going to the release's app log, and
-/// records its process group in `state.json`.
+/// Spawns the start command of `release` (on its private `port` behind `[proxy]`), its
+/// output going to the release's app log, and records its process group in `state.json`
+/// when given the state.
 fn spawn_app(
     start_cmd: &str,
     user: Option<&RunAs>,
     layout: &Layout,
-    release: &str,
-    state: &SharedState,
+    (release, port): (&str, Option<u16>),
+    state: Option<&SharedState>,
     logs: &AppLogs,
 ) -> std::io::Result<(tokio::process::Child, ProcRecord, Writer)> {
     let dir: PathBuf = layout.release(release);
+    let start_cmd = &match port {
+        Some(port) => start_cmd.replace(crate::config::PORT_PLACEHOLDER, &port.to_string()),
+        None => start_cmd.to_owned(),
+    };
     let (stdout, stderr, writer) = app_log::start_writer(
         logs.writer.as_deref(),
         &app_log::path(&layout.logs(), release),
         logs.limits,
     )?;
-    let mut command = Cmd::in_release(start_cmd, &dir, user).command();
+    let mut cmd = Cmd::in_release(start_cmd, &dir, user);
+    if let (Some(port), Some(var)) = (port, logs.port_var.as_ref()) {
+        cmd.extra_env.push((var.clone(), port.to_string()));
+    }
+    let mut command = cmd.command();
+    // Systemd's socket activation is for the agent's proxy, not for the app.
+    command
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
     command.stdout(stdout).stderr(stderr);
     // The command's copies of the pipes' write ends close with it, so the writer sees the
     // end of the app's output when the app (and whatever inherited them) exits.
@@ -350,12 +465,15 @@ fn spawn_app(
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     let start_time = procs::stat(pgid).map(|s| s.start_time).unwrap_or(0);
     let proc = ProcRecord { pgid, start_time };
-    state::update(state, |s| {
-        s.app = Some(AppRecord {
-            proc,
-            release: release.to_owned(),
+    if let Some(state) = state {
+        state::update(state, |s| {
+            s.app = Some(AppRecord {
+                proc,
+                release: release.to_owned(),
+                port,
+            });
         });
-    });
+    }
     tracing::info!(release, pgid, command = %start_cmd, "app started");
     Ok((child, proc, writer))
 }
@@ -368,9 +486,9 @@ async fn watch_task(
 ) -> Stopped {
     let mut pause = RESTART_MIN;
     loop {
-        let (proc, release) = {
+        let (proc, release, port) = {
             let i = info.lock().unwrap_or_else(|p| p.into_inner());
-            (i.proc, i.release.clone())
+            (i.proc, i.release.clone(), i.port)
         };
         let started = tokio::time::Instant::now();
         let died = match &mut process {
@@ -423,8 +541,8 @@ async fn watch_task(
             &ctx.start_cmd,
             ctx.user.as_ref(),
             &ctx.layout,
-            &release,
-            &ctx.state,
+            (&release, port),
+            ctx.recorded.load(Ordering::SeqCst).then_some(&ctx.state),
             &ctx.logs,
         ) {
             Ok((child, new, writer)) => {

@@ -52,6 +52,11 @@ impl RunOutcome {
 /// A failure that stops the agent at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("[proxy] cannot listen on {listen}: {source} (is another process on it? a port below 1024 needs CAP_NET_BIND_SERVICE or socket activation)")]
+    Proxy {
+        listen: String,
+        source: std::io::Error,
+    },
     #[error(
         "cannot prepare the agent's directory {path}: {source} (check root and its permissions)"
     )]
@@ -88,42 +93,12 @@ pub async fn run(
         crate::supervisor::AppLogs {
             limits: settings.app_log,
             writer: settings.log_writer.clone(),
+            port_var: settings.proxy.as_ref().map(|p| p.port_var.clone()),
         },
     );
-    let mut started_at_boot = false;
-    let app = state::lock(&state).get().app.clone();
-    if let Some(app) = app {
-        if supervisor.adopt(&app) {
-            tracing::info!(pgid = app.proc.pgid, release = %app.release, "adopted the running app");
-        } else {
-            tracing::info!(
-                pgid = app.proc.pgid,
-                "the app recorded in state.json is gone"
-            );
-            state::update(&state, |s| s.app = None);
-        }
-    }
-    adopt_or_kill_strays(&layout, &state, &supervisor).await;
-    if supervisor.info().is_none() {
-        if let Some(current) = layout.current_release() {
-            if layout
-                .list()
-                .unwrap_or_default()
-                .iter()
-                .any(|r| r.name == current && r.marker.is_some())
-            {
-                match supervisor.start(&current) {
-                    Ok(_) => {
-                        tracing::info!(release = %current, "started the current release");
-                        started_at_boot = true;
-                    }
-                    Err(e) => {
-                        tracing::error!(release = %current, error = %e, "cannot start the current release")
-                    }
-                }
-            }
-        }
-    }
+    let stop_proxy = shutdown.child_token();
+    let (proxy, started_at_boot) =
+        boot_app(&settings, &layout, &state, &supervisor, &stop_proxy).await?;
 
     let mut initial = status::initial(&settings);
     if let Some(last) = state::lock(&state).get().last.clone() {
@@ -149,6 +124,7 @@ pub async fn run(
         git,
         state,
         supervisor,
+        proxy,
         status: StatusBoard::new(connection.bus.clone(), initial),
         bus: connection.bus.clone(),
     });
@@ -157,6 +133,18 @@ pub async fn run(
 
     let outcome = event_loop::run(&ctx, events_rx, &shutdown, started_at_boot).await;
 
+    // Stop accepting (a socket systemd holds keeps queueing for the next agent) and let the
+    // open connections finish while the app still serves them.
+    stop_proxy.cancel();
+    if let (Some(proxy), Some(p)) = (&ctx.proxy, &ctx.settings.proxy) {
+        let left = proxy.drain_all(p.drain).await;
+        if left > 0 {
+            tracing::warn!(
+                open = left,
+                "closing proxied connections still open after drain_s"
+            );
+        }
+    }
     match ctx.settings.on_shutdown {
         OnShutdown::Stop => {
             if ctx.supervisor.stop().await.is_some() {
@@ -168,6 +156,88 @@ pub async fn run(
     }
     connection.close().await;
     Ok(outcome)
+}
+
+/// Adopts the app a previous agent left running or starts the `current` release, behind
+/// the proxy when `[proxy]` is on (an adopted app with no private port, started before
+/// `[proxy]`, holds the public port: it is restarted behind the proxy). Returns the proxy
+/// and whether the app was started here.
+async fn boot_app(
+    settings: &Settings,
+    layout: &Layout,
+    state: &SharedState,
+    supervisor: &Supervisor,
+    stop_proxy: &CancellationToken,
+) -> Result<(Option<crate::proxy::Proxy>, bool), AgentError> {
+    let app = state::lock(state).get().app.clone();
+    if let Some(app) = app {
+        if supervisor.adopt(&app) {
+            tracing::info!(pgid = app.proc.pgid, release = %app.release, "adopted the running app");
+        } else {
+            tracing::info!(
+                pgid = app.proc.pgid,
+                "the app recorded in state.json is gone"
+            );
+            state::update(state, |s| s.app = None);
+        }
+    }
+    adopt_or_kill_strays(layout, state, supervisor).await;
+    let proxy = match &settings.proxy {
+        None => None,
+        Some(p) => {
+            if supervisor.info().is_some_and(|i| i.port.is_none()) {
+                tracing::info!("restarting the app behind the proxy (it ran on its own port)");
+                supervisor.stop().await;
+            }
+            let proxy =
+                crate::proxy::Proxy::start(p.listen, stop_proxy.clone()).map_err(|source| {
+                    AgentError::Proxy {
+                        listen: p.listen.to_string(),
+                        source,
+                    }
+                })?;
+            if let Some(port) = supervisor.info().and_then(|i| i.port) {
+                proxy.switch_to(port);
+            }
+            Some(proxy)
+        }
+    };
+    let mut started = false;
+    if supervisor.info().is_none() {
+        if let Some(current) = layout.current_release() {
+            if layout
+                .list()
+                .unwrap_or_default()
+                .iter()
+                .any(|r| r.name == current && r.marker.is_some())
+            {
+                let port = match &proxy {
+                    Some(_) => {
+                        Some(
+                            crate::proxy::free_port().map_err(|source| AgentError::Proxy {
+                                listen: "127.0.0.1:0 (a private port for the app)".to_owned(),
+                                source,
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
+                match supervisor.start(&current, port) {
+                    Ok(_) => {
+                        tracing::info!(release = %current, ?port, "started the current release");
+                        if let (Some(proxy), Some(port)) = (&proxy, port) {
+                            proxy.switch_to(port);
+                        }
+                        started = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(release = %current, error = %e, "cannot start the current release")
+                    }
+                }
+            }
+        }
+    }
+    Ok((proxy, started))
 }
 
 /// Start-up recovery: floor from the release names if `state.json` is lost, a step a crash
@@ -249,6 +319,7 @@ async fn adopt_or_kill_strays(layout: &Layout, state: &SharedState, supervisor: 
             let record = AppRecord {
                 proc: ProcRecord { pgid, start_time },
                 release,
+                port: None,
             };
             if supervisor.adopt(&record) {
                 tracing::info!(pgid, release = %record.release, "adopted an app running from current that state.json did not record");

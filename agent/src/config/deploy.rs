@@ -135,7 +135,8 @@ pub(super) fn health(origin: &str, file: &FileConfig) -> Result<HealthSettings, 
             "health",
             "set either http or command, not both",
         )),
-        (Some(url), None) => parse_http_url(&url)
+        // `{port}` (a release's private port behind `[proxy]`) is filled in per release.
+        (Some(url), None) => parse_http_url(&url.replace(super::PORT_PLACEHOLDER, "1"))
             .map(|_| HealthCheck::Http(url))
             .map_err(|p| ConfigError::new(origin, "health.http", p)),
         (None, Some(cmd)) => one_line(origin, "health.command", &cmd).map(HealthCheck::Command),
@@ -330,6 +331,7 @@ pub(super) struct Deployment {
     pub(super) health: HealthSettings,
     pub(super) git: GitSettings,
     pub(super) app_log: AppLogLimits,
+    pub(super) proxy: Option<super::ProxySettings>,
 }
 
 /// Checks every deploy-related key, then returns them if all were valid.
@@ -341,6 +343,7 @@ pub(super) fn deployment(origin: &str, file: &FileConfig, p: &mut Problems) -> O
     let health = p.check(health(origin, file));
     let git = p.check(git(origin, file));
     let app_log = p.check(logs(origin, file));
+    let proxy = p.check(super::proxy::proxy(origin, file));
     Some(Deployment {
         keep_releases: keep_releases?,
         on_shutdown: on_shutdown?,
@@ -349,5 +352,6 @@ pub(super) fn deployment(origin: &str, file: &FileConfig, p: &mut Problems) -> O
         health: health?,
         git: git?,
         app_log: app_log?,
+        proxy: proxy?,
     })
 }

@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub health: Option<HealthFile>,
     pub git: Option<GitFile>,
     pub logs: Option<LogsFile>,
+    pub proxy: Option<ProxyFile>,
 }
 
 /// `server = "mqtt://…"` or `server = ["mqtt://a", "mqtt://b"]`.
@@ -85,6 +86,15 @@ pub struct GitFile {
 pub struct LogsFile {
     pub app_max_bytes: Option<i64>,
     pub app_keep: Option<i64>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub listen: Option<String>,
+    pub drain_s: Option<i64>,
+    pub port_var: Option<String>,
 }
 
 /// Reads and parses the config file.

@@ -26,6 +26,7 @@ mod deploy;
 mod environment;
 mod file;
 mod identity;
+mod proxy;
 #[cfg(test)]
 mod tests;
 
@@ -33,9 +34,13 @@ pub use crate::app_log::AppLogLimits;
 pub(crate) use deploy::{parse_http_url, HttpTarget};
 pub use deploy::{DEFAULT_APP_LOG_KEEP, DEFAULT_APP_LOG_MAX_BYTES};
 pub use environment::Environment;
-pub use file::{FileConfig, GitFile, HealthFile, LogsFile, ServerList, SharedFile, StepsFile};
+pub use file::{
+    FileConfig, GitFile, HealthFile, LogsFile, ProxyFile, ServerList, SharedFile, StepsFile,
+};
 pub use orcastrate_broker::ConfigError;
 use orcastrate_broker::Problems;
+pub(crate) use proxy::health_on;
+pub use proxy::{ProxySettings, DEFAULT_DRAIN_S, DEFAULT_PORT_VAR, PORT_PLACEHOLDER};
 
 /// Default `install` step.
 pub const DEFAULT_INSTALL: &str = "npm install";
@@ -150,6 +155,9 @@ pub struct Settings {
     /// never writes into a pipe of a dead agent); `None` (the agent embedded as a library):
     /// a thread of the agent writes the log. `main` sets it.
     pub log_writer: Option<PathBuf>,
+    /// `[proxy]`: blue/green switches behind the agent's own TCP proxy; `None`: the app
+    /// owns its port and a deploy stops the old app before starting the new one.
+    pub proxy: Option<ProxySettings>,
     /// `--once`.
     pub once: bool,
     /// With `--once`: how long to try to reach a server.
@@ -298,6 +306,7 @@ impl Settings {
             git: deployment.git,
             app_log: deployment.app_log,
             log_writer: None,
+            proxy: deployment.proxy,
             once: cli.once,
             connect_timeout: Duration::from_secs(
                 cli.connect_timeout_s

@@ -126,7 +126,8 @@ fn unknown_keys_are_refused_with_a_line() {
 #[test]
 fn the_example_config_names_every_key() {
     // Every commented `key = value` line, uncommented, is a key the agent knows, and
-    // together they set every key (a key missing from the example stays None).
+    // together they set every key (a key missing from the example stays None). An opt-in
+    // table is shipped commented (`# [proxy]`) and uncommented here too.
     let uncommented: String = crate::EXAMPLE_CONFIG
         .lines()
         .map(|l| match l.strip_prefix("# ") {
@@ -134,6 +135,15 @@ fn the_example_config_names_every_key() {
                 if rest.split_once(" = ").is_some_and(|(k, _)| {
                     !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
                 }) =>
+            {
+                rest
+            }
+            Some(rest)
+                if rest.starts_with('[')
+                    && rest.ends_with(']')
+                    && rest[1..rest.len() - 1]
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_') =>
             {
                 rest
             }
@@ -366,4 +376,62 @@ fn websocket_servers_and_a_ca_file() {
     file.server = Some(ServerList::One("wss://h/mqtt?token=x".into()));
     let e = merge(&Cli::default(), &file, "agent.toml").unwrap_err();
     assert!(e.to_string().contains("server"), "{e}");
+}
+
+#[test]
+fn proxy_section() {
+    let with = |proxy: Option<ProxyFile>, http: Option<&str>| {
+        let mut f = base_file();
+        f.proxy = proxy;
+        f.health = Some(HealthFile {
+            http: http.map(str::to_owned),
+            ..HealthFile::default()
+        });
+        merge(&Cli::default(), &f, "a.toml")
+    };
+    let proxy = |listen: Option<&str>, drain_s: Option<i64>, port_var: Option<&str>| {
+        Some(ProxyFile {
+            listen: listen.map(str::to_owned),
+            drain_s,
+            port_var: port_var.map(str::to_owned),
+        })
+    };
+    // Off by default.
+    assert!(with(None, None).unwrap().proxy.is_none());
+    // Defaults, and {port} in the health URL.
+    let s = with(
+        proxy(Some("0.0.0.0:3000"), None, None),
+        Some("http://127.0.0.1:{port}/healthz"),
+    )
+    .unwrap();
+    let p = s.proxy.unwrap();
+    assert_eq!(p.listen, "0.0.0.0:3000".parse().unwrap());
+    assert_eq!(p.drain, std::time::Duration::from_secs(DEFAULT_DRAIN_S));
+    assert_eq!(p.port_var, DEFAULT_PORT_VAR);
+    assert_eq!(
+        health_on(&s.health.check, Some(4100)),
+        HealthCheck::Http("http://127.0.0.1:4100/healthz".into())
+    );
+    // Each problem names its key.
+    let key = |r: Result<Settings, ConfigError>| r.unwrap_err().key;
+    assert_eq!(key(with(proxy(None, None, None), None)), "proxy.listen");
+    assert_eq!(
+        key(with(proxy(Some("3000"), None, None), None)),
+        "proxy.listen"
+    );
+    assert_eq!(
+        key(with(proxy(Some("127.0.0.1:3000"), Some(-1), None), None)),
+        "proxy.drain_s"
+    );
+    assert_eq!(
+        key(with(
+            proxy(Some("127.0.0.1:3000"), None, Some("MY-PORT")),
+            None
+        )),
+        "proxy.port_var"
+    );
+    // {port} only exists behind the proxy.
+    let e = with(None, Some("http://127.0.0.1:{port}/")).unwrap_err();
+    assert_eq!(e.key, "health.http");
+    assert!(e.problem.contains("[proxy]"), "{e}");
 }

@@ -8,11 +8,12 @@
 //!
 //! - `build`: fetch, checkout, `[shared]`, config, `install`, `build`, the marker.
 //! - `rollback`: a failure after the switch.
+//! - `switch`: the blue/green switch behind `[proxy]`, and the health wait both use.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use orcastrate_broker::{AgentState, DeployOrder, LogStream, OrderKind, Step};
+use orcastrate_broker::{AgentState, DeployOrder, OrderKind, Step};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -27,6 +28,7 @@ use crate::supervisor::Supervisor;
 
 mod build;
 mod rollback;
+mod switch;
 
 /// Everything a deploy works with, shared with the agent loop.
 pub(crate) struct Ctx {
@@ -35,6 +37,8 @@ pub(crate) struct Ctx {
     pub(crate) git: Git,
     pub(crate) state: SharedState,
     pub(crate) supervisor: Supervisor,
+    /// The public socket, with `[proxy]`.
+    pub(crate) proxy: Option<crate::proxy::Proxy>,
     pub(crate) status: StatusBoard,
     pub(crate) bus: Bus,
 }
@@ -371,6 +375,9 @@ impl Job<'_> {
     /// Stops the old app, switches `current`, starts the new release and checks its health.
     async fn switch_and_start(&self, release: &str) -> Outcome {
         let ctx = self.ctx;
+        if let Some(proxy) = &ctx.proxy {
+            return self.blue_green(proxy, release).await;
+        }
         if let Some(how) = ctx.supervisor.stop().await {
             self.sink
                 .note(Some(Step::Start), &format!("stopped the old app ({how:?})"));
@@ -387,7 +394,7 @@ impl Job<'_> {
                 ctx.settings.steps.start
             ),
         );
-        if let Err(e) = ctx.supervisor.start(release) {
+        if let Err(e) = ctx.supervisor.start(release, None) {
             return self
                 .failed_after(
                     release,
@@ -398,32 +405,14 @@ impl Job<'_> {
         ctx.status
             .update(|s| s.running_sha = Some(self.order.sha.clone()));
         self.step(Step::Health);
-        let never = CancellationToken::new();
-        let first_exit = ctx.supervisor.first_exit();
-        let dir = ctx.layout.release(release);
-        // An app that dies during the health window fails the deploy at once, saying why,
-        // instead of after the whole health timeout.
-        let health = tokio::select! {
-            health = crate::health::wait_healthy(
+        let health = self
+            .wait_health(
                 &ctx.settings.health.check,
-                &dir,
-                ctx.settings.health.timeout,
+                release,
                 || ctx.supervisor.alive(),
-                ctx.settings.run_as.as_ref(),
-                &never,
-            ) => health,
-            exit = async {
-                match &first_exit {
-                    Some(e) => e.wait().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                for line in &exit.stderr {
-                    self.sink.line(Some(Step::Health), LogStream::Stderr, line);
-                }
-                Err(exit.reason(&ctx.settings.steps.start))
-            }
-        };
+                ctx.supervisor.first_exit(),
+            )
+            .await;
         match health {
             Ok(()) => self.healthy(release),
             Err(e) => self.failed_after(release, e).await,

@@ -44,7 +44,7 @@ impl Job<'_> {
                 .switch_current(&target.release)
                 .map_err(|e| format!("cannot switch current back to {}: {e}", target.release))?;
             ctx.supervisor
-                .start(&target.release)
+                .start(&target.release, None)
                 .map_err(|e| format!("`{}` did not start: {e}", ctx.settings.steps.start))?;
             crate::health::wait_healthy(
                 &ctx.settings.health.check,

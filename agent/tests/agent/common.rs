@@ -432,6 +432,15 @@ interval_s = 1
         n
     }
 
+    /// Runs `cmd` (the agent binary as the caller set it up) as the next agent run, its
+    /// stderr to that run's log; killed with the world.
+    pub(crate) fn push_agent(&mut self, mut cmd: Command) -> usize {
+        let n = self.agents.len();
+        let log = std::fs::File::create(self.dir.path().join(format!("agent-{n}.log"))).unwrap();
+        self.agents.push(cmd.stderr(log).spawn().unwrap());
+        n
+    }
+
     /// The stderr of agent run `n`.
     pub(crate) fn agent_log(&self, n: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("agent-{n}.log"))).unwrap_or_default()

@@ -11,3 +11,4 @@ mod migration;
 mod orders;
 mod process;
 mod secrets;
+mod zero_downtime;
