@@ -85,12 +85,18 @@ if [ -z "$DEB" ]; then
   command -v cargo >/dev/null || die "no --deb given and no cargo to build one: pass --deb FILE (see README \"Install\")"
   cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked
   echo "install.sh: building the package (cargo deb -p orcastrate-agent --profile dist)"
-  DEB="$(cd "$CHECKOUT" && cargo deb -p orcastrate-agent --profile dist | tail -n 1)"
+  # orcastrate-crypt is its own crate: cargo deb builds only the agent's binary.
+  (cd "$CHECKOUT" && cargo build --locked --profile dist -p orcastrate-crypt --bin orcastrate-crypt)
+  DEB="$(cd "$CHECKOUT" && cargo deb --locked -p orcastrate-agent --profile dist | tail -n 1)"
 fi
 [ -f "$DEB" ] || die "--deb $DEB: no such file"
 echo "install.sh: installing $DEB"
 # --force-confold: keep an edited /etc/orcastrate/agent.example.toml without asking.
-dpkg --force-confold -i "$DEB"
+# A missing dependency (git) is fetched by apt, which then finishes the install.
+if ! dpkg --force-confold -i "$DEB"; then
+  apt-get install -f -y -o Dpkg::Options::=--force-confold \
+    || die "dpkg -i $DEB failed and apt-get could not fix its dependencies: see the messages above"
+fi
 echo "install.sh: installed $(orcastrate-agent --version)"
 
 # 2. The token (root-only; the unit's LoadCredential hands it to the agent).
