@@ -106,13 +106,18 @@ ok "dpkg -r, then dpkg -i keeps a changed config"
 
 # A gateway to check the written config against: its key, and an MQTT port to reach.
 MQTT_PORT=$((20000 + RANDOM % 10000)) HTTP_PORT=$((30000 + RANDOM % 10000))
-KEY="$(orcastrate-gateway public-key --data-dir "$WORK/gw")"
 printf 'token-of-web-1-0123\n' >"$WORK/web-1.token"
 GITHUB_SECRET=test-secret-0123 TOKENS=token-of-web-1-0123 TRUSTED_NAMES=web-1 \
   ORCASTRATE_REPOS=octo-org/web@main=production ORCASTRATE_DATA_DIR="$WORK/gw" \
   ORCASTRATE_HTTP_LISTEN="127.0.0.1:$HTTP_PORT" ORCASTRATE_MQTT_LISTEN="127.0.0.1:$MQTT_PORT" \
   orcastrate-gateway serve >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
+for _ in $(seq 300); do
+  curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && break
+  kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gateway.log" >&2; fail "the installed gateway exited"; }
+  sleep 0.1
+done
+KEY="$(orcastrate-gateway public-key --data-dir "$WORK/gw")" || fail "no gateway public key"
 
 # scripts/install.sh twice: a fresh install, then an upgrade that keeps the config.
 dpkg --purge orcastrate-agent >/dev/null
