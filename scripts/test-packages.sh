@@ -41,15 +41,17 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   # orcastrate-crypt ships in the agent's package but is its own crate: cargo deb builds only
   # the package's own binaries.
   cargo build --profile dist -p orcastrate-crypt --bin orcastrate-crypt
-  cargo deb -p orcastrate-agent --profile dist
-  cargo deb -p orcastrate-gateway --profile dist
+  cargo deb -p orcastrate-agent
+  cargo deb -p orcastrate-gateway
   echo "test-packages: built in $(($(date +%s) - start)) s"
 fi
-AGENT_DEB="$(ls -t "$DEBS"/orcastrate-agent_"$VERSION"-1_*.deb | head -n 1)"
-GATEWAY_DEB="$(ls -t "$DEBS"/orcastrate-gateway_"$VERSION"-1_*.deb | head -n 1)"
+# Copies: cargo deb removes a package's older .deb files from target/debian.
+cp "$(ls -t "$DEBS"/orcastrate-agent_"$VERSION"-1_*.deb | head -n 1)" "$WORK/agent.deb"
+cp "$(ls -t "$DEBS"/orcastrate-gateway_"$VERSION"-1_*.deb | head -n 1)" "$WORK/gateway.deb"
+AGENT_DEB="$WORK/agent.deb" GATEWAY_DEB="$WORK/gateway.deb"
 # A newer revision of the same build, for the upgrade.
-cargo deb -p orcastrate-agent --profile dist --no-build --deb-revision 2 --output "$WORK/upgrade.deb" >/dev/null
-ls -l "$AGENT_DEB" "$GATEWAY_DEB" target/dist/orcastrate-agent target/dist/orcastrate-crypt target/dist/orcastrate-gateway
+cargo deb -p orcastrate-agent --no-build --deb-revision 2 --output "$WORK/upgrade.deb" >/dev/null
+ls -l "$AGENT_DEB" "$GATEWAY_DEB" "$WORK/upgrade.deb" target/dist/orcastrate-agent target/dist/orcastrate-crypt target/dist/orcastrate-gateway
 
 # lintian: no errors (the kept warnings are listed in README "Install").
 if command -v lintian >/dev/null; then
