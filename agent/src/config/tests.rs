@@ -240,9 +240,9 @@ fn every_problem_of_a_file_is_reported_at_once() {
         keys,
         [
             "env",
+            "prefix",
             "keep_releases",
             "on_shutdown",
-            "prefix",
             "steps.install",
             "steps.start",
             "health.http",
