@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{AppLogLimits, ConfigError, FileConfig, HealthCheck};
+use super::{ConfigError, FileConfig, HealthCheck};
 use orcastrate_broker::Problems;
 
 /// Default time old connections may finish after a switch (`[proxy] drain_s`).

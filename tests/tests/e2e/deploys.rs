@@ -1,6 +1,6 @@
 //! A push deploys; a rollback returns to the warm previous release.
 
-use orcastrate_broker::{AgentState, OrderKind};
+use orcastrate_broker::{AgentState, AgentStatus, OrderKind};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -161,19 +161,37 @@ fn a_broken_push_is_rolled_back_by_the_agent_and_reverted_for_the_fleet_which_ma
     w.start_agent();
     let (sha1, _, _) = w.deploy("v1");
 
+    // Every status, as a watcher sees them: the fleet-wide revert follows the agent's
+    // outcome within milliseconds, so the fleet view may show the outcome only briefly.
+    let statuses = orcastrate_testkit::mqtt::Recorder::start(
+        orcastrate_testkit::mqtt::Mqtt::options(w.gateway.mqtt_port, "", WATCHER, WATCHER_TOKEN),
+        &topic("status/+"),
+    )
+    .expect("the status watcher");
     let sha2 = w.commit_unhealthy("v2");
     let seq2 = w.push(&sha2);
-    let status = w.gateway.wait_agent(&format!("done with seq {seq2}"), |s| {
-        s["seq"] == seq2
-            && matches!(
-                s["state"].as_str(),
-                Some("healthy" | "failed" | "rolled_back" | "skipped")
-            )
+    let status: AgentStatus = eventually(WAIT, &format!("the outcome of seq {seq2}"), || {
+        statuses.messages().iter().find_map(|(_, payload)| {
+            let s: AgentStatus = serde_json::from_slice(payload).ok()?;
+            (s.seq == Some(seq2)
+                && matches!(
+                    s.state,
+                    AgentState::Healthy
+                        | AgentState::Failed
+                        | AgentState::RolledBack
+                        | AgentState::Skipped
+                ))
+            .then_some(s)
+        })
     });
     // It failed after the switch: the newest healthy release is restored.
-    assert_eq!(status["state"], "rolled_back", "{status}");
-    assert_eq!(status["sha"], sha2.as_str(), "{status}");
-    assert_eq!(status["running_sha"], sha1.as_str(), "{status}");
+    assert_eq!(status.state, AgentState::RolledBack, "{status:?}");
+    assert_eq!(status.sha.as_deref(), Some(sha2.as_str()), "{status:?}");
+    assert_eq!(
+        status.running_sha.as_deref(),
+        Some(sha1.as_str()),
+        "{status:?}"
+    );
     w.wait_app("v1");
 
     // The gateway reverts the fleet by itself (issue 13): a rollback order to the first

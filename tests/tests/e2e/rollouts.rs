@@ -307,9 +307,11 @@ fn waves_reach_the_canary_first_then_everyone() {
         (last.sha.as_str(), last.targets.as_ref()),
         (v2.as_str(), None)
     );
-    let fleet = f.gateway.fleet().unwrap();
-    let summary = fleet.rollout.expect("the rollout in the fleet summary");
-    assert_eq!((summary.wave, summary.waves), (3, 3));
+    // The fleet summary follows on its next publishing round (at most one a second).
+    eventually(WAIT, "the fleet summary at the last wave", || {
+        let summary = f.gateway.fleet()?.rollout?;
+        ((summary.wave, summary.waves) == (3, 3)).then_some(())
+    });
     // Nobody but the canary ran v2 on the first wave's order.
     let log = log.finish();
     for name in [AGENT2, AGENT3] {
