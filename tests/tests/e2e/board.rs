@@ -98,7 +98,12 @@ fn the_board_shows_a_push_live_and_rolls_back_with_one_click() {
     eventually(WAIT, "the rollback on the page", || {
         (agent_row(&b) == ("healthy".to_owned(), sha1[..7].to_owned())).then_some(())
     });
-    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/board.png");
+    // The README's docs/board.png is this screenshot: ORCASTRATE_BOARD_SCREENSHOT=docs/board.png
+    // (from the workspace) renews it; by default it goes to the test's scratch folder.
+    let shot = std::env::var_os("ORCASTRATE_BOARD_SCREENSHOT").map_or_else(
+        || Path::new(env!("CARGO_TARGET_TMPDIR")).join("board.png"),
+        |p| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p),
+    );
     b.screenshot(&shot);
 
     // A viewer: no buttons, and the API refuses its writes even with its CSRF token.
