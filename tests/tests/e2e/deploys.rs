@@ -1,6 +1,6 @@
 //! A push deploys; a rollback returns to the warm previous release.
 
-use orcastrate_broker::{AgentState, AgentStatus, OrderKind};
+use orcastrate_broker::{AgentState, OrderKind};
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -161,29 +161,10 @@ fn a_broken_push_is_rolled_back_by_the_agent_and_reverted_for_the_fleet_which_ma
     w.start_agent();
     let (sha1, _, _) = w.deploy("v1");
 
-    // Every status, as a watcher sees them: the fleet-wide revert follows the agent's
-    // outcome within milliseconds, so the fleet view may show the outcome only briefly.
-    let statuses = orcastrate_testkit::mqtt::Recorder::start(
-        orcastrate_testkit::mqtt::Mqtt::options(w.gateway.mqtt_port, "", WATCHER, WATCHER_TOKEN),
-        &topic("status/+"),
-    )
-    .expect("the status watcher");
+    let statuses = StatusRecorder::start(&w.gateway);
     let sha2 = w.commit_unhealthy("v2");
     let seq2 = w.push(&sha2);
-    let status: AgentStatus = eventually(WAIT, &format!("the outcome of seq {seq2}"), || {
-        statuses.messages().iter().find_map(|(_, payload)| {
-            let s: AgentStatus = serde_json::from_slice(payload).ok()?;
-            (s.seq == Some(seq2)
-                && matches!(
-                    s.state,
-                    AgentState::Healthy
-                        | AgentState::Failed
-                        | AgentState::RolledBack
-                        | AgentState::Skipped
-                ))
-            .then_some(s)
-        })
-    });
+    let status = statuses.outcome(seq2);
     // It failed after the switch: the newest healthy release is restored.
     assert_eq!(status.state, AgentState::RolledBack, "{status:?}");
     assert_eq!(status.sha.as_deref(), Some(sha2.as_str()), "{status:?}");

@@ -227,6 +227,7 @@ fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_ser
     let sha2 = w.commit("v2");
     let outage = Outage::start(&w.origin.bare);
     let mut log = w.gateway.watch(&topic(&format!("log/{AGENT}")));
+    let statuses = StatusRecorder::start(&w.gateway);
     let seq2 = w.push(&sha2);
     let first = wait_line(&mut log, seq2, "fetch attempt 1 of 3 failed");
     assert!(first.contains("retrying in 1 s"), "{first}");
@@ -234,12 +235,15 @@ fn an_unreachable_git_remote_is_retried_then_fails_and_the_old_release_keeps_ser
     assert!(second.contains("retrying in 2 s"), "{second}");
     wait_line(&mut log, seq2, "attempt 3 of 3");
 
-    let status = w.gateway.wait_agent(&format!("done with seq {seq2}"), |s| {
-        s["seq"] == seq2 && s["state"] != "deploying"
-    });
-    assert_eq!(status["state"], "failed", "{status}");
-    assert_eq!(status["running_sha"], sha1.as_str(), "{status}");
-    let error = status["error"].as_str().unwrap();
+    // The fleet-wide revert replaces the outcome in the fleet view within milliseconds.
+    let status = statuses.outcome(seq2);
+    assert_eq!(status.state, AgentState::Failed, "{status:?}");
+    assert_eq!(
+        status.running_sha.as_deref(),
+        Some(sha1.as_str()),
+        "{status:?}"
+    );
+    let error = status.error.as_deref().unwrap();
     let url = w.origin.bare.display().to_string();
     assert!(
         error.contains(&format!(

@@ -852,3 +852,36 @@ impl Drop for World {
         }
     }
 }
+
+/// Every agent status published on the test's repo/env, as a watcher sees them from the
+/// moment it started: an outcome the fleet view shows only briefly (the fleet-wide revert
+/// replaces it within milliseconds) is still here.
+pub struct StatusRecorder(orcastrate_testkit::mqtt::Recorder);
+
+impl StatusRecorder {
+    pub fn start(gateway: &Gateway) -> Self {
+        let options =
+            orcastrate_testkit::mqtt::Mqtt::options(gateway.mqtt_port, "", WATCHER, WATCHER_TOKEN);
+        Self(
+            orcastrate_testkit::mqtt::Recorder::start(options, &topic("status/+"))
+                .expect("the status watcher"),
+        )
+    }
+
+    /// Waits for the outcome of order `seq` (a state other than `deploying`).
+    #[track_caller]
+    pub fn outcome(&self, seq: u64) -> orcastrate_broker::AgentStatus {
+        use orcastrate_broker::AgentState;
+        eventually(WAIT, &format!("the outcome of seq {seq}"), || {
+            self.0.messages().iter().find_map(|(_, payload)| {
+                let s: orcastrate_broker::AgentStatus = serde_json::from_slice(payload).ok()?;
+                (s.seq == Some(seq)
+                    && !matches!(
+                        s.state,
+                        AgentState::Deploying | AgentState::Idle | AgentState::Offline
+                    ))
+                .then_some(s)
+            })
+        })
+    }
+}
