@@ -285,7 +285,7 @@ fn the_shipped_example_config_is_valid_in_both_modes() {
     let external = text
         .replace("mode = \"embedded\"", "mode = \"external\"")
         .replace("listen = \"0.0.0.0:1883\"", "")
-        .replace("# url = ", "url = ")
+        .replace("# url = \"mqtts", "url = \"mqtts")
         .replace("# username = ", "username = ")
         .replace("# password = ", "password = ")
         .replace("# hooks_listen = ", "hooks_listen = ")
