@@ -142,7 +142,7 @@ fn notify_target(n: NotifyFile, i: usize, where_: &str) -> Result<NotifyTarget, 
     if !http_url(&n.url) {
         errors.push(ConfigError::new(
             where_,
-            &key("url"),
+            key("url"),
             "not an http(s) URL: give the receiver's full URL",
         ));
     }
@@ -153,7 +153,7 @@ fn notify_target(n: NotifyFile, i: usize, where_: &str) -> Result<NotifyTarget, 
         if !EVENTS.contains(&e.as_str()) {
             errors.push(ConfigError::new(
                 where_,
-                &key("events"),
+                key("events"),
                 format!("unknown event {e:?}: use any of {}", EVENTS.join(", ")),
             ));
         }
@@ -164,7 +164,7 @@ fn notify_target(n: NotifyFile, i: usize, where_: &str) -> Result<NotifyTarget, 
         Some(other) => {
             errors.push(ConfigError::new(
                 where_,
-                &key("format"),
+                key("format"),
                 format!("unknown format {other:?}: use json or slack"),
             ));
             NotifyFormat::Json
@@ -173,7 +173,7 @@ fn notify_target(n: NotifyFile, i: usize, where_: &str) -> Result<NotifyTarget, 
     if format == NotifyFormat::Json && n.secret.as_deref().is_none_or(|s| s.len() < 16) {
         errors.push(ConfigError::new(
             where_,
-            &key("secret"),
+            key("secret"),
             "a json [[notify]] needs a secret of 16 characters or more (openssl rand -hex 24): the receiver checks X-Orcastrate-Signature-256 with it",
         ));
     }

@@ -217,7 +217,7 @@ fn all_healthy(conn: &Connection, order: &DeployOrder) -> Result<bool, LedgerErr
             order
                 .targets
                 .as_ref()
-                .is_none_or(|t| t.iter().any(|a| *a == s.agent))
+                .is_none_or(|t| t.contains(&s.agent))
         })
         .filter(|s| s.state != AgentState::Offline)
         .all(|s| {
