@@ -213,12 +213,7 @@ fn all_healthy(conn: &Connection, order: &DeployOrder) -> Result<bool, LedgerErr
     let statuses = ledger::statuses(conn, Some(&order.repo), Some(&order.env))?;
     Ok(statuses
         .iter()
-        .filter(|s| {
-            order
-                .targets
-                .as_ref()
-                .is_none_or(|t| t.contains(&s.agent))
-        })
+        .filter(|s| order.targets.as_ref().is_none_or(|t| t.contains(&s.agent)))
         .filter(|s| s.state != AgentState::Offline)
         .all(|s| {
             s.state == AgentState::Healthy
