@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
 
     let rx = Receiver::start(api.port(), github);
     let (base, _) = rt.block_on(run_load(http, wire(0), args.connections))?;
-    wait_for(&rx, args.orders, Duration::from_secs(120))?;
+    wait_for(&rx, args.orders, Duration::from_secs(600))?;
     drop(rx);
 
     let (outage, _) = rt.block_on(run_load(http, wire(args.orders), args.connections))?;
@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
 
     let back = Instant::now();
     let rx = Receiver::start(api.port(), github);
-    let drained = wait_for(&rx, args.orders, Duration::from_secs(300))?;
+    let drained = wait_for(&rx, args.orders, Duration::from_secs(600))?;
     std::thread::sleep(Duration::from_secs(1));
     let got = rx.got();
     let seqs: Vec<u64> = got
