@@ -62,6 +62,20 @@ pub enum Command {
     /// Write a NATS `authorization` block with per-user permissions from [[clients]] and the
     /// gateway's [mqtt] login, for mode = "external".
     NatsConfig(EngineFilesArgs),
+    /// List the outbox's pending and failed messages (GitHub deployments, [[notify]]),
+    /// read from the ledger in data_dir.
+    Outbox(OutboxArgs),
+}
+
+/// `outbox`: where the ledger is, and how to print.
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What to do with a rollout.

@@ -103,6 +103,41 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS rollouts_repo_env ON rollouts (repo, env, id);
      CREATE INDEX IF NOT EXISTS rollouts_state ON rollouts (state);
      ALTER TABLE bad_shas ADD COLUMN reason TEXT;",
+    // 4: the outbox (see `crate::outbox`): facts written with the change that causes them,
+    // each destination's cursor, what could not be delivered, and GitHub's deployment ids.
+    "CREATE TABLE IF NOT EXISTS outbox (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         fact TEXT NOT NULL,
+         created_at TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS outbox_cursor (
+         dest TEXT PRIMARY KEY,
+         last_id INTEGER NOT NULL,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         last_error TEXT
+     );
+     CREATE TABLE IF NOT EXISTS outbox_failed (
+         dest TEXT NOT NULL,
+         id INTEGER NOT NULL,
+         fact TEXT NOT NULL,
+         error TEXT NOT NULL,
+         failed_at TEXT NOT NULL,
+         PRIMARY KEY (dest, id)
+     );
+     CREATE TABLE IF NOT EXISTS outbox_marks (
+         repo TEXT NOT NULL,
+         env TEXT NOT NULL,
+         seq INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         PRIMARY KEY (repo, env, seq, state)
+     );
+     CREATE TABLE IF NOT EXISTS github_deployments (
+         repo TEXT NOT NULL,
+         env TEXT NOT NULL,
+         seq INTEGER NOT NULL,
+         id INTEGER NOT NULL,
+         PRIMARY KEY (repo, env, seq)
+     );",
 ];
 
 /// An order as stored: the parsed order and the exact bytes that were published.

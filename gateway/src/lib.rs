@@ -41,6 +41,7 @@ pub mod keys;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
 pub mod rollout;
 pub mod sequencer;
 pub mod serve;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::AgentConfig(args) => agent_config(args),
         Command::MosquittoConfig(args) => mosquitto_config(args),
         Command::NatsConfig(args) => nats_config(args),
+        Command::Outbox(args) => outbox(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +95,20 @@ fn public_key(args: &orcastrate_gateway::cli::ConfigArgs) -> anyhow::Result<()> 
     })?;
     println!("{}", signer.public_key_base64());
     Ok(())
+}
+
+fn outbox(args: &orcastrate_gateway::cli::OutboxArgs) -> anyhow::Result<()> {
+    let data_dir = match &args.config.config {
+        Some(path) => config::read_file(path)?.data_dir,
+        None => None,
+    };
+    let data_dir = args
+        .config
+        .data_dir
+        .clone()
+        .or(data_dir)
+        .unwrap_or_else(|| "data".into());
+    orcastrate_gateway::outbox::print(&data_dir, args.json)
 }
 
 fn agent_config(args: &orcastrate_gateway::cli::AgentConfigArgs) -> anyhow::Result<()> {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub ledger_commit_seconds: Histogram,
     /// `/healthz` checks actually run (answers from the one-second cache do not count).
     pub health_checks: Counter,
+    /// The outbox's queue depth, deliveries and failures.
+    pub outbox: crate::outbox::metrics::OutboxMetrics,
 }
 
 impl Default for Metrics {
@@ -96,7 +98,9 @@ impl Metrics {
             "Health checks run (ledger and a real MQTT login); /healthz answers from a one-second cache in between",
             health_checks.clone(),
         );
+        let outbox = crate::outbox::metrics::OutboxMetrics::register(&mut registry);
         Self {
+            outbox,
             registry,
             webhooks,
             orders,

@@ -87,6 +87,28 @@ fn open_data_dir(settings: &Settings) -> anyhow::Result<(rusqlite::Connection, O
     Ok((conn, signer))
 }
 
+/// Starts the outbox's delivery workers (if any destination is configured); they stop with
+/// the bus, after the sequencer wrote its last facts.
+fn start_outbox(
+    settings: &Settings,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let outbox = crate::outbox::Outbox::start(
+        &settings.data_dir.join(LEDGER_FILE),
+        &settings.outbox,
+        &metrics.outbox,
+    )
+    .context("cannot start the outbox")?;
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        let _ = tokio::task::spawn_blocking(move || outbox.stop()).await;
+    });
+    Ok(())
+}
+
 /// What the bus is started with, besides the `[mqtt]` settings.
 struct BusParts<'a> {
     access: &'a Arc<RwLock<Access>>,
@@ -378,6 +400,7 @@ impl Gateway {
             metrics.clone(),
         )?;
         let (sequencer, sequencer_done) = task.spawn();
+        start_outbox(&settings, &metrics, &tasks, &bus_stop)?;
         let fleet = Arc::new(Fleet::new(
             recorded,
             access.clone(),

@@ -31,6 +31,7 @@ pub mod logs;
 pub mod mqtt;
 mod ports;
 pub mod procs;
+pub mod receiver;
 mod wait;
 
 pub use in_process::{Ended, InProcess, Stop};

@@ -26,6 +26,9 @@ pub struct FileConfig {
     pub admin: AdminFile,
     #[serde(default)]
     pub repos: Vec<RepoFile>,
+    /// `[[notify]]`: see `crate::outbox::config`.
+    #[serde(default)]
+    pub notify: Vec<crate::outbox::config::NotifyFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +74,9 @@ pub struct MqttFile {
 #[serde(deny_unknown_fields)]
 pub struct GithubFile {
     pub secret: Option<String>,
+    /// Deployments API access (see `crate::outbox`).
+    pub token: Option<String>,
+    pub api_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

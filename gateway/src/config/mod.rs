@@ -62,6 +62,8 @@ pub struct Settings {
     pub access: Access,
     /// The config file, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
+    /// GitHub deployments and `[[notify]]` (the outbox's destinations).
+    pub outbox: crate::outbox::OutboxConfig,
 }
 
 impl Settings {
@@ -90,6 +92,17 @@ impl Settings {
         let prefix = p.check(mqtt::prefix(&file.mqtt, &where_));
         let mqtt = p.check(mqtt::mode(file.mqtt, overrides, env, &where_));
         let github_secret = p.check(github_secret(file.github.secret, env, &where_));
+        let outbox = crate::outbox::config::section(
+            file.github.token,
+            file.github.api_url,
+            file.notify,
+            env,
+            &where_,
+        )
+        .unwrap_or_else(|errors| {
+            errors.into_iter().for_each(|e| p.push(e));
+            crate::outbox::OutboxConfig::default()
+        });
         let admin_tokens = p.check(admin_tokens(file.admin.tokens, env, &where_));
         if file
             .admin
@@ -142,6 +155,7 @@ impl Settings {
                 viewer_tokens: file.admin.viewer_tokens,
                 access,
                 config_file,
+                outbox,
             }),
             &where_,
         )

@@ -285,7 +285,7 @@ fn the_shipped_example_config_is_valid_in_both_modes() {
     let external = text
         .replace("mode = \"embedded\"", "mode = \"external\"")
         .replace("listen = \"0.0.0.0:1883\"", "")
-        .replace("# url = ", "url = ")
+        .replace("# url = \"mqtts", "url = \"mqtts")
         .replace("# username = ", "username = ")
         .replace("# password = ", "password = ")
         .replace("# hooks_listen = ", "hooks_listen = ")
@@ -448,4 +448,57 @@ fn r14_tokens_are_held_to_the_clients_minimum() {
     .unwrap_err()
     .to_string();
     assert!(file.contains("shorter than 8 characters"), "{file}");
+}
+
+#[test]
+fn the_example_notify_block_and_github_token_are_valid_and_bad_ones_named() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut on = text.clone();
+    for key in [
+        "[[notify]]",
+        "url = \"https://hooks",
+        "events = [\"deployed\"",
+        "format = \"json\"",
+        "secret = \"CHANGE-ME-notify",
+        "board_url",
+        "token = \"github_pat",
+    ] {
+        on = on.replace(&format!("\n# {key}"), &format!("\n{key}"));
+    }
+    let s = parse(&on, &[("X", "y")]).unwrap();
+    assert_eq!(s.outbox.notify.len(), 1);
+    assert_eq!(s.outbox.notify[0].events.len(), 6);
+    let gh = s.outbox.github.unwrap();
+    assert_eq!(
+        (gh.api_url.as_str(), gh.token.as_str()),
+        ("https://api.github.com", "github_pat_CHANGE-ME")
+    );
+    // The commented example has neither; GITHUB_TOKEN alone turns deployments on.
+    let s = parse(&text, &[("X", "y")]).unwrap();
+    assert!(s.outbox.is_empty());
+    let s = parse(&text, &[("GITHUB_TOKEN", "from-env")]).unwrap();
+    assert_eq!(s.outbox.github.unwrap().token, "from-env");
+    assert!(
+        !format!(
+            "{:?}",
+            parse(&text, &[("GITHUB_TOKEN", "from-env")]).unwrap()
+        )
+        .contains("from-env"),
+        "the token is not in Debug output"
+    );
+
+    let bad =
+        format!("{text}\n[[notify]]\nurl = \"ftp://x\"\nevents = [\"deploy\"]\nformat = \"xml\"\n");
+    let e = parse(&bad, &[("X", "y")]).unwrap_err().to_string();
+    for part in [
+        "[[notify]] #1 url",
+        "unknown event \"deploy\"",
+        "unknown format \"xml\"",
+    ] {
+        assert!(e.contains(part), "{part} in {e}");
+    }
+    let bad = format!("{text}\n[[notify]]\nurl = \"https://x\"\n");
+    let e = parse(&bad, &[("X", "y")]).unwrap_err().to_string();
+    assert!(e.contains("[[notify]] #1 secret"), "{e}");
 }

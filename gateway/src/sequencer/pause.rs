@@ -23,7 +23,8 @@ impl Command for Pause {
                 env: self.env,
             });
         }
-        ledger::set_paused(cx.conn, &self.repo, &self.env, self.paused).map_err(internal)
+        ledger::set_paused(cx.conn, &self.repo, &self.env, self.paused).map_err(internal)?;
+        crate::outbox::on_pause(cx.conn, &self.repo, &self.env, self.paused).map_err(internal)
     }
 }
 

@@ -12,6 +12,7 @@ mod limits;
 mod migration;
 mod mqtt;
 mod operator_views;
+mod outbox;
 mod process;
 mod rollout_cli;
 mod webhooks;
