@@ -398,6 +398,7 @@ impl Gateway {
             bus.clone(),
             access.clone(),
             metrics.clone(),
+            !settings.outbox.is_empty(),
         )?;
         let (sequencer, sequencer_done) = task.spawn();
         start_outbox(&settings, &metrics, &tasks, &bus_stop)?;

@@ -20,6 +20,9 @@ pub(super) struct Ctx<'a> {
     pub signer: &'a OrderSigner,
     pub access: &'a RwLock<Access>,
     pub topics: &'a Topics,
+    /// Whether outbox facts are written: only with a destination (`[github] token` or a
+    /// `[[notify]]`), so a gateway without one spends nothing on them per status.
+    pub outbox: bool,
 }
 
 /// Something to publish after the commit.
@@ -143,6 +146,7 @@ pub(super) mod testing {
                 signer: &self.signer,
                 access: &self.access,
                 topics: &self.topics,
+                outbox: true,
             }
         }
     }

@@ -278,6 +278,8 @@ pub struct SequencerTask {
     newest: NewestOrders,
     rollouts: Rollouts,
     metrics: Arc<Metrics>,
+    /// See [`Ctx::outbox`].
+    outbox: bool,
 }
 
 /// What one batch produced.
@@ -288,13 +290,15 @@ struct BatchResult {
 }
 
 impl SequencerTask {
-    /// Prepares the sequencer; `newest` is filled from the ledger.
+    /// Prepares the sequencer; `newest` is filled from the ledger. `outbox`: whether a
+    /// delivery destination is configured (outbox facts are written only then).
     pub fn new(
         conn: Connection,
         signer: Arc<OrderSigner>,
         bus: Bus,
         access: Arc<RwLock<Access>>,
         metrics: Arc<Metrics>,
+        outbox: bool,
     ) -> Result<(Self, NewestOrders), ledger::LedgerError> {
         let newest: HashMap<_, _> = ledger::all_newest(&conn)?
             .into_iter()
@@ -319,6 +323,7 @@ impl SequencerTask {
                 newest: newest.clone(),
                 rollouts: Arc::new(RwLock::new(rollouts)),
                 metrics,
+                outbox,
             },
             newest,
         ))
@@ -361,9 +366,10 @@ impl SequencerTask {
             // group would cost more than the group's work.
             let access = self.access.clone();
             let topics = self.topics.clone();
+            let outbox = self.outbox;
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
-                let result = process(&mut conn, &signer, &access, &topics, batch);
+                let result = process(&mut conn, &signer, &access, &topics, outbox, batch);
                 (conn, result)
             })
             .await;
@@ -445,6 +451,7 @@ fn process(
     signer: &OrderSigner,
     access: &RwLock<Access>,
     topics: &Topics,
+    outbox: bool,
     batch: Vec<Queued>,
 ) -> BatchResult {
     let mut out = BatchResult::default();
@@ -469,6 +476,7 @@ fn process(
             signer,
             access,
             topics,
+            outbox,
         };
         let mut staged = Staged::default();
         if !job.apply(&cx, &mut staged) {
@@ -526,7 +534,14 @@ mod tests {
         let parts = Parts::new();
         let (reply, mut rx) = oneshot::channel();
         let job: Queued = Box::new(Pending::new(PauseThen { fail }, Some(reply)));
-        let out = process(conn, &parts.signer, &parts.access, &parts.topics, vec![job]);
+        let out = process(
+            conn,
+            &parts.signer,
+            &parts.access,
+            &parts.topics,
+            true,
+            vec![job],
+        );
         for job in out.done {
             job.answer();
         }

@@ -90,7 +90,9 @@ pub(super) fn new_order(
     cx.signer.sign(&mut order);
     let payload = serde_json::to_string(&order).expect("orders serialize");
     ledger::insert_order(cx.conn, &order, &payload).map_err(internal)?;
-    crate::outbox::on_order(cx.conn, &order, previous).map_err(internal)?;
+    if cx.outbox {
+        crate::outbox::on_order(cx.conn, &order, previous).map_err(internal)?;
+    }
     out.publish.push(Publish {
         topic: cx.topics.desired(&order.repo, &order.env),
         payload: payload.clone().into_bytes(),

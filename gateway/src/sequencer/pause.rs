@@ -24,7 +24,11 @@ impl Command for Pause {
             });
         }
         ledger::set_paused(cx.conn, &self.repo, &self.env, self.paused).map_err(internal)?;
-        crate::outbox::on_pause(cx.conn, &self.repo, &self.env, self.paused).map_err(internal)
+        if cx.outbox {
+            crate::outbox::on_pause(cx.conn, &self.repo, &self.env, self.paused)
+                .map_err(internal)?;
+        }
+        Ok(())
     }
 }
 
