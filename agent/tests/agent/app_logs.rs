@@ -24,10 +24,7 @@ async fn noisy_world() -> World {
         ..Options::default()
     })
     .await;
-    let text = std::fs::read_to_string(&w.config)
-        .unwrap()
-        .replace("exec node server.js", "exec node noise.js");
-    std::fs::write(&w.config, text).unwrap();
+    w.start_with_script("noise.js");
     w
 }
 
@@ -158,10 +155,7 @@ require('./server.js');
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i14_the_app_log_outlives_the_agent() {
     let mut w = World::new().await;
-    let text = std::fs::read_to_string(&w.config)
-        .unwrap()
-        .replace("exec node server.js", "exec node tick.js");
-    std::fs::write(&w.config, text).unwrap();
+    w.start_with_script("tick.js");
     let a = w.commit_with("v1", "true\n", &[("tick.js", Some(TICK_JS))]);
     let n = w.start_agent();
     let s1 = w.order(&a, OrderKind::Push).await;

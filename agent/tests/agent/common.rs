@@ -400,6 +400,43 @@ interval_s = 1
         self.spawn_agent_as(args, env, None)
     }
 
+    /// Starts the agent binary configured the way the original Node tool was, from its five
+    /// variables (`ORCASTRATE_SERVER`, `CONNECT_TOKEN`, `REPO_NAME`, `ENVIRONMENT`,
+    /// `CONFIG_KEY`), plus what is new (the gateway's key, the name its token is paired
+    /// with) and the test's own paths.
+    pub(crate) fn spawn_node_tool_agent(&mut self, key: &orcastrate_crypt::Key) -> usize {
+        let root = self.root.display().to_string();
+        let origin = self.origin.bare.display().to_string();
+        let server = self.bus.url();
+        let gateway_key = self.bus.signer.public_key_base64();
+        let key_b64 = key.to_base64().to_string();
+        self.spawn_agent(
+            &[],
+            &[
+                ("ORCASTRATE_SERVER", &server),
+                ("CONNECT_TOKEN", TOKEN),
+                ("REPO_NAME", REPO),
+                ("ENVIRONMENT", ENV),
+                ("CONFIG_KEY", &key_b64),
+                ("ORCASTRATE_GATEWAY_KEYS", &gateway_key),
+                ("ORCASTRATE_NAME", AGENT),
+                ("ORCASTRATE_ROOT", &root),
+                ("ORCASTRATE_GIT_URL", &origin),
+                ("npm_config_update_notifier", "false"),
+                ("npm_config_audit", "false"),
+                ("npm_config_fund", "false"),
+            ],
+        )
+    }
+
+    /// Deploys with `exec node {script}` as the start command instead of the sample app's.
+    pub(crate) fn start_with_script(&self, script: &str) {
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace("exec node server.js", &format!("exec node {script}"));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// The pid of agent run `n`.
     pub(crate) fn agent_pid(&self, n: usize) -> u32 {
         self.agents[n].id()

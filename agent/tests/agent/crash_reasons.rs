@@ -83,10 +83,7 @@ require('./server.js');
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn i14_unhealthy_after_a_crash_says_how_the_app_died() {
     let mut w = World::new().await;
-    let text = std::fs::read_to_string(&w.config)
-        .unwrap()
-        .replace("exec node server.js", "exec node boot.js");
-    std::fs::write(&w.config, text).unwrap();
+    w.start_with_script("boot.js");
     let a = w.commit_with("v1", "true\n", &[("boot.js", Some(BOOT_JS))]);
     let n = w.start_agent();
     let s1 = w.order(&a, OrderKind::Push).await;

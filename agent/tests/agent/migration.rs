@@ -29,31 +29,7 @@ async fn i14_node_tool_variables_and_an_extension_less_encrypted_config_deploy()
     );
     let s1 = w.order(&a, OrderKind::Push).await;
 
-    let root = w.root.display().to_string();
-    let origin = w.origin.bare.display().to_string();
-    let server = w.bus.url();
-    let gateway_key = w.bus.signer.public_key_base64();
-    let key_b64 = key.to_base64().to_string();
-    let n = w.spawn_agent(
-        &[],
-        &[
-            // The original tool's five variables …
-            ("ORCASTRATE_SERVER", &server),
-            ("CONNECT_TOKEN", TOKEN),
-            ("REPO_NAME", REPO),
-            ("ENVIRONMENT", ENV),
-            ("CONFIG_KEY", &key_b64),
-            // … what is new (signed orders, the name its token is paired with) …
-            ("ORCASTRATE_GATEWAY_KEYS", &gateway_key),
-            ("ORCASTRATE_NAME", AGENT),
-            // … and the test's own paths.
-            ("ORCASTRATE_ROOT", &root),
-            ("ORCASTRATE_GIT_URL", &origin),
-            ("npm_config_update_notifier", "false"),
-            ("npm_config_audit", "false"),
-            ("npm_config_fund", "false"),
-        ],
-    );
+    let n = w.spawn_node_tool_agent(&key);
     let out = w.bus.wait_outcome(s1).await;
     assert_eq!(
         out.state,
@@ -86,12 +62,12 @@ async fn i14_node_tool_variables_and_an_extension_less_encrypted_config_deploy()
     let n = w.spawn_agent(
         &["--once", "--connect-timeout-s", "2"],
         &[
-            ("ORCASTRATE_SERVER", &server),
+            ("ORCASTRATE_SERVER", &w.bus.url()),
             ("CONNECT_TOKEN", TOKEN),
             ("REPO_NAME", REPO),
             ("ENVIRONMENT", ENV),
-            ("ORCASTRATE_GATEWAY_KEYS", &gateway_key),
-            ("ORCASTRATE_ROOT", &root),
+            ("ORCASTRATE_GATEWAY_KEYS", &w.bus.signer.public_key_base64()),
+            ("ORCASTRATE_ROOT", &w.root.display().to_string()),
         ],
     );
     assert_eq!(w.wait_exit(n), Some(3), "{}", w.agent_log(n));

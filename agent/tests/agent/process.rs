@@ -122,28 +122,7 @@ async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the
     );
     let s1 = w.order(&a, OrderKind::Push).await;
 
-    let root = w.root.display().to_string();
-    let origin = w.origin.bare.display().to_string();
-    let server = w.bus.url();
-    let gateway_key = w.bus.signer.public_key_base64();
-    let key_b64 = key.to_base64().to_string();
-    let n = w.spawn_agent(
-        &[],
-        &[
-            ("ORCASTRATE_SERVER", &server),
-            ("CONNECT_TOKEN", TOKEN),
-            ("REPO_NAME", REPO),
-            ("ENVIRONMENT", ENV),
-            ("CONFIG_KEY", &key_b64),
-            ("ORCASTRATE_GATEWAY_KEYS", &gateway_key),
-            ("ORCASTRATE_NAME", AGENT),
-            ("ORCASTRATE_ROOT", &root),
-            ("ORCASTRATE_GIT_URL", &origin),
-            ("npm_config_update_notifier", "false"),
-            ("npm_config_audit", "false"),
-            ("npm_config_fund", "false"),
-        ],
-    );
+    let n = w.spawn_node_tool_agent(&key);
     let out = w.bus.wait_outcome(s1).await;
     assert_eq!(
         out.state,
@@ -172,7 +151,7 @@ async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the
         );
         let v = v.as_str().unwrap_or_default();
         assert!(
-            !v.contains(TOKEN) && !v.contains(&key_b64),
+            !v.contains(TOKEN) && !v.contains(&key.to_base64().to_string()),
             "a secret reached the app in {k}"
         );
     }
