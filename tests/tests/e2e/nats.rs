@@ -205,14 +205,16 @@ fn nats_binary() -> String {
 
 /// Waits until both agents report `healthy` on order `seq` running `sha`.
 #[track_caller]
+/// Waits up to three times the usual wait: after a node is killed, NATS refuses
+/// subscriptions until the cluster has re-elected its JetStream leaders.
 fn both_healthy(w: &World, seq: u64, sha: &str) {
-    w.wait_healthy(seq, sha);
-    let s = w
-        .gateway
-        .wait_agent_of(AGENT2, &format!("healthy on seq {seq}"), |s| {
-            s["seq"] == seq && s["state"] == "healthy"
+    for name in [AGENT, AGENT2] {
+        let s = eventually(WAIT * 3, &format!("{name} healthy on seq {seq}"), || {
+            let s = w.gateway.agent_status_of(name)?;
+            (s["seq"] == seq && s["state"] == "healthy").then_some(s)
         });
-    assert_eq!(s["running_sha"], sha, "{s}");
+        assert_eq!(s["running_sha"], sha, "{s}");
+    }
 }
 
 /// What the second host's app answers as.
