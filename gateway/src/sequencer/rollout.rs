@@ -75,7 +75,11 @@ fn finish(
     reason: String,
     out: &mut Staged,
 ) -> Result<(), DeskError> {
-    tracing::info!(rollout = r.id, repo = %r.repo, env = %r.env, state = state.as_str(), %reason, "rollout ended");
+    // A push superseding an all-at-once rollout is every push's routine, which the new
+    // order's own decision line already tells.
+    if r.policy.waves.len() > 1 || state != RolloutState::Superseded {
+        tracing::info!(rollout = r.id, repo = %r.repo, env = %r.env, state = state.as_str(), %reason, "rollout ended");
+    }
     r.state = state;
     r.reason = Some(reason);
     r.updated_at = time::now();
@@ -104,45 +108,49 @@ pub(super) fn start(
         None => ledger::rollback_target(cx.conn, repo, env, u64::MAX, f.sha).map_err(internal)?,
     };
     let now = time::now();
-    let mut r = store::insert(
-        cx.conn,
-        Rollout {
-            id: 0,
-            repo: repo.to_owned(),
-            env: env.to_owned(),
-            sha: f.sha.to_owned(),
-            base_sha: base.clone(),
-            kind: f.kind,
-            first_seq: 0,
-            wave_seq: 0,
-            wave: 0,
-            policy,
-            targets: None,
-            state: RolloutState::Running,
-            reason: None,
-            wave_started_ms: time::unix_ms(),
-            hold_from_ms: None,
-            left_out: Vec::new(),
-            started_at: now.clone(),
-            updated_at: now,
-        },
-    )
-    .map_err(internal)?;
-    let known = known_agents(cx, repo, env)?;
-    r.targets = plan::wave_targets(&r.policy, 0, r.id, &known, None);
+    let mut r = Rollout {
+        id: 0,
+        repo: repo.to_owned(),
+        env: env.to_owned(),
+        sha: f.sha.to_owned(),
+        base_sha: base.clone(),
+        kind: f.kind,
+        first_seq: 0,
+        wave_seq: 0,
+        wave: 0,
+        policy,
+        targets: None,
+        state: RolloutState::Running,
+        reason: None,
+        wave_started_ms: time::unix_ms(),
+        hold_from_ms: None,
+        left_out: Vec::new(),
+        started_at: now.clone(),
+        updated_at: now,
+    };
+    // Waves pick agents in an order seeded by the rollout's id, so a rollout with waves is
+    // stored first; an all-at-once one (every push by default) is stored once, with its order.
+    let waves = r.policy.waves.len() > 1;
+    if waves {
+        r = store::insert(cx.conn, r).map_err(internal)?;
+        let known = known_agents(cx, repo, env)?;
+        r.targets = plan::wave_targets(&r.policy, 0, r.id, &known, None);
+    }
     f.targets.clone_from(&r.targets);
     f.base_sha.clone_from(&base);
     let order = new_order(cx, newest, f, out)?;
     r.first_seq = order.seq;
     r.wave_seq = order.seq;
-    store::update(cx.conn, &r).map_err(internal)?;
-    if r.policy.waves.len() > 1 {
+    if waves {
+        store::update(cx.conn, &r).map_err(internal)?;
         out.publish.push(event(
             cx,
             &r,
             format!("rollout started: wave 1 of {}", r.policy.waves.len()),
             Some(&order),
         ));
+    } else {
+        r = store::insert(cx.conn, r).map_err(internal)?;
     }
     out.rollouts.push(r);
     Ok(order)
