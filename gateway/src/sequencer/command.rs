@@ -56,6 +56,10 @@ impl Staged {
 pub(super) trait Command: Send + 'static {
     type Reply: Send + 'static;
 
+    /// Whether the command may change what the ledger holds: a batch with one wakes the
+    /// board's live streams ([`super::Sequencer::changes`]); reads say `false`.
+    const WRITES: bool = true;
+
     fn apply(self, cx: &Ctx<'_>, out: &mut Staged) -> Result<Self::Reply, DeskError>;
 }
 
@@ -69,6 +73,9 @@ pub(super) trait Job: Send {
 
     /// Sends the answer, once the batch is committed and published.
     fn answer(self: Box<Self>);
+
+    /// [`Command::WRITES`] of the command.
+    fn writes(&self) -> bool;
 }
 
 /// A command with its reply channel (`None`: fire and forget) and, once run, its answer.
@@ -98,6 +105,10 @@ impl<C: Command> Job for Pending<C> {
 
     fn fail(&mut self, e: &str) {
         self.result = Err(DeskError::Internal(e.to_owned()));
+    }
+
+    fn writes(&self) -> bool {
+        C::WRITES
     }
 
     fn answer(self: Box<Self>) {

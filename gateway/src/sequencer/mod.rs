@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use orcastrate_broker::{AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::bus::Bus;
 use crate::config::Access;
@@ -100,9 +100,16 @@ pub struct Sequencer {
     /// Woken by each recorded status: the rollout ticker then looks at running rollouts.
     statuses: Arc<Notify>,
     rollouts: Rollouts,
+    changes: watch::Receiver<u64>,
 }
 
 impl Sequencer {
+    /// Bumped after each committed batch that may have changed the ledger (see
+    /// [`command::Command::WRITES`]): the board's streams read it again only then.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
     /// Queues `cmd` and waits for its answer, given once its transaction committed.
     async fn ask<C: Command>(&self, cmd: C) -> Result<C::Reply, DeskError> {
         let (reply, rx) = oneshot::channel();
@@ -280,6 +287,7 @@ pub struct SequencerTask {
     metrics: Arc<Metrics>,
     /// See [`Ctx::outbox`].
     outbox: bool,
+    changes: watch::Sender<u64>,
 }
 
 /// What one batch produced.
@@ -324,6 +332,7 @@ impl SequencerTask {
                 rollouts: Arc::new(RwLock::new(rollouts)),
                 metrics,
                 outbox,
+                changes: watch::Sender::new(0),
             },
             newest,
         ))
@@ -337,12 +346,14 @@ impl SequencerTask {
         let statuses = Arc::new(Notify::new());
         tokio::spawn(tick_rollouts(tx.downgrade(), statuses.clone()));
         let rollouts = self.rollouts.clone();
+        let changes = self.changes.subscribe();
         let handle = tokio::spawn(self.run(rx));
         (
             Sequencer {
                 tx,
                 statuses,
                 rollouts,
+                changes,
             },
             handle,
         )
@@ -367,6 +378,7 @@ impl SequencerTask {
             let access = self.access.clone();
             let topics = self.topics.clone();
             let outbox = self.outbox;
+            let writes = batch.iter().any(|job| job.writes());
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
                 let result = process(&mut conn, &signer, &access, &topics, outbox, batch);
@@ -384,6 +396,9 @@ impl SequencerTask {
                 .ledger_commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.conn = Some(conn);
+            if writes || !result.staged.rollouts.is_empty() || !result.staged.publish.is_empty() {
+                self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if !result.staged.rollouts.is_empty() {
                 let mut views = self.rollouts.write().expect("rollouts lock poisoned");
                 for r in result.staged.rollouts {

@@ -269,6 +269,8 @@ pub(super) struct Tick;
 
 impl Command for Tick {
     type Reply = ();
+    // What a tick changes, it stages (rollouts, orders, events).
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, out: &mut Staged) -> Result<(), DeskError> {
         let now_ms = time::unix_ms();
@@ -381,6 +383,7 @@ pub(super) struct List {
 
 impl Command for List {
     type Reply = Vec<Rollout>;
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<Vec<Rollout>, DeskError> {
         store::list(
