@@ -29,12 +29,18 @@ fn orders(gw: &TestGateway) -> i64 {
     gw.count("SELECT COUNT(*) FROM orders")
 }
 
-#[test]
-fn push_to_mapped_branch_becomes_a_signed_retained_order() {
-    let (_dir, gw) = TestGateway::start_in_temp();
+/// A watcher of the fixture repo's events, from now on.
+fn watch_events(gw: &TestGateway) -> Mqtt {
     let mut events = gw.mqtt("ops", "token-ops");
     events.subscribe("orcastrate/codertocat/hello-world/events");
     events.flush();
+    events
+}
+
+#[test]
+fn push_to_mapped_branch_becomes_a_signed_retained_order() {
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let mut events = watch_events(&gw);
 
     let body = fixture("push__with-new-branch.payload.json");
     let (status, answer) = gw.webhook("push", "delivery-1", &body);
@@ -446,9 +452,7 @@ fn https_listener_accepts_signed_webhooks() {
 #[test]
 fn r10_replayed_body_with_a_new_delivery_id_is_a_duplicate_before_and_after_restart() {
     let (dir, gw) = TestGateway::start_in_temp();
-    let mut events = gw.mqtt("ops", "token-ops");
-    events.subscribe("orcastrate/codertocat/hello-world/events");
-    events.flush();
+    let mut events = watch_events(&gw);
     let history = |gw: &TestGateway| {
         let (status, v) =
             gw.admin_get("/api/v1/deployments?repo=codertocat/hello-world&env=production");
