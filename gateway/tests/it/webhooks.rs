@@ -310,31 +310,28 @@ fn body_over_the_limit_is_refused_before_it_is_buffered() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start_with(dir.path(), "[http]\nmax_body_bytes = 1000\n");
     let addr = gw.http.trim_start_matches("http://").to_owned();
-    // Announce 100 MB and send only the headers: the answer must come without the body.
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+    // A push's head with `length` (the body's framing header) and `delivery`, sent raw.
+    let post = |length: &str, delivery: &str| {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{length}\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
+        )
         .unwrap();
-    write!(
-        stream,
-        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
-    )
-    .unwrap();
+        stream
+    };
+    // Announce 100 MB and send only the headers: the answer must come without the body.
+    let mut stream = post("Content-Length: 100000000", "big");
     let mut buf = [0u8; 512];
     let n = stream.read(&mut buf).unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     // Chunked, with no length announced: cut off at the limit.
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big2\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
-    )
-    .unwrap();
+    let mut stream = post("Transfer-Encoding: chunked", "big2");
     for _ in 0..3 {
         let chunk = vec![b'x'; 600];
         write!(stream, "{:x}\r\n", chunk.len()).unwrap();
