@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use orcastrate_broker::{
-    sign, time, AgentState, AgentStatus, DeployOrder, OrderKind, OrderVerifier,
-};
+use orcastrate_broker::{sign, AgentState, AgentStatus, DeployOrder, OrderKind, OrderVerifier};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -78,24 +76,13 @@ struct Sim {
 
 fn status(sim: &Sim, session: &str, state: AgentState, order: &DeployOrder, sha: &str) -> Vec<u8> {
     let mut s = AgentStatus {
-        v: 1,
-        agent: sim.name.clone(),
-        host: "bench".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
         session: session.into(),
         state,
-        step: None,
         seq: Some(order.seq),
         sha: Some(sha.into()),
         running_sha: Some(sha.into()),
-        previous_sha: None,
-        release: None,
-        updated_at: time::now(),
-        deploy_ms: None,
         error: (state == AgentState::RolledBack).then(|| "health check failed".into()),
-        version: "bench".into(),
-        mac: String::new(),
+        ..AgentStatus::idle(&sim.name, "bench", REPO, ENV, "bench")
     };
     sign::seal_status(&sim.token, &mut s);
     serde_json::to_vec(&s).expect("statuses serialize")

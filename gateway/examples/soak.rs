@@ -1116,24 +1116,8 @@ fn spawn_sim(
     let mut options =
         orcastrate_broker::mqtt::client_options(url, &sim.name, &sim.name, &sim.token)?;
     let mut status = AgentStatus {
-        v: orcastrate_broker::PAYLOAD_VERSION,
-        agent: sim.name.clone(),
-        host: "soak-host".into(),
-        repo,
-        env,
         session: session(sim.index, 0),
-        state: AgentState::Idle,
-        step: None,
-        seq: None,
-        sha: None,
-        running_sha: None,
-        previous_sha: None,
-        release: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: None,
-        error: None,
-        version: "soak".into(),
-        mac: String::new(),
+        ..AgentStatus::idle(&sim.name, "soak-host", &repo, &env, "soak")
     };
     options.set_last_will(last_will(&status_topic, &status, &sim.token));
     Ok(tokio::spawn(async move {

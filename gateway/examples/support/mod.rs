@@ -36,6 +36,37 @@ pub(crate) const GATEWAY_ENV: &[&str] = &[
     "RUST_LOG",
 ];
 
+/// How a webhook benchmark loads a server (flattened into its arguments).
+#[derive(Debug, clap::Args)]
+pub(crate) struct WebhookLoad {
+    /// Webhook deliveries to send (to each server measured).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) requests: usize,
+    /// Concurrent keep-alive connections (one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// Gateway binary to measure; by default it is built with cargo first.
+    #[arg(long)]
+    pub(crate) gateway_bin: Option<PathBuf>,
+}
+
+impl WebhookLoad {
+    /// Refuses an empty load.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.requests > 0, "--requests must be at least 1");
+        ensure!(self.connections > 0, "--connections must be at least 1");
+        Ok(())
+    }
+
+    /// The gateway binary to measure: `--gateway-bin`, or built with cargo.
+    pub(crate) fn gateway_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.gateway_bin {
+            Some(path) => Ok(path.clone()),
+            None => build_gateway(),
+        }
+    }
+}
+
 /// Kills the gateway if the benchmark stops early.
 pub(crate) struct ChildGuard(pub(crate) Child);
 

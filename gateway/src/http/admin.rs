@@ -208,15 +208,10 @@ async fn deploy(
     if let Some(r) = &body.git_ref {
         names::single_line("ref", r).map_err(AppError::bad_request)?;
     }
-    let order = if body.now {
-        app.sequencer
-            .deploy_now(repo, env, sha, body.git_ref, who)
-            .await?
-    } else {
-        app.sequencer
-            .deploy(repo, env, sha, body.git_ref, who)
-            .await?
-    };
+    let order = app
+        .sequencer
+        .deploy(repo, env, sha, body.git_ref, who, body.now)
+        .await?;
     Ok((StatusCode::ACCEPTED, order_json(&order)))
 }
 

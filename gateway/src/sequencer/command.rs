@@ -135,6 +135,13 @@ pub(super) mod testing {
     use super::Ctx;
     use crate::config::Access;
 
+    /// A fresh ledger in a temporary folder, which lives as long as the folder is kept.
+    pub(in crate::sequencer) fn temp_ledger() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::ledger::open(&dir.path().join("ledger.db")).unwrap();
+        (dir, conn)
+    }
+
     /// What a [`Ctx`] borrows, with nothing configured.
     pub(in crate::sequencer) struct Parts {
         pub(in crate::sequencer) signer: OrderSigner,

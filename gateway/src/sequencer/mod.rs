@@ -125,7 +125,8 @@ impl Sequencer {
         self.ask(webhook).await
     }
 
-    /// A new `manual` order.
+    /// A new `manual` order: in the waves of the repo/env's rollout table, or with `now`
+    /// to every agent at once (`deploy --now`).
     pub async fn deploy(
         &self,
         repo: String,
@@ -133,6 +134,7 @@ impl Sequencer {
         sha: String,
         git_ref: Option<String>,
         issued_by: String,
+        now: bool,
     ) -> Result<DeployOrder, DeskError> {
         self.ask(order::Order {
             repo,
@@ -141,7 +143,7 @@ impl Sequencer {
             git_ref,
             kind: OrderKind::Manual,
             issued_by,
-            now: false,
+            now,
         })
         .await
     }
@@ -178,27 +180,6 @@ impl Sequencer {
             tracing::warn!("sequencer queue full: a status was not recorded in the ledger");
         }
         self.statuses.notify_one();
-    }
-
-    /// A new `manual` order for every agent at once (`deploy --now`).
-    pub async fn deploy_now(
-        &self,
-        repo: String,
-        env: String,
-        sha: String,
-        git_ref: Option<String>,
-        issued_by: String,
-    ) -> Result<DeployOrder, DeskError> {
-        self.ask(order::Order {
-            repo,
-            env,
-            sha: Some(sha),
-            git_ref,
-            kind: OrderKind::Manual,
-            issued_by,
-            now: true,
-        })
-        .await
     }
 
     /// Rollouts newest first.
@@ -524,7 +505,10 @@ fn fail_all(mut batch: Vec<Queued>, msg: &str) -> BatchResult {
 
 #[cfg(test)]
 mod tests {
-    use super::command::{internal, testing::Parts};
+    use super::command::{
+        internal,
+        testing::{temp_ledger, Parts},
+    };
     use super::*;
 
     /// Pauses `acme/web/prod`, then fails if `fail`: whatever the command, a failure must
@@ -565,8 +549,7 @@ mod tests {
 
     #[test]
     fn a_failed_command_is_rolled_back_and_a_good_one_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, mut conn) = temp_ledger();
         assert!(run(&mut conn, true).is_err());
         assert!(!ledger::is_paused(&conn, "acme/web", "prod").unwrap());
         run(&mut conn, false).unwrap();

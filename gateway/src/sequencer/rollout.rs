@@ -402,7 +402,7 @@ mod tests {
 
     use super::*;
     use crate::rollout::config::Wave;
-    use crate::sequencer::command::testing::Parts;
+    use crate::sequencer::command::testing::{temp_ledger, Parts};
 
     const REPO: &str = "acme/web";
     const ENV: &str = "prod";
@@ -444,6 +444,23 @@ mod tests {
             .order
     }
 
+    /// Rolls `sha(1)` out to all at once and has `agents` report it healthy: the base sha.
+    fn healthy_base(cx: &Ctx<'_>, agents: &[&str]) -> Staged {
+        let mut out = Staged::default();
+        let good = next(cx, 1, OrderKind::Push, Policy::all_at_once(), &mut out);
+        for agent in agents {
+            report(cx.conn, agent, AgentState::Healthy, &good);
+        }
+        Tick.apply(cx, &mut out).unwrap();
+        out
+    }
+
+    /// Starts a rollout of `sha(n)` after the newest order, as the deploy commands do.
+    fn next(cx: &Ctx<'_>, n: u8, kind: OrderKind, policy: Policy, out: &mut Staged) -> DeployOrder {
+        let previous = ledger::newest_order(cx.conn, REPO, ENV).unwrap();
+        start(cx, previous.as_ref(), fields(&sha(n), kind), policy, out).unwrap()
+    }
+
     fn two_waves() -> Policy {
         Policy {
             waves: vec![Wave::Agents(vec!["web-1".into()]), Wave::Share(100)],
@@ -455,31 +472,11 @@ mod tests {
 
     #[test]
     fn a_failed_push_is_reverted_to_the_last_healthy_sha_and_marked_bad() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, conn) = temp_ledger();
         let parts = Parts::new();
         let cx = parts.cx(&conn);
-        let mut out = Staged::default();
-        let good = start(
-            &cx,
-            None,
-            fields(&sha(1), OrderKind::Push),
-            Policy::all_at_once(),
-            &mut out,
-        )
-        .unwrap();
-        report(&conn, "web-1", AgentState::Healthy, &good);
-        report(&conn, "web-2", AgentState::Healthy, &good);
-        Tick.apply(&cx, &mut out).unwrap();
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let bad = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(2), OrderKind::Push),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
+        let mut out = healthy_base(&cx, &["web-1", "web-2"]);
+        let bad = next(&cx, 2, OrderKind::Push, two_waves(), &mut out);
         assert_eq!(bad.targets.as_deref(), Some(&["web-1".to_owned()][..]));
         assert_eq!(bad.base_sha, Some(sha(1)));
         // web-2 is not in the wave: it reports the base sha, which is no failure of it.
@@ -512,31 +509,11 @@ mod tests {
 
     #[test]
     fn a_failed_manual_deploy_halts_and_a_newer_push_keeps_the_base() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, conn) = temp_ledger();
         let parts = Parts::new();
         let cx = parts.cx(&conn);
-        let mut out = Staged::default();
-        let good = start(
-            &cx,
-            None,
-            fields(&sha(1), OrderKind::Push),
-            Policy::all_at_once(),
-            &mut out,
-        )
-        .unwrap();
-        report(&conn, "web-1", AgentState::Healthy, &good);
-        Tick.apply(&cx, &mut out).unwrap();
-
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let manual = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(3), OrderKind::Manual),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
+        let mut out = healthy_base(&cx, &["web-1"]);
+        let manual = next(&cx, 3, OrderKind::Manual, two_waves(), &mut out);
         report(&conn, "web-1", AgentState::Failed, &manual);
         Tick.apply(&cx, &mut out).unwrap();
         assert_eq!(
@@ -551,24 +528,8 @@ mod tests {
         assert!(!ledger::is_bad(&conn, REPO, ENV, &sha(3)).unwrap());
 
         // A push, then a newer one while the first runs: same base, the first superseded.
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let first = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(4), OrderKind::Push),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let second = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(5), OrderKind::Push),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
+        let first = next(&cx, 4, OrderKind::Push, two_waves(), &mut out);
+        let second = next(&cx, 5, OrderKind::Push, two_waves(), &mut out);
         assert_eq!(first.base_sha, Some(sha(1)));
         assert_eq!(second.base_sha, Some(sha(1)));
         let list = store::list(&conn, Some(REPO), Some(ENV), 2).unwrap();

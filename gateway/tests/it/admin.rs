@@ -37,8 +37,7 @@ fn push(gw: &TestGateway, n: u64) -> u64 {
 
 #[test]
 fn rollback_picks_the_newest_healthy_earlier_order_and_marks_the_current_bad() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let rollback = || gw.admin_post("/api/v1/rollback", json!({"repo": REPO, "env": ENV}));
 
     let s1 = push(&gw, 1);
@@ -106,8 +105,7 @@ fn rollback_picks_the_newest_healthy_earlier_order_and_marks_the_current_bad() {
 
 #[test]
 fn admin_api_refuses_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let url = format!("{}/api/v1/deployments", gw.http);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -148,8 +146,7 @@ fn admin_api_refuses_clearly() {
 
 #[test]
 fn admin_requests_without_a_token_are_refused_before_their_body_is_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let post = |token: Option<&str>| {
         // A fresh connection each time: a refused request's connection is not reused.
         let agent: ureq::Agent = ureq::Agent::config_builder()

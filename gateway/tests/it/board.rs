@@ -223,7 +223,7 @@ fn the_stream_sends_a_snapshot_and_then_each_change_and_reads_nothing_while_idle
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path());
     let (_, cookie, _, _) = sign_in(&gw, VIEWER);
-    let (mut reader, head) = open_stream(&gw, &cookie);
+    let (mut reader, head) = open_stream(&gw, &cookie, "Accept: text/event-stream\r\n");
     assert!(head.contains("200"), "{head}");
     wait_event(&mut reader, "\"deployments\":[]");
     let pushed = Instant::now();
@@ -250,15 +250,16 @@ fn the_stream_sends_a_snapshot_and_then_each_change_and_reads_nothing_while_idle
     gw.stop();
 }
 
-/// Opens a raw stream request with `cookie`; returns the connection and its status line.
-fn open_stream(gw: &TestGateway, cookie: &str) -> (BufReader<TcpStream>, String) {
+/// Opens a raw stream request with `cookie` and `headers` (each ending in CRLF); returns
+/// the connection and its status line.
+fn open_stream(gw: &TestGateway, cookie: &str, headers: &str) -> (BufReader<TcpStream>, String) {
     let addr = gw.http.trim_start_matches("http://").to_owned();
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     write!(
         conn,
-        "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"
+        "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n{headers}\r\n"
     )
     .unwrap();
     let mut reader = BufReader::new(conn);
@@ -275,12 +276,12 @@ fn streams_are_capped_and_a_session_outlives_a_restart() {
     let csrf = body["csrf"].as_str().unwrap().to_owned();
     let open: Vec<_> = (0..orcastrate_gateway::http::stream::MAX_STREAMS)
         .map(|i| {
-            let (reader, head) = open_stream(&gw, &cookie);
+            let (reader, head) = open_stream(&gw, &cookie, "");
             assert!(head.contains("200"), "stream {i}: {head}");
             reader
         })
         .collect();
-    let (_, head) = open_stream(&gw, &cookie);
+    let (_, head) = open_stream(&gw, &cookie, "");
     assert!(head.contains("503"), "one past the cap: {head}");
     drop(open);
     gw.stop();
@@ -289,7 +290,7 @@ fn streams_are_capped_and_a_session_outlives_a_restart() {
     let gw = start(dir.path());
     let (status, who) = with_cookie(&gw, "GET", "/api/v1/session", &cookie, None, None);
     assert_eq!((status, who["csrf"].as_str()), (200, Some(csrf.as_str())));
-    let (_, head) = open_stream(&gw, &cookie);
+    let (_, head) = open_stream(&gw, &cookie, "");
     assert!(head.contains("200"), "{head}");
     gw.stop();
 }

@@ -54,23 +54,20 @@ fn webhook_head(length: usize) -> String {
     )
 }
 
-/// A signed push sent with ureq: its status and how long the answer took.
+/// A signed push: its status and how long the answer took.
 fn timed_push(http: &str, delivery: &str, sha: &str) -> (u16, Duration) {
     let body = push_of(sha, "master");
-    let sig = orcastrate_gateway::github::sign(SECRET, &body);
     let started = Instant::now();
-    let r = ureq::post(format!("{http}/webhook"))
-        .config()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .header("Content-Type", "application/json")
-        .header("X-GitHub-Event", "push")
-        .header("X-GitHub-Delivery", delivery)
-        .header("X-Hub-Signature-256", &sig)
-        .send(&body[..])
-        .unwrap();
-    (r.status().as_u16(), started.elapsed())
+    let url = format!("{http}/webhook");
+    let (status, _) = orcastrate_testkit::http::webhook(
+        &url,
+        SECRET,
+        "push",
+        delivery,
+        "application/json",
+        &body,
+    );
+    (status, started.elapsed())
 }
 
 /// A process's resident memory in KiB (`VmRSS` or `VmHWM` of /proc/PID/status).
