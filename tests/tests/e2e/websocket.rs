@@ -61,7 +61,13 @@ fn through_the_readme_proxy(kind: Proxy) {
     let tls = w.dir.path().join("tls");
     let (ca, cert, key) = certificates(&tls);
     let gateway_addr = w.gateway.http.trim_start_matches("http://").to_owned();
-    let proxy = ReverseProxy::start(kind, &w.dir.path().join("proxy"), &gateway_addr, &cert, &key);
+    let proxy = ReverseProxy::start(
+        kind,
+        &w.dir.path().join("proxy"),
+        &gateway_addr,
+        &cert,
+        &key,
+    );
     let wss = format!("wss://localhost:{}/mqtt", proxy.port);
 
     w.agent_top = format!("ca_file = {:?}\n", ca.display().to_string());
@@ -77,7 +83,12 @@ fn through_the_readme_proxy(kind: Proxy) {
     let topics = [topic("desired"), topic("fleet")];
     for (url, ca) in [(wss.as_str(), ca.as_path()), (&ws_url(&w), Path::new("-"))] {
         let (code, out) = paho(url, ca, WATCHER, WATCHER_TOKEN, &topics);
-        assert_eq!(code, 0, "paho over {url}: {out}\n{kind:?} log:\n{}", proxy.log());
+        assert_eq!(
+            code,
+            0,
+            "paho over {url}: {out}\n{kind:?} log:\n{}",
+            proxy.log()
+        );
         let got = &out["got"];
         let order: Value = serde_json::from_str(got[&topics[0]].as_str().unwrap()).unwrap();
         assert_eq!(order["sha"], sha1.as_str(), "{url}: {order}");
@@ -185,7 +196,6 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (file("ca.crt"), file("proxy.crt"), file("proxy.key"))
 }
 
-
 /// The reverse proxies the README gives a configuration for.
 #[derive(Debug, Clone, Copy)]
 enum Proxy {
@@ -210,13 +220,22 @@ impl Proxy {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| {
-                panic!("{package} is not installed: apt-get install {package} (.ci/run installs it)")
+                panic!(
+                    "{package} is not installed: apt-get install {package} (.ci/run installs it)"
+                )
             })
     }
 
     /// The README's configuration as a foreground process in `dir`: TLS on loopback `port`
     /// with `cert`/`key`, forwarding to the gateway at `gateway_addr`.
-    fn command(self, dir: &Path, port: u16, gateway_addr: &str, cert: &Path, key: &Path) -> Command {
+    fn command(
+        self,
+        dir: &Path,
+        port: u16,
+        gateway_addr: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Command {
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
         let shared = [
             ("/etc/ssl/deploy.example.com.crt", cert.as_str()),
