@@ -494,7 +494,11 @@ fn report(args: &Args, results: &[RunResult], jumps: usize) -> anyhow::Result<()
             )
         })
         .count();
-    let secs = |t: &[Duration], p: f64| percentile(t, p).as_secs_f64();
+    // Times of the runs in which a view was complete; "-" where none was.
+    let secs = |t: &[Duration], p: f64| match t.is_empty() {
+        true => "-".to_owned(),
+        false => format!("{:.2} s", percentile(t, p).as_secs_f64()),
+    };
     println!();
     println!(
         "fleet view: {} agents report `healthy` at once, {} runs",
@@ -505,12 +509,12 @@ fn report(args: &Args, results: &[RunResult], jumps: usize) -> anyhow::Result<()
         args.agents, args.runs
     );
     println!(
-        "  release → complete fleet view      median {:.2} s, worst {:.2} s",
+        "  release → complete fleet view      median {}, worst {}",
         secs(&fleet, 50.0),
         secs(&fleet, 100.0)
     );
     println!(
-        "  release → complete /api/v1/agents  median {:.2} s, worst {:.2} s (polled every {} ms)",
+        "  release → complete /api/v1/agents  median {}, worst {} (polled every {} ms)",
         secs(&api, 50.0),
         secs(&api, 100.0),
         API_POLL.as_millis()
@@ -532,7 +536,7 @@ fn report(args: &Args, results: &[RunResult], jumps: usize) -> anyhow::Result<()
             args.agents
         ),
         &format!(
-            "complete in {complete}/{} runs (fewest listed {fewest}/{}); worst {:.1} s (fleet) / {:.1} s (API)",
+            "complete in {complete}/{} runs (fewest listed {fewest}/{}); worst {} (fleet) / {} (API)",
             args.runs,
             args.agents,
             secs(&fleet, 100.0),
