@@ -121,12 +121,7 @@ fn main() -> anyhow::Result<()> {
     ensure!(args.agents > 0, "--agents must be at least 1");
     ensure!(args.runs > 0, "--runs must be at least 1");
     ensure!(args.batch > 0, "--batch must be at least 1");
-    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
-    ensure!(
-        nofile as usize > args.agents + 100,
-        "RLIMIT_NOFILE is {nofile}: too few descriptors for {} agents",
-        args.agents
-    );
+    raise_nofile(args.agents + 1)?;
     let gateway_bin = match &args.gateway_bin {
         Some(path) => path.clone(),
         None => build_gateway()?,
@@ -163,16 +158,8 @@ fn main() -> anyhow::Result<()> {
         addr: http_addr,
         token: ADMIN.into(),
     };
-    let results = match runtime.block_on(measure(&args, &names, &url, &api, &watcher_token)) {
-        Ok(r) => r,
-        Err(e) => bail!(
-            "{e:#}\n--- last lines of the gateway log ---\n{}",
-            tail(&log_path, 20)
-        ),
-    };
-    gateway.0.kill()?;
-    gateway.0.wait()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    let work = measure(&args, &names, &url, &api, &watcher_token);
+    let results = measure_then_stop(runtime, gateway, &log_path, work)?;
     let jumps = std::fs::read_to_string(&log_path)?
         .matches(ROUTER_LOG_JUMP)
         .count();

@@ -267,7 +267,7 @@ async fn push_bad(
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.agents >= 2, "--agents must be at least 2");
-    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
+    raise_nofile(args.agents)?;
     let (payload, original_after) = push_payload(None)?;
     let gateway_bin = match &args.gateway_bin {
         Some(path) => path.clone(),
@@ -314,17 +314,7 @@ fn main() -> anyhow::Result<()> {
         http_addr,
         push: numbered_push(0, run_id, &payload, &original_after, &secret, "/webhook"),
     };
-    let result = runtime.block_on(measure(&run));
-    let (revert, started) = match result {
-        Ok(r) => r,
-        Err(e) => bail!(
-            "{e:#}\n--- last lines of the gateway log ---\n{}",
-            tail(&log_path, 20)
-        ),
-    };
-    gateway.0.kill()?;
-    gateway.0.wait()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    let (revert, started) = measure_then_stop(runtime, gateway, &log_path, measure(&run))?;
     let revert_ms = ms(revert);
     println!(
         "fleet-wide revert: a bad push fails on the canary of {} simulated agents",

@@ -657,3 +657,34 @@ pub(crate) fn agent_status(
         mac: String::new(),
     }
 }
+
+/// Raises `RLIMIT_NOFILE` to its hard limit; an error if that leaves too few descriptors
+/// for `connections` (the broker needs about one per client, plus a few).
+pub(crate) fn raise_nofile(connections: usize) -> anyhow::Result<u64> {
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
+    ensure!(
+        nofile as usize > connections + 100,
+        "RLIMIT_NOFILE is {nofile}: too few descriptors for {connections} connections"
+    );
+    Ok(nofile)
+}
+
+/// Runs `work` on `runtime` against the started `gateway`, then stops both; a failure
+/// carries the last lines of the gateway's log at `log`.
+pub(crate) fn measure_then_stop<T>(
+    runtime: tokio::runtime::Runtime,
+    mut gateway: ChildGuard,
+    log: &Path,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let value = runtime.block_on(work).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n--- last lines of the gateway log ---\n{}",
+            tail(log, 20)
+        )
+    })?;
+    gateway.0.kill()?;
+    gateway.0.wait()?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(value)
+}
