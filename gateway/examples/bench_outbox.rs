@@ -17,7 +17,8 @@
 //!    deployment arrived.
 //! 3. Outage: the stand-in is stopped, `--orders` more pushes, alternating in chunks of
 //!    [`CHUNK`] with as many to a second gateway without any destination: webhook p50/p99
-//!    of each, and how many messages wait in the outbox (`orcastrate_outbox_pending`).
+//!    of each, and how many messages wait in the outbox (the ledger, and
+//!    `orcastrate_outbox_pending` as of the worker's last try).
 //! 4. The stand-in comes back on the same port: the time until every deployment arrived,
 //!    and a check that they came in order (`payload.seq` increasing) and once each.
 //!
@@ -302,11 +303,17 @@ fn outage(args: &Args) -> anyhow::Result<Outage> {
     let down = p(&down, "receiver down")?;
     std::thread::sleep(Duration::from_secs(1));
     let (_, metrics) = rt.block_on(get(gw.http, "/metrics"))?;
-    let pending = String::from_utf8_lossy(&metrics)
+    let gauge = String::from_utf8_lossy(&metrics)
         .lines()
         .find(|l| l.starts_with("orcastrate_outbox_pending{"))
         .unwrap_or("orcastrate_outbox_pending (none)")
         .to_owned();
+    // The gauge is set at each try, so it may lag by one backoff; the ledger tells now.
+    let waiting = ledger_count(
+        &open_ledger(&dir.path().join("data/ledger.db"))?,
+        "SELECT COUNT(*) FROM outbox o JOIN outbox_cursor c ON o.id > c.last_id",
+    )?;
+    let pending = format!("{waiting} messages in the ledger; /metrics at the last try: {gauge}");
 
     let rx = Receiver::start(api.port(), github);
     let drained = wait_for(&rx, args.orders, &gw.log)?;
