@@ -201,17 +201,19 @@ pub fn on_status(conn: &Connection, status: &AgentStatus) -> Result<(), LedgerEr
     ) {
         return Ok(());
     }
-    let Some(order) = newest(conn, &status.repo, &status.env, seq, status.sha.as_deref())? else {
+    let Some(newest) = newest(conn, &status.repo, &status.env, seq, status.sha.as_deref())? else {
         return Ok(());
     };
-    let order = &*order;
-    if ended(conn, order)? {
+    if newest.ended {
         return Ok(());
     }
+    let order = &*newest.order;
+    if !newest.in_progress {
+        mark_open(conn, order, "in_progress", None)?;
+    }
     match status.state {
-        AgentState::Deploying => mark_open(conn, order, "in_progress", None),
+        AgentState::Deploying => Ok(()),
         AgentState::Failed | AgentState::RolledBack => {
-            mark_open(conn, order, "in_progress", None)?;
             let error = status
                 .error
                 .clone()
@@ -224,7 +226,6 @@ pub fn on_status(conn: &Connection, status: &AgentStatus) -> Result<(), LedgerEr
             )
         }
         _ => {
-            mark_open(conn, order, "in_progress", None)?;
             if all_healthy(conn, order)? {
                 mark_open(conn, order, "success", None)?;
             }
@@ -240,21 +241,37 @@ type PerEnv<T> = std::sync::Mutex<Option<HashMap<(String, String), T>>>;
 /// has its `seq` and sha (an index lookup), so a status costs no parse of the signed order.
 static NEWEST: PerEnv<Arc<DeployOrder>> = std::sync::Mutex::new(None);
 
-/// The newest order of `repo`/`env` if it is order `seq` of `sha`.
+/// The newest order of a repo/env and which of its marks are written.
+struct Newest {
+    order: Arc<DeployOrder>,
+    /// `success` or `failure`: nothing more is marked.
+    ended: bool,
+    in_progress: bool,
+}
+
+/// The newest order of `repo`/`env` if it is order `seq` of `sha` (one indexed lookup with
+/// its marks; the order is parsed once).
 fn newest(
     conn: &Connection,
     repo: &str,
     env: &str,
     seq: u64,
     sha: Option<&str>,
-) -> Result<Option<Arc<DeployOrder>>, LedgerError> {
-    let head: Option<(i64, String)> = conn
+) -> Result<Option<Newest>, LedgerError> {
+    let head: Option<(i64, String, bool, bool)> = conn
         .prepare_cached(
-            "SELECT seq, sha FROM orders WHERE repo = ?1 AND env = ?2 ORDER BY seq DESC LIMIT 1",
+            "SELECT o.seq, o.sha,
+               EXISTS (SELECT 1 FROM outbox_marks m WHERE m.repo = o.repo AND m.env = o.env
+                       AND m.seq = o.seq AND m.state IN ('success', 'failure')),
+               EXISTS (SELECT 1 FROM outbox_marks m WHERE m.repo = o.repo AND m.env = o.env
+                       AND m.seq = o.seq AND m.state = 'in_progress')
+             FROM orders o WHERE o.repo = ?1 AND o.env = ?2 ORDER BY o.seq DESC LIMIT 1",
         )?
-        .query_row([repo, env], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([repo, env], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    let Some((newest_seq, newest_sha)) = head else {
+    let Some((newest_seq, newest_sha, ended, in_progress)) = head else {
         return Ok(None);
     };
     if i64::try_from(seq).ok() != Some(newest_seq) || sha != Some(newest_sha.as_str()) {
@@ -263,18 +280,25 @@ fn newest(
     let key = (repo.to_owned(), env.to_owned());
     let mut cache = NEWEST.lock().unwrap_or_else(PoisonError::into_inner);
     let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some(o) = cache
+    let order = match cache
         .get(&key)
         .filter(|o| o.seq == seq && o.sha == newest_sha)
     {
-        return Ok(Some(o.clone()));
-    }
-    let Some(stored) = ledger::newest_order(conn, repo, env)? else {
-        return Ok(None);
+        Some(o) => o.clone(),
+        None => {
+            let Some(stored) = ledger::newest_order(conn, repo, env)? else {
+                return Ok(None);
+            };
+            let order = Arc::new(stored.order);
+            cache.insert(key, order.clone());
+            order
+        }
     };
-    let order = Arc::new(stored.order);
-    cache.insert(key, order.clone());
-    Ok(Some(order))
+    Ok(Some(Newest {
+        order,
+        ended,
+        in_progress,
+    }))
 }
 
 /// The fields of a recorded status that [`all_healthy`] reads (not the whole status).
