@@ -36,11 +36,12 @@ run rollback "$target/examples/bench_rollback"
 run proxy "$target/examples/bench_proxy"
 run revert "$target/examples/bench_revert" --gateway-bin "$gateway" --agents 200
 run fleetview "$target/examples/bench_fleet_view" --gateway-bin "$gateway" --agents 2000 --runs 10
+run outbox "$target/examples/bench_outbox" --gateway-bin "$gateway" --orders 1000 --agents 2000
 
 echo "Summary ($(nproc) cores, $(date -u +%Y-%m-%d))"
 echo
 echo "| what | measured | target | |"
 echo "| --- | --- | --- | --- |"
-for name in peer webhooks fanout rollback proxy revert fleetview; do
+for name in peer webhooks fanout rollback proxy revert fleetview outbox; do
   [ -f "$out/$name.txt" ] && grep -h '^SUMMARY|' "$out/$name.txt" | sed 's/^SUMMARY//'
 done

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -19,11 +19,16 @@ use super::facts::Fact;
 use super::metrics::OutboxMetrics;
 use crate::ledger::{self, LedgerError};
 
-/// Attempts before a fact is dead-lettered: about 16 hours at the backoff's cap.
-pub const MAX_ATTEMPTS: u32 = 1000;
-/// The first retry's delay and the backoff's cap.
+/// Attempts before a fact is dead-lettered: about a day at the backoff's cap.
+pub const MAX_ATTEMPTS: u32 = 10_000;
+/// The first retry's delay and the backoff's cap. The cap bounds how long a receiver that
+/// is back waits for its messages (at most 1.25 × the cap after any outage); a retry every
+/// 10 s costs a receiver that is down nothing it would notice.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// How long a worker waits for the sequencer's write lock: longer than the ledger's
+/// default, since a cursor not moved means a message sent twice.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// A receiver's `Retry-After` is obeyed up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How often an idle worker looks for new facts.
@@ -159,7 +164,7 @@ pub struct Outbox {
 /// Sets the cursors up: a new destination starts at the newest fact (no history replayed),
 /// a removed one is forgotten, and facts every destination has passed are deleted.
 fn prepare(conn: &Connection, names: &[String]) -> Result<(), LedgerError> {
-    let tx = conn.unchecked_transaction()?;
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let mut keep = std::collections::HashSet::new();
     for n in names {
         keep.insert(n.clone());
@@ -209,6 +214,7 @@ impl Outbox {
             // A cursor lost to a power cut only sends a message again (the delivery id
             // tells); an fsync per delivery would cap delivery at the disk's fsync rate.
             conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.busy_timeout(LOCK_WAIT)?;
             let (tx, rx) = mpsc::channel();
             let metrics = metrics.clone();
             out.stops.push(tx);
@@ -323,7 +329,7 @@ fn work(conn: &Connection, dest: &Dest, name: &str, rx: &mpsc::Receiver<()>, m: 
 /// Moves the cursor past `id`, dead-lettering it when `error` is given.
 fn advance(conn: &Connection, dest: &str, id: i64, error: Option<&str>, fact: &str) {
     let r = (|| -> rusqlite::Result<()> {
-        let tx = conn.unchecked_transaction()?;
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
         if let Some(e) = error {
             tx.execute(
                 "INSERT OR REPLACE INTO outbox_failed (dest, id, fact, error, failed_at)
@@ -403,4 +409,21 @@ fn depth_of(conn: &Connection, dest: &str) -> rusqlite::Result<i64> {
         [dest],
         |r| r.get(0),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However long a receiver was down, its next try comes soon after it is back: the
+    /// wait never grows past the cap and its jitter (it once grew to 75 s).
+    #[test]
+    fn the_next_try_after_any_outage_comes_within_12_5_s() {
+        let waits: Vec<Duration> = (1..=64).chain([MAX_ATTEMPTS]).map(backoff).collect();
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_millis(12_500)),
+            "{waits:?}"
+        );
+        assert!(waits[0] >= Duration::from_millis(750), "{waits:?}");
+    }
 }

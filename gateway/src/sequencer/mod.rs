@@ -451,7 +451,11 @@ fn process(
     batch: Vec<Queued>,
 ) -> BatchResult {
     let mut out = BatchResult::default();
-    let mut tx = match conn.transaction() {
+    // IMMEDIATE: the outbox's workers write their cursors on their own connections. A
+    // deferred transaction that reads first and then writes after one of them committed
+    // fails at once with SQLITE_BUSY (its snapshot is stale; no busy wait helps), which
+    // lost a webhook in fifty under delivery; taking the write lock first waits instead.
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a ledger transaction");

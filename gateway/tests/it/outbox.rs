@@ -3,7 +3,7 @@
 //! recording `Receiver`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use orcastrate_broker::{sign, time, AgentState};
 use orcastrate_testkit::receiver::{Answer, Receiver, Request};
@@ -147,10 +147,60 @@ fn calls(got: &[Request]) -> Vec<(String, String)> {
 }
 
 fn wait_for(rx: &Receiver, n: usize, what: &str) -> Vec<Request> {
-    eventually(Duration::from_secs(30), what, || {
+    wait_within(rx, n, Duration::from_secs(30), what)
+}
+
+fn wait_within(rx: &Receiver, n: usize, within: Duration, what: &str) -> Vec<Request> {
+    eventually(within, what, || {
         let got = rx.got();
         (got.len() >= n).then_some(got)
     })
+}
+
+/// Pushes `sha(n)` for every `n` of `range` to master, eight at a time, as a busy repo's
+/// pushes come; every one must be answered 202 with an order. Returns the shas in the
+/// order of their orders' `seq`.
+fn pushes_at_once(http: &str, range: std::ops::Range<u64>) -> Vec<String> {
+    let url = format!("{http}/webhook");
+    let next = AtomicU64::new(range.start);
+    let orders = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= range.end {
+                    break;
+                }
+                let body = push_of(&sha(n), "master");
+                let delivery = format!("push-{n}");
+                let (status, answer) = orcastrate_testkit::http::webhook(
+                    &url,
+                    SECRET,
+                    "push",
+                    &delivery,
+                    "application/json",
+                    &body,
+                );
+                assert_eq!(status, 202, "push {n}: {answer}");
+                let seq = answer["seq"].as_u64().expect("an order");
+                orders.lock().unwrap().push((seq, sha(n)));
+            });
+        }
+    });
+    let mut orders = orders.into_inner().unwrap();
+    orders.sort();
+    orders.into_iter().map(|(_, sha_)| sha_).collect()
+}
+
+/// The deployments' shas, in the order they arrived.
+fn deployed_shas(got: &[Request]) -> Vec<String> {
+    calls(got)
+        .into_iter()
+        .map(|(what, sha_)| {
+            assert_eq!(what, "deployment");
+            sha_
+        })
+        .collect()
 }
 
 #[test]
@@ -324,4 +374,42 @@ fn i18_a_failure_while_github_is_down_arrives_once_after_a_sigkill_and_restart()
         .as_str()
         .unwrap()
         .contains("exit status 1"));
+}
+
+/// Pushes come eight at a time while the stand-in is up, then while it is down, then it
+/// comes back: every webhook is answered 202 (the delivery workers' ledger writes once made
+/// one in fifty fail with SQLITE_BUSY), and every deployment arrives once, in order, soon
+/// after the stand-in is back.
+#[test]
+fn i18_pushes_at_once_before_and_during_an_outage_all_arrive_once_in_order() {
+    const EACH: u64 = 200;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let api_url = format!("http://127.0.0.1:{port}");
+    let gw = TestGateway::start_config(dir.path(), &config(dir.path(), &api_url, ""));
+    let api = Receiver::start(port, github);
+    let expected = pushes_at_once(&gw.http, 1..EACH + 1);
+    let got = wait_for(&api, EACH as usize, "the deployments of the first pushes");
+    assert_eq!(deployed_shas(&got), expected);
+    drop(api);
+
+    let expected = pushes_at_once(&gw.http, EACH + 1..2 * EACH + 1);
+    // Long enough for several failed tries, so the worker is deep in its backoff.
+    std::thread::sleep(Duration::from_secs(5));
+    let back = Instant::now();
+    let api = Receiver::start(port, github);
+    // The next try comes within 12.5 s; the rest is the drain.
+    wait_within(
+        &api,
+        EACH as usize,
+        Duration::from_secs(60),
+        "the deployments made during the outage",
+    );
+    let drained = back.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        deployed_shas(&api.got()),
+        expected,
+        "once each, in order (drained in {drained:?})"
+    );
 }
