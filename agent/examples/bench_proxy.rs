@@ -81,7 +81,7 @@ fn agent_file(
         proxy: public.map(|p| ProxyFile {
             listen: Some(format!("127.0.0.1:{p}")),
             drain_s: Some(5),
-            port_var: None,
+            ..ProxyFile::default()
         }),
         ..FileConfig::default()
     }

@@ -91,6 +91,7 @@ fn status(sim: &Sim, session: &str, state: AgentState, order: &DeployOrder, sha:
         running_sha: Some(sha.into()),
         previous_sha: None,
         release: None,
+        port: None,
         updated_at: time::now(),
         deploy_ms: None,
         error: (state == AgentState::RolledBack).then(|| "health check failed".into()),

@@ -1129,6 +1129,7 @@ fn spawn_sim(
         running_sha: None,
         previous_sha: None,
         release: None,
+        port: None,
         updated_at: orcastrate_broker::time::now(),
         deploy_ms: None,
         error: None,

@@ -218,6 +218,7 @@ pub fn agent_status(agent: &str, state: AgentState) -> AgentStatus {
         running_sha: Some(sha(1)),
         previous_sha: None,
         release: None,
+        port: None,
         updated_at: orcastrate_broker::time::now(),
         deploy_ms: None,
         error: None,

@@ -50,6 +50,7 @@ impl Report<'_> {
             running_sha: self.running.map(Into::into),
             previous_sha: None,
             release: None,
+            port: None,
             updated_at: time::from_unix_ms(at),
             deploy_ms: None,
             error: self.error.map(Into::into),
