@@ -47,16 +47,21 @@ pub fn commit(origin: &Origin, version: &str, port: u16, extra: &[(&str, Option<
     origin.commit(version, &all)
 }
 
+/// A connection to the app on `port` with `request` sent, whose reads give up after 5 s.
+fn send(port: u16, request: &str) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    Some(stream)
+}
+
 /// `GET http://127.0.0.1:{port}{path}`: the status and body, or `None` if nothing answers
 /// (within 5 s).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    let mut stream = send(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -85,14 +90,11 @@ pub struct AppSocket {
 impl AppSocket {
     /// Opens it (the HTTP upgrade), or `None` if the app does not answer `101` within 5 s.
     pub fn open(port: u16) -> Option<Self> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         // The key is RFC 6455's example; the fixture does not need a fresh one.
-        write!(
-            stream,
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .ok()?;
+        let mut stream = send(
+            port,
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )?;
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
