@@ -35,11 +35,12 @@ run fanout "$target/examples/bench_fanout" --gateway-bin "$gateway" --agents 200
 run rollback "$target/examples/bench_rollback"
 run proxy "$target/examples/bench_proxy"
 run revert "$target/examples/bench_revert" --gateway-bin "$gateway" --agents 200
+run fleetview "$target/examples/bench_fleet_view" --gateway-bin "$gateway" --agents 2000 --runs 10
 
 echo "Summary ($(nproc) cores, $(date -u +%Y-%m-%d))"
 echo
 echo "| what | measured | target | |"
 echo "| --- | --- | --- | --- |"
-for name in peer webhooks fanout rollback proxy revert; do
+for name in peer webhooks fanout rollback proxy revert fleetview; do
   [ -f "$out/$name.txt" ] && grep -h '^SUMMARY|' "$out/$name.txt" | sed 's/^SUMMARY//'
 done

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The install path, on this Debian machine, as root: builds both .deb files (cargo deb,
-# profile dist), runs lintian on them, installs them with dpkg, checks what a host gets,
-# removes and reinstalls them (a changed config survives), runs scripts/install.sh twice
-# (fresh install, then upgrade to a newer package revision), and purges them at the end.
+# profile dist unless told otherwise), runs lintian on them, installs them with dpkg, checks
+# what a host gets, removes and reinstalls them (a changed config survives), runs
+# scripts/install.sh twice (fresh install, then upgrade to a newer package revision), and
+# purges them at the end.
 #
 #   scripts/test-packages.sh          # needs root, dpkg, cargo-deb, lintian, systemd-analyze
+#   scripts/test-packages.sh --profile ci-package   # CI: same packages, a build in minutes
 #   SKIP_BUILD=1 scripts/test-packages.sh   # reuse target/debian/*.deb
 #
 # It changes the real system (/usr/bin, /etc/orcastrate, the users orcastrate and
@@ -15,6 +17,15 @@ cd "$(dirname "$0")/.."
 
 fail() { echo "test-packages: FAIL: $*" >&2; exit 1; }
 ok() { echo "test-packages: ok: $*"; }
+# The cargo profile the binaries are built with: dist is what users get (fat LTO, so 10-25
+# minutes on 2 cores); CI's ci-package (Cargo.toml) tests the same packaging in a fraction.
+PROFILE=dist
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) [ $# -ge 2 ] || fail "--profile needs a cargo profile name (dist, ci-package)"; PROFILE="$2"; shift 2 ;;
+    *) fail "unknown argument '$1' (usage: scripts/test-packages.sh [--profile NAME])" ;;
+  esac
+done
 [ "$(id -u)" -eq 0 ] || fail "run as root (it installs packages)"
 for p in orcastrate-agent orcastrate-gateway; do
   if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'installed\|config-files'; then
@@ -40,18 +51,18 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   start=$(date +%s)
   # orcastrate-crypt ships in the agent's package but is its own crate: cargo deb builds only
   # the package's own binaries.
-  cargo build --profile dist -p orcastrate-crypt --bin orcastrate-crypt
-  cargo deb -p orcastrate-agent
-  cargo deb -p orcastrate-gateway
-  echo "test-packages: built in $(($(date +%s) - start)) s"
+  cargo build --profile "$PROFILE" -p orcastrate-crypt --bin orcastrate-crypt
+  cargo deb -p orcastrate-agent --profile "$PROFILE"
+  cargo deb -p orcastrate-gateway --profile "$PROFILE"
+  echo "test-packages: built with profile $PROFILE in $(($(date +%s) - start)) s"
 fi
 # Copies: cargo deb removes a package's older .deb files from target/debian.
 cp "$(ls -t "$DEBS"/orcastrate-agent_"$VERSION"-1_*.deb | head -n 1)" "$WORK/agent.deb"
 cp "$(ls -t "$DEBS"/orcastrate-gateway_"$VERSION"-1_*.deb | head -n 1)" "$WORK/gateway.deb"
 AGENT_DEB="$WORK/agent.deb" GATEWAY_DEB="$WORK/gateway.deb"
 # A newer revision of the same build, for the upgrade.
-cargo deb -p orcastrate-agent --no-build --deb-revision 2 --output "$WORK/upgrade.deb" >/dev/null
-ls -l "$AGENT_DEB" "$GATEWAY_DEB" "$WORK/upgrade.deb" target/dist/orcastrate-agent target/dist/orcastrate-crypt target/dist/orcastrate-gateway
+cargo deb -p orcastrate-agent --profile "$PROFILE" --no-build --deb-revision 2 --output "$WORK/upgrade.deb" >/dev/null
+ls -l "$AGENT_DEB" "$GATEWAY_DEB" "$WORK/upgrade.deb" target/"$PROFILE"/orcastrate-{agent,crypt,gateway}
 
 # lintian: no errors (the kept warnings are listed in README "Install").
 if command -v lintian >/dev/null; then

@@ -19,73 +19,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use orcastrate_agent::config::{FileConfig, HealthFile, ProxyFile, ServerList, StepsFile};
-use orcastrate_agent::{Cli, Settings};
-use orcastrate_broker::embedded::EmbeddedBroker;
-use orcastrate_broker::{OrderKind, OrderSigner, Topics};
+use orcastrate_agent::config::ProxyFile;
+use orcastrate_broker::OrderKind;
 use orcastrate_testkit::app::http_get;
-use orcastrate_testkit::git::Origin;
 use orcastrate_testkit::{app, free_port};
-use tokio_util::sync::CancellationToken;
 
 #[path = "support/orders.rs"]
 mod orders;
 #[path = "support/mod.rs"]
 mod support;
 
-use orders::{summary_row, Orders, Watch};
+use orders::{summary_row, Bench, Setup};
 
-const REPO: &str = "bench/web";
-const ENV: &str = "production";
-const AGENT: &str = "bench-1";
-const TOKEN: &str = "bench-token";
 const CLIENTS: usize = 4;
 const REQUESTS: usize = 2000;
-
-/// The agent's config: the app from `origin`, behind the proxy on `public` if given.
-fn agent_file(
-    root: &Path,
-    mqtt_port: u16,
-    origin: &Origin,
-    app_port: u16,
-    public: Option<u16>,
-    signer: &OrderSigner,
-) -> FileConfig {
-    let health = match public {
-        Some(_) => "http://127.0.0.1:{port}/health".to_owned(),
-        None => format!("http://127.0.0.1:{app_port}/health"),
-    };
-    FileConfig {
-        name: Some(AGENT.into()),
-        server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
-        token: Some(TOKEN.into()),
-        repo: Some(REPO.into()),
-        env: Some(ENV.into()),
-        git_url: Some(origin.bare.display().to_string()),
-        root: Some(root.to_owned()),
-        keep_releases: Some(3),
-        gateway_public_keys: Some(vec![signer.public_key_base64()]),
-        on_shutdown: Some("stop".into()),
-        steps: Some(StepsFile {
-            install: Some(String::new()),
-            build: Some(String::new()),
-            start: Some("exec node server.js".into()),
-            stop_timeout_s: Some(5),
-        }),
-        health: Some(HealthFile {
-            http: Some(health),
-            command: None,
-            timeout_s: Some(30),
-            interval_s: Some(60),
-        }),
-        proxy: public.map(|p| ProxyFile {
-            listen: Some(format!("127.0.0.1:{p}")),
-            drain_s: Some(5),
-            ..ProxyFile::default()
-        }),
-        ..FileConfig::default()
-    }
-}
 
 /// `CLIENTS` threads sending one request per new connection to `port` until stopped;
 /// returns (ok, failed, latencies in µs).
@@ -143,43 +90,29 @@ async fn switches(
     rollbacks: usize,
     measure: bool,
 ) -> anyhow::Result<(usize, usize, f64)> {
-    let mqtt_port = free_port();
-    let EmbeddedBroker {
-        mut publisher,
-        receiver,
-        ..
-    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN)])?;
-    let topics = Topics::default();
-    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
-    let mut watch = Watch::spawn(receiver);
-    let origin = Origin::new(dir);
-    let app_port = free_port();
-    let signer = OrderSigner::generate();
-    let file = agent_file(
-        &dir.join("root"),
-        mqtt_port,
-        &origin,
-        app_port,
-        public,
-        &signer,
-    );
-    let env = orcastrate_agent::config::Environment::current();
-    let settings = Settings::merge(&Cli::default(), &file, "bench", &env).context("settings")?;
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
-    let mut orders = Orders {
-        repo: REPO,
-        env: ENV,
-        signer: &signer,
-        seq: orcastrate_broker::time::unix_ms(),
-    };
-    let desired = topics.desired(REPO, ENV);
-    let v1 = app::commit(&origin, "v1", app_port, &[]);
-    let v2 = app::commit(&origin, "v2", app_port, &[]);
+    let mut bench = Bench::start(
+        dir,
+        Setup {
+            root: dir.join("root"),
+            logins: &[],
+            install: "",
+            health: match public {
+                Some(_) => |_| "http://127.0.0.1:{port}/health".to_owned(),
+                None => |port| format!("http://127.0.0.1:{port}/health"),
+            },
+            proxy: public.map(|p| ProxyFile {
+                listen: Some(format!("127.0.0.1:{p}")),
+                drain_s: Some(5),
+                ..ProxyFile::default()
+            }),
+        },
+    )
+    .await?;
+    let app_port = bench.app_port;
+    let v1 = app::commit(&bench.origin, "v1", app_port, &[]);
+    let v2 = app::commit(&bench.origin, "v2", app_port, &[]);
     for sha in [&v1, &v2] {
-        let (s, payload) = orders.next(sha, OrderKind::Push);
-        publisher.publish(&desired, payload, true).await?;
-        watch.until_done(s).await?;
+        bench.order(sha, OrderKind::Push).await?;
     }
     let port = public.unwrap_or(app_port);
     if measure {
@@ -209,17 +142,13 @@ async fn switches(
     let mut times = Vec::new();
     for i in 0..rollbacks {
         let sha = if i % 2 == 0 { &v1 } else { &v2 };
-        let (s, payload) = orders.next(sha, OrderKind::Rollback);
-        let t = Instant::now();
-        publisher.publish(&desired, payload, true).await?;
-        watch.until_done(s).await?;
+        let (t, _) = bench.order(sha, OrderKind::Rollback).await?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed, _) = clients.join().unwrap();
-    shutdown.cancel();
-    agent.await??;
+    bench.stop().await?;
     times.sort_by(f64::total_cmp);
     Ok((failed, ok, times[times.len() / 2]))
 }

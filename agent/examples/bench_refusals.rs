@@ -79,20 +79,8 @@ fn spawn_agent(
 /// Two forged orders: one signed by an unknown key, one whose signature no longer matches.
 fn forged_orders(gateway: &OrderSigner) -> (DeployOrder, DeployOrder) {
     let mut forged = DeployOrder {
-        v: 1,
-        seq: 0,
-        repo: REPO.into(),
-        env: ENV.into(),
-        sha: "ab".repeat(20),
         git_ref: Some("refs/heads/main".into()),
-        kind: OrderKind::Manual,
-        delivery: None,
-        issued_at: orcastrate_broker::time::now(),
-        issued_by: None,
-        key_id: String::new(),
-        targets: None,
-        base_sha: None,
-        sig: String::new(),
+        ..DeployOrder::new(0, REPO, ENV, &"ab".repeat(20), OrderKind::Manual)
     };
     let mut unknown_key = forged.clone();
     OrderSigner::generate().sign(&mut unknown_key);

@@ -21,26 +21,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use orcastrate_agent::config::{FileConfig, HealthFile, ServerList, StepsFile};
-use orcastrate_agent::{Cli, Settings};
-use orcastrate_broker::embedded::EmbeddedBroker;
-use orcastrate_broker::{AgentState, AgentStatus, OrderKind, OrderSigner, Step, Topics};
-use orcastrate_testkit::git::Origin;
-use orcastrate_testkit::{app, free_port};
-use tokio_util::sync::CancellationToken;
+use orcastrate_broker::{AgentState, AgentStatus, OrderKind, OrderSigner, Step};
+use orcastrate_testkit::app;
 
 #[path = "support/orders.rs"]
 mod orders;
 #[path = "support/mod.rs"]
 mod support;
 
-use orders::{summary_row, Orders, Watch};
+use orders::{summary_row, Bench, Setup, REPO, TOKEN};
 
-const REPO: &str = "bench/web";
-const ENV: &str = "production";
-const AGENT: &str = "bench-1";
-const TOKEN: &str = "bench-token";
 const INSTALL: &str = "npm install --no-audit --no-fund";
 
 fn first_at(
@@ -66,41 +56,6 @@ fn summary(name: &str, values: &mut [f64]) -> f64 {
     median
 }
 
-/// The benchmarked agent's config: the app from `origin`, health on `app_port`.
-fn agent_file(
-    dir: &Path,
-    mqtt_port: u16,
-    origin: &Origin,
-    app_port: u16,
-    signer: &OrderSigner,
-) -> FileConfig {
-    FileConfig {
-        name: Some(AGENT.into()),
-        server: Some(ServerList::One(format!("mqtt://127.0.0.1:{mqtt_port}"))),
-        token: Some(TOKEN.into()),
-        repo: Some(REPO.into()),
-        env: Some(ENV.into()),
-        git_url: Some(origin.bare.display().to_string()),
-        root: Some(dir.join("root")),
-        keep_releases: Some(3),
-        gateway_public_keys: Some(vec![signer.public_key_base64()]),
-        on_shutdown: Some("stop".into()),
-        steps: Some(StepsFile {
-            install: Some(INSTALL.into()),
-            build: Some(String::new()),
-            start: Some("exec node server.js".into()),
-            stop_timeout_s: Some(5),
-        }),
-        health: Some(HealthFile {
-            http: Some(format!("http://127.0.0.1:{app_port}/")),
-            command: None,
-            timeout_s: Some(30),
-            interval_s: Some(60),
-        }),
-        ..FileConfig::default()
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()
@@ -109,40 +64,22 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(5);
     let dir = tempfile::tempdir()?;
-    let mqtt_port = free_port();
-    let EmbeddedBroker {
-        mut publisher,
-        receiver,
-        ..
-    } = support::open_broker(mqtt_port, &[(AGENT, TOKEN), ("bench-idle", TOKEN)])?;
-    let topics = Topics::default();
-    publisher.subscribe(&topics.status(REPO, ENV, AGENT))?;
-    let mut watch = Watch::spawn(receiver);
-
-    let origin = Origin::new(dir.path());
-    let app_port = free_port();
-
-    let signer = OrderSigner::generate();
-    let file = agent_file(dir.path(), mqtt_port, &origin, app_port, &signer);
-    let env = orcastrate_agent::config::Environment::current();
-    let settings = Settings::merge(&Cli::default(), &file, "bench", &env).context("settings")?;
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(orcastrate_agent::run(settings, shutdown.clone()));
-
-    let mut orders = Orders {
-        repo: REPO,
-        env: ENV,
-        signer: &signer,
-        seq: orcastrate_broker::time::unix_ms(),
-    };
-    let mut publish = |sha: &str, kind: OrderKind| orders.next(sha, kind);
-    let desired = topics.desired(REPO, ENV);
+    let mut bench = Bench::start(
+        dir.path(),
+        Setup {
+            root: dir.path().join("root"),
+            logins: &[("bench-idle", TOKEN)],
+            install: INSTALL,
+            health: |port| format!("http://127.0.0.1:{port}/"),
+            proxy: None,
+        },
+    )
+    .await?;
+    let app_port = bench.app_port;
 
     // The first deploy (a new host: includes the 2 s settle) is not measured.
-    let first = app::commit(&origin, "v0", app_port, &[]);
-    let (s, payload) = publish(&first, OrderKind::Push);
-    publisher.publish(&desired, payload, true).await?;
-    watch.until_done(s).await?;
+    let first = app::commit(&bench.origin, "v0", app_port, &[]);
+    bench.order(&first, OrderKind::Push).await?;
 
     let (mut push_total, mut push_agent, mut push_fetch) = (Vec::new(), Vec::new(), Vec::new());
     let (mut push_install, mut push_app) = (Vec::new(), Vec::new());
@@ -150,11 +87,8 @@ async fn main() -> anyhow::Result<()> {
     let mut previous = first;
     for round in 1..=rounds {
         // Push a new commit: a cold release.
-        let sha = app::commit(&origin, &format!("v{round}"), app_port, &[]);
-        let (s, payload) = publish(&sha, OrderKind::Push);
-        let t0 = Instant::now();
-        publisher.publish(&desired, payload, true).await?;
-        let st = watch.until_done(s).await?;
+        let sha = app::commit(&bench.origin, &format!("v{round}"), app_port, &[]);
+        let (t0, st) = bench.order(&sha, OrderKind::Push).await?;
         let at = |step: Step| first_at(&st, |x| x.step == Some(step));
         let done = first_at(&st, |x| x.state == AgentState::Healthy).unwrap();
         let fetch = at(Step::Fetch).unwrap();
@@ -171,19 +105,14 @@ async fn main() -> anyhow::Result<()> {
         push_agent.push(ms(total.saturating_sub(user)));
 
         // Roll back to the previous release (complete on disk).
-        let (s, payload) = publish(&previous, OrderKind::Rollback);
-        let t0 = Instant::now();
-        publisher.publish(&desired, payload, true).await?;
-        let st = watch.until_done(s).await?;
+        let (t0, st) = bench.order(&previous, OrderKind::Rollback).await?;
         let started = first_at(&st, |x| x.step == Some(Step::Health)).unwrap();
         let done = first_at(&st, |x| x.state == AgentState::Healthy).unwrap();
         rb_started.push(ms(started - t0));
         rb_healthy.push(ms(done - t0));
 
         // Forward again so the next rollback has a previous release too.
-        let (s, payload) = publish(&sha, OrderKind::Manual);
-        publisher.publish(&desired, payload, true).await?;
-        watch.until_done(s).await?;
+        bench.order(&sha, OrderKind::Manual).await?;
         previous = sha;
     }
 
@@ -208,11 +137,8 @@ async fn main() -> anyhow::Result<()> {
         rollback < 1000.0,
     );
 
-    idle_rss(mqtt_port, dir.path(), &signer).await;
-
-    shutdown.cancel();
-    agent.await??;
-    Ok(())
+    idle_rss(bench.mqtt_port, dir.path(), &bench.signer).await;
+    bench.stop().await
 }
 
 /// Runs the release binary (if built) idle against the broker and prints its RSS.

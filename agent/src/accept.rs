@@ -212,20 +212,14 @@ mod tests {
 
     fn order(signer: &OrderSigner, seq: u64) -> DeployOrder {
         let mut o = DeployOrder {
-            v: 1,
-            seq,
-            repo: "octo-org/web".into(),
-            env: "production".into(),
-            sha: "ab".repeat(20),
-            git_ref: None,
-            kind: OrderKind::Push,
-            delivery: None,
             issued_at: "2026-01-01T00:00:00.000Z".into(),
-            issued_by: None,
-            key_id: String::new(),
-            targets: None,
-            base_sha: None,
-            sig: String::new(),
+            ..DeployOrder::new(
+                seq,
+                "octo-org/web",
+                "production",
+                &"ab".repeat(20),
+                OrderKind::Push,
+            )
         };
         signer.sign(&mut o);
         o

@@ -19,27 +19,13 @@ pub(crate) struct StatusBoard {
 
 /// A status with no order yet: `idle`.
 pub(crate) fn initial(settings: &Settings) -> AgentStatus {
-    AgentStatus {
-        v: orcastrate_broker::PAYLOAD_VERSION,
-        agent: settings.name.clone(),
-        host: settings.host.clone(),
-        repo: settings.repo.clone(),
-        env: settings.env.clone(),
-        session: String::new(),
-        state: AgentState::Idle,
-        step: None,
-        seq: None,
-        sha: None,
-        running_sha: None,
-        previous_sha: None,
-        release: None,
-        port: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: None,
-        error: None,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        mac: String::new(),
-    }
+    AgentStatus::idle(
+        &settings.name,
+        &settings.host,
+        &settings.repo,
+        &settings.env,
+        env!("CARGO_PKG_VERSION"),
+    )
 }
 
 impl StatusBoard {

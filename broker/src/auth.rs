@@ -95,16 +95,13 @@ impl Credentials {
         username: &str,
         password: &str,
     ) -> Result<(), LoginRefusal> {
-        if username.is_empty() || password.is_empty() {
-            return Err(LoginRefusal::Anonymous);
-        }
-        if client_id.contains(['/', '+', '#', '$']) {
-            return Err(LoginRefusal::BadClientIdCharacter);
-        }
-        match self.tokens.get(username) {
-            Some(token) if secrets_equal(password, token) => Ok(()),
-            _ => Err(LoginRefusal::BadCredentials),
-        }
+        self.check(username, password, || {
+            if client_id.contains(['/', '+', '#', '$']) {
+                Err(LoginRefusal::BadClientIdCharacter)
+            } else {
+                Ok(())
+            }
+        })
     }
 
     /// The login rules for an external engine, which keys sessions by client id alone:
@@ -116,10 +113,21 @@ impl Credentials {
         username: &str,
         password: &str,
     ) -> Result<(), LoginRefusal> {
+        self.check(username, password, || check_client_id(client_id, username))
+    }
+
+    /// The rules both logins share, in their order: no anonymous login, then `client_id`'s
+    /// own rule, then the token.
+    fn check(
+        &self,
+        username: &str,
+        password: &str,
+        client_id: impl FnOnce() -> Result<(), LoginRefusal>,
+    ) -> Result<(), LoginRefusal> {
         if username.is_empty() || password.is_empty() {
             return Err(LoginRefusal::Anonymous);
         }
-        check_client_id(client_id, username)?;
+        client_id()?;
         match self.tokens.get(username) {
             Some(token) if secrets_equal(password, token) => Ok(()),
             _ => Err(LoginRefusal::BadCredentials),
@@ -131,61 +139,61 @@ impl Credentials {
 mod tests {
     use super::*;
 
-    #[test]
-    fn login_rules() {
+    use LoginRefusal::{Anonymous, BadClientIdCharacter, BadCredentials, ForeignClientId};
+
+    /// A `(client id, username, password)` login and the answer it must get.
+    type Case<'a> = (&'a str, &'a str, &'a str, Result<(), LoginRefusal>);
+
+    /// Asserts the answer of `check` to each case, for the one client `web-1` (token `t0k`).
+    #[track_caller]
+    fn answers(
+        check: fn(&Credentials, &str, &str, &str) -> Result<(), LoginRefusal>,
+        cases: &[Case<'_>],
+    ) {
         let c = Credentials::new([("web-1".to_owned(), "t0k".to_owned())]);
-        assert_eq!(c.check_login("", "web-1", "t0k"), Ok(()));
-        assert_eq!(c.check_login("web-1", "web-1", "t0k"), Ok(()));
-        assert_eq!(c.check_login("web-1:cli", "web-1", "t0k"), Ok(()));
-        assert_eq!(c.check_login("", "", ""), Err(LoginRefusal::Anonymous));
-        assert_eq!(
-            c.check_login("", "web-1", "nope"),
-            Err(LoginRefusal::BadCredentials)
-        );
-        assert_eq!(
-            c.check_login("", "web-2", "t0k"),
-            Err(LoginRefusal::BadCredentials)
-        );
-        assert_eq!(
-            c.check_login("web-2", "web-1", "t0k"),
-            Err(LoginRefusal::ForeignClientId)
-        );
-        assert_eq!(
-            c.check_login("web-1:", "web-1", "t0k"),
-            Err(LoginRefusal::ForeignClientId)
-        );
-        assert_eq!(
-            c.check_login("web-1x", "web-1", "t0k"),
-            Err(LoginRefusal::ForeignClientId)
-        );
-        for bad in ["web-1/x", "web-1:+", "#", "$SYS"] {
+        for (id, user, password, want) in cases {
             assert_eq!(
-                c.check_login(bad, "web-1", "t0k"),
-                Err(LoginRefusal::BadClientIdCharacter)
+                check(&c, id, user, password),
+                *want,
+                "{id:?} {user:?} {password:?}"
             );
         }
     }
 
+    /// Client ids with MQTT wildcards or separators, refused by either check.
+    fn wildcard_ids<'a>(ids: &[&'a str]) -> Vec<Case<'a>> {
+        ids.iter()
+            .map(|&id| (id, "web-1", "t0k", Err(BadClientIdCharacter)))
+            .collect()
+    }
+
+    #[test]
+    fn login_rules() {
+        let mut cases = vec![
+            ("", "web-1", "t0k", Ok(())),
+            ("web-1", "web-1", "t0k", Ok(())),
+            ("web-1:cli", "web-1", "t0k", Ok(())),
+            ("", "", "", Err(Anonymous)),
+            ("", "web-1", "nope", Err(BadCredentials)),
+            ("", "web-2", "t0k", Err(BadCredentials)),
+            ("web-2", "web-1", "t0k", Err(ForeignClientId)),
+            ("web-1:", "web-1", "t0k", Err(ForeignClientId)),
+            ("web-1x", "web-1", "t0k", Err(ForeignClientId)),
+        ];
+        cases.extend(wildcard_ids(&["web-1/x", "web-1:+", "#", "$SYS"]));
+        answers(Credentials::check_login, &cases);
+    }
+
     #[test]
     fn the_embedded_broker_takes_any_client_id_without_wildcards() {
-        let c = Credentials::new([("web-1".to_owned(), "t0k".to_owned())]);
-        for id in ["", "web-1", "web-2", "mqttjs_3f2a9c1b", "paho-123"] {
-            assert_eq!(c.check_credentials(id, "web-1", "t0k"), Ok(()), "{id}");
-        }
-        assert_eq!(
-            c.check_credentials("web-1", "web-1", "nope"),
-            Err(LoginRefusal::BadCredentials)
-        );
-        assert_eq!(
-            c.check_credentials("x", "", ""),
-            Err(LoginRefusal::Anonymous)
-        );
-        for bad in ["web-1/x", "a+", "#", "$SYS"] {
-            assert_eq!(
-                c.check_credentials(bad, "web-1", "t0k"),
-                Err(LoginRefusal::BadClientIdCharacter)
-            );
-        }
+        let mut cases: Vec<Case<'_>> = ["", "web-1", "web-2", "mqttjs_3f2a9c1b", "paho-123"]
+            .iter()
+            .map(|&id| (id, "web-1", "t0k", Ok(())))
+            .collect();
+        cases.push(("web-1", "web-1", "nope", Err(BadCredentials)));
+        cases.push(("x", "", "", Err(Anonymous)));
+        cases.extend(wildcard_ids(&["web-1/x", "a+", "#", "$SYS"]));
+        answers(Credentials::check_credentials, &cases);
     }
 
     #[test]

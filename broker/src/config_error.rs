@@ -4,6 +4,9 @@
 //! one run.
 
 use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
 
 /// A configuration problem, naming where the value came from, the key and the fix; with
 /// the further problems found in the same pass, if any.
@@ -69,6 +72,32 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Reads and parses the TOML config file at `path` into `T` (the gateway's and the agent's
+/// raw file shape).
+///
+/// # Errors
+///
+/// When it cannot be read, or is not TOML of this shape (unknown keys included): naming the
+/// line and `example`, the example file that shows every key.
+pub fn read_toml<T: DeserializeOwned>(path: &Path, example: &str) -> Result<T, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            &origin,
+            "(file)",
+            format!("cannot read the config file: {e}; check --config"),
+        )
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        ConfigError::at_offset(
+            &origin,
+            &text,
+            e.span().map(|span| span.start),
+            format!("{} (see {example} for every key)", e.message()),
+        )
+    })
+}
 
 /// The problems found so far by the per-section checks.
 #[derive(Debug, Default)]

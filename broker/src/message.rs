@@ -74,6 +74,27 @@ pub struct DeployOrder {
 }
 
 impl DeployOrder {
+    /// An order for every agent of `repo`/`env` to run `sha`, issued now, with no ref,
+    /// delivery, issuer or base: unsigned until an [`crate::OrderSigner`] signs it.
+    pub fn new(seq: u64, repo: &str, env: &str, sha: &str, kind: OrderKind) -> Self {
+        Self {
+            v: crate::PAYLOAD_VERSION,
+            seq,
+            repo: repo.to_owned(),
+            env: env.to_owned(),
+            sha: sha.to_owned(),
+            git_ref: None,
+            kind,
+            delivery: None,
+            issued_at: crate::time::now(),
+            issued_by: None,
+            key_id: String::new(),
+            targets: None,
+            base_sha: None,
+            sig: String::new(),
+        }
+    }
+
     /// Checks every field against the naming rules (used on receipt, before verifying).
     pub fn validate(&self) -> Result<(), NameError> {
         if names::repo(&self.repo)? != self.repo {
@@ -213,6 +234,34 @@ pub struct AgentStatus {
     pub mac: String,
 }
 
+impl AgentStatus {
+    /// `agent` on `host`, of `repo`/`env`, with no order yet: `idle`, stamped now, with no
+    /// session and not yet sealed (see [`crate::sign::seal_status`]).
+    pub fn idle(agent: &str, host: &str, repo: &str, env: &str, version: &str) -> Self {
+        Self {
+            v: crate::PAYLOAD_VERSION,
+            agent: agent.to_owned(),
+            host: host.to_owned(),
+            repo: repo.to_owned(),
+            env: env.to_owned(),
+            session: String::new(),
+            state: AgentState::Idle,
+            step: None,
+            seq: None,
+            sha: None,
+            running_sha: None,
+            previous_sha: None,
+            release: None,
+            port: None,
+            updated_at: crate::time::now(),
+            deploy_ms: None,
+            error: None,
+            version: version.to_owned(),
+            mac: String::new(),
+        }
+    }
+}
+
 /// The desired order as the fleet summary shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetDesired {
@@ -332,20 +381,17 @@ mod tests {
     #[test]
     fn order_json_shape() {
         let order = DeployOrder {
-            v: 1,
-            seq: 7,
-            repo: "octo-org/web".into(),
-            env: "production".into(),
-            sha: "a".repeat(40),
-            git_ref: None,
-            kind: OrderKind::Manual,
-            delivery: None,
             issued_at: "2026-01-01T00:00:00.000Z".into(),
             issued_by: Some("admin".into()),
             key_id: "k".into(),
-            targets: None,
-            base_sha: None,
             sig: "s".into(),
+            ..DeployOrder::new(
+                7,
+                "octo-org/web",
+                "production",
+                &"a".repeat(40),
+                OrderKind::Manual,
+            )
         };
         let json: serde_json::Value = serde_json::to_value(&order).unwrap();
         assert_eq!(json["ref"], serde_json::Value::Null);

@@ -247,20 +247,16 @@ mod tests {
 
     fn order() -> DeployOrder {
         DeployOrder {
-            v: 1,
-            seq: 1_700_000_000_000,
-            repo: "octo-org/web".into(),
-            env: "production".into(),
-            sha: "0123456789abcdef0123456789abcdef01234567".into(),
             git_ref: Some("refs/heads/main".into()),
-            kind: OrderKind::Push,
             delivery: Some("d-1".into()),
             issued_at: "2026-01-01T00:00:00.000Z".into(),
-            issued_by: None,
-            key_id: String::new(),
-            targets: None,
-            base_sha: None,
-            sig: String::new(),
+            ..DeployOrder::new(
+                1_700_000_000_000,
+                "octo-org/web",
+                "production",
+                "0123456789abcdef0123456789abcdef01234567",
+                OrderKind::Push,
+            )
         }
     }
 
@@ -342,25 +338,13 @@ mod tests {
     #[test]
     fn status_mac_covers_fields() {
         let mut s = AgentStatus {
-            v: 1,
-            agent: "web-1".into(),
-            host: "h".into(),
-            repo: "octo-org/web".into(),
-            env: "production".into(),
             session: "s1".into(),
             state: AgentState::Deploying,
             step: Some(Step::Install),
             seq: Some(5),
             sha: Some("a".repeat(40)),
-            running_sha: None,
-            previous_sha: None,
-            release: None,
-            port: None,
             updated_at: "2026-01-01T00:00:00.000Z".into(),
-            deploy_ms: None,
-            error: None,
-            version: "0.1.0".into(),
-            mac: String::new(),
+            ..AgentStatus::idle("web-1", "h", "octo-org/web", "production", "0.1.0")
         };
         seal_status("token", &mut s);
         assert!(verify_status("token", &s));

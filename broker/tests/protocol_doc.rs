@@ -62,20 +62,19 @@ fn print_order_example() {
     use orcastrate_broker::{OrderKind, OrderSigner};
     let signer = OrderSigner::from_seed(&[7u8; 32]).unwrap();
     let mut order = DeployOrder {
-        v: 1,
-        seq: 1_764_518_400_000,
-        repo: "octo-org/web".into(),
-        env: "production".into(),
-        sha: "9049f1265b7d61be4a8904a9a27120d2064dab3b".into(),
         git_ref: Some("refs/heads/main".into()),
-        kind: OrderKind::Push,
         delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
         issued_at: "2026-11-30T16:00:00.000Z".into(),
         issued_by: Some("github".into()),
-        key_id: String::new(),
         targets: Some(vec!["web-1".into()]),
         base_sha: Some("0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c".into()),
-        sig: String::new(),
+        ..DeployOrder::new(
+            1_764_518_400_000,
+            "octo-org/web",
+            "production",
+            "9049f1265b7d61be4a8904a9a27120d2064dab3b",
+            OrderKind::Push,
+        )
     };
     signer.sign(&mut order);
     println!("{}", signer.public_key_base64());

@@ -126,12 +126,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.agents > 0, "--agents must be at least 1");
     ensure!(args.batch > 0, "--batch must be at least 1");
-    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
-    ensure!(
-        nofile as usize > args.agents + 100,
-        "RLIMIT_NOFILE is {nofile}: too few descriptors for {} agents",
-        args.agents
-    );
+    let nofile = raise_nofile(args.agents)?;
 
     let (payload, original_after) = push_payload(None)?;
     let gateway_bin = match &args.gateway_bin {

@@ -50,15 +50,8 @@ const HOOK_ID: &str = "orcastrate-bench";
 /// The gateway beside adnanh/webhook (see the example's documentation).
 #[derive(Debug, Parser)]
 struct Args {
-    /// Webhook deliveries to send to each server.
-    #[arg(long, default_value_t = 20_000)]
-    requests: usize,
-    /// Concurrent keep-alive connections (one request in flight on each).
-    #[arg(long, default_value_t = 32)]
-    connections: usize,
-    /// Gateway binary to measure; by default it is built with cargo first.
-    #[arg(long)]
-    gateway_bin: Option<PathBuf>,
+    #[command(flatten)]
+    load: support::WebhookLoad,
     /// The peer's binary (Debian package `webhook`).
     #[arg(long, default_value = "/usr/bin/webhook")]
     webhook_bin: PathBuf,
@@ -132,7 +125,7 @@ fn print_table(args: &Args, g: &Figures, p: &Figures) {
     println!();
     println!(
         "signed push webhooks: {} requests over {} connections to each server, one after the other",
-        args.requests, args.connections
+        args.load.requests, args.load.connections
     );
     println!(
         "  gateway: 202 with seq = durable (SQLite) and published order; webhook {}: 200 = hook ran /bin/true",
@@ -158,48 +151,27 @@ fn print_table(args: &Args, g: &Figures, p: &Figures) {
         p.errors.values().sum::<usize>().to_string(),
         String::new(),
     );
-    line(
-        "req/s",
-        format!("{:.0}", g.rps),
-        format!("{:.0}", p.rps),
-        format!("{:.2}", g.rps / p.rps),
-    );
-    line(
-        "p50 (ms)",
-        format!("{:.2}", g.p50),
-        format!("{:.2}", p.p50),
-        format!("{:.2}", g.p50 / p.p50),
-    );
-    line(
-        "p99 (ms)",
-        format!("{:.2}", g.p99),
-        format!("{:.2}", p.p99),
-        format!("{:.2}", g.p99 / p.p99),
-    );
-    line(
-        "max (ms)",
-        format!("{:.2}", g.max),
-        format!("{:.2}", p.max),
-        String::new(),
-    );
-    line(
-        "RSS idle (MB)",
-        format!("{:.1}", g.rss_idle_mb),
-        format!("{:.1}", p.rss_idle_mb),
-        String::new(),
-    );
-    line(
-        "RSS after (MB)",
-        format!("{:.1}", g.rss_after_mb),
-        format!("{:.1}", p.rss_after_mb),
-        format!("{:.2}", g.rss_after_mb / p.rss_after_mb),
-    );
-    line(
-        "server CPU (s)",
-        format!("{:.2}", g.cpu),
-        format!("{:.2}", p.cpu),
-        String::new(),
-    );
+    // A figure of each server with `digits` decimals, and their ratio if it means something.
+    let figure = |what: &str, g: f64, p: f64, digits: usize, ratio: bool| {
+        let ratio = if ratio {
+            format!("{:.2}", g / p)
+        } else {
+            String::new()
+        };
+        line(
+            what,
+            format!("{g:.digits$}"),
+            format!("{p:.digits$}"),
+            ratio,
+        );
+    };
+    figure("req/s", g.rps, p.rps, 0, true);
+    figure("p50 (ms)", g.p50, p.p50, 2, true);
+    figure("p99 (ms)", g.p99, p.p99, 2, true);
+    figure("max (ms)", g.max, p.max, 2, false);
+    figure("RSS idle (MB)", g.rss_idle_mb, p.rss_idle_mb, 1, false);
+    figure("RSS after (MB)", g.rss_after_mb, p.rss_after_mb, 1, true);
+    figure("server CPU (s)", g.cpu, p.cpu, 2, false);
     print_targets(g, p);
 }
 
@@ -255,8 +227,7 @@ fn print_targets(g: &Figures, p: &Figures) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(args.requests > 0, "--requests must be at least 1");
-    ensure!(args.connections > 0, "--connections must be at least 1");
+    args.load.validate()?;
     ensure!(
         args.webhook_bin.exists(),
         "{} not found: apt-get install -y webhook, or pass --webhook-bin",
@@ -264,10 +235,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let (payload, original_after) = push_payload(None)?;
-    let gateway_bin = match &args.gateway_bin {
-        Some(path) => path.clone(),
-        None => build_gateway()?,
-    };
+    let gateway_bin = args.load.gateway_bin()?;
     let dir = tempfile::Builder::new()
         .prefix("orcastrate-bench-peer-")
         .tempdir()
@@ -300,7 +268,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::read_to_string(&log_path).unwrap_or_default()
         );
     }
-    let wire: Vec<Vec<u8>> = (0..args.requests)
+    let wire: Vec<Vec<u8>> = (0..args.load.requests)
         .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook").wire)
         .collect();
     let gateway_figures = measure(&runtime, &mut gateway.0, http_addr, wire, &args)?;
@@ -310,7 +278,7 @@ fn main() -> anyhow::Result<()> {
     // The peer.
     let mut peer = start_peer(&runtime, &args, dir.path(), &secret, peer_addr)?;
     let path = format!("/hooks/{HOOK_ID}");
-    let wire: Vec<Vec<u8>> = (0..args.requests)
+    let wire: Vec<Vec<u8>> = (0..args.load.requests)
         .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, &path).wire)
         .collect();
     let peer_figures = measure(&runtime, &mut peer.0, peer_addr, wire, &args)?;
@@ -333,7 +301,8 @@ fn measure(
     let pid = child.id();
     let rss_idle = proc_status_kb(pid, "VmRSS")?;
     let cpu_before = proc_cpu_seconds(&format!("/proc/{pid}/stat"))?;
-    let (samples, elapsed) = runtime.block_on(run_load(addr, Arc::new(wire), args.connections))?;
+    let (samples, elapsed) =
+        runtime.block_on(run_load(addr, Arc::new(wire), args.load.connections))?;
     let cpu = proc_cpu_seconds(&format!("/proc/{pid}/stat"))? - cpu_before;
     let rss_after = proc_status_kb(pid, "VmRSS")?;
     let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();

@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use orcastrate_broker::{
-    sign, time, AgentState, AgentStatus, DeployOrder, OrderKind, OrderVerifier,
-};
+use orcastrate_broker::{sign, AgentState, DeployOrder, OrderKind, OrderVerifier};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -77,27 +75,11 @@ struct Sim {
 }
 
 fn status(sim: &Sim, session: &str, state: AgentState, order: &DeployOrder, sha: &str) -> Vec<u8> {
-    let mut s = AgentStatus {
-        v: 1,
-        agent: sim.name.clone(),
-        host: "bench".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
-        session: session.into(),
-        state,
-        step: None,
-        seq: Some(order.seq),
-        sha: Some(sha.into()),
-        running_sha: Some(sha.into()),
-        previous_sha: None,
-        release: None,
-        port: None,
-        updated_at: time::now(),
-        deploy_ms: None,
-        error: (state == AgentState::RolledBack).then(|| "health check failed".into()),
-        version: "bench".into(),
-        mac: String::new(),
-    };
+    let mut s = agent_status(&sim.name, (REPO, ENV), session, state);
+    s.seq = Some(order.seq);
+    s.sha = Some(sha.into());
+    s.running_sha = Some(sha.into());
+    s.error = (state == AgentState::RolledBack).then(|| "health check failed".into());
     sign::seal_status(&sim.token, &mut s);
     serde_json::to_vec(&s).expect("statuses serialize")
 }
@@ -208,19 +190,14 @@ async fn measure(run: &Run<'_>) -> anyhow::Result<(Duration, usize)> {
 
     // Everyone on a good sha first, at once.
     let good = format!("{:040x}", 0xfeed_u64);
-    let body = format!(r#"{{"repo":"{REPO}","env":"{ENV}","sha":"{good}","now":true}}"#);
-    let request = format!(
-        "POST /api/v1/deploy HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {ADMIN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let api = Api {
+        addr: run.http_addr,
+        token: ADMIN.into(),
+    };
+    api.deploy_now(REPO, ENV, &good)
+        .await
+        .context("deploy --now of the good sha")?;
     let mut conn = Conn::connect(run.http_addr).await?;
-    let (code, answer) = conn.exchange(request.as_bytes()).await?;
-    ensure!(
-        code == 202,
-        "deploy --now got {code}: {}",
-        String::from_utf8_lossy(&answer)
-    );
     let mut healthy = HashSet::new();
     while healthy.len() < run.agents {
         match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
@@ -290,7 +267,7 @@ async fn push_bad(
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.agents >= 2, "--agents must be at least 2");
-    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
+    raise_nofile(args.agents)?;
     let (payload, original_after) = push_payload(None)?;
     let gateway_bin = match &args.gateway_bin {
         Some(path) => path.clone(),
@@ -302,14 +279,7 @@ fn main() -> anyhow::Result<()> {
     let run_id = std::process::id();
     let secret = format!("bench-secret-{run_id}");
     let (http_addr, mqtt_addr) = (free_addr(), free_addr());
-    let names: Vec<(String, String)> = (0..args.agents)
-        .map(|i| {
-            (
-                format!("bench-agent-{i:05}"),
-                format!("bench-token-{run_id}-{i:05}"),
-            )
-        })
-        .collect();
+    let names = bench_clients(args.agents, run_id);
     let mut config = format!(
         "data_dir = {:?}\n[http]\nlisten = \"{http_addr}\"\n[mqtt]\nlisten = \"{mqtt_addr}\"\n\
          [github]\nsecret = \"{secret}\"\n[admin]\ntokens = [\"{ADMIN}\"]\n\
@@ -318,11 +288,7 @@ fn main() -> anyhow::Result<()> {
         dir.path().join("data").display().to_string(),
         names[0].0
     );
-    for (name, token) in &names {
-        config.push_str(&format!(
-            "[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"
-        ));
-    }
+    config.push_str(&clients_toml(&names));
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
     let log_path = dir.path().join("gateway.log");
@@ -348,17 +314,7 @@ fn main() -> anyhow::Result<()> {
         http_addr,
         push: numbered_push(0, run_id, &payload, &original_after, &secret, "/webhook"),
     };
-    let result = runtime.block_on(measure(&run));
-    let (revert, started) = match result {
-        Ok(r) => r,
-        Err(e) => bail!(
-            "{e:#}\n--- last lines of the gateway log ---\n{}",
-            tail(&log_path, 20)
-        ),
-    };
-    gateway.0.kill()?;
-    gateway.0.wait()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    let (revert, started) = measure_then_stop(runtime, gateway, &log_path, measure(&run))?;
     let revert_ms = ms(revert);
     println!(
         "fleet-wide revert: a bad push fails on the canary of {} simulated agents",

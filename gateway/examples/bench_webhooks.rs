@@ -59,15 +59,8 @@ const TARGET_RSS_MB: f64 = 50.0;
 /// Load test of the gateway's webhook path (see the example's documentation).
 #[derive(Debug, Parser)]
 struct Args {
-    /// Webhook deliveries to send.
-    #[arg(long, default_value_t = 20_000)]
-    requests: usize,
-    /// Concurrent keep-alive connections (one request in flight on each).
-    #[arg(long, default_value_t = 32)]
-    connections: usize,
-    /// Gateway binary to measure; by default it is built with cargo first.
-    #[arg(long)]
-    gateway_bin: Option<PathBuf>,
+    #[command(flatten)]
+    load: support::WebhookLoad,
     /// GitHub push payload to send (default: the push__with-new-branch fixture).
     #[arg(long)]
     payload: Option<PathBuf>,
@@ -169,7 +162,7 @@ impl Report<'_> {
         println!();
         row("", "measured", "target", None);
         row("requests", &samples.len().to_string(), "", None);
-        row("connections", &args.connections.to_string(), "", None);
+        row("connections", &args.load.connections.to_string(), "", None);
         row(
             "accepted (202 with seq)",
             &accepted.len().to_string(),
@@ -283,15 +276,11 @@ fn start_gateway(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(args.requests > 0, "--requests must be at least 1");
-    ensure!(args.connections > 0, "--connections must be at least 1");
+    args.load.validate()?;
 
     let (payload, original_after) = push_payload(args.payload.as_deref())?;
 
-    let gateway_bin = match &args.gateway_bin {
-        Some(path) => path.clone(),
-        None => build_gateway()?,
-    };
+    let gateway_bin = args.load.gateway_bin()?;
 
     let data = tempfile::Builder::new()
         .prefix("orcastrate-bench-")
@@ -333,14 +322,14 @@ fn main() -> anyhow::Result<()> {
 
     let prepare_started = Instant::now();
     let run_id = std::process::id();
-    let mut requests: Vec<Push> = (0..args.requests)
+    let mut requests: Vec<Push> = (0..args.load.requests)
         .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, &args.path))
         .collect();
     println!(
         "  prepared  {} requests in {:.1} s; sending over {} connections",
         requests.len(),
         prepare_started.elapsed().as_secs_f64(),
-        args.connections
+        args.load.connections
     );
     let wire: Arc<Vec<Vec<u8>>> = Arc::new(
         requests
@@ -351,7 +340,7 @@ fn main() -> anyhow::Result<()> {
 
     let gateway_cpu_before = proc_cpu_seconds(&format!("/proc/{pid}/stat"))?;
     let client_cpu_before = proc_cpu_seconds("/proc/self/stat")?;
-    let (samples, elapsed) = runtime.block_on(run_load(http_addr, wire, args.connections))?;
+    let (samples, elapsed) = runtime.block_on(run_load(http_addr, wire, args.load.connections))?;
     let gateway_cpu = proc_cpu_seconds(&format!("/proc/{pid}/stat"))? - gateway_cpu_before;
     let client_cpu = proc_cpu_seconds("/proc/self/stat")? - client_cpu_before;
     let rss_after = proc_status_kb(pid, "VmRSS")?;

@@ -1116,25 +1116,14 @@ fn spawn_sim(
     let mut options =
         orcastrate_broker::mqtt::client_options(url, &sim.name, &sim.name, &sim.token)?;
     let mut status = AgentStatus {
-        v: orcastrate_broker::PAYLOAD_VERSION,
-        agent: sim.name.clone(),
         host: "soak-host".into(),
-        repo,
-        env,
-        session: session(sim.index, 0),
-        state: AgentState::Idle,
-        step: None,
-        seq: None,
-        sha: None,
-        running_sha: None,
-        previous_sha: None,
-        release: None,
-        port: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: None,
-        error: None,
         version: "soak".into(),
-        mac: String::new(),
+        ..agent_status(
+            &sim.name,
+            (&repo, &env),
+            &session(sim.index, 0),
+            AgentState::Idle,
+        )
     };
     options.set_last_will(last_will(&status_topic, &status, &sim.token));
     Ok(tokio::spawn(async move {
@@ -1225,50 +1214,6 @@ fn last_will(topic: &str, status: &AgentStatus, token: &str) -> LastWill {
     seal_status(token, &mut will);
     let payload = serde_json::to_vec(&will).expect("a status serializes");
     LastWill::new(topic, payload, QoS::AtLeastOnce, true)
-}
-
-/// The gateway's admin API.
-struct Api {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let mut conn = Conn::connect(self.addr).await?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: orcastrate-soak\r\nAuthorization: Bearer {}\r\n\r\n",
-            self.token
-        );
-        let (status, body) = conn.exchange(request.as_bytes()).await?;
-        ensure!(
-            status == 200,
-            "GET {path}: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
-        Ok(serde_json::from_slice(&body)?)
-    }
-
-    /// `/api/v1/agents`, optionally for one repo/env.
-    async fn agents(&self, filter: Option<(&str, &str)>) -> anyhow::Result<Vec<AgentStatus>> {
-        let path = match filter {
-            Some((repo, env)) => format!("/api/v1/agents?repo={repo}&env={env}"),
-            None => "/api/v1/agents".to_owned(),
-        };
-        let mut value = self.get(&path).await?;
-        Ok(serde_json::from_value(value["agents"].take())?)
-    }
-
-    /// The newest order of a repo/env, from `/api/v1/deployments`.
-    async fn newest_order(&self, repo: &str, env: &str) -> anyhow::Result<Option<DeployOrder>> {
-        let mut value = self
-            .get(&format!(
-                "/api/v1/deployments?repo={repo}&env={env}&limit=1"
-            ))
-            .await?;
-        let orders: Vec<DeployOrder> = serde_json::from_value(value["deployments"].take())?;
-        Ok(orders.into_iter().next())
-    }
 }
 
 struct LedgerCheck {

@@ -13,12 +13,9 @@
 //! burst, a source's attempts are denied without being checked. Refusals are logged once
 //! per [`BURST_WINDOW`](orcastrate_broker::burst::BURST_WINDOW) with a count, never once per request.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -31,17 +28,11 @@ use serde_json::json;
 
 use crate::acl::{self, Action, Grants};
 use crate::config::Access;
+use crate::throttle::{self, Throttle};
 use orcastrate_broker::burst::BurstLog;
 
 /// Largest hook body: three short fields.
 const MAX_HOOK_BODY: usize = 16 * 1024;
-
-/// Refused logins a source may make at once before its attempts go unchecked ...
-const REFUSALS_BURST: f64 = 10.0;
-/// ... and how many a second it earns back.
-const REFUSALS_PER_S: f64 = 1.0;
-/// Sources tracked at once; past it, sources not yet tracked are throttled too.
-const MAX_SOURCES: usize = 10_000;
 
 /// What the hooks check against; shared with the gateway so SIGHUP reloads apply at once.
 #[derive(Clone)]
@@ -87,47 +78,6 @@ pub fn router(auth: EngineAuth) -> Router {
         .route("/api/v1/mqtt/auth", post(authenticate))
         .route("/api/v1/mqtt/acl", post(authorize))
         .with_state(auth)
-}
-
-/// A token bucket of refused logins per source.
-#[derive(Default)]
-struct Throttle {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl Throttle {
-    /// Whether `source` may have its next attempt checked.
-    fn may_try(&self, source: &str) -> bool {
-        let mut buckets = self.buckets.lock().expect("throttle lock poisoned");
-        let now = Instant::now();
-        if let Some((tokens, at)) = buckets.get_mut(source) {
-            *tokens = (*tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S).min(REFUSALS_BURST);
-            *at = now;
-            return *tokens >= 1.0;
-        }
-        match buckets.len() {
-            n if n < MAX_SOURCES => true,
-            _ => {
-                // Forget the sources that have earned their whole burst back.
-                let full = REFUSALS_BURST / REFUSALS_PER_S;
-                buckets.retain(|_, (tokens, at)| {
-                    *tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S < full
-                });
-                buckets.len() < MAX_SOURCES
-            }
-        }
-    }
-
-    /// Takes one refusal from `source`'s bucket.
-    fn refused(&self, source: &str) {
-        let mut buckets = self.buckets.lock().expect("throttle lock poisoned");
-        let now = Instant::now();
-        let (tokens, at) = buckets
-            .entry(source.to_owned())
-            .or_insert((REFUSALS_BURST, now));
-        *tokens = (*tokens + at.elapsed().as_secs_f64() * REFUSALS_PER_S).min(REFUSALS_BURST) - 1.0;
-        *at = now;
-    }
 }
 
 #[derive(Deserialize)]
@@ -201,11 +151,7 @@ async fn admit(auth: &EngineAuth, req: Request) -> Result<(HeaderMap, Vec<u8>, S
                 .into_response());
         }
     }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip().to_string())
-        .unwrap_or_default();
+    let peer = throttle::source(&req);
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, MAX_HOOK_BODY)
         .await
@@ -302,20 +248,4 @@ fn grants_of(auth: &EngineAuth, username: &str) -> Option<Grants> {
     access
         .client(username)
         .map(|c| acl::client_grants(c, &auth.topics))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_past_its_burst_is_throttled_and_others_are_not() {
-        let throttle = Throttle::default();
-        for _ in 0..REFUSALS_BURST as usize {
-            assert!(throttle.may_try("10.0.0.1"));
-            throttle.refused("10.0.0.1");
-        }
-        assert!(!throttle.may_try("10.0.0.1"));
-        assert!(throttle.may_try("10.0.0.2"));
-    }
 }

@@ -45,6 +45,7 @@ pub mod outbox;
 pub mod rollout;
 pub mod sequencer;
 pub mod serve;
+pub mod throttle;
 pub mod tls;
 pub mod view;
 pub mod watch;

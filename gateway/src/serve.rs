@@ -325,6 +325,7 @@ fn app_state(
         body_budget: Arc::new(Semaphore::new(settings.http_limits.body_buffer_bytes)),
         budget_wait: settings.http_limits.body_timeout,
         duplicates: Arc::default(),
+        token_throttle: Arc::default(),
         board: Arc::new(crate::board::Board::new(
             crate::board::session::Sessions::new(
                 &settings.github_secret,

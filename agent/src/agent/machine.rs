@@ -253,20 +253,8 @@ mod tests {
 
     fn order(seq: u64) -> DeployOrder {
         DeployOrder {
-            v: 1,
-            seq,
-            repo: "o/r".into(),
-            env: "prod".into(),
-            sha: format!("{seq:040x}"),
-            git_ref: None,
-            kind: OrderKind::Push,
-            delivery: None,
             issued_at: String::new(),
-            issued_by: None,
-            key_id: String::new(),
-            targets: None,
-            base_sha: None,
-            sig: String::new(),
+            ..DeployOrder::new(seq, "o/r", "prod", &format!("{seq:040x}"), OrderKind::Push)
         }
     }
 

@@ -104,23 +104,5 @@ pub struct ProxyFile {
 ///
 /// When it cannot be read or is not valid TOML of this shape, naming the line.
 pub(crate) fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            &origin,
-            "(file)",
-            format!("cannot read the config file: {e}; check --config"),
-        )
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        ConfigError::at_offset(
-            &origin,
-            &text,
-            e.span().map(|span| span.start),
-            format!(
-                "{} (see config/agent.example.toml for every key)",
-                e.message()
-            ),
-        )
-    })
+    orcastrate_broker::config_error::read_toml(path, "config/agent.example.toml")
 }

@@ -23,15 +23,7 @@ impl Job<'_> {
     pub(super) async fn build(&self, name: &str) -> Result<(), Early> {
         let ctx = self.ctx;
         let dir = ctx.layout.release(name);
-        ctx.git
-            .fetch(
-                &self.order.sha,
-                self.sink,
-                &ctx.state,
-                &ctx.status,
-                &self.control.cancel,
-            )
-            .await?;
+        self.fetch_sha().await?;
         self.check_out(name, &dir).await?;
         self.configure(name, &dir)?;
         self.run_steps(&dir).await?;

@@ -359,17 +359,24 @@ impl Job<'_> {
             return Ok(true);
         }
         if !ctx.git.has_commit(&self.order.sha).await {
-            ctx.git
-                .fetch(
-                    &self.order.sha,
-                    self.sink,
-                    &ctx.state,
-                    &ctx.status,
-                    &self.control.cancel,
-                )
-                .await?;
+            self.fetch_sha().await?;
         }
         Ok(ctx.git.is_ancestor(&self.order.sha, &healthy.sha).await == Some(true))
+    }
+
+    /// Fetches the order's sha into the cache, cancelled with the deploy.
+    async fn fetch_sha(&self) -> Result<(), Early> {
+        let ctx = self.ctx;
+        ctx.git
+            .fetch(
+                &self.order.sha,
+                self.sink,
+                &ctx.state,
+                &ctx.status,
+                &self.control.cancel,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Stops the old app, switches `current`, starts the new release and checks its health.

@@ -44,12 +44,7 @@ async fn i14_app_log_per_release_is_timestamped_capped_rotated_and_shown() {
     let a = w.commit_with("v1", "true\n", &[("noise.js", Some(NOISE_JS))]);
     let n = w.start_agent();
     let s1 = w.order(&a, OrderKind::Push).await;
-    assert_eq!(
-        w.bus.wait_outcome(s1).await.state,
-        AgentState::Healthy,
-        "{}",
-        w.agent_log(n)
-    );
+    w.until_healthy(n, s1).await;
     let release = w.current();
     let dir = w.root.join("logs/app");
     let file = dir.join(format!("{release}.log"));
@@ -159,7 +154,7 @@ async fn i14_the_app_log_outlives_the_agent() {
     let a = w.commit_with("v1", "true\n", &[("tick.js", Some(TICK_JS))]);
     let n = w.start_agent();
     let s1 = w.order(&a, OrderKind::Push).await;
-    assert_eq!(w.bus.wait_outcome(s1).await.state, AgentState::Healthy);
+    w.until_healthy(n, s1).await;
     let pid = w.wait_app("v1");
     let file = w.root.join(format!("logs/app/{}.log", w.current()));
     let ticks = |f: &std::path::Path| {

@@ -107,20 +107,9 @@ impl Bus {
     /// A signed order as the gateway makes it.
     pub(crate) fn order(&self, seq: u64, sha: &str, kind: OrderKind) -> DeployOrder {
         let mut o = DeployOrder {
-            v: 1,
-            seq,
-            repo: REPO.into(),
-            env: ENV.into(),
-            sha: sha.into(),
             git_ref: Some("refs/heads/main".into()),
-            kind,
             delivery: Some(format!("d-{seq}")),
-            issued_at: orcastrate_broker::time::now(),
-            issued_by: None,
-            key_id: String::new(),
-            targets: None,
-            base_sha: None,
-            sig: String::new(),
+            ..DeployOrder::new(seq, REPO, ENV, sha, kind)
         };
         self.signer.sign(&mut o);
         o
@@ -348,6 +337,12 @@ interval_s = 1
     /// log); returns the agent run.
     pub(crate) async fn start_until_healthy(&mut self, seq: u64) -> usize {
         let n = self.start_agent();
+        self.until_healthy(n, seq).await;
+        n
+    }
+
+    /// Waits until agent run `n` is healthy on order `seq` (the failure shows its log).
+    pub(crate) async fn until_healthy(&self, n: usize, seq: u64) {
         let out = self.bus.wait_outcome(seq).await;
         assert_eq!(
             out.state,
@@ -355,7 +350,6 @@ interval_s = 1
             "{out:?}\n{}",
             self.agent_log(n)
         );
-        n
     }
 
     /// `plain` encrypted with `key` as `orcastrate-crypt encrypt` writes
@@ -427,6 +421,22 @@ interval_s = 1
                 ("npm_config_fund", "false"),
             ],
         )
+    }
+
+    /// Commits `v1` with `files` (the service's encrypted config), orders it and starts the
+    /// agent from the Node tool's variables with `key`; returns the agent run once `v1` is
+    /// healthy and serving.
+    pub(crate) async fn node_tool_deploys_v1(
+        &mut self,
+        key: &orcastrate_crypt::Key,
+        files: &[(&str, Option<&str>)],
+    ) -> usize {
+        let a = self.commit_with("v1", "true\n", files);
+        let s1 = self.order(&a, OrderKind::Push).await;
+        let n = self.spawn_node_tool_agent(key);
+        self.until_healthy(n, s1).await;
+        self.wait_app("v1");
+        n
     }
 
     /// Deploys with `exec node {script}` as the start command instead of the sample app's.

@@ -29,12 +29,7 @@ async fn i14_app_that_exits_at_start_fails_at_once_with_its_exit_code_and_stderr
     let good = w.commit("v1", "true\n");
     let n = w.start_agent();
     let s1 = w.order(&good, OrderKind::Push).await;
-    assert_eq!(
-        w.bus.wait_outcome(s1).await.state,
-        AgentState::Healthy,
-        "{}",
-        w.agent_log(n)
-    );
+    w.until_healthy(n, s1).await;
 
     let bad = w.commit_with("v2", "true\n", &[("server.js", Some(CRASH_JS))]);
     let s2 = w.order(&bad, OrderKind::Push).await;
@@ -87,12 +82,7 @@ async fn i14_unhealthy_after_a_crash_says_how_the_app_died() {
     let a = w.commit_with("v1", "true\n", &[("boot.js", Some(BOOT_JS))]);
     let n = w.start_agent();
     let s1 = w.order(&a, OrderKind::Push).await;
-    assert_eq!(
-        w.bus.wait_outcome(s1).await.state,
-        AgentState::Healthy,
-        "{}",
-        w.agent_log(n)
-    );
+    w.until_healthy(n, s1).await;
     let pid = w.wait_app("v1");
     std::fs::write(w.root.join("current/CRASH"), "").unwrap();
     let _ = std::process::Command::new("kill")

@@ -3,8 +3,6 @@
 //! says which name it logs in with and where that name came from, and reports every missing
 //! setting in one run.
 
-use orcastrate_broker::{AgentState, OrderKind};
-
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,32 +10,15 @@ async fn i14_node_tool_variables_and_an_extension_less_encrypted_config_deploy()
     let mut w = World::new().await;
     // The Node tool's file: `config/encrypted_production`, JSON without an extension.
     let key = orcastrate_crypt::Key::generate().unwrap();
-    let plain = w.dir.path().join("decrypted_production.json");
-    std::fs::write(
-        &plain,
+    let enc_text = w.encrypted(
+        &key,
+        "json",
         r#"{"database": {"url": "postgres://db/web"}, "apiKey": "s3cret"}"#,
-    )
-    .unwrap();
-    let encrypted = w.dir.path().join("encrypted_production.json");
-    orcastrate_crypt::encrypt_file(&plain, &encrypted, &key, false).unwrap();
-    let enc_text = std::fs::read_to_string(&encrypted).unwrap();
+    );
     assert!(!enc_text.contains("s3cret"));
-    let a = w.commit_with(
-        "v1",
-        "true\n",
-        &[("config/encrypted_production", Some(&enc_text))],
-    );
-    let s1 = w.order(&a, OrderKind::Push).await;
-
-    let n = w.spawn_node_tool_agent(&key);
-    let out = w.bus.wait_outcome(s1).await;
-    assert_eq!(
-        out.state,
-        AgentState::Healthy,
-        "{out:?}\n{}",
-        w.agent_log(n)
-    );
-    w.wait_app("v1");
+    let n = w
+        .node_tool_deploys_v1(&key, &[("config/encrypted_production", Some(&enc_text))])
+        .await;
     let log = w.agent_log(n);
     assert!(
         log.contains("name_from=environment variable ORCASTRATE_NAME"),

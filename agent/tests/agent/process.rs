@@ -115,22 +115,11 @@ async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the
     );
     assert!(!enc_text.contains("s3cret"));
     // The defaults run `npm install` and `npm run start` (package.json has no dependencies).
-    let a = w.commit_with(
-        "v1",
-        "true\n",
+    w.node_tool_deploys_v1(
+        &key,
         &[("config/encrypted_production.env", Some(&enc_text))],
-    );
-    let s1 = w.order(&a, OrderKind::Push).await;
-
-    let n = w.spawn_node_tool_agent(&key);
-    let out = w.bus.wait_outcome(s1).await;
-    assert_eq!(
-        out.state,
-        AgentState::Healthy,
-        "{out:?}\n{}",
-        w.agent_log(n)
-    );
-    w.wait_app("v1");
+    )
+    .await;
 
     let decrypted = w.root.join("current/config/decrypted_production.env");
     let text = std::fs::read_to_string(&decrypted).unwrap();

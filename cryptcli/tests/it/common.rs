@@ -185,18 +185,33 @@ pub(crate) fn assert_no_secret(text: &str) {
 
 /// A project with `config/encrypted_prod.json` made from [`JSON`]; returns the key.
 pub(crate) fn encrypted_json(dir: &Dir) -> String {
-    let key = dir.keygen("prod.key");
-    dir.write("config/decrypted_prod.json", JSON);
-    dir.run(["encrypt", "--env", "prod"]).key(&key).ok();
-    dir.remove("config/decrypted_prod.json");
-    key
+    encrypted(dir, "json", JSON)
 }
 
 /// A project with `config/encrypted_prod.env` made from [`DOTENV`]; returns the key.
 pub(crate) fn encrypted_dotenv(dir: &Dir) -> String {
+    encrypted(dir, "env", DOTENV)
+}
+
+/// A project with `config/encrypted_prod.{ext}` made from `plain`; returns the key.
+fn encrypted(dir: &Dir, ext: &str, plain: &str) -> String {
     let key = dir.keygen("prod.key");
-    dir.write("config/decrypted_prod.env", DOTENV);
+    let decrypted = format!("config/decrypted_prod.{ext}");
+    dir.write(&decrypted, plain);
     dir.run(["encrypt", "--env", "prod"]).key(&key).ok();
-    dir.remove("config/decrypted_prod.env");
+    dir.remove(&decrypted);
     key
+}
+
+/// Decrypts `prod` with `key` and checks that it gives [`JSON`] back (as a value: the
+/// order of its keys aside).
+#[track_caller]
+pub(crate) fn assert_decrypts_to_json(dir: &Dir, key: &str) {
+    dir.run(["decrypt", "--env", "prod"]).key(key).ok();
+    let got: serde_json::Value =
+        serde_json::from_str(&dir.read("config/decrypted_prod.json")).unwrap();
+    assert_eq!(
+        got,
+        serde_json::from_str::<serde_json::Value>(JSON).unwrap()
+    );
 }

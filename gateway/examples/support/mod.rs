@@ -1,6 +1,7 @@
 //! Helpers shared by the gateway benchmarks (`bench_webhooks`, `bench_peer`, `bench_fanout`,
-//! `soak`): building, starting and guarding the gateway process, raw keep-alive HTTP/1.1,
-//! signed push requests, the read-only ledger check, percentiles and `/proc` readings. Each
+//! `bench_revert`, `bench_fleet_view`, `soak`): building, starting and guarding the gateway
+//! process, raw keep-alive HTTP/1.1, signed push requests, the admin API, simulated agents'
+//! logins and statuses, the read-only ledger check, percentiles and `/proc` readings. Each
 //! example includes it with `#[path = "support/mod.rs"] mod support;`.
 
 // Not every example uses every helper.
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use orcastrate_broker::{AgentState, AgentStatus, DeployOrder};
 use rusqlite::{Connection, OpenFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,6 +37,37 @@ pub(crate) const GATEWAY_ENV: &[&str] = &[
     "ORCASTRATE_LOG_FORMAT",
     "RUST_LOG",
 ];
+
+/// How a webhook benchmark loads a server (flattened into its arguments).
+#[derive(Debug, clap::Args)]
+pub(crate) struct WebhookLoad {
+    /// Webhook deliveries to send (to each server measured).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) requests: usize,
+    /// Concurrent keep-alive connections (one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// Gateway binary to measure; by default it is built with cargo first.
+    #[arg(long)]
+    pub(crate) gateway_bin: Option<PathBuf>,
+}
+
+impl WebhookLoad {
+    /// Refuses an empty load.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.requests > 0, "--requests must be at least 1");
+        ensure!(self.connections > 0, "--connections must be at least 1");
+        Ok(())
+    }
+
+    /// The gateway binary to measure: `--gateway-bin`, or built with cargo.
+    pub(crate) fn gateway_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.gateway_bin {
+            Some(path) => Ok(path.clone()),
+            None => build_gateway(),
+        }
+    }
+}
 
 /// Kills the gateway if the benchmark stops early.
 pub(crate) struct ChildGuard(pub(crate) Child);
@@ -523,4 +556,167 @@ pub(crate) fn push_payload(path: Option<&Path>) -> anyhow::Result<(String, Strin
         })?
         .to_owned();
     Ok((payload, after))
+}
+
+/// The gateway's admin API with a bearer token, one request per fresh connection.
+pub(crate) struct Api {
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: String,
+}
+
+impl Api {
+    /// `method path` with an optional JSON body; the answer's JSON, which must come with
+    /// a 2xx status.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut conn = Conn::connect(self.addr).await?;
+        let body = body.unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: orcastrate-bench\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.token,
+            body.len()
+        );
+        let (status, answer) = conn.exchange(request.as_bytes()).await?;
+        ensure!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+        Ok(serde_json::from_slice(&answer)?)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.call("GET", path, None).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: &str) -> anyhow::Result<serde_json::Value> {
+        self.call("POST", path, Some(body)).await
+    }
+
+    /// `/api/v1/agents`, optionally for one repo/env.
+    pub(crate) async fn agents(
+        &self,
+        filter: Option<(&str, &str)>,
+    ) -> anyhow::Result<Vec<AgentStatus>> {
+        let path = match filter {
+            Some((repo, env)) => format!("/api/v1/agents?repo={repo}&env={env}"),
+            None => "/api/v1/agents".to_owned(),
+        };
+        let mut value = self.get(&path).await?;
+        Ok(serde_json::from_value(value["agents"].take())?)
+    }
+
+    /// The newest order of a repo/env, from `/api/v1/deployments`.
+    pub(crate) async fn newest_order(
+        &self,
+        repo: &str,
+        env: &str,
+    ) -> anyhow::Result<Option<DeployOrder>> {
+        let mut value = self
+            .get(&format!(
+                "/api/v1/deployments?repo={repo}&env={env}&limit=1"
+            ))
+            .await?;
+        let orders: Vec<DeployOrder> = serde_json::from_value(value["deployments"].take())?;
+        Ok(orders.into_iter().next())
+    }
+
+    /// `POST /api/v1/deploy` of `sha` to every agent at once (`deploy --now`): the order.
+    pub(crate) async fn deploy_now(
+        &self,
+        repo: &str,
+        env: &str,
+        sha: &str,
+    ) -> anyhow::Result<DeployOrder> {
+        let body = format!(r#"{{"repo":"{repo}","env":"{env}","sha":"{sha}","now":true}}"#);
+        let mut value = self.post("/api/v1/deploy", &body).await?;
+        Ok(serde_json::from_value(value["order"].take())?)
+    }
+}
+
+/// The (name, token) of `n` simulated agents, `bench-agent-00000` on; tokens unique per run.
+pub(crate) fn bench_clients(n: usize, run_id: u32) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("bench-agent-{i:05}"),
+                format!("bench-token-{run_id}-{i:05}"),
+            )
+        })
+        .collect()
+}
+
+/// The gateway config's `[[clients]]` entries (agents) for `clients`.
+pub(crate) fn clients_toml(clients: &[(String, String)]) -> String {
+    clients
+        .iter()
+        .map(|(name, token)| format!("[[clients]]\nname = \"{name}\"\ntoken = \"{token}\"\n"))
+        .collect()
+}
+
+/// A status as agent `name` reports it before `seal_status` (its MAC): `state` now, in
+/// session `session`; a benchmark sets the order's fields (`seq`, `sha`, ...) it reports.
+pub(crate) fn agent_status(
+    name: &str,
+    (repo, env): (&str, &str),
+    session: &str,
+    state: AgentState,
+) -> AgentStatus {
+    AgentStatus {
+        v: orcastrate_broker::PAYLOAD_VERSION,
+        agent: name.into(),
+        host: "bench".into(),
+        repo: repo.into(),
+        env: env.into(),
+        session: session.into(),
+        state,
+        step: None,
+        seq: None,
+        sha: None,
+        running_sha: None,
+        previous_sha: None,
+        release: None,
+        port: None,
+        updated_at: orcastrate_broker::time::now(),
+        deploy_ms: None,
+        error: None,
+        version: "bench".into(),
+        mac: String::new(),
+    }
+}
+
+/// Raises `RLIMIT_NOFILE` to its hard limit; an error if that leaves too few descriptors
+/// for `connections` (the broker needs about one per client, plus a few).
+pub(crate) fn raise_nofile(connections: usize) -> anyhow::Result<u64> {
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).context("cannot raise RLIMIT_NOFILE")?;
+    ensure!(
+        nofile as usize > connections + 100,
+        "RLIMIT_NOFILE is {nofile}: too few descriptors for {connections} connections"
+    );
+    Ok(nofile)
+}
+
+/// Runs `work` on `runtime` against the started `gateway`, then stops both; a failure
+/// carries the last lines of the gateway's log at `log`.
+pub(crate) fn measure_then_stop<T>(
+    runtime: tokio::runtime::Runtime,
+    mut gateway: ChildGuard,
+    log: &Path,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let value = runtime.block_on(work).map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n--- last lines of the gateway log ---\n{}",
+            tail(log, 20)
+        )
+    })?;
+    gateway.0.kill()?;
+    gateway.0.wait()?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(value)
 }

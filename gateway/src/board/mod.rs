@@ -125,7 +125,7 @@ pub fn authorize(app: &AppState, method: &Method, headers: &HeaderMap) -> Result
 }
 
 /// The page, its style and script, and the session routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/",
@@ -141,7 +141,9 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/api/v1/session",
-            post(sign_in).get(whoami).delete(sign_out),
+            post(sign_in).get(whoami).delete(sign_out).route_layer(
+                axum::middleware::from_fn_with_state(state.clone(), crate::http::throttle_tokens),
+            ),
         )
 }
 

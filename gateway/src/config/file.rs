@@ -122,23 +122,5 @@ pub struct Overrides {
 ///
 /// When the file cannot be read or is not TOML of this shape (unknown keys included).
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            &origin,
-            "(file)",
-            format!("cannot read the config file: {e}; check --config"),
-        )
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        ConfigError::at_offset(
-            &origin,
-            &text,
-            e.span().map(|span| span.start),
-            format!(
-                "{} (see config/gateway.example.toml for every key)",
-                e.message()
-            ),
-        )
-    })
+    orcastrate_broker::config_error::read_toml(path, "config/gateway.example.toml")
 }

@@ -17,6 +17,16 @@ fn parse(toml_text: &str, env: &dyn Env) -> Result<Settings, ConfigError> {
     )
 }
 
+/// A file's settings with no variable of ours in the environment.
+fn file_only(toml_text: &str) -> Result<Settings, ConfigError> {
+    parse(toml_text, &[("X", "y")])
+}
+
+/// A file's problems as a user sees them, with no variable of ours in the environment.
+fn problems_of(toml_text: &str) -> String {
+    file_only(toml_text).unwrap_err().to_string()
+}
+
 #[test]
 fn runs_from_environment_alone() {
     let env = [
@@ -36,24 +46,26 @@ fn runs_from_environment_alone() {
 
 #[test]
 fn missing_secret_names_the_key() {
-    let e = parse("", &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of("");
     assert!(
         e.contains("[github] secret") && e.contains("GITHUB_SECRET"),
         "{e}"
     );
 }
 
+/// A file with the one client `web-1`.
+const WEB_1: &str = r#"
+    [github]
+    secret = "x"
+    [[clients]]
+    name = "web-1"
+    token = "12345678"
+"#;
+
 #[test]
 fn duplicate_clients_refused() {
-    let text = r#"
-        [github]
-        secret = "x"
-        [[clients]]
-        name = "web-1"
-        token = "12345678"
-    "#;
     let env = [("TOKENS", "abcdefgh"), ("TRUSTED_NAMES", "web-1")];
-    let e = parse(text, &env).unwrap_err().to_string();
+    let e = parse(WEB_1, &env).unwrap_err().to_string();
     assert!(e.contains("defined twice"), "{e}");
 }
 
@@ -66,17 +78,12 @@ fn bad_names_refused() {
         name = "octo-org/web"
         branches = { main = "Prod.1" }
     "#;
-    let e = parse(text, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(text);
     assert!(
         e.contains("invalid env") && e.contains("branches.main"),
         "{e}"
     );
-    let e = parse(
-        "[github]\nsecret='x'\n[[clients]]\nname='a/b'\ntoken='12345678'\n",
-        &[("X", "y")],
-    )
-    .unwrap_err()
-    .to_string();
+    let e = problems_of("[github]\nsecret='x'\n[[clients]]\nname='a/b'\ntoken='12345678'\n");
     assert!(e.contains("[[clients]] name"), "{e}");
     let e = toml::from_str::<FileConfig>("[github]\nsecret='x'\nbogus=1\n").unwrap_err();
     assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
@@ -97,15 +104,8 @@ fn tokens_and_names_must_pair() {
 
 #[test]
 fn scopes_parse() {
-    let text = r#"
-        [github]
-        secret = "x"
-        [[clients]]
-        name = "web-1"
-        token = "12345678"
-        scopes = ["Octo-Org/web/production"]
-    "#;
-    let s = parse(text, &[("X", "y")]).unwrap();
+    let text = format!("{WEB_1}scopes = [\"Octo-Org/web/production\"]\n");
+    let s = file_only(&text).unwrap();
     let c = s.access.client("web-1").unwrap();
     assert!(c.may_report("octo-org/web", "production"));
     assert!(!c.may_report("octo-org/web", "staging"));
@@ -123,7 +123,7 @@ const EXTERNAL: &str = r#"
 
 #[test]
 fn external_mode_needs_url_username_and_password() {
-    let s = parse(EXTERNAL, &[("X", "y")]).unwrap();
+    let s = file_only(EXTERNAL).unwrap();
     let MqttMode::External(e) = &s.mqtt else {
         panic!("not external: {:?}", s.mqtt)
     };
@@ -152,7 +152,7 @@ fn external_mode_needs_url_username_and_password() {
             .filter(|l| !l.trim_start().starts_with(drop))
             .map(|l| format!("{l}\n"))
             .collect();
-        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        let e = problems_of(&text);
         assert!(e.contains(expect) && e.contains("gw.toml"), "{e}");
     }
 }
@@ -176,13 +176,13 @@ fn external_mode_refuses_embedded_keys_bad_urls_and_a_shared_name() {
         } else {
             text.replace("[mqtt]", "[mqtt]\nurl = \"mqtt://10.0.0.5:1883\"")
         };
-        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        let e = problems_of(&text);
         assert!(e.contains(expect), "{line}: {e}");
     }
     let text = EXTERNAL
         .replace("mqtt://", "mqtts://")
         .replace("[mqtt]", "[mqtt]\nca_file = \"/nonexistent/ca.pem\"");
-    let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&text);
     assert!(
         e.contains("ca_file") && e.contains("/nonexistent/ca.pem"),
         "{e}"
@@ -190,25 +190,19 @@ fn external_mode_refuses_embedded_keys_bad_urls_and_a_shared_name() {
 
     let text =
         format!("{EXTERNAL}\n[[clients]]\nname = \"orcastrate-gateway\"\ntoken = \"12345678\"\n");
-    let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&text);
     assert!(e.contains("also a [[clients]] name"), "{e}");
 
-    let e = parse(
-        "[github]\nsecret='x'\n[mqtt]\nurl='mqtt://a:1'\n",
-        &[("X", "y")],
-    )
-    .unwrap_err()
-    .to_string();
+    let e = problems_of("[github]\nsecret='x'\n[mqtt]\nurl='mqtt://a:1'\n");
     assert!(e.contains("url is for mode = \"external\""), "{e}");
 }
 
 #[test]
 fn http_limits_default_safely_and_refuse_bad_values() {
-    let s = parse("[github]\nsecret = 'x'\n", &[("X", "y")]).unwrap();
+    let s = file_only("[github]\nsecret = 'x'\n").unwrap();
     assert_eq!(s.http_limits, HttpLimits::default());
-    let s = parse(
+    let s = file_only(
         "[github]\nsecret = 'x'\n[http]\nmax_body_bytes = 26214400\nheader_timeout_s = 3\n",
-        &[("X", "y")],
     )
     .unwrap();
     assert_eq!(s.http_limits.header_timeout, Duration::from_secs(3));
@@ -234,21 +228,16 @@ fn http_limits_default_safely_and_refuse_bad_values() {
         ("body_buffer_bytes = 1000", "below max_body_bytes"),
     ] {
         let text = format!("[github]\nsecret = 'x'\n[http]\n{line}\n");
-        let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+        let e = problems_of(&text);
         assert!(e.contains(expect) && e.contains("gw.toml"), "{line}: {e}");
     }
 }
 
 #[test]
 fn engine_hooks_are_for_external_mode_only() {
-    let e = parse(
-        "[github]\nsecret = 'x'\n[mqtt]\nhooks_listen = '127.0.0.1:8081'\n",
-        &[("X", "y")],
-    )
-    .unwrap_err()
-    .to_string();
+    let e = problems_of("[github]\nsecret = 'x'\n[mqtt]\nhooks_listen = '127.0.0.1:8081'\n");
     assert!(e.contains("hooks_listen is for mode = \"external\""), "{e}");
-    let MqttMode::External(e) = parse(EXTERNAL, &[("X", "y")]).unwrap().mqtt else {
+    let MqttMode::External(e) = file_only(EXTERNAL).unwrap().mqtt else {
         unreachable!()
     };
     assert_eq!((e.hooks_listen, e.hooks_token), (None, None));
@@ -256,19 +245,19 @@ fn engine_hooks_are_for_external_mode_only() {
         "[mqtt]",
         "[mqtt]\nhooks_listen = \"127.0.0.1:8081\"\nhooks_token = \"hooks-token-0123456789\"",
     );
-    let MqttMode::External(e) = parse(&text, &[("X", "y")]).unwrap().mqtt else {
+    let MqttMode::External(e) = file_only(&text).unwrap().mqtt else {
         unreachable!()
     };
     assert_eq!(e.hooks_listen, Some("127.0.0.1:8081".parse().unwrap()));
     assert!(!format!("{e:?}").contains("hooks-token"));
     let text = EXTERNAL.replace("[mqtt]", "[mqtt]\nhooks_token = \"hooks-token-0123456789\"");
-    let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&text);
     assert!(e.contains("hooks_token without hooks_listen"), "{e}");
     let text = EXTERNAL.replace(
         "[mqtt]",
         "[mqtt]\nhooks_listen = \"127.0.0.1:8081\"\nhooks_token = \"short\"",
     );
-    let e = parse(&text, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&text);
     assert!(e.contains("hooks_token is shorter than 16"), "{e}");
 }
 
@@ -276,7 +265,7 @@ fn engine_hooks_are_for_external_mode_only() {
 fn the_shipped_example_config_is_valid_in_both_modes() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let s = parse(&text, &[("X", "y")]).unwrap();
+    let s = file_only(&text).unwrap();
     assert!(matches!(s.mqtt, MqttMode::Embedded { .. }));
     let watcher = s.access.client("watcher").unwrap();
     assert_eq!(watcher.role, Role::Watcher);
@@ -290,7 +279,7 @@ fn the_shipped_example_config_is_valid_in_both_modes() {
         .replace("# password = ", "password = ")
         .replace("# hooks_listen = ", "hooks_listen = ")
         .replace("# hooks_token = ", "hooks_token = ");
-    let s = parse(&external, &[("X", "y")]).unwrap();
+    let s = file_only(&external).unwrap();
     let MqttMode::External(e) = s.mqtt else {
         panic!("{:?}", s.mqtt)
     };
@@ -315,14 +304,14 @@ fn the_example_quota_lines_are_the_defaults_and_bad_quotas_are_named() {
         assert!(text.contains(&line), "the example documents {key}");
         uncommented = uncommented.replace(&line, &format!("{key} = "));
     }
-    let s = parse(&uncommented, &[("X", "y")]).unwrap();
+    let s = file_only(&uncommented).unwrap();
     let MqttMode::Embedded { quotas, .. } = s.mqtt else {
         panic!("{:?}", s.mqtt)
     };
     assert_eq!(quotas, Quotas::default());
 
     let bad = text.replace("[mqtt]\n", "[mqtt]\nmax_inflight = 0\n");
-    let e = parse(&bad, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&bad);
     assert!(
         e.contains("[mqtt] max_inflight: 0 is out of range: use 1 to 65535"),
         "{e}"
@@ -331,7 +320,7 @@ fn the_example_quota_lines_are_the_defaults_and_bad_quotas_are_named() {
         .replace("[mqtt]\n", "[mqtt]\nmax_log_bytes = 100\n")
         .replace("mode = \"embedded\"", "mode = \"external\"")
         .replace("listen = \"0.0.0.0:1883\"", "");
-    let e = parse(&external, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&external);
     assert!(
         e.contains("max_log_bytes is for the embedded broker"),
         "{e}"
@@ -411,15 +400,11 @@ fn every_problem_of_a_file_is_reported_at_once() {
 fn the_prefix_follows_the_one_rule() {
     for bad in ["/orcastrate", "orcastrate/", "$share", "a/+", ""] {
         let text = format!("[github]\nsecret = 'x'\n[mqtt]\nprefix = {bad:?}\n");
-        let e = parse(&text, &[("X", "y")]).unwrap_err();
+        let e = file_only(&text).unwrap_err();
         assert_eq!(e.key, "[mqtt] prefix", "{bad:?}: {e}");
         assert!(e.problem.contains("not a topic prefix"), "{e}");
     }
-    let s = parse(
-        "[github]\nsecret = 'x'\n[mqtt]\nprefix = 'acme/deploys'\n",
-        &[("X", "y")],
-    )
-    .unwrap();
+    let s = file_only("[github]\nsecret = 'x'\n[mqtt]\nprefix = 'acme/deploys'\n").unwrap();
     assert_eq!(s.prefix, "acme/deploys");
 }
 
@@ -441,12 +426,8 @@ fn r14_tokens_are_held_to_the_clients_minimum() {
         "{e}"
     );
     assert!(!e.contains("abc,") && !e.contains("web-2"), "{e}");
-    let file = parse(
-        "[github]\nsecret = \"x\"\n[[clients]]\nname = \"web-1\"\ntoken = \"abc\"\n",
-        &[("X", "y")],
-    )
-    .unwrap_err()
-    .to_string();
+    let file =
+        problems_of("[github]\nsecret = \"x\"\n[[clients]]\nname = \"web-1\"\ntoken = \"abc\"\n");
     assert!(file.contains("shorter than 8 characters"), "{file}");
 }
 
@@ -466,7 +447,7 @@ fn the_example_notify_block_and_github_token_are_valid_and_bad_ones_named() {
     ] {
         on = on.replace(&format!("\n# {key}"), &format!("\n{key}"));
     }
-    let s = parse(&on, &[("X", "y")]).unwrap();
+    let s = file_only(&on).unwrap();
     assert_eq!(s.outbox.notify.len(), 1);
     assert_eq!(s.outbox.notify[0].events.len(), 6);
     let gh = s.outbox.github.unwrap();
@@ -475,7 +456,7 @@ fn the_example_notify_block_and_github_token_are_valid_and_bad_ones_named() {
         ("https://api.github.com", "github_pat_CHANGE-ME")
     );
     // The commented example has neither; GITHUB_TOKEN alone turns deployments on.
-    let s = parse(&text, &[("X", "y")]).unwrap();
+    let s = file_only(&text).unwrap();
     assert!(s.outbox.is_empty());
     let s = parse(&text, &[("GITHUB_TOKEN", "from-env")]).unwrap();
     assert_eq!(s.outbox.github.unwrap().token, "from-env");
@@ -490,7 +471,7 @@ fn the_example_notify_block_and_github_token_are_valid_and_bad_ones_named() {
 
     let bad =
         format!("{text}\n[[notify]]\nurl = \"ftp://x\"\nevents = [\"deploy\"]\nformat = \"xml\"\n");
-    let e = parse(&bad, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&bad);
     for part in [
         "[[notify]] #1 url",
         "unknown event \"deploy\"",
@@ -499,6 +480,6 @@ fn the_example_notify_block_and_github_token_are_valid_and_bad_ones_named() {
         assert!(e.contains(part), "{part} in {e}");
     }
     let bad = format!("{text}\n[[notify]]\nurl = \"https://x\"\n");
-    let e = parse(&bad, &[("X", "y")]).unwrap_err().to_string();
+    let e = problems_of(&bad);
     assert!(e.contains("[[notify]] #1 secret"), "{e}");
 }

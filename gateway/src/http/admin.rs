@@ -10,7 +10,7 @@ use orcastrate_broker::{names, DeployOrder};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{AppError, AppJson, AppState, ADMIN_MAX_BODY};
+use super::{AppError, AppJson, AppState, ErrorKind, ADMIN_MAX_BODY};
 
 /// The admin routes, behind the token check.
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
@@ -27,7 +27,37 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/rollouts/abort", post(abort))
         .route("/api/v1/stream", get(super::stream::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            throttle_tokens,
+        ))
         .layer(DefaultBodyLimit::max(ADMIN_MAX_BODY))
+}
+
+/// Refuses, without checking it, the token of a source that has sent too many wrong ones
+/// lately (429), and counts each 401 against its source: a token cannot be guessed at the
+/// speed of the API. Wraps the operator API and the board's sign-in.
+pub(crate) async fn throttle_tokens(
+    State(app): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let source = crate::throttle::source(&req);
+    if !app.token_throttle.may_try(&source) {
+        return (
+            [(axum::http::header::RETRY_AFTER, "10")],
+            AppError::new(
+                ErrorKind::Throttled,
+                "too many wrong tokens from this address: wait a few seconds, then check the token",
+            ),
+        )
+            .into_response();
+    }
+    let answer = next.run(req).await;
+    if answer.status() == StatusCode::UNAUTHORIZED {
+        app.token_throttle.refused(&source);
+    }
+    answer
 }
 
 /// Who made an admin request; `issued_by` of the orders it makes.
@@ -178,15 +208,10 @@ async fn deploy(
     if let Some(r) = &body.git_ref {
         names::single_line("ref", r).map_err(AppError::bad_request)?;
     }
-    let order = if body.now {
-        app.sequencer
-            .deploy_now(repo, env, sha, body.git_ref, who)
-            .await?
-    } else {
-        app.sequencer
-            .deploy(repo, env, sha, body.git_ref, who)
-            .await?
-    };
+    let order = app
+        .sequencer
+        .deploy(repo, env, sha, body.git_ref, who, body.now)
+        .await?;
     Ok((StatusCode::ACCEPTED, order_json(&order)))
 }
 

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Internal,
     /// The gateway is busy or shutting down: retry.
     Unavailable,
+    /// Too many wrong tokens from this address: wait.
+    Throttled,
 }
 
 impl ErrorKind {
@@ -49,6 +51,7 @@ impl ErrorKind {
             Self::BadContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Throttled => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -60,7 +63,7 @@ impl ErrorKind {
             Self::TooSlow => "too_slow",
             Self::TooLarge => "too_large",
             Self::BadContentType => "bad_content_type",
-            Self::Unavailable => "busy",
+            Self::Unavailable | Self::Throttled => "busy",
             Self::Forbidden | Self::NotFound | Self::Conflict | Self::Internal => "error",
         }
     }

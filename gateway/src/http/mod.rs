@@ -34,6 +34,7 @@ mod admin;
 mod error;
 pub mod stream;
 
+pub(crate) use admin::throttle_tokens;
 pub use error::{AppError, AppJson, ErrorKind};
 
 /// Webhooks whose complete body is being checked and decided at once (parsing a payload
@@ -66,6 +67,8 @@ pub struct AppState {
     pub duplicates: Arc<orcastrate_broker::burst::BurstLog>,
     /// Board sessions and live streams.
     pub board: Arc<crate::board::Board>,
+    /// Wrong admin and viewer tokens per source address (the API and the board's sign-in).
+    pub token_throttle: Arc<crate::throttle::Throttle>,
 }
 
 /// The router of every route.
@@ -77,7 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(admin::routes(&state))
-        .merge(crate::board::routes())
+        .merge(crate::board::routes(&state))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &Request| tracing::debug_span!("http", method = %req.method(), path = %req.uri().path()),

@@ -1,8 +1,9 @@
 //! `GET /api/v1/stream`: the board's live feed as Server-Sent Events.
 //!
 //! One feeder task (running only while someone listens) reads orders, agents, rollouts and
-//! webhook decisions from the ledger a few times a second and publishes the snapshot into a
-//! `watch` channel when it changed. Each stream sends the newest snapshot when it is read:
+//! webhook decisions from the ledger when the sequencer has committed a change (at most
+//! once per [`MIN_GAP`]; an idle board costs no read) and publishes the snapshot into a
+//! `watch` channel when it differs. Each stream sends the newest snapshot when it is read:
 //! a slow reader skips to the latest instead of queueing, so it holds one shared snapshot
 //! and its kernel socket buffer, nothing more. Streams are capped at [`MAX_STREAMS`] and end
 //! when the gateway shuts down (browsers' `EventSource` then reconnects by itself).
@@ -26,8 +27,9 @@ use crate::sequencer::{DeskError, Sequencer};
 /// Most event streams open at once.
 pub const MAX_STREAMS: usize = 64;
 
-/// How often the feeder looks for a change (the page shows it within this plus a round trip).
-pub const POLL: Duration = Duration::from_millis(200);
+/// Least time between two reads of the ledger: a burst of changes is one snapshot (the page
+/// shows a change within this plus a round trip).
+pub const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// Orders and events the snapshot carries.
 const HISTORY: u32 = 30;
@@ -76,6 +78,7 @@ pub async fn snapshot(seq: &Sequencer) -> Result<String, DeskError> {
 /// Publishes each changed snapshot until nobody listens or the gateway stops.
 async fn feed(app: AppState) {
     let hub = &app.board.hub;
+    let mut changes = app.sequencer.changes();
     loop {
         if hub.latest.receiver_count() == 0 || hub.stop.is_cancelled() {
             hub.feeding.store(false, Ordering::SeqCst);
@@ -87,6 +90,7 @@ async fn feed(app: AppState) {
                 return;
             }
         }
+        changes.borrow_and_update();
         match snapshot(&app.sequencer).await {
             Ok(text) => {
                 hub.latest.send_if_modified(|old| {
@@ -101,7 +105,18 @@ async fn feed(app: AppState) {
             Err(e) => tracing::warn!(error = %e, "board stream: could not read the ledger"),
         }
         tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(MIN_GAP) => {}
+            () = hub.stop.cancelled() => {}
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // The sequencer is gone: the gateway is stopping.
+                    hub.feeding.store(false, Ordering::SeqCst);
+                    return;
+                }
+            }
+            () = hub.latest.closed() => {}
             () = hub.stop.cancelled() => {}
         }
     }

@@ -14,6 +14,7 @@ pub(super) struct Agents {
 
 impl Command for Agents {
     type Reply = Vec<AgentStatus>;
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<Vec<AgentStatus>, DeskError> {
         ledger::statuses(cx.conn, self.repo.as_deref(), self.env.as_deref()).map_err(internal)

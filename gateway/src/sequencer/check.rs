@@ -8,6 +8,7 @@ pub(super) struct Check;
 
 impl Command for Check {
     type Reply = ();
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<(), DeskError> {
         cx.conn

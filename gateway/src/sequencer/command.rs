@@ -56,6 +56,10 @@ impl Staged {
 pub(super) trait Command: Send + 'static {
     type Reply: Send + 'static;
 
+    /// Whether the command may change what the ledger holds: a batch with one wakes the
+    /// board's live streams ([`super::Sequencer::changes`]); reads say `false`.
+    const WRITES: bool = true;
+
     fn apply(self, cx: &Ctx<'_>, out: &mut Staged) -> Result<Self::Reply, DeskError>;
 }
 
@@ -69,6 +73,9 @@ pub(super) trait Job: Send {
 
     /// Sends the answer, once the batch is committed and published.
     fn answer(self: Box<Self>);
+
+    /// [`Command::WRITES`] of the command.
+    fn writes(&self) -> bool;
 }
 
 /// A command with its reply channel (`None`: fire and forget) and, once run, its answer.
@@ -100,6 +107,10 @@ impl<C: Command> Job for Pending<C> {
         self.result = Err(DeskError::Internal(e.to_owned()));
     }
 
+    fn writes(&self) -> bool {
+        C::WRITES
+    }
+
     fn answer(self: Box<Self>) {
         // A dropped receiver means the HTTP client went away; the decision stands.
         if let Some(reply) = self.reply {
@@ -123,6 +134,13 @@ pub(super) mod testing {
 
     use super::Ctx;
     use crate::config::Access;
+
+    /// A fresh ledger in a temporary folder, which lives as long as the folder is kept.
+    pub(in crate::sequencer) fn temp_ledger() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::ledger::open(&dir.path().join("ledger.db")).unwrap();
+        (dir, conn)
+    }
 
     /// What a [`Ctx`] borrows, with nothing configured.
     pub(in crate::sequencer) struct Parts {

@@ -35,6 +35,7 @@ pub(super) struct Feed {
 
 impl Command for Feed {
     type Reply = FeedView;
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<FeedView, DeskError> {
         read(cx.conn, self.limit).map_err(internal)

@@ -30,6 +30,7 @@ pub(super) struct History {
 
 impl Command for History {
     type Reply = Vec<OrderEntry>;
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<Vec<OrderEntry>, DeskError> {
         let orders = ledger::history(

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use orcastrate_broker::{AgentStatus, DeployOrder, OrderKind, OrderSigner, Topics};
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::bus::Bus;
 use crate::config::Access;
@@ -100,9 +100,16 @@ pub struct Sequencer {
     /// Woken by each recorded status: the rollout ticker then looks at running rollouts.
     statuses: Arc<Notify>,
     rollouts: Rollouts,
+    changes: watch::Receiver<u64>,
 }
 
 impl Sequencer {
+    /// Bumped after each committed batch that may have changed the ledger (see
+    /// [`command::Command::WRITES`]): the board's streams read it again only then.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
     /// Queues `cmd` and waits for its answer, given once its transaction committed.
     async fn ask<C: Command>(&self, cmd: C) -> Result<C::Reply, DeskError> {
         let (reply, rx) = oneshot::channel();
@@ -118,7 +125,8 @@ impl Sequencer {
         self.ask(webhook).await
     }
 
-    /// A new `manual` order.
+    /// A new `manual` order: in the waves of the repo/env's rollout table, or with `now`
+    /// to every agent at once (`deploy --now`).
     pub async fn deploy(
         &self,
         repo: String,
@@ -126,6 +134,7 @@ impl Sequencer {
         sha: String,
         git_ref: Option<String>,
         issued_by: String,
+        now: bool,
     ) -> Result<DeployOrder, DeskError> {
         self.ask(order::Order {
             repo,
@@ -134,7 +143,7 @@ impl Sequencer {
             git_ref,
             kind: OrderKind::Manual,
             issued_by,
-            now: false,
+            now,
         })
         .await
     }
@@ -171,27 +180,6 @@ impl Sequencer {
             tracing::warn!("sequencer queue full: a status was not recorded in the ledger");
         }
         self.statuses.notify_one();
-    }
-
-    /// A new `manual` order for every agent at once (`deploy --now`).
-    pub async fn deploy_now(
-        &self,
-        repo: String,
-        env: String,
-        sha: String,
-        git_ref: Option<String>,
-        issued_by: String,
-    ) -> Result<DeployOrder, DeskError> {
-        self.ask(order::Order {
-            repo,
-            env,
-            sha: Some(sha),
-            git_ref,
-            kind: OrderKind::Manual,
-            issued_by,
-            now: true,
-        })
-        .await
     }
 
     /// Rollouts newest first.
@@ -280,6 +268,7 @@ pub struct SequencerTask {
     metrics: Arc<Metrics>,
     /// See [`Ctx::outbox`].
     outbox: bool,
+    changes: watch::Sender<u64>,
 }
 
 /// What one batch produced.
@@ -324,6 +313,7 @@ impl SequencerTask {
                 rollouts: Arc::new(RwLock::new(rollouts)),
                 metrics,
                 outbox,
+                changes: watch::Sender::new(0),
             },
             newest,
         ))
@@ -337,12 +327,14 @@ impl SequencerTask {
         let statuses = Arc::new(Notify::new());
         tokio::spawn(tick_rollouts(tx.downgrade(), statuses.clone()));
         let rollouts = self.rollouts.clone();
+        let changes = self.changes.subscribe();
         let handle = tokio::spawn(self.run(rx));
         (
             Sequencer {
                 tx,
                 statuses,
                 rollouts,
+                changes,
             },
             handle,
         )
@@ -367,6 +359,7 @@ impl SequencerTask {
             let access = self.access.clone();
             let topics = self.topics.clone();
             let outbox = self.outbox;
+            let writes = batch.iter().any(|job| job.writes());
             let started = Instant::now();
             let joined = tokio::task::spawn_blocking(move || {
                 let result = process(&mut conn, &signer, &access, &topics, outbox, batch);
@@ -384,6 +377,9 @@ impl SequencerTask {
                 .ledger_commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.conn = Some(conn);
+            if writes || !result.staged.rollouts.is_empty() || !result.staged.publish.is_empty() {
+                self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
             if !result.staged.rollouts.is_empty() {
                 let mut views = self.rollouts.write().expect("rollouts lock poisoned");
                 for r in result.staged.rollouts {
@@ -509,7 +505,10 @@ fn fail_all(mut batch: Vec<Queued>, msg: &str) -> BatchResult {
 
 #[cfg(test)]
 mod tests {
-    use super::command::{internal, testing::Parts};
+    use super::command::{
+        internal,
+        testing::{temp_ledger, Parts},
+    };
     use super::*;
 
     /// Pauses `acme/web/prod`, then fails if `fail`: whatever the command, a failure must
@@ -550,8 +549,7 @@ mod tests {
 
     #[test]
     fn a_failed_command_is_rolled_back_and_a_good_one_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, mut conn) = temp_ledger();
         assert!(run(&mut conn, true).is_err());
         assert!(!ledger::is_paused(&conn, "acme/web", "prod").unwrap());
         run(&mut conn, false).unwrap();

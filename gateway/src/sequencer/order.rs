@@ -72,20 +72,12 @@ pub(super) fn new_order(
         .unwrap_or(0)
         .max(time::unix_ms());
     let mut order = DeployOrder {
-        v: orcastrate_broker::PAYLOAD_VERSION,
-        seq,
-        repo: f.repo.to_owned(),
-        env: f.env.to_owned(),
-        sha: f.sha.to_owned(),
         git_ref: f.git_ref.map(str::to_owned),
-        kind: f.kind,
         delivery: f.delivery.map(str::to_owned),
-        issued_at: time::now(),
         issued_by: f.issued_by.map(str::to_owned),
-        key_id: String::new(),
         targets: f.targets,
         base_sha: f.base_sha,
-        sig: String::new(),
+        ..DeployOrder::new(seq, f.repo, f.env, f.sha, f.kind)
     };
     cx.signer.sign(&mut order);
     let payload = serde_json::to_string(&order).expect("orders serialize");

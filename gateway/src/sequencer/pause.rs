@@ -35,7 +35,7 @@ impl Command for Pause {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sequencer::command::testing::Parts;
+    use crate::sequencer::command::testing::{temp_ledger, Parts};
 
     fn pause(cx: &Ctx<'_>) -> Result<(), DeskError> {
         let cmd = Pause {
@@ -48,8 +48,7 @@ mod tests {
 
     #[test]
     fn a_ledger_error_is_a_failure_not_an_unknown_repo_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, conn) = temp_ledger();
         let parts = Parts::new();
         let err = pause(&parts.cx(&conn)).unwrap_err();
         assert!(

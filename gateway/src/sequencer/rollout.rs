@@ -75,7 +75,11 @@ fn finish(
     reason: String,
     out: &mut Staged,
 ) -> Result<(), DeskError> {
-    tracing::info!(rollout = r.id, repo = %r.repo, env = %r.env, state = state.as_str(), %reason, "rollout ended");
+    // A push superseding an all-at-once rollout is every push's routine, which the new
+    // order's own decision line already tells.
+    if r.policy.waves.len() > 1 || state != RolloutState::Superseded {
+        tracing::info!(rollout = r.id, repo = %r.repo, env = %r.env, state = state.as_str(), %reason, "rollout ended");
+    }
     r.state = state;
     r.reason = Some(reason);
     r.updated_at = time::now();
@@ -104,45 +108,49 @@ pub(super) fn start(
         None => ledger::rollback_target(cx.conn, repo, env, u64::MAX, f.sha).map_err(internal)?,
     };
     let now = time::now();
-    let mut r = store::insert(
-        cx.conn,
-        Rollout {
-            id: 0,
-            repo: repo.to_owned(),
-            env: env.to_owned(),
-            sha: f.sha.to_owned(),
-            base_sha: base.clone(),
-            kind: f.kind,
-            first_seq: 0,
-            wave_seq: 0,
-            wave: 0,
-            policy,
-            targets: None,
-            state: RolloutState::Running,
-            reason: None,
-            wave_started_ms: time::unix_ms(),
-            hold_from_ms: None,
-            left_out: Vec::new(),
-            started_at: now.clone(),
-            updated_at: now,
-        },
-    )
-    .map_err(internal)?;
-    let known = known_agents(cx, repo, env)?;
-    r.targets = plan::wave_targets(&r.policy, 0, r.id, &known, None);
+    let mut r = Rollout {
+        id: 0,
+        repo: repo.to_owned(),
+        env: env.to_owned(),
+        sha: f.sha.to_owned(),
+        base_sha: base.clone(),
+        kind: f.kind,
+        first_seq: 0,
+        wave_seq: 0,
+        wave: 0,
+        policy,
+        targets: None,
+        state: RolloutState::Running,
+        reason: None,
+        wave_started_ms: time::unix_ms(),
+        hold_from_ms: None,
+        left_out: Vec::new(),
+        started_at: now.clone(),
+        updated_at: now,
+    };
+    // Waves pick agents in an order seeded by the rollout's id, so a rollout with waves is
+    // stored first; an all-at-once one (every push by default) is stored once, with its order.
+    let waves = r.policy.waves.len() > 1;
+    if waves {
+        r = store::insert(cx.conn, r).map_err(internal)?;
+        let known = known_agents(cx, repo, env)?;
+        r.targets = plan::wave_targets(&r.policy, 0, r.id, &known, None);
+    }
     f.targets.clone_from(&r.targets);
     f.base_sha.clone_from(&base);
     let order = new_order(cx, newest, f, out)?;
     r.first_seq = order.seq;
     r.wave_seq = order.seq;
-    store::update(cx.conn, &r).map_err(internal)?;
-    if r.policy.waves.len() > 1 {
+    if waves {
+        store::update(cx.conn, &r).map_err(internal)?;
         out.publish.push(event(
             cx,
             &r,
             format!("rollout started: wave 1 of {}", r.policy.waves.len()),
             Some(&order),
         ));
+    } else {
+        r = store::insert(cx.conn, r).map_err(internal)?;
     }
     out.rollouts.push(r);
     Ok(order)
@@ -261,6 +269,8 @@ pub(super) struct Tick;
 
 impl Command for Tick {
     type Reply = ();
+    // What a tick changes, it stages (rollouts, orders, events).
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, out: &mut Staged) -> Result<(), DeskError> {
         let now_ms = time::unix_ms();
@@ -373,6 +383,7 @@ pub(super) struct List {
 
 impl Command for List {
     type Reply = Vec<Rollout>;
+    const WRITES: bool = false;
 
     fn apply(self, cx: &Ctx<'_>, _out: &mut Staged) -> Result<Vec<Rollout>, DeskError> {
         store::list(
@@ -391,7 +402,7 @@ mod tests {
 
     use super::*;
     use crate::rollout::config::Wave;
-    use crate::sequencer::command::testing::Parts;
+    use crate::sequencer::command::testing::{temp_ledger, Parts};
 
     const REPO: &str = "acme/web";
     const ENV: &str = "prod";
@@ -433,6 +444,23 @@ mod tests {
             .order
     }
 
+    /// Rolls `sha(1)` out to all at once and has `agents` report it healthy: the base sha.
+    fn healthy_base(cx: &Ctx<'_>, agents: &[&str]) -> Staged {
+        let mut out = Staged::default();
+        let good = next(cx, 1, OrderKind::Push, Policy::all_at_once(), &mut out);
+        for agent in agents {
+            report(cx.conn, agent, AgentState::Healthy, &good);
+        }
+        Tick.apply(cx, &mut out).unwrap();
+        out
+    }
+
+    /// Starts a rollout of `sha(n)` after the newest order, as the deploy commands do.
+    fn next(cx: &Ctx<'_>, n: u8, kind: OrderKind, policy: Policy, out: &mut Staged) -> DeployOrder {
+        let previous = ledger::newest_order(cx.conn, REPO, ENV).unwrap();
+        start(cx, previous.as_ref(), fields(&sha(n), kind), policy, out).unwrap()
+    }
+
     fn two_waves() -> Policy {
         Policy {
             waves: vec![Wave::Agents(vec!["web-1".into()]), Wave::Share(100)],
@@ -444,31 +472,11 @@ mod tests {
 
     #[test]
     fn a_failed_push_is_reverted_to_the_last_healthy_sha_and_marked_bad() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, conn) = temp_ledger();
         let parts = Parts::new();
         let cx = parts.cx(&conn);
-        let mut out = Staged::default();
-        let good = start(
-            &cx,
-            None,
-            fields(&sha(1), OrderKind::Push),
-            Policy::all_at_once(),
-            &mut out,
-        )
-        .unwrap();
-        report(&conn, "web-1", AgentState::Healthy, &good);
-        report(&conn, "web-2", AgentState::Healthy, &good);
-        Tick.apply(&cx, &mut out).unwrap();
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let bad = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(2), OrderKind::Push),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
+        let mut out = healthy_base(&cx, &["web-1", "web-2"]);
+        let bad = next(&cx, 2, OrderKind::Push, two_waves(), &mut out);
         assert_eq!(bad.targets.as_deref(), Some(&["web-1".to_owned()][..]));
         assert_eq!(bad.base_sha, Some(sha(1)));
         // web-2 is not in the wave: it reports the base sha, which is no failure of it.
@@ -501,31 +509,11 @@ mod tests {
 
     #[test]
     fn a_failed_manual_deploy_halts_and_a_newer_push_keeps_the_base() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let (_dir, conn) = temp_ledger();
         let parts = Parts::new();
         let cx = parts.cx(&conn);
-        let mut out = Staged::default();
-        let good = start(
-            &cx,
-            None,
-            fields(&sha(1), OrderKind::Push),
-            Policy::all_at_once(),
-            &mut out,
-        )
-        .unwrap();
-        report(&conn, "web-1", AgentState::Healthy, &good);
-        Tick.apply(&cx, &mut out).unwrap();
-
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let manual = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(3), OrderKind::Manual),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
+        let mut out = healthy_base(&cx, &["web-1"]);
+        let manual = next(&cx, 3, OrderKind::Manual, two_waves(), &mut out);
         report(&conn, "web-1", AgentState::Failed, &manual);
         Tick.apply(&cx, &mut out).unwrap();
         assert_eq!(
@@ -540,24 +528,8 @@ mod tests {
         assert!(!ledger::is_bad(&conn, REPO, ENV, &sha(3)).unwrap());
 
         // A push, then a newer one while the first runs: same base, the first superseded.
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let first = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(4), OrderKind::Push),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
-        let previous = ledger::newest_order(&conn, REPO, ENV).unwrap();
-        let second = start(
-            &cx,
-            previous.as_ref(),
-            fields(&sha(5), OrderKind::Push),
-            two_waves(),
-            &mut out,
-        )
-        .unwrap();
+        let first = next(&cx, 4, OrderKind::Push, two_waves(), &mut out);
+        let second = next(&cx, 5, OrderKind::Push, two_waves(), &mut out);
         assert_eq!(first.base_sha, Some(sha(1)));
         assert_eq!(second.base_sha, Some(sha(1)));
         let list = store::list(&conn, Some(REPO), Some(ENV), 2).unwrap();

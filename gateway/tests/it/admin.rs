@@ -37,8 +37,7 @@ fn push(gw: &TestGateway, n: u64) -> u64 {
 
 #[test]
 fn rollback_picks_the_newest_healthy_earlier_order_and_marks_the_current_bad() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let rollback = || gw.admin_post("/api/v1/rollback", json!({"repo": REPO, "env": ENV}));
 
     let s1 = push(&gw, 1);
@@ -106,8 +105,7 @@ fn rollback_picks_the_newest_healthy_earlier_order_and_marks_the_current_bad() {
 
 #[test]
 fn admin_api_refuses_clearly() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let url = format!("{}/api/v1/deployments", gw.http);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -148,8 +146,7 @@ fn admin_api_refuses_clearly() {
 
 #[test]
 fn admin_requests_without_a_token_are_refused_before_their_body_is_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let post = |token: Option<&str>| {
         // A fresh connection each time: a refused request's connection is not reused.
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -174,4 +171,67 @@ fn admin_requests_without_a_token_are_refused_before_their_body_is_read() {
     // The same body with the token is refused for what it is.
     let (status, text) = post(Some(ADMIN));
     assert_eq!(status, 400, "{text}");
+}
+
+#[test]
+fn wrong_tokens_from_one_address_are_throttled_on_the_api_and_the_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let deployments = format!("{}/api/v1/deployments", gw.http);
+    let session = format!("{}/api/v1/session", gw.http);
+    let sign_in = |token: &str| {
+        orcastrate_testkit::http::answer(
+            orcastrate_testkit::http::client()
+                .post(&session)
+                .send_json(json!({ "token": token })),
+        )
+    };
+    // The right token works before any wrong one; then a burst of wrong ones is answered
+    // 401, each checked, on either route.
+    assert_eq!(
+        orcastrate_testkit::http::get_bearer(&deployments, ADMIN).0,
+        200
+    );
+    let mut refused = 0;
+    let throttled = loop {
+        let (status, answer) = if refused % 2 == 0 {
+            orcastrate_testkit::http::get_bearer(&deployments, "wrong-token-wrong-token")
+        } else {
+            sign_in("wrong-token-wrong-token")
+        };
+        match status {
+            401 => refused += 1,
+            429 => break answer,
+            other => panic!("{other}: {answer}"),
+        }
+        assert!(
+            refused <= 20,
+            "still checking tokens after {refused} wrong ones"
+        );
+    };
+    assert!(refused >= 5, "throttled after only {refused} wrong tokens");
+    assert!(
+        throttled["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many wrong tokens"),
+        "{throttled}"
+    );
+    // Throttled, even the right token is not checked (a guess cannot be confirmed), on both
+    // routes; the webhook route is not affected.
+    assert_eq!(
+        orcastrate_testkit::http::get_bearer(&deployments, ADMIN).0,
+        429
+    );
+    assert_eq!(sign_in(ADMIN).0, 429);
+    assert_eq!(
+        orcastrate_testkit::http::get_text(&format!("{}/healthz", gw.http)).0,
+        200
+    );
+    // One refusal a second is earned back: the right token works again.
+    orcastrate_testkit::eventually(
+        Duration::from_secs(5),
+        "the throttle to let a token through",
+        || (orcastrate_testkit::http::get_bearer(&deployments, ADMIN).0 == 200).then_some(()),
+    );
 }

@@ -27,8 +27,7 @@ fn own_status(state: AgentState) -> AgentStatus {
 
 #[test]
 fn an_agent_token_publishes_only_its_own_status_and_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "a-1", &push_of(&sha(11), "master"));
     let seq = answer["seq"].as_u64().unwrap();
     let mut watcher = gw.mqtt("ops", "token-ops");
@@ -100,8 +99,7 @@ fn an_agent_token_publishes_only_its_own_status_and_log() {
 
 #[test]
 fn repeated_refused_publishes_close_the_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut agent = gw.mqtt("web-1", "token-web-1");
     for _ in 0..30 {
         agent.publish_qos0(&topic("desired"), b"x".to_vec());
@@ -117,8 +115,7 @@ fn repeated_refused_publishes_close_the_connection() {
 
 #[test]
 fn an_agent_token_reads_only_its_scopes_orders() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut agent = gw.mqtt("web-1", "token-web-1");
     let codes = agent
         .subscribe_acked(&[
@@ -164,8 +161,7 @@ fn an_agent_token_reads_only_its_scopes_orders() {
 
 #[test]
 fn a_last_will_on_another_agents_status_is_refused_at_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let will = |t: String| {
         let mut o = Mqtt::options(gw.mqtt_port, "web-1", "web-1", "token-web-1");
         o.set_last_will(LastWill::new(t, "forged-will", QoS::AtLeastOnce, true));
@@ -189,8 +185,7 @@ fn a_last_will_on_another_agents_status_is_refused_at_login() {
 
 #[test]
 fn failed_logins_are_throttled_per_source_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "t-1", &push_of(&sha(71), "master"));
     assert!(answer["seq"].is_u64(), "{answer}");
     let sub = |source: &str, token: &str| {

@@ -208,23 +208,22 @@ fn wait_event(reader: &mut BufReader<TcpStream>, needle: &str) -> String {
     }
 }
 
+/// Ledger batches the sequencer has committed so far (`/metrics`).
+fn batches(gw: &TestGateway) -> u64 {
+    let metrics = gw.metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orcastrate_ledger_commit_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no batch count in {metrics}"))
+}
+
 #[test]
-fn the_stream_sends_a_snapshot_and_then_each_change() {
+fn the_stream_sends_a_snapshot_and_then_each_change_and_reads_nothing_while_idle() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path());
     let (_, cookie, _, _) = sign_in(&gw, VIEWER);
-    let addr = gw.http.trim_start_matches("http://").to_owned();
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        conn,
-        "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(conn);
-    let mut head = String::new();
-    reader.read_line(&mut head).unwrap();
+    let (mut reader, head) = open_stream(&gw, &cookie, "Accept: text/event-stream\r\n");
     assert!(head.contains("200"), "{head}");
     wait_event(&mut reader, "\"deployments\":[]");
     let pushed = Instant::now();
@@ -235,21 +234,32 @@ fn the_stream_sends_a_snapshot_and_then_each_change() {
         "board stream: a new order reached the stream {} ms after its webhook was answered",
         pushed.elapsed().as_millis()
     );
+    // Watched but idle, the board reads nothing: only the rollout ticker's batch, about one
+    // a second, reaches the ledger (polling read it four times per 200 ms).
+    std::thread::sleep(Duration::from_millis(500));
+    let before = batches(&gw);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = batches(&gw) - before;
+    assert!(
+        idle <= 6,
+        "{idle} ledger batches in 2 s of an idle, watched board"
+    );
     // Without a session the stream is refused.
     let (status, _) = http::get_text(&format!("{}/api/v1/stream", gw.http));
     assert_eq!(status, 401);
     gw.stop();
 }
 
-/// Opens a raw stream request with `cookie`; returns the connection and its status line.
-fn open_stream(gw: &TestGateway, cookie: &str) -> (BufReader<TcpStream>, String) {
+/// Opens a raw stream request with `cookie` and `headers` (each ending in CRLF); returns
+/// the connection and its status line.
+fn open_stream(gw: &TestGateway, cookie: &str, headers: &str) -> (BufReader<TcpStream>, String) {
     let addr = gw.http.trim_start_matches("http://").to_owned();
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     write!(
         conn,
-        "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n"
+        "GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n{headers}\r\n"
     )
     .unwrap();
     let mut reader = BufReader::new(conn);
@@ -266,12 +276,12 @@ fn streams_are_capped_and_a_session_outlives_a_restart() {
     let csrf = body["csrf"].as_str().unwrap().to_owned();
     let open: Vec<_> = (0..orcastrate_gateway::http::stream::MAX_STREAMS)
         .map(|i| {
-            let (reader, head) = open_stream(&gw, &cookie);
+            let (reader, head) = open_stream(&gw, &cookie, "");
             assert!(head.contains("200"), "stream {i}: {head}");
             reader
         })
         .collect();
-    let (_, head) = open_stream(&gw, &cookie);
+    let (_, head) = open_stream(&gw, &cookie, "");
     assert!(head.contains("503"), "one past the cap: {head}");
     drop(open);
     gw.stop();
@@ -280,7 +290,7 @@ fn streams_are_capped_and_a_session_outlives_a_restart() {
     let gw = start(dir.path());
     let (status, who) = with_cookie(&gw, "GET", "/api/v1/session", &cookie, None, None);
     assert_eq!((status, who["csrf"].as_str()), (200, Some(csrf.as_str())));
-    let (_, head) = open_stream(&gw, &cookie);
+    let (_, head) = open_stream(&gw, &cookie, "");
     assert!(head.contains("200"), "{head}");
     gw.stop();
 }

@@ -64,6 +64,14 @@ impl TestGateway {
         Self::start_with(data_dir, "")
     }
 
+    /// Starts a gateway with the default test config on a new temporary folder, which it
+    /// uses as long as the folder is kept.
+    pub fn start_in_temp() -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Self::start(dir.path());
+        (dir, gw)
+    }
+
     /// Starts a gateway with extra TOML appended to the default config.
     pub fn start_with(data_dir: &Path, extra: &str) -> Self {
         Self::start_with_secret(data_dir, SECRET, extra)
@@ -201,29 +209,28 @@ pub fn push_of(sha: &str, branch: &str) -> Vec<u8> {
     serde_json::to_vec(&orcastrate_testkit::github::push(sha, branch)).unwrap()
 }
 
+/// GitHub's fixture of a closed pull request, marked merged, and its merge commit's sha.
+pub fn merged_pull_request() -> (Value, String) {
+    let mut pr: Value =
+        serde_json::from_slice(&fixture("pull_request__closed.payload.json")).unwrap();
+    pr["pull_request"]["merged"] = true.into();
+    let merge_sha = pr["pull_request"]["merge_commit_sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (pr, merge_sha)
+}
+
 /// A status of `agent` for our repo/env in `state`, on order 1 (`sha(1)`), stamped now and
 /// not yet sealed: tests change what they need and seal it with `sign::seal_status`.
 pub fn agent_status(agent: &str, state: AgentState) -> AgentStatus {
     AgentStatus {
-        v: 1,
-        agent: agent.into(),
-        host: "h".into(),
-        repo: REPO.into(),
-        env: ENV.into(),
         session: "s1".into(),
         state,
-        step: None,
         seq: Some(1),
         sha: Some(sha(1)),
         running_sha: Some(sha(1)),
-        previous_sha: None,
-        release: None,
-        port: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: None,
-        error: None,
-        version: "t".into(),
-        mac: String::new(),
+        ..AgentStatus::idle(agent, "h", REPO, ENV, "t")
     }
 }
 

@@ -80,20 +80,14 @@ impl Logged {
     }
 
     fn push(&self, branch: &str, delivery: &str) -> (u16, Value) {
-        let body = push_of(SHA, branch);
-        let sig = orcastrate_gateway::github::sign(SECRET, &body);
-        let mut r = ureq::post(format!("{}/webhook", self.http))
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .header("Content-Type", "application/json")
-            .header("X-GitHub-Event", "push")
-            .header("X-GitHub-Delivery", delivery)
-            .header("X-Hub-Signature-256", &sig)
-            .send(&body[..])
-            .unwrap();
-        let code = r.status().as_u16();
-        (code, r.body_mut().read_json().unwrap_or(Value::Null))
+        orcastrate_testkit::http::webhook(
+            &format!("{}/webhook", self.http),
+            SECRET,
+            "push",
+            delivery,
+            "application/json",
+            &push_of(SHA, branch),
+        )
     }
 }
 

@@ -113,8 +113,7 @@ fn fleet_summary_holds_verified_statuses_only() {
 
 #[test]
 fn stale_last_will_does_not_mark_a_reconnected_agent_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut publisher = gw.mqtt("web-1", "token-web-1");
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
     let mut fresh = status("web-1", ENV, AgentState::Healthy, "token-web-1");
@@ -148,8 +147,7 @@ fn stale_last_will_does_not_mark_a_reconnected_agent_offline() {
 fn gateway_link_keeps_up_with_a_burst_of_statuses() {
     // rumqttd unschedules a local link once ~200 notifications queue up; unless it is woken
     // the gateway stops hearing anything. A QoS 0 burst of 2,000 statuses queues that many.
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut publisher = gw.mqtt("web-1", "token-web-1");
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
     for n in 1..=2000u64 {
@@ -208,8 +206,7 @@ fn wait_refused(gw: &TestGateway, reason: &str, n: u64) {
 /// its own topic, so the broker's ACLs cannot be what stops it.
 #[test]
 fn r11_a_replayed_old_status_is_refused_before_and_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (dir, gw) = TestGateway::start_in_temp();
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
     let mut agent = gw.mqtt("web-1", "token-web-1");
     let seal = |state: AgentState, session: &str| {
@@ -310,8 +307,7 @@ fn mosquitto_retain(gw: &TestGateway, topic: &str, payload: &str) {
 /// in the end-to-end tests (`engines.rs`).
 #[test]
 fn r11_a_forged_retained_fleet_summary_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "f-1", &push_of(&sha(61), "master"));
     let seq = answer["seq"].as_u64().expect("an order");
     let topic = format!("orcastrate/{REPO}/{ENV}/fleet");
@@ -353,8 +349,7 @@ fn r11_a_forged_retained_fleet_summary_is_refused() {
 #[test]
 fn a_burst_of_statuses_reaches_the_gateway_whole() {
     const BURST: usize = 1_500;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
     let mut agent = gw.mqtt("web-1", "token-web-1");
     let payloads: Vec<Vec<u8>> = (0..BURST)

@@ -102,13 +102,7 @@ fn r14_migration_from_the_node_tools_variables_and_a_form_encoded_pull_request()
     let verifier = OrderVerifier::new(&keys).unwrap();
 
     // A merged pull request, form-encoded as GitHub sends it with that content type.
-    let mut pr: Value =
-        serde_json::from_slice(&fixture("pull_request__closed.payload.json")).unwrap();
-    pr["pull_request"]["merged"] = true.into();
-    let merge_sha = pr["pull_request"]["merge_commit_sha"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (pr, merge_sha) = merged_pull_request();
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("payload", &serde_json::to_string(&pr).unwrap())
         .finish();

@@ -7,8 +7,7 @@ use crate::common::*;
 
 #[test]
 fn logins_follow_the_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let port = gw.mqtt_port;
     // Any client id a library sends by default works: empty (mosquitto_sub), the name,
     // MQTT.js's and paho's random ones, and another client's name.
@@ -51,8 +50,7 @@ fn logins_follow_the_rules() {
 
 #[test]
 fn a_login_under_another_name_does_not_take_over_an_agents_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut agent = Mqtt::connect(gw.mqtt_port, "web-1", "web-1", "token-web-1").unwrap();
     agent.subscribe(&format!("orcastrate/{REPO}/{ENV}/desired"));
     agent.flush();
@@ -73,8 +71,7 @@ fn a_login_under_another_name_does_not_take_over_an_agents_session() {
 #[test]
 fn client_id_with_slash_cannot_poison_the_listener() {
     // rumqtt #1062: such an id reconnecting used to kill the listener for everyone.
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     for _ in 0..2 {
         assert!(Mqtt::connect(gw.mqtt_port, "web-1/x", "web-1", "token-web-1").is_err());
         assert!(Mqtt::connect(gw.mqtt_port, "web-1:+", "web-1", "token-web-1").is_err());
@@ -86,8 +83,7 @@ fn client_id_with_slash_cannot_poison_the_listener() {
 
 #[test]
 fn forged_retained_order_is_replaced_by_the_true_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "f-1", &push_of(&sha(41), "master"));
     let seq = answer["seq"].as_u64().unwrap();
     let topic = "orcastrate/codertocat/hello-world/production/desired";
@@ -122,8 +118,7 @@ fn forged_retained_order_is_replaced_by_the_true_one() {
 
 #[test]
 fn mosquitto_sub_sees_the_retained_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "m-1", &push_of(&sha(51), "master"));
     assert!(answer["seq"].is_u64(), "{answer}");
     let out = Command::new("mosquitto_sub")
@@ -289,8 +284,7 @@ fn mqtt_js_with_default_options_and_a_watcher_token_reads_the_retained_order() {
         "MQTT.js is not installed: run `npm ci` in {} (.ci/run does)",
         fixture.display()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "js-1", &push_of(&sha(81), "master"));
     assert!(answer["seq"].is_u64(), "{answer}");
     let out = Command::new("node")

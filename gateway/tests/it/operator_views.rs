@@ -37,25 +37,15 @@ impl Report<'_> {
             *last
         };
         let mut status = AgentStatus {
-            v: 1,
-            agent: self.agent.into(),
-            host: "h".into(),
-            repo: REPO.into(),
-            env: ENV.into(),
             session: "s1".into(),
             state: self.state,
             step: self.step,
             seq: Some(self.seq),
             sha: Some(self.sha.into()),
             running_sha: self.running.map(Into::into),
-            previous_sha: None,
-            release: None,
-            port: None,
             updated_at: time::from_unix_ms(at),
-            deploy_ms: None,
             error: self.error.map(Into::into),
-            version: "t".into(),
-            mac: String::new(),
+            ..AgentStatus::idle(self.agent, "h", REPO, ENV, "t")
         };
         sign::seal_status(self.token, &mut status);
         serde_json::to_vec(&status).unwrap()
@@ -174,8 +164,7 @@ impl Drop for Watch {
 
 #[test]
 fn r14_watch_shows_a_push_its_deploy_and_a_rollback() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut watch = Watch::start(&gw);
     let mut agent = gw.mqtt("web-1", "token-web-1");
     let (a, b) = (sha(0xa1), format!("{:0<40}", "b2c3d4e"));
@@ -231,8 +220,7 @@ fn r14_watch_shows_a_push_its_deploy_and_a_rollback() {
 
 #[test]
 fn r14_watch_with_a_wrong_token_says_what_to_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let out = Command::new(BIN)
         .args([
             "watch",
@@ -258,8 +246,7 @@ fn r14_watch_with_a_wrong_token_says_what_to_check() {
 
 #[test]
 fn r14_status_has_an_error_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut agent = gw.mqtt("web-1", "token-web-1");
     let mut failed = web1(
         AgentState::Failed,

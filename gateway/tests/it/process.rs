@@ -231,23 +231,26 @@ fn runs_from_the_original_tools_environment_alone() {
     let _ = child.wait();
 }
 
+/// Runs the operator CLI `args` against `gw` with the admin token: its exit code, stdout
+/// and stderr.
+pub(crate) fn operator_cli(gw: &TestGateway, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--gateway", &gw.http])
+        .env("ORCASTRATE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn operator_cli_prints_tables_and_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .args(["--gateway", &gw.http])
-            .env("ORCASTRATE_ADMIN_TOKEN", ADMIN)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let cli = |args: &[&str]| operator_cli(&gw, args);
     let (code, out, _) = cli(&["deploy", "--repo", REPO, "--env", ENV, "--sha", &sha(8)]);
     assert_eq!(code, Some(0));
     assert!(out.contains("manual") && out.contains(&sha(8)), "{out}");

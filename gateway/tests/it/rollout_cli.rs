@@ -2,11 +2,9 @@
 //! abort`, `history` with each order's outcome, `deploy --now`, and sha prefixes as
 //! `status`/`history` print them.
 
-use std::process::Command;
-
 use serde_json::json;
 
-use super::process::BIN;
+use super::process::operator_cli;
 use crate::common::*;
 
 #[test]
@@ -14,19 +12,7 @@ fn rollout_commands_history_outcomes_and_sha_prefixes() {
     let dir = tempfile::tempdir().unwrap();
     let table = "[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 3600\n";
     let gw = TestGateway::start_with(dir.path(), table);
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .args(["--gateway", &gw.http])
-            .env("ORCASTRATE_ADMIN_TOKEN", ADMIN)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| operator_cli(&gw, args);
     let repo_env = ["--repo", REPO, "--env", ENV];
     let (_, answer) = gw.webhook("push", "cli-1", &push_of(&sha(0xa1), "master"));
     let seq1 = answer["seq"].as_u64().expect("a first wave");

@@ -10,6 +10,17 @@ use serde_json::Value;
 
 use crate::common::*;
 
+/// The first order a new subscriber to `filter` gets: the retained one.
+#[track_caller]
+fn retained_order(gw: &TestGateway, filter: &str, what: &str) -> DeployOrder {
+    let mut sub = gw.mqtt("ops", "token-ops");
+    sub.subscribe(filter);
+    let (_, payload) = sub
+        .wait_for(Duration::from_secs(5), |_, _| true)
+        .expect(what);
+    serde_json::from_slice(&payload).unwrap()
+}
+
 fn deliveries(gw: &TestGateway) -> i64 {
     gw.count("SELECT COUNT(*) FROM deliveries")
 }
@@ -18,13 +29,18 @@ fn orders(gw: &TestGateway) -> i64 {
     gw.count("SELECT COUNT(*) FROM orders")
 }
 
-#[test]
-fn push_to_mapped_branch_becomes_a_signed_retained_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+/// A watcher of the fixture repo's events, from now on.
+fn watch_events(gw: &TestGateway) -> Mqtt {
     let mut events = gw.mqtt("ops", "token-ops");
     events.subscribe("orcastrate/codertocat/hello-world/events");
     events.flush();
+    events
+}
+
+#[test]
+fn push_to_mapped_branch_becomes_a_signed_retained_order() {
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let mut events = watch_events(&gw);
 
     let body = fixture("push__with-new-branch.payload.json");
     let (status, answer) = gw.webhook("push", "delivery-1", &body);
@@ -38,12 +54,11 @@ fn push_to_mapped_branch_becomes_a_signed_retained_order() {
     assert_eq!(orders(&gw), 1);
 
     // A subscriber that comes later gets the retained order, verifiable with the public key.
-    let mut sub = gw.mqtt("ops", "token-ops");
-    sub.subscribe("orcastrate/codertocat/hello-world/production/desired");
-    let (_, payload) = sub
-        .wait_for(Duration::from_secs(5), |_, _| true)
-        .expect("retained order");
-    let order: DeployOrder = serde_json::from_slice(&payload).unwrap();
+    let order = retained_order(
+        &gw,
+        "orcastrate/codertocat/hello-world/production/desired",
+        "retained order",
+    );
     assert_eq!(order.seq, seq);
     assert_eq!(order.kind.as_str(), "push");
     assert_eq!(order.git_ref.as_deref(), Some("refs/heads/master"));
@@ -68,15 +83,8 @@ fn push_to_mapped_branch_becomes_a_signed_retained_order() {
 
 #[test]
 fn merged_pull_request_then_push_of_same_sha_makes_one_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
-    let mut pr: Value =
-        serde_json::from_slice(&fixture("pull_request__closed.payload.json")).unwrap();
-    pr["pull_request"]["merged"] = true.into();
-    let merge_sha = pr["pull_request"]["merge_commit_sha"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let (pr, merge_sha) = merged_pull_request();
     let (status, answer) = gw.webhook("pull_request", "pr-1", &serde_json::to_vec(&pr).unwrap());
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["sha"], merge_sha.as_str());
@@ -95,8 +103,7 @@ fn merged_pull_request_then_push_of_same_sha_makes_one_order() {
 
 #[test]
 fn valid_webhooks_that_deploy_nothing_are_ignored_with_a_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut other_repo: Value = serde_json::from_slice(&push_of(&sha(9), "master")).unwrap();
     other_repo["repository"]["full_name"] = "someone/else".into();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -143,8 +150,7 @@ fn valid_webhooks_that_deploy_nothing_are_ignored_with_a_reason() {
 
 #[test]
 fn ping_is_200() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (status, answer) = gw.webhook("ping", "ping-1", &fixture("ping__payload.json"));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(orders(&gw), 0);
@@ -152,8 +158,7 @@ fn ping_is_200() {
 
 #[test]
 fn form_encoded_body_is_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let payload = String::from_utf8(push_of(&sha(5), "master")).unwrap();
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("payload", &payload)
@@ -305,31 +310,28 @@ fn body_over_the_limit_is_refused_before_it_is_buffered() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start_with(dir.path(), "[http]\nmax_body_bytes = 1000\n");
     let addr = gw.http.trim_start_matches("http://").to_owned();
-    // Announce 100 MB and send only the headers: the answer must come without the body.
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+    // A push's head with `length` (the body's framing header) and `delivery`, sent raw.
+    let post = |length: &str, delivery: &str| {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{length}\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
+        )
         .unwrap();
-    write!(
-        stream,
-        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
-    )
-    .unwrap();
+        stream
+    };
+    // Announce 100 MB and send only the headers: the answer must come without the body.
+    let mut stream = post("Content-Length: 100000000", "big");
     let mut buf = [0u8; 512];
     let n = stream.read(&mut buf).unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 
     // Chunked, with no length announced: cut off at the limit.
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: big2\r\nX-Hub-Signature-256: sha256=00\r\n\r\n"
-    )
-    .unwrap();
+    let mut stream = post("Transfer-Encoding: chunked", "big2");
     for _ in 0..3 {
         let chunk = vec![b'x'; 600];
         write!(stream, "{:x}\r\n", chunk.len()).unwrap();
@@ -359,8 +361,7 @@ fn duplicate_delivery_before_and_after_restart() {
 
 #[test]
 fn orders_survive_a_restart_and_are_republished() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (dir, gw) = TestGateway::start_in_temp();
     let (_, answer) = gw.webhook("push", "s-1", &push_of(&sha(21), "master"));
     let seq = answer["seq"].as_u64().unwrap();
     let key = gw.public_key.clone();
@@ -368,12 +369,11 @@ fn orders_survive_a_restart_and_are_republished() {
 
     let gw = TestGateway::start(dir.path());
     assert_eq!(gw.public_key, key, "the signing key persists");
-    let mut sub = gw.mqtt("ops", "token-ops");
-    sub.subscribe("orcastrate/+/+/+/desired");
-    let (_, payload) = sub
-        .wait_for(Duration::from_secs(5), |_, _| true)
-        .expect("order re-published after restart");
-    let order: DeployOrder = serde_json::from_slice(&payload).unwrap();
+    let order = retained_order(
+        &gw,
+        "orcastrate/+/+/+/desired",
+        "order re-published after restart",
+    );
     assert_eq!(order.seq, seq);
     // The next order still gets a higher seq.
     let (_, answer) = gw.webhook("push", "s-2", &push_of(&sha(22), "master"));
@@ -382,23 +382,22 @@ fn orders_survive_a_restart_and_are_republished() {
 
 #[test]
 fn paused_env_records_webhooks_without_orders() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
-    let (status, _) = gw.admin_post(
-        "/api/v1/pause",
-        serde_json::json!({"repo": REPO, "env": ENV}),
-    );
-    assert_eq!(status, 200);
+    let (_dir, gw) = TestGateway::start_in_temp();
+    // `pause` or `resume` our repo/env.
+    let admin = |action: &str| {
+        let (status, _) = gw.admin_post(
+            &format!("/api/v1/{action}"),
+            serde_json::json!({"repo": REPO, "env": ENV}),
+        );
+        assert_eq!(status, 200, "{action}");
+    };
+    admin("pause");
     let (status, answer) = gw.webhook("push", "p-1", &push_of(&sha(31), "master"));
     assert_eq!(status, 202);
     assert!(answer["ignored"].as_str().unwrap().contains("paused"));
     assert_eq!(orders(&gw), 0);
     assert_eq!(deliveries(&gw), 1);
-    let (status, _) = gw.admin_post(
-        "/api/v1/resume",
-        serde_json::json!({"repo": REPO, "env": ENV}),
-    );
-    assert_eq!(status, 200);
+    admin("resume");
     let (status, answer) = gw.webhook("push", "p-2", &push_of(&sha(31), "master"));
     assert_eq!(status, 202);
     assert_eq!(answer["sha"], sha(31).as_str());
@@ -449,11 +448,8 @@ fn https_listener_accepts_signed_webhooks() {
 /// made a new order for an old sha (the signature does not cover the delivery header).
 #[test]
 fn r10_replayed_body_with_a_new_delivery_id_is_a_duplicate_before_and_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
-    let mut events = gw.mqtt("ops", "token-ops");
-    events.subscribe("orcastrate/codertocat/hello-world/events");
-    events.flush();
+    let (dir, gw) = TestGateway::start_in_temp();
+    let mut events = watch_events(&gw);
     let history = |gw: &TestGateway| {
         let (status, v) =
             gw.admin_get("/api/v1/deployments?repo=codertocat/hello-world&env=production");

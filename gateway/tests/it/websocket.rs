@@ -43,8 +43,7 @@ fn upgrade_head(gw: &TestGateway, protocol: &str) -> String {
 
 #[test]
 fn a_websocket_client_reads_the_retained_order_through_the_http_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let (status, answer) = gw.webhook("push", "ws-1", &push_of(&sha(31), "master"));
     assert_eq!(status, 202, "{answer}");
     let mut watcher = ws(&gw, "", "ops", "token-ops").expect("login over WebSocket");
@@ -71,8 +70,7 @@ fn a_websocket_client_reads_the_retained_order_through_the_http_port() {
 
 #[test]
 fn a_refused_websocket_login_gets_connack_5_like_tcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     for (user, token) in [("web-1", "wrong"), ("nobody", "token-web-1"), ("", "")] {
         let e = ws(&gw, "", user, token).err().unwrap_or_default();
         assert!(e.contains("NotAuthorized"), "{user}: {e}");
@@ -85,8 +83,7 @@ fn a_refused_websocket_login_gets_connack_5_like_tcp() {
 
 #[test]
 fn an_agent_token_over_websocket_cannot_publish_an_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let mut watcher = gw.mqtt("ops", "token-ops");
     watcher.subscribe(&format!("orcastrate/{REPO}/#"));
     watcher.wait_suback();
@@ -113,8 +110,7 @@ fn an_agent_token_over_websocket_cannot_publish_an_order() {
 
 #[test]
 fn the_websocket_upgrade_needs_the_mqtt_subprotocol_and_can_be_turned_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     let head = upgrade_head(&gw, "mqtt");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
@@ -137,8 +133,7 @@ fn the_websocket_upgrade_needs_the_mqtt_subprotocol_and_can_be_turned_off() {
 
 #[test]
 fn websocket_logins_are_throttled_per_address_like_tcp() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start(dir.path());
+    let (_dir, gw) = TestGateway::start_in_temp();
     // 50 wrong logins at once over WebSocket, from 127.0.0.1 (the HTTP peer's address).
     let addr = http_addr(&gw);
     let tries: Vec<_> = (0..50)

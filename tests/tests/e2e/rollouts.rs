@@ -52,6 +52,21 @@ impl Fleet {
         }
     }
 
+    /// A fleet with rollout `table` of the first `hosts` of [`HOSTS`], all healthy on `v1`,
+    /// deployed to every host at once; returns it and v1's sha.
+    fn on_v1(table: &str, hosts: usize) -> (Self, String) {
+        let mut f = Self::new(table);
+        for i in 0..hosts {
+            f.start(i);
+        }
+        let v1 = f.commit("v1", true);
+        let seq1 = f.deploy_now(&v1);
+        for (name, _) in &HOSTS[..hosts] {
+            f.wait_healthy(name, seq1, &v1);
+        }
+        (f, v1)
+    }
+
     /// Starts host `i` of [`HOSTS`] and waits for its first verified status.
     fn start(&mut self, i: usize) {
         let (name, token) = HOSTS[i];
@@ -267,17 +282,10 @@ fn without_a_rollout_table_a_bad_push_is_reverted_for_the_whole_fleet() {
 
 #[test]
 fn waves_reach_the_canary_first_then_everyone() {
-    let mut f = Fleet::new(
+    let (f, v1) = Fleet::on_v1(
         "[repos.rollout.production]\nwaves = [\"web-1\", \"50%\", \"100%\"]\nhold_s = 5\nwave_timeout_s = 60\n",
+        3,
     );
-    for i in 0..3 {
-        f.start(i);
-    }
-    let v1 = f.commit("v1", true);
-    let seq1 = f.deploy_now(&v1);
-    for (name, _) in HOSTS {
-        f.wait_healthy(name, seq1, &v1);
-    }
 
     let log = StatusLog::start(&f.gateway);
     let v2 = f.commit("v2", true);
@@ -326,17 +334,10 @@ fn waves_reach_the_canary_first_then_everyone() {
 
 #[test]
 fn a_canary_that_fails_reverts_the_fleet_before_anyone_else_starts_it() {
-    let mut f = Fleet::new(
+    let (f, v1) = Fleet::on_v1(
         "[repos.rollout.production]\nwaves = [\"web-1\", \"50%\", \"100%\"]\nhold_s = 1\n",
+        3,
     );
-    for i in 0..3 {
-        f.start(i);
-    }
-    let v1 = f.commit("v1", true);
-    let seq1 = f.deploy_now(&v1);
-    for (name, _) in HOSTS {
-        f.wait_healthy(name, seq1, &v1);
-    }
     let log = StatusLog::start(&f.gateway);
     let bad = f.commit("v2-bad", false);
     let seq2 = f.push(&bad).unwrap();
@@ -377,14 +378,10 @@ fn a_canary_that_fails_reverts_the_fleet_before_anyone_else_starts_it() {
 
 #[test]
 fn promote_skips_the_hold_abort_reverts_and_a_newer_push_supersedes() {
-    let mut f =
-        Fleet::new("[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 3600\n");
-    f.start(0);
-    f.start(1);
-    let v1 = f.commit("v1", true);
-    let seq1 = f.deploy_now(&v1);
-    f.wait_healthy(AGENT, seq1, &v1);
-    f.wait_healthy(AGENT2, seq1, &v1);
+    let (f, _) = Fleet::on_v1(
+        "[repos.rollout.production]\nwaves = [\"web-1\", \"100%\"]\nhold_s = 3600\n",
+        2,
+    );
 
     // An hour's hold: promote moves on at once.
     let v2 = f.commit("v2", true);

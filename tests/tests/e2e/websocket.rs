@@ -1,11 +1,11 @@
 //! MQTT over WebSocket (issue 15): a real agent deploys through `ws://…/mqtt` on the
 //! gateway's HTTP port (the one port a Heroku-style host gives a service), and through
-//! `wss://` via a real nginx that terminates TLS with the README's configuration; paho-mqtt
-//! (a client nobody here wrote) reads the retained order and fleet summary both ways, and a
-//! wrong token is refused.
+//! `wss://` via a real nginx and a real Caddy, each terminating TLS with the README's
+//! configuration; paho-mqtt (a client nobody here wrote) reads the retained order and fleet
+//! summary both ways, and a wrong token is refused.
 //!
-//! Needs `nginx` and the PyPI `paho-mqtt` (see `.ci/run`): without them these tests fail and
-//! say what to install.
+//! Needs `nginx`, `caddy` and the PyPI `paho-mqtt` (see `.ci/run`): without them these tests
+//! fail and say what to install.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,12 +45,30 @@ fn an_agent_deploys_through_websocket_on_the_http_port() {
 
 #[test]
 fn behind_nginx_an_agent_deploys_over_wss_and_paho_reads_the_bus() {
+    through_the_readme_proxy(Proxy::Nginx);
+}
+
+#[test]
+fn behind_caddy_an_agent_deploys_over_wss_and_paho_reads_the_bus() {
+    through_the_readme_proxy(Proxy::Caddy);
+}
+
+/// The README's configuration of `kind` terminates TLS with a certificate made here: an
+/// agent deploys through it over `wss://`, and paho-mqtt reads the bus through it and
+/// directly, and is refused with a wrong token both ways.
+fn through_the_readme_proxy(kind: Proxy) {
     let mut w = World::new();
     let tls = w.dir.path().join("tls");
     let (ca, cert, key) = certificates(&tls);
     let gateway_addr = w.gateway.http.trim_start_matches("http://").to_owned();
-    let nginx = Nginx::start(&w.dir.path().join("nginx"), &gateway_addr, &cert, &key);
-    let wss = format!("wss://localhost:{}/mqtt", nginx.port);
+    let proxy = ReverseProxy::start(
+        kind,
+        &w.dir.path().join("proxy"),
+        &gateway_addr,
+        &cert,
+        &key,
+    );
+    let wss = format!("wss://localhost:{}/mqtt", proxy.port);
 
     w.agent_top = format!("ca_file = {:?}\n", ca.display().to_string());
     w.start_agent_on(std::slice::from_ref(&wss));
@@ -61,11 +79,16 @@ fn behind_nginx_an_agent_deploys_over_wss_and_paho_reads_the_bus() {
     let logs = w.agent.as_ref().unwrap().logs.text();
     assert!(logs.contains("wss://localhost"), "{logs}");
 
-    // paho-mqtt reads the retained order and fleet summary through nginx and directly.
+    // paho-mqtt reads the retained order and fleet summary through the proxy and directly.
     let topics = [topic("desired"), topic("fleet")];
     for (url, ca) in [(wss.as_str(), ca.as_path()), (&ws_url(&w), Path::new("-"))] {
         let (code, out) = paho(url, ca, WATCHER, WATCHER_TOKEN, &topics);
-        assert_eq!(code, 0, "paho over {url}: {out}");
+        assert_eq!(
+            code,
+            0,
+            "paho over {url}: {out}\n{kind:?} log:\n{}",
+            proxy.log()
+        );
         let got = &out["got"];
         let order: Value = serde_json::from_str(got[&topics[0]].as_str().unwrap()).unwrap();
         assert_eq!(order["sha"], sha1.as_str(), "{url}: {order}");
@@ -76,7 +99,7 @@ fn behind_nginx_an_agent_deploys_over_wss_and_paho_reads_the_bus() {
         assert_eq!(code, 5, "paho over {url} with a wrong token: {out}");
         assert_eq!(out["connack"], "Not authorized", "{url}: {out}");
     }
-    drop(nginx);
+    drop(proxy);
 }
 
 /// Runs `tests/fixtures/paho/ws_retained.py`: its exit code and its JSON line.
@@ -173,76 +196,141 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (file("ca.crt"), file("proxy.crt"), file("proxy.key"))
 }
 
-/// The README's nginx configuration, run as a test process (not a daemon) in `dir`.
-struct Nginx {
+/// The reverse proxies the README gives a configuration for.
+#[derive(Debug, Clone, Copy)]
+enum Proxy {
+    Nginx,
+    Caddy,
+}
+
+impl Proxy {
+    /// The installed binary, or a panic that says how to install it.
+    fn binary(self) -> &'static str {
+        let (candidates, package) = match self {
+            Proxy::Nginx => (
+                ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"],
+                "nginx",
+            ),
+            Proxy::Caddy => (
+                ["/usr/bin/caddy", "/usr/local/bin/caddy", "/usr/sbin/caddy"],
+                "caddy",
+            ),
+        };
+        candidates
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{package} is not installed: apt-get install {package} (.ci/run installs it)"
+                )
+            })
+    }
+
+    /// The README's configuration as a foreground process in `dir`: TLS on loopback `port`
+    /// with `cert`/`key`, forwarding to the gateway at `gateway_addr`.
+    fn command(
+        self,
+        dir: &Path,
+        port: u16,
+        gateway_addr: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> Command {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let shared = [
+            ("/etc/ssl/deploy.example.com.crt", cert.as_str()),
+            ("/etc/ssl/deploy.example.com.key", key.as_str()),
+            ("127.0.0.1:8080", gateway_addr),
+        ];
+        let d = dir.display();
+        match self {
+            Proxy::Nginx => {
+                let listen = format!("listen 127.0.0.1:{port} ssl;");
+                let site = readme_block("nginx", &shared, ("listen 443 ssl;", &listen));
+                // Only the process settings around the README's block are the test's own.
+                let conf = format!(
+                    "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+                     error_log {d}/error.log info;\n{user}\nevents {{ worker_connections 256; }}\n\
+                     http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
+                     proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
+                     uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{site}\n}}\n",
+                    user = if is_root() { "user root;" } else { "" },
+                );
+                let conf_path = dir.join("nginx.conf");
+                std::fs::write(&conf_path, conf).unwrap();
+                let mut cmd = Command::new(self.binary());
+                cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log"));
+                cmd.arg("-c").arg(conf_path);
+                cmd
+            }
+            Proxy::Caddy => {
+                let address = format!("https://localhost:{port} {{\n    bind 127.0.0.1");
+                let site = readme_block("caddy", &shared, ("deploy.example.com {", &address));
+                // The test's own global options: no admin endpoint (tests run side by side),
+                // no ACME and no redirect listener on port 80, state in `dir`, no HTTP/3 (a
+                // UDP port nobody reserved).
+                let conf = format!(
+                    "{{\n    admin off\n    auto_https off\n    skip_install_trust\n    \
+                     storage file_system {d}/data\n    servers {{\n        protocols h1 h2\n    \
+                     }}\n}}\n\n{site}"
+                );
+                let conf_path = dir.join("Caddyfile");
+                std::fs::write(&conf_path, conf).unwrap();
+                let mut cmd = Command::new(self.binary());
+                cmd.args(["run", "--adapter", "caddyfile", "--config"]);
+                cmd.arg(conf_path);
+                for var in ["HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"] {
+                    cmd.env(var, dir);
+                }
+                cmd
+            }
+        }
+    }
+}
+
+/// A reverse proxy run as a test process (not a daemon) with the README's configuration.
+struct ReverseProxy {
     port: u16,
     dir: PathBuf,
     child: Child,
 }
 
-impl Nginx {
-    fn start(dir: &Path, gateway_addr: &str, cert: &Path, key: &Path) -> Self {
-        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("nginx is not installed: apt-get install nginx (.ci/run installs it)");
+impl ReverseProxy {
+    fn start(kind: Proxy, dir: &Path, gateway_addr: &str, cert: &Path, key: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
-        let site = readme_nginx_site()
-            .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
-            .replace("127.0.0.1:8080", gateway_addr)
-            .replace(
-                "/etc/ssl/deploy.example.com.crt",
-                &cert.display().to_string(),
-            )
-            .replace(
-                "/etc/ssl/deploy.example.com.key",
-                &key.display().to_string(),
-            );
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log info;\n{user}\nevents {{ worker_connections 256; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{site}\n}}\n",
-            user = if is_root() { "user root;" } else { "" },
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf_path)
+        let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+        let child = kind
+            .command(dir, port, gateway_addr, cert, key)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .expect("nginx starts");
-        let mut nginx = Self {
+            .unwrap_or_else(|e| panic!("{kind:?} starts: {e}"));
+        let mut proxy = Self {
             port,
             dir: dir.to_owned(),
             child,
         };
-        orcastrate_testkit::eventually(WAIT, "nginx to listen", || {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                panic!("nginx exited with {status}:\n{}", nginx.log());
+        orcastrate_testkit::eventually(WAIT, &format!("{kind:?} to listen"), || {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("{kind:?} exited with {status}:\n{}", proxy.log());
             }
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        nginx
+        proxy
     }
 
+    /// What the proxy logged (nginx's error log, Caddy's standard error).
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+        ["error.log", "stderr.log"]
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .concat()
     }
 }
 
-impl Drop for Nginx {
+impl Drop for ReverseProxy {
     fn drop(&mut self) {
-        // SIGTERM lets the master stop its worker; SIGKILL would leave the worker behind.
+        // SIGTERM lets nginx's master stop its worker; SIGKILL would leave the worker behind.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -264,12 +352,25 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
-/// The ```nginx block of the workspace README: the configuration users copy is the one
-/// tested.
-fn readme_nginx_site() -> String {
+/// The ```{lang} block of the workspace README (the configuration users copy is the one
+/// tested) with the shared replacements and then `own` made; each must match, so a README
+/// edit cannot quietly leave the test running something else.
+fn readme_block(lang: &str, shared: &[(&str, &str)], own: (&str, &str)) -> String {
     let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let text = std::fs::read_to_string(readme).unwrap();
-    let start = text.find("```nginx\n").expect("README has an nginx block") + 9;
+    let fence = format!("```{lang}\n");
+    let start = text
+        .find(&fence)
+        .unwrap_or_else(|| panic!("README has no {lang} block"))
+        + fence.len();
     let len = text[start..].find("```").unwrap();
-    text[start..start + len].to_owned()
+    let mut block = text[start..start + len].to_owned();
+    for (from, to) in shared.iter().chain([&own]) {
+        assert!(
+            block.contains(from),
+            "the README's {lang} block no longer has `{from}`: update this test with it"
+        );
+        block = block.replace(from, to);
+    }
+    block
 }
