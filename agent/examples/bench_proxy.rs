@@ -103,7 +103,7 @@ async fn switches(
             proxy: public.map(|p| ProxyFile {
                 listen: Some(format!("127.0.0.1:{p}")),
                 drain_s: Some(5),
-                port_var: None,
+                ..ProxyFile::default()
             }),
         },
     )

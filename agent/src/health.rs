@@ -29,8 +29,9 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(250);
 /// healthy (it would usually crash on a bad config within it).
 const RUNNING_GRACE: Duration = Duration::from_secs(1);
 
-/// One GET; `Ok` on a 2xx status line.
-async fn http_once(target: &HttpTarget) -> Result<(), String> {
+/// One GET, after `preface` (a PROXY protocol header, or nothing); `Ok` on a 2xx status
+/// line.
+async fn http_once(target: &HttpTarget, preface: &[u8]) -> Result<(), String> {
     let addr = if target.host.contains(':') {
         format!("[{}]:{}", target.host, target.port)
     } else {
@@ -39,12 +40,13 @@ async fn http_once(target: &HttpTarget) -> Result<(), String> {
     let mut stream = TcpStream::connect(&addr)
         .await
         .map_err(|e| format!("GET http://{addr}{}: {e}", target.path))?;
-    let request = format!(
+    let mut request = preface.to_vec();
+    request.extend_from_slice(format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: orcastrate-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         target.path
-    );
+    ).as_bytes());
     stream
-        .write_all(request.as_bytes())
+        .write_all(&request)
         .await
         .map_err(|e| format!("GET http://{addr}{}: {e}", target.path))?;
     // Only the status line matters.
@@ -87,7 +89,11 @@ pub(crate) async fn check_once(
 ) -> Result<(), String> {
     let attempt = async {
         match check {
-            HealthCheck::Http(url) => http_once(&parse_http_url(url)?).await,
+            HealthCheck::Http(url) => http_once(&parse_http_url(url)?, &[]).await,
+            HealthCheck::HttpBehindProxy(url, protocol) => {
+                let header = crate::proxy_protocol::local(*protocol);
+                http_once(&parse_http_url(url)?, &header).await
+            }
             HealthCheck::Command(cmd) => {
                 let out = crate::steps::output(&Cmd::shell(cmd, dir).run_as(user))
                     .await

@@ -22,6 +22,7 @@
 //! - `supervisor`: the app process: start, restart, stop, adopt, and how it died.
 //! - [`app_log`]: the app's output, one timestamped, rotated log file per release.
 //! - `health`: HTTP and command health checks.
+//! - `proxy`: the `[proxy]` socket and relay; `proxy_protocol`: the header it can send.
 //! - `secrets`: decrypting the per-environment config.
 //! - [`handoff`]: secrets moved out of the environment at start-up, the process non-dumpable.
 //! - `users`: the `run_as` user of steps and the app.
@@ -46,6 +47,7 @@ mod health;
 mod outcome;
 mod procs;
 mod proxy;
+mod proxy_protocol;
 mod random;
 mod redact;
 mod release;

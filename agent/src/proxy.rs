@@ -2,6 +2,8 @@
 //! new connection to the private loopback port of the release that serves now, so a switch
 //! between releases refuses no connection. Connections already open stay on their release
 //! until they end; [`Proxy::drain`] waits for them before the old app is stopped.
+//! With `proxy_protocol` each connection to the app starts with a PROXY protocol header
+//! naming the client (`proxy_protocol.rs`).
 //!
 //! Across an agent restart the public socket survives through systemd's socket activation
 //! (`LISTEN_FDS` from a `.socket` unit, README: "Zero-downtime switches"): systemd holds it, so
@@ -18,8 +20,11 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ProxyProtocol;
 
 /// How often [`Proxy::drain`] looks whether the old release's connections are done.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -42,15 +47,22 @@ pub(crate) struct Proxy {
     /// Open connections per private port.
     open: Arc<Mutex<HashMap<u16, usize>>>,
     listen: SocketAddr,
+    /// The PROXY protocol header each connection to the app starts with, if any.
+    protocol: Option<ProxyProtocol>,
 }
 
 impl Proxy {
-    /// Binds the public address and serves it until `stop` fires.
+    /// Binds the public address and serves it until `stop` fires, starting each connection
+    /// to the app with a `protocol` header if one is given.
     ///
     /// # Errors
     ///
     /// When the address cannot be bound (in use, or a privileged port).
-    pub(crate) fn start(listen: SocketAddr, stop: CancellationToken) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        listen: SocketAddr,
+        protocol: Option<ProxyProtocol>,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
         let socket = match inherited(listen)? {
             Some(socket) => socket,
             None => StdListener::bind(listen)?,
@@ -62,6 +74,7 @@ impl Proxy {
             target: Arc::new(AtomicU16::new(0)),
             open: Arc::new(Mutex::new(HashMap::new())),
             listen,
+            protocol,
         };
         tokio::spawn(proxy.clone().serve(listener, stop));
         tracing::info!(%listen, "proxy listening");
@@ -129,9 +142,9 @@ impl Proxy {
                 () = stop.cancelled() => return,
             };
             match accepted {
-                Ok((client, _)) => {
+                Ok((client, peer)) => {
                     let _ = client.set_nodelay(true);
-                    tokio::spawn(self.clone().relay(client));
+                    tokio::spawn(self.clone().relay(client, peer));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "proxy cannot accept");
@@ -143,8 +156,9 @@ impl Proxy {
 
     /// Copies between `client` and the app serving now. Until there is one (start-up) or
     /// while it does not accept (it is being restarted), the client waits up to
-    /// [`CONNECT_PATIENCE`] rather than being refused.
-    async fn relay(self, mut client: TcpStream) {
+    /// [`CONNECT_PATIENCE`] rather than being refused. With `proxy_protocol`, the app first
+    /// gets the header naming `peer` and the public address it connected to.
+    async fn relay(self, mut client: TcpStream, peer: SocketAddr) {
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
         let (mut app, _open) = loop {
             let error = match self.target() {
@@ -164,6 +178,14 @@ impl Proxy {
             tokio::time::sleep(CONNECT_PAUSE).await;
         };
         let _ = app.set_nodelay(true);
+        if let Some(protocol) = self.protocol {
+            let public = client.local_addr().unwrap_or(self.listen);
+            let header = crate::proxy_protocol::relayed(protocol, peer, public);
+            if let Err(e) = app.write_all(&header).await {
+                tracing::warn!(error = %e, "proxy cannot write the PROXY header to the app");
+                return;
+            }
+        }
         let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
     }
 }
@@ -251,7 +273,7 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
 
     async fn echo_server(tag: &'static [u8]) -> u16 {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -283,7 +305,7 @@ mod tests {
     async fn new_connections_follow_the_switch_and_old_ones_drain() {
         let (a, b) = (echo_server(b"a").await, echo_server(b"b").await);
         let stop = CancellationToken::new();
-        let proxy = Proxy::start((Ipv4Addr::LOCALHOST, 0).into(), stop.clone()).unwrap();
+        let proxy = Proxy::start((Ipv4Addr::LOCALHOST, 0).into(), None, stop.clone()).unwrap();
         proxy.switch_to(a);
         let mut old = TcpStream::connect(proxy.listen()).await.unwrap();
         assert_eq!(ask(&mut old).await, b"a");
@@ -297,5 +319,38 @@ mod tests {
         assert_eq!(proxy.drain(a, Duration::from_secs(10)).await, 0);
         assert_eq!(proxy.open_to(b), 1);
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_app_reads_the_client_address_before_the_data() {
+        for (protocol, expect_v1) in [(ProxyProtocol::V1, true), (ProxyProtocol::V2, false)] {
+            let app = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let stop = CancellationToken::new();
+            let proxy = Proxy::start(
+                (Ipv4Addr::LOCALHOST, 0).into(),
+                Some(protocol),
+                stop.clone(),
+            )
+            .unwrap();
+            proxy.switch_to(app.local_addr().unwrap().port());
+            let mut client = TcpStream::connect(proxy.listen()).await.unwrap();
+            let me = client.local_addr().unwrap();
+            client.write_all(b"hello").await.unwrap();
+            let (mut seen, _) = app.accept().await.unwrap();
+            let expected = crate::proxy_protocol::relayed(protocol, me, proxy.listen());
+            let mut got = vec![0u8; expected.len() + 5];
+            seen.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got[..expected.len()], expected.as_slice());
+            assert_eq!(&got[expected.len()..], b"hello");
+            if expect_v1 {
+                let line = format!(
+                    "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+                    me.port(),
+                    proxy.listen().port()
+                );
+                assert_eq!(expected, line.as_bytes());
+            }
+            stop.cancel();
+        }
     }
 }

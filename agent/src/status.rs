@@ -7,11 +7,14 @@ use orcastrate_broker::{AgentState, AgentStatus};
 
 use crate::config::Settings;
 use crate::connection::Bus;
+use crate::proxy::Proxy;
 
 /// Holds the status and publishes every change.
 pub(crate) struct StatusBoard {
     bus: Bus,
     current: Mutex<AgentStatus>,
+    /// With `[proxy]`: where new connections go, reported as the running release's `port`.
+    proxy: Option<Proxy>,
 }
 
 /// A status with no order yet: `idle`.
@@ -26,10 +29,11 @@ pub(crate) fn initial(settings: &Settings) -> AgentStatus {
 }
 
 impl StatusBoard {
-    pub(crate) fn new(bus: Bus, status: AgentStatus) -> Self {
+    pub(crate) fn new(bus: Bus, status: AgentStatus, proxy: Option<Proxy>) -> Self {
         Self {
             bus,
             current: Mutex::new(status),
+            proxy,
         }
     }
 
@@ -45,6 +49,11 @@ impl StatusBoard {
     pub(crate) fn update(&self, change: impl FnOnce(&mut AgentStatus)) {
         let mut s = self.current.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut s);
+        // The proxy switches before the outcome is recorded, so the port is always that of
+        // `running_sha`; an app stopped with the agent serves on none.
+        if let Some(proxy) = &self.proxy {
+            s.port = s.running_sha.as_ref().and(proxy.target());
+        }
         if let Some(e) = &s.error {
             s.error = Some(crate::redact::redact(e).into_owned());
         }

@@ -220,6 +220,11 @@ pub struct AgentStatus {
     pub previous_sha: Option<String>,
     /// Release directory name, `{seq}-{sha12}`.
     pub release: Option<String>,
+    /// The private loopback port the running release serves on behind the agent's
+    /// `[proxy]`; absent without it, and then the MAC's string is the same as before the
+    /// field existed (see [`crate::sign::status_canonical`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     pub updated_at: String,
     pub deploy_ms: Option<u64>,
     pub error: Option<String>,
@@ -247,6 +252,7 @@ impl AgentStatus {
             running_sha: None,
             previous_sha: None,
             release: None,
+            port: None,
             updated_at: crate::time::now(),
             deploy_ms: None,
             error: None,
@@ -271,6 +277,9 @@ pub struct FleetAgent {
     pub seq: Option<u64>,
     pub sha12: Option<String>,
     pub running_sha12: Option<String>,
+    /// The private port its running release serves on behind the agent's `[proxy]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     pub updated_at: String,
 }
 

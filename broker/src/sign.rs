@@ -66,10 +66,12 @@ fn order_fields(o: &DeployOrder) -> String {
     )
 }
 
-/// The string a status's `mac` covers.
+/// The string a status's `mac` covers. A `port` (behind the agent's `[proxy]`) adds a line;
+/// without one the string is the one agents and gateways that predate the field sign and
+/// verify, so those keep working together.
 pub fn status_canonical(s: &AgentStatus) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-    format!(
+    let mut canonical = format!(
         "orcastrate-status-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
         s.agent,
         s.repo,
@@ -82,7 +84,12 @@ pub fn status_canonical(s: &AgentStatus) -> String {
         opt(&s.running_sha),
         opt(&s.previous_sha),
         s.updated_at
-    )
+    );
+    if let Some(port) = s.port {
+        canonical.push('\n');
+        canonical.push_str(&port.to_string());
+    }
+    canonical
 }
 
 /// The key id of a public key: the first 16 hex digits of its SHA-256.
@@ -347,6 +354,24 @@ mod tests {
         assert!(!verify_status("token", &t));
         let mut t = s.clone();
         t.mac = "zz".into();
+        assert!(!verify_status("token", &t));
+
+        // `port` adds a line when present; absent, the string is unchanged (older agents and
+        // gateways keep verifying each other), and the JSON has no `port` at all.
+        let before = status_canonical(&s);
+        assert!(!serde_json::to_string(&s).unwrap().contains("port"));
+        let mut p = s.clone();
+        p.port = Some(41234);
+        assert_eq!(status_canonical(&p), format!("{before}\n41234"));
+        assert!(!verify_status("token", &p), "sealed without the port");
+        seal_status("token", &mut p);
+        assert!(verify_status("token", &p));
+        let back: AgentStatus = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert!(verify_status("token", &back));
+        let mut t = p.clone();
+        t.port = Some(41235);
+        assert!(!verify_status("token", &t));
+        t.port = None;
         assert!(!verify_status("token", &t));
     }
 }

@@ -165,6 +165,7 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
                             s(&s_["seq"]),
                             short(&s_["sha"]),
                             short(&s_["running_sha"]),
+                            s(&s_["port"]),
                             s(&s_["updated_at"]),
                             error_cell(&s_["error"]),
                         ]
@@ -174,8 +175,8 @@ pub fn status(args: &ListArgs) -> anyhow::Result<()> {
             .unwrap_or_default();
         table(
             &[
-                "AGENT", "REPO", "ENV", "STATE", "STEP", "SEQ", "SHA", "RUNNING", "UPDATED",
-                "ERROR",
+                "AGENT", "REPO", "ENV", "STATE", "STEP", "SEQ", "SHA", "RUNNING", "PORT",
+                "UPDATED", "ERROR",
             ],
             rows,
         )

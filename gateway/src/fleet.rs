@@ -288,6 +288,7 @@ impl Fleet {
                         seq: s.seq,
                         sha12: s.sha.as_deref().map(sha12),
                         running_sha12: s.running_sha.as_deref().map(sha12),
+                        port: s.port,
                         updated_at: s.updated_at.clone(),
                     })
                     .collect()

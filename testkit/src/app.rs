@@ -2,10 +2,11 @@
 //! how to ask it who it is.
 //!
 //! A release of it is the files [`files`] makes. It answers `/` with
-//! `{"version", "pid", "greeting"}` (the greeting from its decrypted
+//! `{"version", "pid", "greeting", "client"}` (the greeting from its decrypted
 //! `config/decrypted_production.json`, if any), `/health` with 200 (500 if the release has a
 //! file `UNHEALTHY`) and `/env` with its environment; it listens on the port in its `PORT`
-//! file, after the milliseconds in its `DELAY` file if it has one.
+//! file, after the milliseconds in its `DELAY` file if it has one. Its other tricks (a slow
+//! download, a WebSocket, a PROXY protocol header) are listed at the top of the fixture.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -46,16 +47,21 @@ pub fn commit(origin: &Origin, version: &str, port: u16, extra: &[(&str, Option<
     origin.commit(version, &all)
 }
 
+/// A connection to the app on `port` with `request` sent, whose reads give up after 5 s.
+fn send(port: u16, request: &str) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    Some(stream)
+}
+
 /// `GET http://127.0.0.1:{port}{path}`: the status and body, or `None` if nothing answers
 /// (within 5 s).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    let mut stream = send(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -73,6 +79,43 @@ pub fn answer(port: u16) -> Option<Value> {
         return None;
     }
     serde_json::from_str(&body).ok()
+}
+
+/// A WebSocket open to the app's `/ws` on `port`, the long-lived connection of the
+/// zero-downtime tests: [`AppSocket::ask`] says which release the connection is on.
+pub struct AppSocket {
+    stream: TcpStream,
+}
+
+impl AppSocket {
+    /// Opens it (the HTTP upgrade), or `None` if the app does not answer `101` within 5 s.
+    pub fn open(port: u16) -> Option<Self> {
+        // The key is RFC 6455's example; the fixture does not need a fresh one.
+        let mut stream = send(
+            port,
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            stream.read_exact(&mut byte).ok()?;
+            head.push(byte[0]);
+        }
+        head.starts_with(b"HTTP/1.1 101 ")
+            .then_some(Self { stream })
+    }
+
+    /// Sends a message and returns the version that answered, `None` if the connection
+    /// is gone.
+    pub fn ask(&mut self) -> Option<String> {
+        // An empty text frame, masked (with a zero key) as clients must.
+        self.stream.write_all(&[0x81, 0x80, 0, 0, 0, 0]).ok()?;
+        let mut head = [0u8; 2];
+        self.stream.read_exact(&mut head).ok()?;
+        let mut body = vec![0u8; usize::from(head[1] & 0x7f)];
+        self.stream.read_exact(&mut body).ok()?;
+        String::from_utf8(body).ok()
+    }
 }
 
 /// Who answers on `port`: (version, pid), or `None` if nothing answers.

@@ -163,10 +163,8 @@ impl EventLoop<'_> {
         let ctx = self.ctx.clone();
         let cancel = self.checks_cancel.clone();
         self.checks.spawn(async move {
-            let check = crate::config::health_on(
-                &ctx.settings.health.check,
-                ctx.supervisor.info().and_then(|i| i.port),
-            );
+            let check =
+                crate::config::health_on(&ctx.settings, ctx.supervisor.info().and_then(|i| i.port));
             let result = crate::health::wait_healthy(
                 &check,
                 &ctx.layout.current(),
@@ -279,10 +277,8 @@ impl EventLoop<'_> {
             return;
         }
         let tx = self.health_tx.clone();
-        let check = crate::config::health_on(
-            &ctx.settings.health.check,
-            ctx.supervisor.info().and_then(|i| i.port),
-        );
+        let check =
+            crate::config::health_on(&ctx.settings, ctx.supervisor.info().and_then(|i| i.port));
         let dir = ctx.layout.current();
         let alive = ctx.supervisor.alive();
         let user = ctx.settings.run_as.clone();

@@ -124,8 +124,8 @@ pub async fn run(
         git,
         state,
         supervisor,
+        status: StatusBoard::new(connection.bus.clone(), initial, proxy.clone()),
         proxy,
-        status: StatusBoard::new(connection.bus.clone(), initial),
         bus: connection.bus.clone(),
     });
     let running = ctx.running_sha();
@@ -189,12 +189,10 @@ async fn boot_app(
                 tracing::info!("restarting the app behind the proxy (it ran on its own port)");
                 supervisor.stop().await;
             }
-            let proxy =
-                crate::proxy::Proxy::start(p.listen, stop_proxy.clone()).map_err(|source| {
-                    AgentError::Proxy {
-                        listen: p.listen.to_string(),
-                        source,
-                    }
+            let proxy = crate::proxy::Proxy::start(p.listen, p.protocol, stop_proxy.clone())
+                .map_err(|source| AgentError::Proxy {
+                    listen: p.listen.to_string(),
+                    source,
                 })?;
             if let Some(port) = supervisor.info().and_then(|i| i.port) {
                 proxy.switch_to(port);

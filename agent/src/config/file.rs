@@ -95,6 +95,7 @@ pub struct ProxyFile {
     pub listen: Option<String>,
     pub drain_s: Option<i64>,
     pub port_var: Option<String>,
+    pub proxy_protocol: Option<String>,
 }
 
 /// Reads and parses the config file.

@@ -40,7 +40,9 @@ pub use file::{
 pub use orcastrate_broker::ConfigError;
 use orcastrate_broker::Problems;
 pub(crate) use proxy::health_on;
-pub use proxy::{ProxySettings, DEFAULT_DRAIN_S, DEFAULT_PORT_VAR, PORT_PLACEHOLDER};
+pub use proxy::{
+    ProxyProtocol, ProxySettings, DEFAULT_DRAIN_S, DEFAULT_PORT_VAR, PORT_PLACEHOLDER,
+};
 
 /// Default `install` step.
 pub const DEFAULT_INSTALL: &str = "npm install";
@@ -80,6 +82,9 @@ pub enum OnShutdown {
 pub enum HealthCheck {
     /// An HTTP GET that must answer 2xx (`http://` only).
     Http(String),
+    /// The same GET to a release's private port behind `[proxy] proxy_protocol`, starting
+    /// with the header for the agent's own connections (v1 `UNKNOWN`, v2 `LOCAL`).
+    HttpBehindProxy(String, ProxyProtocol),
     /// A shell command run in the release directory that must exit 0.
     Command(String),
     /// No check configured: healthy when the app is still running a moment after start.

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{ConfigError, FileConfig, HealthCheck};
+use super::{ConfigError, FileConfig, HealthCheck, Settings};
 use orcastrate_broker::Problems;
 
 /// Default time old connections may finish after a switch (`[proxy] drain_s`).
@@ -12,6 +12,16 @@ pub const DEFAULT_DRAIN_S: u64 = 30;
 pub const DEFAULT_PORT_VAR: &str = "PORT";
 /// The placeholder for a release's private port in `start` and `[health] http`.
 pub const PORT_PLACEHOLDER: &str = "{port}";
+
+/// Which PROXY protocol header the proxy writes at the start of each connection to the app
+/// (`[proxy] proxy_protocol`), so the app sees the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text line, `PROXY TCP4 {client} {public} {client port} {public port}\r\n`.
+    V1,
+    /// The binary block (HAProxy's version 2).
+    V2,
+}
 
 /// The validated `[proxy]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +32,8 @@ pub struct ProxySettings {
     pub drain: Duration,
     /// The environment variable that carries the release's private port.
     pub port_var: String,
+    /// The PROXY protocol header each connection to the app starts with; `None`: none.
+    pub protocol: Option<ProxyProtocol>,
 }
 
 /// `[proxy]`; `None` without the section. `{port}` in `start` or `[health] http` needs it.
@@ -87,22 +99,42 @@ pub(super) fn proxy(origin: &str, file: &FileConfig) -> Result<Option<ProxySetti
             format!("{v:?} is not an environment variable name: use letters, digits and _, e.g. \"PORT\""),
         )),
     });
-    let value = match (listen, drain, port_var) {
-        (Some(listen), Some(drain), Some(port_var)) => Some(Some(ProxySettings {
+    let protocol = p.check(match proxy.proxy_protocol.as_deref() {
+        None => Ok(None),
+        Some("v1") => Ok(Some(ProxyProtocol::V1)),
+        Some("v2") => Ok(Some(ProxyProtocol::V2)),
+        Some(v) => Err(ConfigError::new(
+            origin,
+            "proxy.proxy_protocol",
+            format!("{v:?} is not a PROXY protocol version: use \"v1\" (text) or \"v2\" (binary), as the app's server expects, or remove the key for no header"),
+        )),
+    });
+    let value = match (listen, drain, port_var, protocol) {
+        (Some(listen), Some(drain), Some(port_var), Some(protocol)) => Some(Some(ProxySettings {
             listen,
             drain,
             port_var,
+            protocol,
         })),
         _ => None,
     };
     p.finish(value, origin)
 }
 
-/// `check` with `{port}` replaced by `port`.
-pub(crate) fn health_on(check: &HealthCheck, port: Option<u16>) -> HealthCheck {
+/// The health check of the release on private `port`: `{port}` replaced by it. Behind a
+/// PROXY protocol header, an HTTP check of `{port}` starts with the header for the agent's
+/// own connections, since the app then expects one on every connection.
+pub(crate) fn health_on(settings: &Settings, port: Option<u16>) -> HealthCheck {
+    let check = &settings.health.check;
     match (check, port) {
         (HealthCheck::Http(url), Some(port)) => {
-            HealthCheck::Http(url.replace(PORT_PLACEHOLDER, &port.to_string()))
+            let with_port = url.replace(PORT_PLACEHOLDER, &port.to_string());
+            match settings.proxy.as_ref().and_then(|p| p.protocol) {
+                Some(protocol) if url.contains(PORT_PLACEHOLDER) => {
+                    HealthCheck::HttpBehindProxy(with_port, protocol)
+                }
+                _ => HealthCheck::Http(with_port),
+            }
         }
         _ => check.clone(),
     }

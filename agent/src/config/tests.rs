@@ -394,6 +394,7 @@ fn proxy_section() {
             listen: listen.map(str::to_owned),
             drain_s,
             port_var: port_var.map(str::to_owned),
+            proxy_protocol: None,
         })
     };
     // Off by default.
@@ -404,13 +405,38 @@ fn proxy_section() {
         Some("http://127.0.0.1:{port}/healthz"),
     )
     .unwrap();
-    let p = s.proxy.unwrap();
+    let p = s.proxy.clone().unwrap();
     assert_eq!(p.listen, "0.0.0.0:3000".parse().unwrap());
     assert_eq!(p.drain, std::time::Duration::from_secs(DEFAULT_DRAIN_S));
     assert_eq!(p.port_var, DEFAULT_PORT_VAR);
+    assert_eq!(p.protocol, None);
     assert_eq!(
-        health_on(&s.health.check, Some(4100)),
+        health_on(&s, Some(4100)),
         HealthCheck::Http("http://127.0.0.1:4100/healthz".into())
+    );
+    // A PROXY protocol header: the health check of {port} sends one too.
+    let mut file = proxy(Some("0.0.0.0:3000"), None, None);
+    for (given, expected) in [("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)] {
+        file.as_mut().unwrap().proxy_protocol = Some(given.into());
+        let s = with(file.clone(), Some("http://127.0.0.1:{port}/healthz")).unwrap();
+        assert_eq!(s.proxy.as_ref().unwrap().protocol, Some(expected));
+        assert_eq!(
+            health_on(&s, Some(4100)),
+            HealthCheck::HttpBehindProxy("http://127.0.0.1:4100/healthz".into(), expected)
+        );
+        // A fixed port is not the app's proxied one: no header.
+        let s = with(file.clone(), Some("http://127.0.0.1:9000/healthz")).unwrap();
+        assert_eq!(
+            health_on(&s, Some(4100)),
+            HealthCheck::Http("http://127.0.0.1:9000/healthz".into())
+        );
+    }
+    file.as_mut().unwrap().proxy_protocol = Some("2".into());
+    let e = with(file, None).unwrap_err();
+    assert_eq!(e.key, "proxy.proxy_protocol");
+    assert!(
+        e.problem.contains("\"v1\"") && e.problem.contains("\"v2\""),
+        "{e}"
     );
     // Each problem names its key.
     let key = |r: Result<Settings, ConfigError>| r.unwrap_err().key;

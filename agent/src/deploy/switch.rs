@@ -36,7 +36,7 @@ impl Job<'_> {
             return self.failed_early(None, error);
         }
         self.step(Step::Health);
-        let check = crate::config::health_on(&ctx.settings.health.check, Some(port));
+        let check = crate::config::health_on(&ctx.settings, Some(port));
         let health = self
             .wait_health(
                 &check,

@@ -1,6 +1,8 @@
 //! `[proxy]`: a client hammering the public port across a deploy, a failing deploy, a
 //! rollback, a no-op order and an agent restart sees no refused or failed request; a long
-//! download finishes on the release it started on; the old app is gone afterwards.
+//! download and a WebSocket stay on the release they started on; the old app is gone
+//! afterwards; the status names the private port of each release; a PROXY protocol header
+//! gives the app the client's address.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -9,8 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use orcastrate_broker::{AgentState, OrderKind};
-use orcastrate_testkit::app::{answer, http_get};
+use orcastrate_broker::{AgentState, AgentStatus, OrderKind};
+use orcastrate_testkit::app::{answer, http_get, AppSocket};
 
 use crate::common::*;
 
@@ -60,13 +62,13 @@ impl Hammer {
     }
 }
 
-/// A world whose agent serves the app behind `[proxy]` on `public`; the health check
-/// reaches each release on its private `{port}`.
-async fn proxied_world(public: u16, on_shutdown: &str) -> World {
+/// A world whose agent serves the app behind `[proxy]` on `public` (with `more` keys of
+/// it); the health check reaches each release on its private `{port}`.
+async fn proxied_world(public: u16, on_shutdown: &str, more: &str) -> World {
     let w = World::with(Options {
         health_timeout_s: Some(5),
         on_shutdown: Some(on_shutdown.to_owned()),
-        extra_tables: format!("\n[proxy]\nlisten = \"127.0.0.1:{public}\"\ndrain_s = 20\n"),
+        extra_tables: format!("\n[proxy]\nlisten = \"127.0.0.1:{public}\"\ndrain_s = 20\n{more}"),
         ..Options::default()
     })
     .await;
@@ -90,6 +92,20 @@ fn serving(port: u16, version: &str) -> u64 {
     })
 }
 
+/// The private port `status` names, where `version` answers directly.
+#[track_caller]
+fn private_port(status: &AgentStatus, version: &str) -> u16 {
+    let port = status
+        .port
+        .unwrap_or_else(|| panic!("no port in {status:?}"));
+    assert_eq!(
+        answer(port).map(|a| a["version"].clone()),
+        Some(version.into()),
+        "port {port} of {status:?}"
+    );
+    port
+}
+
 fn gone(pid: u64) {
     eventually(WAIT, &format!("app {pid} gone"), || {
         (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
@@ -99,22 +115,32 @@ fn gone(pid: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_failed_deploy_and_rollback_fail_no_request() {
     let public = free_port();
-    let mut w = proxied_world(public, "stop").await;
-    let (v1, _, _) = w.start_healthy_on_v1("true").await;
+    let mut w = proxied_world(public, "stop", "").await;
+    let (v1, seq, _) = w.start_healthy_on_v1("true").await;
+    let port1 = private_port(&w.bus.wait_outcome(seq).await, "v1");
     let pid1 = serving(public, "v1");
     let hammer = Hammer::start(public);
-    // A long download, started on v1 before the switch.
+    // A long download and a WebSocket, opened on v1 before the switch.
     let slow = std::thread::spawn(move || http_get(public, "/slow?ms=3000"));
+    let mut socket = AppSocket::open(public).expect("the WebSocket upgrade");
+    assert_eq!(socket.ask().as_deref(), Some("v1"));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // A deploy: v2 starts beside v1 and gets new connections once healthy.
+    // A deploy: v2 starts beside v1 on its own port and gets new connections once healthy.
     let v2 = w.commit("v2", "true");
     let seq = w.order(&v2, OrderKind::Push).await;
-    assert_eq!(w.bus.wait_outcome(seq).await.state, AgentState::Healthy);
+    let out = w.bus.wait_outcome(seq).await;
+    assert_eq!(out.state, AgentState::Healthy);
+    let port2 = private_port(&out, "v2");
+    assert_ne!(port2, port1);
     let pid2 = serving(public, "v2");
+    // The WebSocket stays on v1, which drains until it closes.
+    assert_eq!(socket.ask().as_deref(), Some("v1"));
     let (code, body) = slow.join().unwrap().expect("the long download finished");
     assert_eq!(code, 200);
     assert_eq!(body.lines().filter(|l| *l == "v1").count(), 30, "{body}");
+    assert_eq!(socket.ask().as_deref(), Some("v1"));
+    drop(socket);
     gone(pid1);
 
     // A failing deploy never gets traffic, and v2 is never stopped.
@@ -122,6 +148,7 @@ async fn deploy_failed_deploy_and_rollback_fail_no_request() {
     let seq = w.order(&v3, OrderKind::Push).await;
     let out = w.bus.wait_outcome(seq).await;
     assert_eq!(out.state, AgentState::Failed, "{out:?}");
+    assert_eq!(out.port, Some(port2), "{out:?}");
     assert_eq!(serving(public, "v2"), pid2);
     eventually(WAIT, "only v2's app left", || {
         (w.app_pids() == [pid2 as i32]).then_some(())
@@ -129,13 +156,18 @@ async fn deploy_failed_deploy_and_rollback_fail_no_request() {
 
     // A rollback is the same switch, to the release on disk.
     let seq = w.order(&v1, OrderKind::Rollback).await;
-    assert_eq!(w.bus.wait_outcome(seq).await.state, AgentState::Healthy);
+    let out = w.bus.wait_outcome(seq).await;
+    assert_eq!(out.state, AgentState::Healthy);
+    let port3 = private_port(&out, "v1");
+    assert_ne!(port3, port2);
     let pid1b = serving(public, "v1");
     gone(pid2);
 
     // The sha already serving healthy: nothing to do, no restart.
     let seq = w.order(&v1, OrderKind::Rollback).await;
-    assert_eq!(w.bus.wait_outcome(seq).await.state, AgentState::Healthy);
+    let out = w.bus.wait_outcome(seq).await;
+    assert_eq!(out.state, AgentState::Healthy);
+    assert_eq!(out.port, Some(port3));
     assert!(w
         .bus
         .logs()
@@ -185,12 +217,13 @@ fn agent_with_socket(w: &World, listener: &TcpListener) -> Command {
 async fn agent_restart_with_socket_activation_fails_no_request() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let public = listener.local_addr().unwrap().port();
-    let mut w = proxied_world(public, "keep").await;
+    let mut w = proxied_world(public, "keep", "").await;
     let v1 = w.commit("v1", "true");
     let seq = w.order(&v1, OrderKind::Push).await;
     let first = w.push_agent(agent_with_socket(&w, &listener));
     let out = w.bus.wait_outcome(seq).await;
     assert_eq!(out.state, AgentState::Healthy, "{}", w.agent_log(first));
+    let port = private_port(&out, "v1");
     let pid = serving(public, "v1");
     let hammer = Hammer::start(public);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -202,6 +235,12 @@ async fn agent_restart_with_socket_activation_fails_no_request() {
             .contains("adopted the running app")
             .then_some(())
     });
+    // The new agent reports the adopted app's port.
+    w.bus
+        .wait_status("the adopted app's port", |s| {
+            s.session != out.session && s.port == Some(port)
+        })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let t = hammer.finish();
@@ -212,4 +251,45 @@ async fn agent_restart_with_socket_activation_fails_no_request() {
         pid,
         "the app was adopted, not restarted"
     );
+}
+
+/// `[proxy] proxy_protocol`: the app (which, like nginx's `proxy_protocol`, refuses
+/// connections without the header) reads the client's own address from it: here
+/// 127.0.0.2, while the proxy connects from 127.0.0.1. The agent's health check gets
+/// through too, with the header for local connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_gives_the_app_the_client_address() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for version in ["v1", "v2"] {
+        let public = free_port();
+        let mut w =
+            proxied_world(public, "stop", &format!("proxy_protocol = \"{version}\"\n")).await;
+        let v1 = w.commit_with("v1", "true", &[("PROXY_PROTOCOL", Some(""))]);
+        let seq = w.order(&v1, OrderKind::Push).await;
+        w.start_until_healthy(seq).await;
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket
+            .connect(([127, 0, 0, 1], public).into())
+            .await
+            .unwrap();
+        let me = stream.local_addr().unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let seen: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(seen["client"], me.to_string(), "{version}: {text}");
+
+        // Straight to the app, without the header: refused, so the header is what it read.
+        let port = w.bus.wait_outcome(seq).await.port.unwrap();
+        assert_eq!(http_get(port, "/"), None, "{version}");
+    }
 }

@@ -681,6 +681,7 @@ pub(crate) fn agent_status(
         running_sha: None,
         previous_sha: None,
         release: None,
+        port: None,
         updated_at: orcastrate_broker::time::now(),
         deploy_ms: None,
         error: None,

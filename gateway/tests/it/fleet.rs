@@ -366,3 +366,56 @@ fn a_burst_of_statuses_reaches_the_gateway_whole() {
         gw.metrics().lines().any(|l| l == line).then_some(())
     });
 }
+
+/// Issue 16: an agent behind `[proxy]` reports the private port its release serves on; the
+/// fleet summary, `/api/v1/agents` and `status` show it, and the MAC covers it.
+#[test]
+fn r16_the_port_of_a_proxied_release_shows_everywhere_and_is_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    let topic = format!("orcastrate/{REPO}/{ENV}/status/web-1");
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    let with_port = |port: u16| {
+        let mut s = status("web-1", ENV, AgentState::Healthy, "token-web-1");
+        s.port = Some(port);
+        sign::seal_status("token-web-1", &mut s);
+        s
+    };
+    agent.publish(&topic, serde_json::to_vec(&with_port(41234)).unwrap(), true);
+    agent.flush();
+    let fleet_port = || {
+        let mut sub = gw.mqtt("ops", "token-ops");
+        sub.subscribe(&format!("orcastrate/{REPO}/{ENV}/fleet"));
+        let (_, payload) = sub.wait_for(Duration::from_secs(3), |_, _| true)?;
+        let summary: FleetSummary = serde_json::from_slice(&payload).ok()?;
+        summary.agents.iter().find(|a| a.agent == "web-1")?.port
+    };
+    eventually(Duration::from_secs(10), "port 41234 in the fleet", || {
+        (fleet_port() == Some(41234)).then_some(())
+    });
+    let (_, v) = gw.admin_get("/api/v1/agents");
+    assert_eq!(v["agents"][0]["port"], 41234, "{v}");
+    let out = std::process::Command::new(crate::process::BIN)
+        .args(["status", "--gateway", &gw.http])
+        .env("ORCASTRATE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let column = |line: &str| line.split_whitespace().nth(8).map(str::to_owned);
+    assert_eq!(
+        column(out.lines().next().unwrap()).as_deref(),
+        Some("PORT"),
+        "{out}"
+    );
+    let row = out.lines().find(|l| l.starts_with("web-1")).unwrap();
+    assert_eq!(column(row).as_deref(), Some("41234"), "{out}");
+
+    // The port changed after sealing: refused, the recorded port stays.
+    let mut tampered = with_port(41234);
+    tampered.port = Some(41235);
+    agent.publish(&topic, serde_json::to_vec(&tampered).unwrap(), true);
+    agent.flush();
+    wait_refused(&gw, "bad_mac", 1);
+    let (_, v) = gw.admin_get("/api/v1/agents");
+    assert_eq!(v["agents"][0]["port"], 41234, "{v}");
+}
