@@ -668,25 +668,9 @@ pub(crate) fn agent_status(
     state: AgentState,
 ) -> AgentStatus {
     AgentStatus {
-        v: orcastrate_broker::PAYLOAD_VERSION,
-        agent: name.into(),
-        host: "bench".into(),
-        repo: repo.into(),
-        env: env.into(),
         session: session.into(),
         state,
-        step: None,
-        seq: None,
-        sha: None,
-        running_sha: None,
-        previous_sha: None,
-        release: None,
-        port: None,
-        updated_at: orcastrate_broker::time::now(),
-        deploy_ms: None,
-        error: None,
-        version: "bench".into(),
-        mac: String::new(),
+        ..AgentStatus::idle(name, "bench", repo, env, "bench")
     }
 }
 
