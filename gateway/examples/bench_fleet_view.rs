@@ -135,15 +135,14 @@ fn main() -> anyhow::Result<()> {
     let watcher_token = format!("bench-watcher-token-{run_id}");
     let config_path = write_config(dir.path(), (http_addr, mqtt_addr), &names, &watcher_token)?;
     let log_path = dir.path().join("gateway.log");
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |c| {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let gateway = start_gateway(&runtime, &gateway_bin, &log_path, http_addr, |c| {
         c.arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info,rumqttd=off,rumqttd::segments=warn");
     })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(wait_ready(http_addr, &mut gateway.0))?;
     println!(
         "orcastrate-gateway fleet view: {} agents report at once, {} runs",
         args.agents, args.runs

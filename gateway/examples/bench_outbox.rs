@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use clap::Parser;
 use orcastrate_broker::{AgentState, AgentStatus, DeployOrder};
 use orcastrate_gateway::{ledger, outbox};
@@ -120,7 +120,8 @@ struct Gateway {
     _child: ChildGuard,
 }
 
-fn start_gateway(
+/// Starts a gateway in `dir` whose `[github]` section ends with `github`.
+fn start_in(
     rt: &tokio::runtime::Runtime,
     bin: &Path,
     dir: &Path,
@@ -138,7 +139,7 @@ fn start_gateway(
         ),
     )?;
     let log = dir.join("gateway.log");
-    let mut gw = spawn_gateway(bin, &log, |c| {
+    let gw = start_gateway(rt, bin, &log, http, |c| {
         c.arg("--config").arg(&config).args([
             "--http-listen",
             &http.to_string(),
@@ -146,8 +147,6 @@ fn start_gateway(
             &mqtt.to_string(),
         ]);
     })?;
-    rt.block_on(wait_ready(http, &mut gw.0))
-        .with_context(|| tail(&log, 20))?;
     Ok(Gateway {
         http,
         log,
@@ -269,7 +268,7 @@ fn outage(args: &Args) -> anyhow::Result<Outage> {
     let dir = tempfile::tempdir()?;
     let api = free_addr();
     let token = format!("token = \"bench-token\"\napi_url = \"http://{api}\"\n");
-    let gw = start_gateway(&rt, &bin, dir.path(), secret, &token)?;
+    let gw = start_in(&rt, &bin, dir.path(), secret, &token)?;
     let rx = Receiver::start(api.port(), github);
     let (up, _) = rt.block_on(run_load(gw.http, wire(0), args.connections))?;
     let up = p(&up, "receiver up")?;
@@ -279,7 +278,7 @@ fn outage(args: &Args) -> anyhow::Result<Outage> {
     // The outage and a gateway without a destination, in alternating chunks, so that both
     // see the same machine (other work on it moves the figures more than the outbox does).
     let plain_dir = tempfile::tempdir()?;
-    let plain = start_gateway(&rt, &bin, plain_dir.path(), secret, "")?;
+    let plain = start_in(&rt, &bin, plain_dir.path(), secret, "")?;
     // Its first requests (a new process and ledger) would count against it otherwise.
     let warm = Arc::new(wire(2 * args.orders)[..CHUNK.min(args.orders)].to_vec());
     p(

@@ -43,7 +43,6 @@ mod support;
 use support::*;
 
 /// The repo/env the fixture's push deploys to.
-const REPOS: &str = "codertocat/hello-world@master=production";
 /// The peer's hook id (URL `/hooks/<id>`).
 const HOOK_ID: &str = "orcastrate-bench";
 
@@ -251,23 +250,14 @@ fn main() -> anyhow::Result<()> {
     let mqtt_addr = free_addr();
     let peer_addr = free_addr();
     let log_path = dir.path().join("gateway.log");
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--http-listen")
-            .arg(http_addr.to_string())
-            .arg("--mqtt-listen")
-            .arg(mqtt_addr.to_string())
-            .env("GITHUB_SECRET", &secret)
-            .env("ORCASTRATE_REPOS", REPOS);
-    })?;
-    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
-        bail!(
-            "the gateway did not become ready: {e:#}\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-    }
+    let data_dir = dir.path().join("data");
+    let mut gateway = start_gateway(
+        &runtime,
+        &gateway_bin,
+        &log_path,
+        http_addr,
+        env_configured(&data_dir, (http_addr, mqtt_addr), &secret),
+    )?;
     let wire: Vec<Vec<u8>> = (0..args.load.requests)
         .map(|i| numbered_push(i, run_id, &payload, &original_after, &secret, "/webhook").wire)
         .collect();

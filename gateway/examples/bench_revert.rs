@@ -292,13 +292,12 @@ fn main() -> anyhow::Result<()> {
     let config_path = dir.path().join("gateway.toml");
     std::fs::write(&config_path, config)?;
     let log_path = dir.path().join("gateway.log");
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |c| {
-        c.arg("--config").arg(&config_path);
-    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(wait_ready(http_addr, &mut gateway.0))?;
+    let gateway = start_gateway(&runtime, &gateway_bin, &log_path, http_addr, |c| {
+        c.arg("--config").arg(&config_path);
+    })?;
     // The key the gateway created on its first start, as an operator gets it.
     let key = std::process::Command::new(&gateway_bin)
         .args(["public-key", "--config"])

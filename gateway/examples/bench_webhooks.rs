@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use clap::Parser;
 use rusqlite::OptionalExtension;
 
@@ -47,7 +47,6 @@ mod support;
 use support::*;
 
 /// The repo/env the fixture's push deploys to.
-const REPOS: &str = "codertocat/hello-world@master=production";
 const REPO: &str = "codertocat/hello-world";
 const ENV: &str = "production";
 
@@ -243,37 +242,6 @@ impl Report<'_> {
     }
 }
 
-/// Starts the gateway binary and waits until it is ready.
-fn start_gateway(
-    runtime: &tokio::runtime::Runtime,
-    gateway_bin: &Path,
-    data_dir: &Path,
-    log_path: &Path,
-    (http_addr, mqtt_addr): (std::net::SocketAddr, std::net::SocketAddr),
-    secret: &str,
-) -> anyhow::Result<ChildGuard> {
-    let mut gateway = spawn_gateway(gateway_bin, log_path, |command| {
-        command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--http-listen")
-            .arg(http_addr.to_string())
-            .arg("--mqtt-listen")
-            .arg(mqtt_addr.to_string())
-            .env("GITHUB_SECRET", secret)
-            .env("ORCASTRATE_REPOS", REPOS);
-    })?;
-    let ready = runtime.block_on(wait_ready(http_addr, &mut gateway.0));
-    if let Err(e) = ready {
-        bail!(
-            "the gateway did not become ready: {e:#}\n--- {} ---\n{}",
-            log_path.display(),
-            std::fs::read_to_string(log_path).unwrap_or_default()
-        );
-    }
-    Ok(gateway)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.load.validate()?;
@@ -298,10 +266,9 @@ fn main() -> anyhow::Result<()> {
     let mut gateway = start_gateway(
         &runtime,
         &gateway_bin,
-        &data_dir,
         &log_path,
-        (http_addr, mqtt_addr),
-        &secret,
+        http_addr,
+        env_configured(&data_dir, (http_addr, mqtt_addr), &secret),
     )?;
     let pid = gateway.0.id();
     std::thread::sleep(Duration::from_millis(500));

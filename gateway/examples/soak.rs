@@ -191,19 +191,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&config_path, config)?;
 
     let log_path = dir.path().join("gateway.log");
-    let mut gateway = spawn_gateway(&gateway_bin, &log_path, |command| {
-        command.arg("--config").arg(&config_path);
-    })?;
-    let pid = gateway.0.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if let Err(e) = runtime.block_on(wait_ready(http_addr, &mut gateway.0)) {
-        bail!(
-            "the gateway did not become ready: {e:#}\n{}",
-            tail(&log_path, 20)
-        );
-    }
+    let mut gateway = start_gateway(&runtime, &gateway_bin, &log_path, http_addr, |command| {
+        command.arg("--config").arg(&config_path);
+    })?;
+    let pid = gateway.0.id();
     std::thread::sleep(Duration::from_millis(500));
     let rss_gateway_idle = proc_status_kb(pid, "VmRSS")?;
     let public_key = public_key(&gateway_bin, &config_path)?;

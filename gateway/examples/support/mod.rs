@@ -279,6 +279,51 @@ pub(crate) fn spawn_gateway(
     Ok(ChildGuard(child))
 }
 
+/// [`spawn_gateway`], then waits on `runtime` until it is ready; if it is not, the error
+/// carries the end of its log.
+pub(crate) fn start_gateway(
+    runtime: &tokio::runtime::Runtime,
+    bin: &Path,
+    log: &Path,
+    http_addr: SocketAddr,
+    configure: impl FnOnce(&mut Command),
+) -> anyhow::Result<ChildGuard> {
+    let mut gateway = spawn_gateway(bin, log, configure)?;
+    runtime
+        .block_on(wait_ready(http_addr, &mut gateway.0))
+        .with_context(|| {
+            format!(
+                "the gateway did not become ready; end of {}:\n{}",
+                log.display(),
+                tail(log, 40)
+            )
+        })?;
+    Ok(gateway)
+}
+
+/// The push fixture's repo and branch, deployed to `production`.
+const PUSH_REPOS: &str = "codertocat/hello-world@master=production";
+
+/// A gateway configured by flags and the environment only, as the Node tool was
+/// (`GITHUB_SECRET`, `ORCASTRATE_REPOS`), for [`start_gateway`].
+pub(crate) fn env_configured<'a>(
+    data_dir: &'a Path,
+    (http_addr, mqtt_addr): (SocketAddr, SocketAddr),
+    secret: &'a str,
+) -> impl FnOnce(&mut Command) + 'a {
+    move |command| {
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-listen")
+            .arg(http_addr.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt_addr.to_string())
+            .env("GITHUB_SECRET", secret)
+            .env("ORCASTRATE_REPOS", PUSH_REPOS);
+    }
+}
+
 /// A complete `POST` of a GitHub `push` delivery, signed with `X-Hub-Signature-256` as
 /// GitHub signs it (HMAC-SHA256 of the body under the webhook secret).
 pub(crate) fn signed_push(path: &str, delivery: &str, body: &str, secret: &str) -> Vec<u8> {
