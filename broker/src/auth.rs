@@ -135,9 +135,33 @@ impl Credentials {
     }
 }
 
+/// What wrong secrets are throttled per: the IPv4 address, or the IPv6 /64 (one host's
+/// usual share, so a host cannot dodge its throttle by changing addresses within it).
+pub fn throttle_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_throttled_per_ipv4_address_and_per_ipv6_slash_64() {
+        let key = |ip: &str| throttle_key(ip.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(
+            key("192.0.2.7"),
+            "192.0.2.7".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+    }
 
     use LoginRefusal::{Anonymous, BadClientIdCharacter, BadCredentials, ForeignClientId};
 

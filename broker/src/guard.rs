@@ -189,7 +189,7 @@ enum Refusal {
 
 impl Shared {
     async fn login(self: Arc<Self>, request: LoginRequest) -> Result<Session, ConnectReturnCode> {
-        let address = request.peer.map(|p| throttle_key(&p));
+        let address = request.peer.map(|p| crate::auth::throttle_key(p.ip()));
         if let Some(address) = address {
             let wait = lock(&self.throttle).reserve(address, Instant::now());
             match wait {
@@ -452,17 +452,6 @@ impl Throttle {
         if let Some(t) = self.next.get_mut(&address) {
             *t = t.checked_sub(FAILED_LOGIN_INTERVAL).unwrap_or(*t);
         }
-    }
-}
-
-/// Addresses are throttled per IPv4 address and per IPv6 /64 (one host's usual share).
-fn throttle_key(peer: &SocketAddr) -> IpAddr {
-    match peer.ip() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-        }
-        v4 => v4,
     }
 }
 

@@ -55,12 +55,13 @@ impl Throttle {
     }
 }
 
-/// The request's peer address (the listener records it), the throttle's source. Behind a
-/// reverse proxy that is the proxy's: `X-Forwarded-For` is anyone's to write.
+/// The request's peer (the listener records it) as the throttle's source: its IPv4
+/// address or IPv6 /64, as the broker throttles logins. Behind a reverse proxy that is the
+/// proxy's: `X-Forwarded-For` is anyone's to write.
 pub fn source(req: &Request) -> String {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip().to_string())
+        .map(|ConnectInfo(a)| orcastrate_broker::auth::throttle_key(a.ip()).to_string())
         .unwrap_or_default()
 }
 
