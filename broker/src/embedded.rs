@@ -246,6 +246,7 @@ fn broker_config(
         router: RouterConfig {
             max_connections: MAX_CONNECTIONS,
             max_outgoing_packet_count: quotas.max_inflight as u64,
+            max_inflight: Some(u16::try_from(quotas.max_inflight).unwrap_or(u16::MAX)),
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
             custom_segment: Some(

@@ -379,11 +379,16 @@ impl Guard {
             );
         }
         if self.refusals >= MAX_REFUSALS_PER_CONNECTION {
-            tracing::warn!(
-                username = %shown(&self.username),
-                refusals = self.refusals,
-                "MQTT connection closed after repeated refusals"
-            );
+            // Per burst too: a client may open connection after connection to refuse.
+            let key = format!("closed\n{}", shown(&self.username));
+            if let Some(count) = lock(&self.shared.log).note(key, Instant::now()) {
+                tracing::warn!(
+                    username = %shown(&self.username),
+                    refusals = self.refusals,
+                    connections = count,
+                    "MQTT connection closed after repeated refusals"
+                );
+            }
             Verdict::Disconnect
         } else {
             Verdict::Refuse

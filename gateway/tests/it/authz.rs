@@ -3,7 +3,7 @@
 //! logins from one address, oversized messages and filter floods (gateway RSS from /proc),
 //! and hostile usernames in the log.
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use orcastrate_broker::{sign, AgentState, AgentStatus};
@@ -460,4 +460,271 @@ fn topics_and_connections_per_name_are_capped() {
         "a login once the others left",
         || Mqtt::connect(gw.mqtt_port, "", "web-2", "token-web-2").ok(),
     );
+}
+
+/// Runs `mosquitto_pub` or `mosquitto_sub` against the gateway, logged in as `user`.
+fn mosquitto(tool: &str, port: u16, user: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(tool)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            user,
+            "-P",
+            token,
+        ])
+        .args(args)
+        .output()
+        .expect("mosquitto-clients is installed")
+}
+
+/// What a mosquitto client printed on stderr, in lower case.
+fn said(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_lowercase()
+}
+
+#[test]
+fn mosquitto_clients_with_an_agent_token_are_refused_too() {
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let (_, answer) = gw.webhook("push", "q-1", &push_of(&sha(81), "master"));
+    let seq = answer["seq"].as_u64().unwrap();
+    let port = gw.mqtt_port;
+    // Reading everything, another scope's orders or any log: every filter refused (SUBACK
+    // 0x80), so mosquitto_sub says "All subscription requests were denied" and prints
+    // nothing.
+    for filter in [
+        "#",
+        &format!("orcastrate/{REPO}/staging/desired"),
+        &topic("log/+"),
+    ] {
+        let out = mosquitto(
+            "mosquitto_sub",
+            port,
+            "web-1",
+            "token-web-1",
+            &["-t", filter, "-C", "1", "-W", "5"],
+        );
+        assert!(out.stdout.is_empty(), "{filter}: {out:?}");
+        assert!(said(&out).contains("denied"), "{filter}: {out:?}");
+    }
+    // A last will on another agent's status: the login is refused with CONNACK 5.
+    let out = mosquitto(
+        "mosquitto_pub",
+        port,
+        "web-1",
+        "token-web-1",
+        &[
+            "-t",
+            &topic("status/web-1"),
+            "-m",
+            "x",
+            "--will-topic",
+            &topic("status/web-2"),
+            "--will-payload",
+            "forged-will",
+            "--will-retain",
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(said(&out).contains("not authori"), "{out:?}");
+    // Forged retained order, fleet, events, another agent's status, a topic outside the
+    // prefix: acknowledged and dropped.
+    for target in [
+        topic("desired"),
+        topic("fleet"),
+        format!("orcastrate/{REPO}/events"),
+        topic("status/web-2"),
+        "junk/x".to_owned(),
+    ] {
+        let out = mosquitto(
+            "mosquitto_pub",
+            port,
+            "web-1",
+            "token-web-1",
+            &["-t", &target, "-r", "-q", "1", "-m", "forged-by-web-1"],
+        );
+        assert!(out.status.success(), "{target}: {out:?}");
+    }
+    // Nothing of it is retained or was heard: the watcher sees the true order only.
+    let out = mosquitto(
+        "mosquitto_sub",
+        port,
+        "ops",
+        "token-ops",
+        &["-t", "orcastrate/#", "-t", "junk/#", "-v", "-W", "2"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("forged"), "{text}");
+    assert!(text.contains(&format!("\"seq\":{seq}")), "{text}");
+    let (_, v) = gw.admin_get("/api/v1/agents");
+    assert_eq!(v["agents"].as_array().map(Vec::len), Some(0), "{v}");
+}
+
+#[test]
+fn the_log_topic_is_read_only_by_that_scopes_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(
+        dir.path(),
+        r#"
+[[clients]]
+name = "ops-production"
+token = "token-ops-production"
+role = "watcher"
+scopes = ["codertocat/hello-world/production"]
+[[clients]]
+name = "ops-staging"
+token = "token-ops-staging"
+role = "watcher"
+scopes = ["codertocat/hello-world/staging"]
+"#,
+    );
+    let logs = topic("log/+");
+    let staging_logs = format!("orcastrate/{REPO}/staging/log/+");
+    let granted = SubscribeReasonCode::Success(QoS::AtLeastOnce);
+    let refused = SubscribeReasonCode::Failure;
+    // That scope's watcher reads its logs.
+    let mut own = gw.mqtt("ops-production", "token-ops-production");
+    assert_eq!(own.subscribe_acked(&[&logs]).unwrap(), [granted]);
+    // A watcher of another scope reads its own scope's logs, not these.
+    let mut other = gw.mqtt("ops-staging", "token-ops-staging");
+    assert_eq!(
+        other
+            .subscribe_acked(&[&logs, &topic("log/web-1"), "orcastrate/#", &staging_logs])
+            .unwrap(),
+        [refused, refused, refused, granted]
+    );
+    // An agent of every scope reads no log, not even its own.
+    let mut agent = gw.mqtt("web-2", "token-web-2");
+    assert_eq!(
+        agent
+            .subscribe_acked(&[&logs, &topic("log/web-2"), &staging_logs])
+            .unwrap(),
+        [refused, refused, refused]
+    );
+    // mosquitto_sub as the other scope's watcher: refused outright.
+    let out = mosquitto(
+        "mosquitto_sub",
+        gw.mqtt_port,
+        "ops-staging",
+        "token-ops-staging",
+        &["-t", &logs, "-C", "1", "-W", "5"],
+    );
+    assert!(
+        out.stdout.is_empty() && said(&out).contains("denied"),
+        "{out:?}"
+    );
+
+    // web-1 prints a secret in a step: only its scope's watcher sees the line.
+    let mut web1 = gw.mqtt("web-1", "token-web-1");
+    web1.publish(&topic("log/web-1"), b"DB_PASSWORD=hunter2".to_vec(), false);
+    web1.flush();
+    assert!(own
+        .wait_for(Duration::from_secs(5), |_, p| p == b"DB_PASSWORD=hunter2")
+        .is_some());
+    for (who, client) in [("the other watcher", &mut other), ("an agent", &mut agent)] {
+        let got = client.collect(Duration::from_millis(800));
+        assert!(got.is_empty(), "{who} read {got:?}");
+    }
+}
+
+#[test]
+fn message_size_limits_depend_on_the_topic_kind() {
+    // The defaults: max_log_bytes = 8192, max_message_bytes = 16384.
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let mut watcher = gw.mqtt("ops", "token-ops");
+    watcher.subscribe_acked(&["orcastrate/#"]).unwrap();
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    let sizes = [
+        ("log/web-1", 8192),
+        ("log/web-1", 8193),
+        ("status/web-1", 8193),
+        ("status/web-1", 16384),
+        ("status/web-1", 16385),
+    ];
+    for (rest, len) in sizes {
+        agent.publish(&topic(rest), vec![b'x'; len], false);
+    }
+    agent.flush();
+    let got: Vec<(String, usize)> = watcher
+        .collect(Duration::from_millis(1500))
+        .into_iter()
+        .map(|(t, p)| (t, p.len()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (topic("log/web-1"), 8192),
+            (topic("status/web-1"), 8193),
+            (topic("status/web-1"), 16384)
+        ],
+        "a log line over 8192 bytes and a status over 16384 are dropped"
+    );
+}
+
+#[test]
+fn a_client_that_does_not_acknowledge_gets_at_most_max_inflight_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config_text(dir.path(), 0, SECRET, "").replace("[mqtt]\n", "[mqtt]\nmax_inflight = 10\n");
+    let gw = TestGateway::start_config(dir.path(), &text);
+    let mut options = Mqtt::options(gw.mqtt_port, "slow", "ops", "token-ops");
+    options.set_manual_acks(true);
+    let mut slow = Mqtt::connect_with(options).unwrap();
+    slow.subscribe_acked(&[&topic("log/web-1")]).unwrap();
+    let mut prompt = gw.mqtt("ops", "token-ops");
+    prompt.subscribe_acked(&[&topic("log/web-1")]).unwrap();
+    let mut agent = gw.mqtt("web-1", "token-web-1");
+    for i in 0..25 {
+        agent.publish(&topic("log/web-1"), format!("line {i}").into_bytes(), false);
+    }
+    agent.flush();
+    // A client that acknowledges gets all 25; one that does not, the first 10 only.
+    let receive = |client: &mut Mqtt| {
+        let mut got = Vec::new();
+        while let Some(p) = client.wait_publish(Duration::from_millis(1000), |_| true) {
+            got.push(p);
+        }
+        got
+    };
+    assert_eq!(receive(&mut prompt).len(), 25);
+    let first = receive(&mut slow);
+    assert_eq!(first.len(), 10, "max_inflight");
+    // Once it acknowledges them, the next 10 come.
+    for p in &first {
+        slow.client.try_ack(p).unwrap();
+    }
+    let next = receive(&mut slow);
+    assert_eq!(next.len(), 10, "{next:?}");
+    assert_eq!(&next[0].payload[..], b"line 10");
+}
+
+#[test]
+fn refused_packets_are_logged_once_per_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let gw = Process::start_logging(&write_config(dir.path(), ""), Some(&log));
+    // Five connections one after the other, each closed after 20 refused publishes, and
+    // refused filters on a sixth.
+    for _ in 0..5 {
+        let mut agent = Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1").unwrap();
+        for _ in 0..25 {
+            agent.publish_qos0(&topic("desired"), b"x".to_vec());
+        }
+        assert!(!agent.alive(&topic("desired")));
+    }
+    let mut agent = Mqtt::connect(gw.mqtt_port, "", "web-1", "token-web-1").unwrap();
+    for _ in 0..5 {
+        agent.subscribe_acked(&["#"]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        "MQTT publish refused",
+        "MQTT subscribe refused",
+        "MQTT connection closed after repeated refusals",
+    ] {
+        assert_eq!(text.matches(line).count(), 1, "{line}:\n{text}");
+    }
 }

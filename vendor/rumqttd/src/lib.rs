@@ -274,6 +274,10 @@ pub struct ClusterSettings {
 pub struct RouterConfig {
     pub max_connections: usize,
     pub max_outgoing_packet_count: u64,
+    /// Most QoS 1/2 messages sent to one connection and not yet acknowledged; the router
+    /// stops reading for that connection until it acknowledges. Default (`None`): 100.
+    #[serde(default)]
+    pub max_inflight: Option<u16>,
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub custom_segment: Option<HashMap<String, SegmentConfig>>,

@@ -64,6 +64,8 @@ pub struct Outgoing {
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
     last_pkid: u16,
+    /// Most packets in flight (and the largest packet id used) for this connection.
+    max_inflight: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
 }
@@ -87,6 +89,7 @@ impl Outgoing {
             unacked_pubrels,
             handle,
             last_pkid: 0,
+            max_inflight: MAX_PKID,
             meter: Default::default(),
         };
 
@@ -98,8 +101,13 @@ impl Outgoing {
         self.data_buffer.clone()
     }
 
+    /// Sets the most packets in flight (at least 1) for this connection.
+    pub(crate) fn set_max_inflight(&mut self, max_inflight: u16) {
+        self.max_inflight = max_inflight.max(1);
+    }
+
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        (self.max_inflight as usize).saturating_sub(self.inflight_buffer.len())
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -140,7 +148,7 @@ impl Outgoing {
                 .push_back((self.last_pkid, filter_idx, p.cursor));
 
             // Place max pkid packet at index 0
-            if self.last_pkid == MAX_PKID {
+            if self.last_pkid == self.max_inflight {
                 self.last_pkid = 0;
             }
 
@@ -152,10 +160,10 @@ impl Outgoing {
         let buffer_count = buffer.len();
         let inflight_count = self.inflight_buffer.len();
 
-        if inflight_count > MAX_INFLIGHT {
+        if inflight_count > self.max_inflight as usize {
             warn!(
                 "More inflight publishes than max allowed, inflight count = {}, max allowed = {}",
-                inflight_count, MAX_INFLIGHT
+                inflight_count, self.max_inflight
             );
         }
 

@@ -270,6 +270,9 @@ impl Router {
         incoming: Incoming,
         mut outgoing: Outgoing,
     ) {
+        if let Some(max_inflight) = self.config.max_inflight {
+            outgoing.set_max_inflight(max_inflight);
+        }
         let client_id = outgoing.client_id.clone();
         if let Err(err) = validate_clientid(&client_id) {
             error!("Invalid client_id: {}", err);
