@@ -409,14 +409,14 @@ fn topics_and_connections_per_name_are_capped() {
     let gw = TestGateway::start(dir.path());
     let mut watcher = gw.mqtt("ops", "token-ops");
     watcher.subscribe_acked(&["orcastrate/#"]).unwrap();
-    // web-2 reports for every repo/env: 19 distinct status topics per connection (under the
-    // 20 refusals that close one), 40 in all; the first 32 are taken.
+    // web-2 reports, retained, for every repo/env: 19 distinct status topics per connection
+    // (under the 20 refusals that close one), 40 in all; the first 32 are taken.
     let mut sent = 0;
     while sent < 40 {
         let mut agent = gw.mqtt("web-2", "token-web-2");
         for _ in 0..19.min(40 - sent) {
             let t = format!("orcastrate/o/r/e{sent}/status/web-2");
-            agent.publish(&t, format!("quota-{sent}").into_bytes(), false);
+            agent.publish(&t, format!("quota-{sent}").into_bytes(), true);
             sent += 1;
         }
         agent.flush();
@@ -440,6 +440,15 @@ fn topics_and_connections_per_name_are_capped() {
         .iter()
         .any(|(_, p)| p == b"quota-again"));
     drop(agent);
+    // All were retained: the broker holds 32 of them, one per topic, and no more.
+    let mut late = gw.mqtt("ops", "token-ops");
+    late.subscribe_acked(&["orcastrate/#"]).unwrap();
+    let retained = late
+        .collect(Duration::from_millis(1000))
+        .into_iter()
+        .filter(|(_, p)| p.starts_with(b"quota-"))
+        .count();
+    assert_eq!(retained, 32, "retained messages of one name");
 
     // Eight connections under one name; the ninth is told to come back later.
     // (The connections above may take a moment to be counted as gone.)
@@ -563,7 +572,7 @@ fn mosquitto_clients_with_an_agent_token_are_refused_too() {
 }
 
 #[test]
-fn the_log_topic_is_read_only_by_that_scopes_watchers() {
+fn the_log_topic_is_read_only_by_that_scopes_watchers_who_publish_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start_with(
         dir.path(),
@@ -615,6 +624,11 @@ scopes = ["codertocat/hello-world/staging"]
         out.stdout.is_empty() && said(&out).contains("denied"),
         "{out:?}"
     );
+
+    // A watcher publishes nothing, not even a log line on a topic it reads.
+    own.publish(&topic("log/web-1"), b"forged-by-a-watcher".to_vec(), false);
+    let got = own.collect(Duration::from_millis(800));
+    assert!(got.is_empty(), "a watcher's publish got through: {got:?}");
 
     // web-1 prints a secret in a step: only its scope's watcher sees the line.
     let mut web1 = gw.mqtt("web-1", "token-web-1");
