@@ -339,15 +339,22 @@ fn oversized_messages_and_filter_floods_leave_memory_near_its_baseline() {
 }
 
 #[test]
-fn hostile_usernames_give_one_short_escaped_log_line() {
+fn hostile_usernames_and_client_ids_give_one_short_escaped_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gateway.log");
     let gw = Process::start_logging(&write_config(dir.path(), ""), Some(&log));
     let long = "u".repeat(65_000);
     let forging = "web-1\nINFO forged: deploy approved";
-    for user in [long.as_str(), forging] {
-        for _ in 0..5 {
-            let e = Mqtt::connect(gw.mqtt_port, "", user, "wrong")
+    // As usernames, then as client ids of web-1 and web-2 (under the 10 failed logins an
+    // address may make before it is throttled).
+    for (client_id, user) in [
+        ("", long.as_str()),
+        ("", forging),
+        (long.as_str(), "web-1"),
+        (forging, "web-2"),
+    ] {
+        for _ in 0..2 {
+            let e = Mqtt::connect(gw.mqtt_port, client_id, user, "wrong")
                 .err()
                 .unwrap_or_default();
             assert!(e.contains("NotAuthorized"), "{e}");
@@ -361,7 +368,7 @@ fn hostile_usernames_give_one_short_escaped_log_line() {
         .collect();
     assert_eq!(
         refusals.len(),
-        2,
+        4,
         "one line per burst per name: {refusals:#?}"
     );
     assert!(refusals.iter().all(|l| l.len() < 600), "{refusals:#?}");
