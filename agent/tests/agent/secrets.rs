@@ -39,7 +39,7 @@ with open('PROBE', 'w') as f:
     f.write('\n'.join(out) + '\n')
 "#;
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()

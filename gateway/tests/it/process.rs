@@ -358,3 +358,120 @@ fn r11_a_flood_of_refused_statuses_is_one_log_line() {
     // One for the burst; two if a slow machine stretched it past the 10 s window.
     assert!((1..=2).contains(&lines), "{lines} refusal lines:\n{log}");
 }
+
+/// Issue 10, what held: the gateway SIGKILLed while eight senders push signed webhooks as
+/// fast as it answers loses none it accepted: after the restart every delivery answered 202
+/// is in the ledger with its seq, sha and order, and is a duplicate when sent again.
+#[test]
+fn r10_sigkill_under_load_keeps_every_accepted_webhook() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let gw = Process::start(&config);
+    let url = format!("{}/webhook", gw.http);
+    let killed = Arc::new(AtomicBool::new(false));
+    // (delivery, seq, sha, body) of every 202.
+    let accepted = Arc::new(Mutex::new(Vec::<(String, u64, String, Vec<u8>)>::new()));
+    let senders: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (url, killed, accepted) = (url.clone(), killed.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                let client = orcastrate_testkit::http::client();
+                for i in 0.. {
+                    let (delivery, sha) = (format!("load-{t}-{i}"), sha(t * 1_000_000 + i + 1));
+                    let body = push_of(&sha, "master");
+                    let sent = client
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .header("X-GitHub-Event", "push")
+                        .header("X-GitHub-Delivery", &delivery)
+                        .header(
+                            "X-Hub-Signature-256",
+                            orcastrate_testkit::github::signature(SECRET, &body),
+                        )
+                        .send(&body[..]);
+                    let Ok(mut response) = sent else {
+                        assert!(killed.load(Ordering::SeqCst), "{delivery}: {sent:?}");
+                        return;
+                    };
+                    let status = response.status().as_u16();
+                    let text = response.body_mut().read_to_string().unwrap_or_default();
+                    if status != 202 {
+                        // Only the kill may cut an answer short.
+                        assert!(killed.load(Ordering::SeqCst), "{delivery}: {status} {text}");
+                        return;
+                    }
+                    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    let seq = answer["seq"].as_u64().expect("a seq");
+                    accepted.lock().unwrap().push((delivery, seq, sha, body));
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(60), "1,000 accepted webhooks", || {
+        (accepted.lock().unwrap().len() >= 1_000).then_some(())
+    });
+    killed.store(true, Ordering::SeqCst);
+    gw.signal("KILL");
+    for s in senders {
+        s.join().unwrap();
+    }
+    drop(gw);
+    let accepted = accepted.lock().unwrap().clone();
+
+    let gw = Process::start(&config);
+    let ledger = rusqlite::Connection::open_with_flags(
+        dir.path().join("data/ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut missing = Vec::new();
+    for (delivery, seq, sha, _) in &accepted {
+        let recorded: Option<(i64, String)> = ledger
+            .query_row(
+                "SELECT d.seq, d.sha FROM deliveries d JOIN orders o ON o.seq = d.seq AND o.sha = d.sha \
+                 WHERE d.id = ?1 AND d.outcome = 'accepted'",
+                [delivery],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if recorded != Some((*seq as i64, sha.clone())) {
+            missing.push(format!("{delivery} (seq {seq}): {recorded:?}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted webhooks are not in the ledger after SIGKILL: {missing:?}",
+        missing.len(),
+        accepted.len()
+    );
+    // Sent again after the restart, an accepted webhook is a duplicate; a new one is the
+    // newest order.
+    let (delivery, _, _, body) = accepted.last().unwrap();
+    let resend = |delivery: &str, body: &[u8]| {
+        orcastrate_testkit::http::webhook(
+            &format!("{}/webhook", gw.http),
+            SECRET,
+            "push",
+            delivery,
+            "application/json",
+            body,
+        )
+    };
+    let (status, answer) = resend(delivery, body);
+    assert_eq!(
+        (status, answer["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{answer}"
+    );
+    let newest = accepted.iter().map(|a| a.1).max().unwrap();
+    let (status, answer) = resend("after-restart", &push_of(&sha(999), "master"));
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer["seq"].as_u64().unwrap() > newest, "{answer}");
+    eprintln!(
+        "{} accepted webhooks, all in the ledger after SIGKILL",
+        accepted.len()
+    );
+}
