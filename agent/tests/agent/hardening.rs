@@ -264,6 +264,56 @@ async fn a_tarpit_git_server_fails_the_deploy_after_retries() {
     }
 }
 
+/// Finding 10's stall timeouts, each ending a fetch from a server that accepts and never
+/// answers long before the overall deadline (`fetch_timeout_s = 120`, beyond the wait for
+/// the outcome): git's HTTP low-speed limit (with `http.lowSpeedTime` at 2 s in git's
+/// config, as a user may set it: the agent keeps the user's value and adds the limit,
+/// which git leaves off by default) and ssh's `ConnectTimeout` and keep-alives (15 s and
+/// 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_stall_timeouts_end_a_fetch_before_the_deadline() {
+    let keep = || Options {
+        on_shutdown: Some("keep".into()),
+        ..Options::default()
+    };
+    let mut w = World::with(keep()).await;
+    let (_, _, n) = w.start_healthy_on_v1(OK_INSTALL).await;
+    let pid = w.wait_app("v1");
+    let b = w.commit("v2", OK_INSTALL);
+    let port = tarpit();
+    let mut cases = vec![(format!("http://127.0.0.1:{port}/web.git"), "too slow")];
+    if std::process::Command::new("ssh").arg("-V").output().is_ok() {
+        cases.push((
+            format!("ssh://git@127.0.0.1:{port}/web.git"),
+            "Could not read from remote repository",
+        ));
+    }
+    let mut last = n;
+    for (url, said) in cases {
+        assert_eq!(w.terminate(last), Some(0));
+        w.write_config(&Options {
+            git_url: Some(url.clone()),
+            extra_tables: "[git]\nfetch_timeout_s = 120\nfetch_attempts = 1\n".into(),
+            ..keep()
+        });
+        last = w.start_agent_with(
+            &[],
+            &[
+                ("GIT_CONFIG_COUNT", "1"),
+                ("GIT_CONFIG_KEY_0", "http.lowSpeedTime"),
+                ("GIT_CONFIG_VALUE_0", "2"),
+            ],
+        );
+        let seq = w.order(&b, OrderKind::Push).await;
+        let out = w.bus.wait_outcome(seq).await;
+        assert_eq!(out.state, AgentState::Failed, "{url}: {out:?}");
+        let error = out.error.unwrap_or_default();
+        assert!(error.contains(said), "{url}: {error}");
+        assert!(!error.contains("did not finish within"), "{url}: {error}");
+        assert_eq!(w.wait_app("v1"), pid);
+    }
+}
+
 /// Finding 11: thousands of forged orders from a client with a token cost a handful of log
 /// lines (with a count), and the true order still deploys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
