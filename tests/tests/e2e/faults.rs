@@ -323,20 +323,24 @@ fn a_git_remote_back_within_the_retries_deploys() {
     assert_eq!(got, [(seq2, sha2), (seq1, sha1)]);
 }
 
-/// Issue 10, finding 8, with the real gateway: a `git_url` with a token (here to a host
-/// that refuses, so the deploy fails and the URL lands in the error) never shows the token
-/// in the fleet view (`/api/v1/agents`), on the bus, in either log or in the agent's files;
-/// the URL shows with its credentials hidden.
+/// Issue 10, finding 8, with the real gateway: a `git_url` with tokens (as its user and in
+/// its query string; here to a host that refuses, so the deploy fails and the URL lands in
+/// the error) never shows them in the fleet view (`/api/v1/agents`), on the bus, in either
+/// log or in the agent's files; the URL shows with its credentials hidden.
 #[test]
 fn r10_a_token_in_git_url_never_shows_in_the_fleet_view_the_bus_or_files() {
     const TOKEN: &str = "ghp_e2eS3cretInTheGitUrl";
+    const QUERY_TOKEN: &str = "e2eS3cretInTheQuery";
     let mut w = World::new();
     let bus = orcastrate_testkit::mqtt::Recorder::start(
         Mqtt::options(w.gateway.mqtt_port, "", WATCHER, WATCHER_TOKEN),
         "orcastrate/#",
     )
     .expect("the watcher's SUBACK");
-    let url = format!("https://deploy:{TOKEN}@127.0.0.1:{}/web.git", free_port());
+    let url = format!(
+        "https://deploy:{TOKEN}@127.0.0.1:{}/web.git?access_token={QUERY_TOKEN}",
+        free_port()
+    );
     let config = w.dir.path().join("agent.toml");
     let text = AgentConfig {
         name: AGENT,
@@ -382,6 +386,10 @@ fn r10_a_token_in_git_url_never_shows_in_the_fleet_view_the_bus_or_files() {
     }
     for (place, text) in places {
         assert!(!text.contains(TOKEN), "the token is in {place}:\n{text}");
+        assert!(
+            !text.contains(QUERY_TOKEN),
+            "the query is in {place}:\n{text}"
+        );
         assert!(
             !text.contains("//deploy"),
             "the user is in {place}:\n{text}"
