@@ -47,6 +47,16 @@ pub fn kill_all_under(dir: &Path) {
     }
 }
 
+/// User plus system CPU time process `pid` has used so far, in seconds (from
+/// `/proc/<pid>/stat`, whose clock ticks are 1/100 s on Linux); `None` once it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name, utime and stime are the 12th and 13th fields.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    Some((ticks()? + ticks()?) as f64 / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! The attacks of issue 10 against the agent, repeated against the real binary: credentials
 //! in `git_url` (finding 8), a git server that accepts and never answers (finding 10), and
-//! a flood of forged orders (finding 11).
+//! a flood of forged orders (finding 11); and one of what held: a full disk during install.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -264,6 +264,56 @@ async fn a_tarpit_git_server_fails_the_deploy_after_retries() {
     }
 }
 
+/// Finding 10's stall timeouts, each ending a fetch from a server that accepts and never
+/// answers long before the overall deadline (`fetch_timeout_s = 120`, beyond the wait for
+/// the outcome): git's HTTP low-speed limit (with `http.lowSpeedTime` at 2 s in git's
+/// config, as a user may set it: the agent keeps the user's value and adds the limit,
+/// which git leaves off by default) and ssh's `ConnectTimeout` and keep-alives (15 s and
+/// 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_stall_timeouts_end_a_fetch_before_the_deadline() {
+    let keep = || Options {
+        on_shutdown: Some("keep".into()),
+        ..Options::default()
+    };
+    let mut w = World::with(keep()).await;
+    let (_, _, n) = w.start_healthy_on_v1(OK_INSTALL).await;
+    let pid = w.wait_app("v1");
+    let b = w.commit("v2", OK_INSTALL);
+    let port = tarpit();
+    let mut cases = vec![(format!("http://127.0.0.1:{port}/web.git"), "too slow")];
+    if std::process::Command::new("ssh").arg("-V").output().is_ok() {
+        cases.push((
+            format!("ssh://git@127.0.0.1:{port}/web.git"),
+            "Could not read from remote repository",
+        ));
+    }
+    let mut last = n;
+    for (url, said) in cases {
+        assert_eq!(w.terminate(last), Some(0));
+        w.write_config(&Options {
+            git_url: Some(url.clone()),
+            extra_tables: "[git]\nfetch_timeout_s = 120\nfetch_attempts = 1\n".into(),
+            ..keep()
+        });
+        last = w.start_agent_with(
+            &[],
+            &[
+                ("GIT_CONFIG_COUNT", "1"),
+                ("GIT_CONFIG_KEY_0", "http.lowSpeedTime"),
+                ("GIT_CONFIG_VALUE_0", "2"),
+            ],
+        );
+        let seq = w.order(&b, OrderKind::Push).await;
+        let out = w.bus.wait_outcome(seq).await;
+        assert_eq!(out.state, AgentState::Failed, "{url}: {out:?}");
+        let error = out.error.unwrap_or_default();
+        assert!(error.contains(said), "{url}: {error}");
+        assert!(!error.contains("did not finish within"), "{url}: {error}");
+        assert_eq!(w.wait_app("v1"), pid);
+    }
+}
+
 /// Finding 11: thousands of forged orders from a client with a token cost a handful of log
 /// lines (with a count), and the true order still deploys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,4 +393,114 @@ async fn a_flood_of_forged_orders_is_logged_in_a_few_lines() {
     );
     let seqs: Vec<Option<u64>> = w.bus.statuses().iter().map(|s| s.seq).collect();
     assert!(!seqs.iter().any(|s| s.is_some_and(|s| s >= 10_000_000)));
+}
+
+/// A small tmpfs (root only), unmounted when dropped: a disk that fills up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs failed (the test needs root)");
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Issue 10, what held: the agent's root on a 16 MiB disk that an install fills up. The
+/// deploy fails with the install's error, the old release keeps serving, the agent's state
+/// stays readable, and once there is room again the next order deploys. A disk found full
+/// before the fetch fails the deploy the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_install_fails_the_deploy_and_the_old_release_serves() {
+    if !crate::secrets::is_root() {
+        eprintln!("skipped: mounting a small disk needs root (CI runs as root)");
+        return;
+    }
+    // Dropped after the world, whose processes (cwd on the disk) are stopped first.
+    let disk = SmallDisk::mount(16);
+    let mut w = World::new().await;
+    w.root = disk.path().join("root");
+    w.write_config(&Options::default());
+    let (a, s1, n) = w.start_healthy_on_v1(OK_INSTALL).await;
+    let pid = w.wait_app("v1");
+    let current = w.current();
+
+    // The install fills the disk, then keeps writing output while it is full.
+    let b = w.commit(
+        "v2",
+        "dd if=/dev/zero of=filler bs=1M count=64; echo disk is full; sleep 1; echo still full; exit 1\n",
+    );
+    let s2 = w.order(&b, OrderKind::Push).await;
+    let out = w.bus.wait_outcome(s2).await;
+    assert_eq!(out.state, AgentState::Failed, "{out:?}\n{}", w.agent_log(n));
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("exit code 1"),
+        "{out:?}"
+    );
+    assert_eq!(out.running_sha.as_deref(), Some(a.as_str()));
+    assert!(
+        w.bus
+            .logs()
+            .iter()
+            .any(|l| l.seq == Some(s2) && l.line.contains("No space left on device")),
+        "{:?}",
+        w.bus.logs()
+    );
+    assert_eq!(w.wait_app("v1"), pid);
+    assert_eq!(w.current(), current);
+    assert!(w.state_json()["pending"].is_null());
+
+    // A disk already full when an order comes: the deploy fails, nothing else changes.
+    let filler = disk.path().join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let c = w.commit("v3", OK_INSTALL);
+    let s3 = w.order(&c, OrderKind::Push).await;
+    let out = w.bus.wait_outcome(s3).await;
+    assert_eq!(out.state, AgentState::Failed, "{out:?}\n{}", w.agent_log(n));
+    assert_eq!(out.running_sha.as_deref(), Some(a.as_str()));
+    assert_eq!(w.wait_app("v1"), pid);
+    assert_eq!(w.current(), current);
+
+    // Room again: the next order deploys, and the agent never restarted.
+    std::fs::remove_file(&filler).unwrap();
+    let s4 = w.order(&c, OrderKind::Push).await;
+    w.until_healthy(n, s4).await;
+    w.wait_app("v3");
+    assert!(w.state_json()["pending"].is_null());
+    assert!(s1 < s4);
+    drop(w);
+    drop(disk);
 }

@@ -115,11 +115,26 @@ async fn runs_from_environment_alone_with_encrypted_config_and_no_secrets_in_the
     );
     assert!(!enc_text.contains("s3cret"));
     // The defaults run `npm install` and `npm run start` (package.json has no dependencies).
-    w.node_tool_deploys_v1(
-        &key,
-        &[("config/encrypted_production.env", Some(&enc_text))],
-    )
-    .await;
+    let n = w
+        .node_tool_deploys_v1(
+            &key,
+            &[("config/encrypted_production.env", Some(&enc_text))],
+        )
+        .await;
+    // Nor does the agent's own environment hold CONNECT_TOKEN or CONFIG_KEY any more, as a
+    // step reading /proc/$PPID/environ found them (issue 10, finding 9): it re-executed
+    // itself without them (readable here when the test runs as root, as in CI).
+    match std::fs::read(format!("/proc/{}/environ", w.agent_pid(n))) {
+        Ok(bytes) => {
+            let environ = String::from_utf8_lossy(&bytes);
+            assert!(environ.contains("ORCASTRATE_SECRETS_FD="), "{environ}");
+            assert!(
+                !environ.contains(TOKEN) && !environ.contains(&*key.to_base64()),
+                "{environ}"
+            );
+        }
+        Err(e) => assert!(!crate::secrets::is_root(), "{e}"),
+    }
 
     let decrypted = w.root.join("current/config/decrypted_production.env");
     let text = std::fs::read_to_string(&decrypted).unwrap();

@@ -39,7 +39,7 @@ with open('PROBE', 'w') as f:
     f.write('\n'.join(out) + '\n')
 "#;
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
@@ -238,4 +238,49 @@ async fn run_as_runs_steps_and_the_app_as_another_user() {
     assert!(release.join("written-by-install").exists());
     // The agent itself still runs as root.
     assert_eq!(uid_of(w.agent_pid(n)), Some(0));
+}
+
+/// The shipped units' `LoadCredential=token:…` and `config_key:…`: systemd puts the files in
+/// `$CREDENTIALS_DIRECTORY` under those names, where the agent finds them when its config
+/// names neither value nor file (it logs in and decrypts with nothing else); steps do not
+/// see the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_credentials_of_the_shipped_unit_are_found() {
+    let units = concat!(env!("CARGO_MANIFEST_DIR"), "/../config");
+    for unit in ["orcastrate-agent.service", "orcastrate-agent@.service"] {
+        let text = std::fs::read_to_string(format!("{units}/{unit}")).unwrap();
+        assert!(text.contains("\nLoadCredential=token:"), "{unit}");
+        assert!(text.contains("# LoadCredential=config_key:"), "{unit}");
+    }
+    let key = orcastrate_crypt::Key::generate().unwrap();
+    let mut w = World::with(Options {
+        token: Some(String::new()),
+        install: Some("env > STEP_ENV".into()),
+        ..Options::default()
+    })
+    .await;
+    let credentials = w.dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(
+        credentials.join("config_key"),
+        format!("{}\n", *key.to_base64()),
+    )
+    .unwrap();
+    let enc_text = w.encrypted(&key, "env", "API_KEY=s3cret\n");
+    let a = w.commit_with(
+        "v1",
+        "true\n",
+        &[("config/encrypted_production.env", Some(&enc_text))],
+    );
+    let s1 = w.order(&a, OrderKind::Push).await;
+    let dir = credentials.display().to_string();
+    let n = w.start_agent_with(&[], &[("CREDENTIALS_DIRECTORY", &dir)]);
+    w.until_healthy(n, s1).await;
+    let release = w.root.join("current");
+    let decrypted =
+        std::fs::read_to_string(release.join("config/decrypted_production.env")).unwrap();
+    assert!(decrypted.contains("API_KEY=s3cret"));
+    let step_env = std::fs::read_to_string(release.join("STEP_ENV")).unwrap();
+    assert!(!step_env.contains("CREDENTIALS_DIRECTORY"), "{step_env}");
 }

@@ -231,3 +231,46 @@ async fn sign_out(State(app): State<AppState>, headers: HeaderMap) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::listed;
+
+    /// Issue 10, "admin token timing": a guess that differs from a token in its first byte
+    /// takes as long to refuse as one that differs only in its last, so response times do
+    /// not reveal how much of a guess is right. A byte-by-byte compare (`==`) stops at the
+    /// first difference: with a 256 KiB token the two differ a hundredfold and more.
+    #[test]
+    fn a_wrong_token_takes_as_long_to_refuse_wherever_it_differs() {
+        let token = "t".repeat(256 * 1024);
+        let tokens = [token.clone()];
+        let differing_at = |at: usize| {
+            let mut guess = token.clone().into_bytes();
+            guess[at] = b'x';
+            String::from_utf8(guess).unwrap()
+        };
+        let (first, last) = (differing_at(0), differing_at(token.len() - 1));
+        // The fastest of several tries of each, interleaved: what the check costs, without
+        // the noise of a busy machine.
+        let (mut fastest_first, mut fastest_last) = (Duration::MAX, Duration::MAX);
+        for _ in 0..15 {
+            for (guess, fastest) in [(&first, &mut fastest_first), (&last, &mut fastest_last)] {
+                let started = Instant::now();
+                assert!(!listed(std::hint::black_box(guess), &tokens));
+                *fastest = (*fastest).min(started.elapsed());
+            }
+        }
+        assert!(listed(&token, &tokens));
+        let (low, high) = if fastest_first < fastest_last {
+            (fastest_first, fastest_last)
+        } else {
+            (fastest_last, fastest_first)
+        };
+        assert!(
+            high < low * 2,
+            "first byte wrong: {fastest_first:?}, last byte wrong: {fastest_last:?}"
+        );
+    }
+}

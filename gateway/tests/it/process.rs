@@ -358,3 +358,140 @@ fn r11_a_flood_of_refused_statuses_is_one_log_line() {
     // One for the burst; two if a slow machine stretched it past the 10 s window.
     assert!((1..=2).contains(&lines), "{lines} refusal lines:\n{log}");
 }
+
+/// A webhook the gateway answered 202: (delivery, seq, sha, body).
+type Accepted = (String, u64, String, Vec<u8>);
+
+/// Sends signed pushes of new shas to `url` one after another, recording each 202 in
+/// `accepted`, until the gateway stops answering; any other answer or failure before
+/// `killed` is set fails the test.
+fn push_until_killed(
+    url: &str,
+    sender: u64,
+    killed: &std::sync::atomic::AtomicBool,
+    accepted: &std::sync::Mutex<Vec<Accepted>>,
+) {
+    let client = orcastrate_testkit::http::client();
+    for i in 0.. {
+        let (delivery, sha) = (
+            format!("load-{sender}-{i}"),
+            sha(sender * 1_000_000 + i + 1),
+        );
+        let body = push_of(&sha, "master");
+        let signature = orcastrate_testkit::github::signature(SECRET, &body);
+        let answer = client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", &delivery)
+            .header("X-Hub-Signature-256", signature)
+            .send(&body[..])
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| {
+                let text = r.body_mut().read_to_string().unwrap_or_default();
+                let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                match (r.status().as_u16(), answer["seq"].as_u64()) {
+                    (202, Some(seq)) => Ok(seq),
+                    (status, _) => Err(format!("{status} {text}")),
+                }
+            });
+        match answer {
+            Ok(seq) => accepted.lock().unwrap().push((delivery, seq, sha, body)),
+            // Only the kill may cut an answer short.
+            Err(e) => {
+                let killed = killed.load(std::sync::atomic::Ordering::SeqCst);
+                assert!(killed, "{delivery}: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The accepted webhooks that the ledger in `data` does not hold as accepted deliveries
+/// with their seq, sha and order.
+fn missing_from_ledger(data: &Path, accepted: &[Accepted]) -> Vec<String> {
+    let ledger = rusqlite::Connection::open_with_flags(
+        data.join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut query = ledger
+        .prepare(
+            "SELECT d.seq, d.sha FROM deliveries d \
+             JOIN orders o ON o.seq = d.seq AND o.sha = d.sha \
+             WHERE d.id = ?1 AND d.outcome = 'accepted'",
+        )
+        .unwrap();
+    accepted
+        .iter()
+        .filter_map(|(delivery, seq, sha, _)| {
+            let recorded: Option<(u64, String)> = query
+                .query_row([delivery], |r| Ok((r.get(0)?, r.get(1)?)))
+                .ok();
+            (recorded.as_ref() != Some(&(*seq, sha.clone())))
+                .then(|| format!("{delivery} (seq {seq}): {recorded:?}"))
+        })
+        .collect()
+}
+
+/// Issue 10, what held: the gateway SIGKILLed while eight senders push signed webhooks as
+/// fast as it answers loses none it accepted: after the restart every delivery answered 202
+/// is in the ledger with its seq, sha and order, and is a duplicate when sent again.
+#[test]
+fn r10_sigkill_under_load_keeps_every_accepted_webhook() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let gw = Process::start(&config);
+    let url = format!("{}/webhook", gw.http);
+    let killed = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..8u64)
+        .map(|sender| {
+            let (url, killed, accepted) = (url.clone(), killed.clone(), accepted.clone());
+            std::thread::spawn(move || push_until_killed(&url, sender, &killed, &accepted))
+        })
+        .collect();
+    eventually(Duration::from_secs(60), "1,000 accepted webhooks", || {
+        (accepted.lock().unwrap().len() >= 1_000).then_some(())
+    });
+    killed.store(true, Ordering::SeqCst);
+    gw.signal("KILL");
+    for s in senders {
+        s.join().unwrap();
+    }
+    drop(gw);
+    let accepted = accepted.lock().unwrap().clone();
+
+    let gw = Process::start(&config);
+    let missing = missing_from_ledger(&dir.path().join("data"), &accepted);
+    assert!(
+        missing.is_empty(),
+        "{} of {} accepted webhooks are not in the ledger after SIGKILL: {missing:?}",
+        missing.len(),
+        accepted.len()
+    );
+    // Sent again after the restart, an accepted webhook is a duplicate; a new one is the
+    // newest order.
+    let send = |delivery: &str, body: &[u8]| {
+        let url = format!("{}/webhook", gw.http);
+        orcastrate_testkit::http::webhook(&url, SECRET, "push", delivery, "application/json", body)
+    };
+    let (delivery, _, _, body) = accepted.last().unwrap();
+    let (status, answer) = send(delivery, body);
+    assert_eq!(
+        (status, answer["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{answer}"
+    );
+    let newest = accepted.iter().map(|a| a.1).max().unwrap();
+    let (status, answer) = send("after-restart", &push_of(&sha(999), "master"));
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer["seq"].as_u64().unwrap() > newest, "{answer}");
+    eprintln!(
+        "{} accepted webhooks, all in the ledger after SIGKILL",
+        accepted.len()
+    );
+}

@@ -507,3 +507,275 @@ fn r10_replayed_body_with_a_new_delivery_id_is_a_duplicate_before_and_after_rest
     assert_eq!(history(&gw), [sha(43), sha(42), sha(41)]);
     assert_eq!(deliveries(&gw), 3, "a replay is not recorded as a delivery");
 }
+
+/// Sends `request` as raw bytes on a new connection and returns everything the gateway
+/// answers until it closes the connection (or 5 s pass).
+fn exchange(gw: &TestGateway, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(gw.http.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The head of a push request, framed by `framing` (`Content-Length` or
+/// `Transfer-Encoding` lines), with `extra` header lines (each ending in CRLF).
+fn push_head(delivery: &str, framing: &str, extra: &str) -> String {
+    format!(
+        "POST /webhook HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\n{extra}{framing}\r\n\r\n"
+    )
+}
+
+/// Closes the connection after the answer (so [`exchange`] returns at once).
+const CLOSE: &str = "Connection: close\r\n";
+
+/// `body` as one chunk of chunked transfer coding, then the last chunk.
+fn chunked(body: &[u8]) -> Vec<u8> {
+    [
+        format!("{:x}\r\n", body.len()).as_bytes(),
+        body,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat()
+}
+
+/// `X-Hub-Signature` (the SHA-1 one GitHub still sends) of `body`, made by openssl.
+fn sha1_signature(secret: &str, body: &[u8]) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha1", "-hmac", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    format!("sha1={}", text.trim().rsplit(' ').next().unwrap())
+}
+
+/// Issue 10, what held: a signature is refused when it is another body's, only the SHA-1
+/// one (`X-Hub-Signature`, valid), truncated, or a forged one sent before the genuine one
+/// in a duplicated header. Nothing is recorded.
+#[test]
+fn r10_signatures_of_another_body_sha1_only_truncated_or_duplicated_are_refused() {
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let body = push_of(&sha(51), "master");
+    let genuine = orcastrate_testkit::github::signature(SECRET, &body);
+    let other_body = orcastrate_testkit::github::signature(SECRET, &push_of(&sha(52), "master"));
+    let sha1 = sha1_signature(SECRET, &body);
+    let both = format!("{genuine}, {other_body}");
+    let send = |delivery: &str, signatures: &[(&str, &str)]| {
+        let extra: String = signatures
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .chain([CLOSE.to_owned()])
+            .collect();
+        let head = push_head(delivery, &format!("Content-Length: {}", body.len()), &extra);
+        exchange(&gw, &[head.as_bytes(), &body].concat())
+    };
+    let sig256 = "X-Hub-Signature-256";
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("another body's", vec![(sig256, &other_body)]),
+        ("sha1 only", vec![("X-Hub-Signature", &sha1)]),
+        (
+            "truncated by one",
+            vec![(sig256, &genuine[..genuine.len() - 1])],
+        ),
+        ("truncated to half", vec![(sig256, &genuine[..7 + 32])]),
+        ("prefix only", vec![(sig256, "sha256=")]),
+        (
+            "forged, then genuine",
+            vec![(sig256, &other_body), (sig256, &genuine)],
+        ),
+        ("genuine and forged in one line", vec![(sig256, &both)]),
+    ];
+    for (what, signatures) in cases {
+        let answer = send(what, &signatures);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{what}: {answer}");
+        assert!(answer.contains("X-Hub-Signature-256"), "{what}: {answer}");
+    }
+    assert_eq!(deliveries(&gw), 0, "refused webhooks leave nothing behind");
+    // The same body with its own signature (and the SHA-1 one beside it) deploys.
+    let answer = send("genuine", &[("X-Hub-Signature", &sha1), (sig256, &genuine)]);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert_eq!(orders(&gw), 1);
+}
+
+/// Issue 10, what held: refs with `;`, `..`, a newline or unicode, and repository names
+/// with `..`, `+` or `#`, signed as GitHub would sign them, never make an order (the mapped
+/// branch is `master` of `Codertocat/Hello-World`), and never forge a log line.
+#[test]
+fn r10_hostile_refs_and_repo_names_make_no_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::process::write_config(dir.path(), "");
+    let log = dir.path().join("gateway.log");
+    let gw = crate::process::Process::start_logging(&config, Some(&log));
+    let url = format!("{}/webhook", gw.http);
+    let send = |n: usize, body: &Value| {
+        orcastrate_testkit::http::webhook(
+            &url,
+            SECRET,
+            "push",
+            &format!("hostile-{n}"),
+            "application/json",
+            &serde_json::to_vec(body).unwrap(),
+        )
+    };
+    let refs = [
+        "refs/heads/master;rm -rf /",
+        "refs/heads/master; echo",
+        "refs/heads/../heads/master",
+        "refs/heads/master/..",
+        "refs/heads/..",
+        "refs/heads/master\nINJECTED fake log line",
+        "refs/heads/master\r\n",
+        "refs/heads/mäster",
+        "refs/heads/master\u{202e}",
+        "refs/heads/ｍaster",
+    ];
+    let repos = [
+        "Codertocat/Hello-World/..",
+        "Codertocat/..",
+        "../Hello-World",
+        "Codertocat/../Hello-World",
+        "Codertocat/Hello-World+",
+        "Codertocat/Hello+World",
+        "Codertocat/Hello-World#",
+        "Codertocat/#",
+        "Codertocat/Hello-World\nINJECTED",
+    ];
+    let (mut n, mut recorded) = (0, refs.len() as i64);
+    for git_ref in refs {
+        let mut body: Value = serde_json::from_slice(&push_of(&sha(60 + n as u64), "x")).unwrap();
+        body["ref"] = git_ref.into();
+        let (status, answer) = send(n, &body);
+        assert_eq!(status, 202, "{git_ref:?}: {answer}");
+        assert!(answer["ignored"].is_string(), "{git_ref:?}: {answer}");
+        n += 1;
+    }
+    for repo in repos {
+        let mut body: Value =
+            serde_json::from_slice(&push_of(&sha(60 + n as u64), "master")).unwrap();
+        body["repository"]["full_name"] = repo.into();
+        let (status, answer) = send(n, &body);
+        assert!(
+            status == 400 || (status == 202 && answer["ignored"].is_string()),
+            "{repo:?}: {status} {answer}"
+        );
+        recorded += i64::from(status == 202);
+        n += 1;
+    }
+    let ledger = rusqlite::Connection::open_with_flags(
+        dir.path().join("data/ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let count = |sql: &str| -> i64 { ledger.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM orders"), 0);
+    assert_eq!(count("SELECT COUNT(*) FROM deliveries"), recorded);
+    // The newline in a ref is logged escaped, inside its field: no line of its own.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("hostile-5"), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("INJECTED")),
+        "a ref forged a log line:\n{text}"
+    );
+}
+
+/// Issue 10, what held: the body-size limit is exact (a body of exactly `max_body_bytes`
+/// is read, one byte more is 413), whether the length is announced or the body is chunked.
+#[test]
+fn r10_a_body_of_exactly_max_body_bytes_is_read_one_more_is_413_announced_or_chunked() {
+    const LIMIT: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(dir.path(), &format!("[http]\nmax_body_bytes = {LIMIT}\n"));
+    // A signed push padded with JSON whitespace to `len` bytes.
+    let padded = |n: u64, len: usize| {
+        let mut body = push_of(&sha(80 + n), "master");
+        body.resize(len, b' ');
+        let sig = orcastrate_testkit::github::signature(SECRET, &body);
+        (body, format!("X-Hub-Signature-256: {sig}\r\n{CLOSE}"))
+    };
+    for (n, (len, chunk, expected)) in [
+        (LIMIT, false, "202"),
+        (LIMIT, true, "202"),
+        (LIMIT + 1, false, "413"),
+        (LIMIT + 1, true, "413"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (body, sig) = padded(n as u64, len);
+        let delivery = format!("exact-{n}");
+        let request = if chunk {
+            let head = push_head(&delivery, "Transfer-Encoding: chunked", &sig);
+            [head.into_bytes(), chunked(&body)].concat()
+        } else {
+            let head = push_head(&delivery, &format!("Content-Length: {len}"), &sig);
+            [head.into_bytes(), body].concat()
+        };
+        let answer = exchange(&gw, &request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{len} bytes, chunked {chunk}: {answer}"
+        );
+    }
+    assert_eq!(orders(&gw), 2);
+}
+
+/// Issue 10, what held: a request with both `Content-Length` and `Transfer-Encoding` is
+/// read by its chunked coding alone and its connection closed after the answer, so bytes
+/// that the length would have left over are never read as a second request (no request
+/// smuggling); conflicting lengths and a coding other than chunked are 400.
+#[test]
+fn r10_content_length_with_transfer_encoding_cannot_smuggle_a_request() {
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let smuggled = b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n";
+    for (n, framing) in [
+        "Content-Length: 4\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 4",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = push_of(&sha(90 + n as u64), "master");
+        let sig = orcastrate_testkit::github::signature(SECRET, &body);
+        let head = push_head(
+            &format!("cl-te-{n}"),
+            framing,
+            &format!("X-Hub-Signature-256: {sig}\r\n"),
+        );
+        let answer = exchange(&gw, &[head.as_bytes(), &chunked(&body), smuggled].concat());
+        assert!(answer.starts_with("HTTP/1.1 202"), "{framing:?}: {answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{framing:?}: the bytes after the body were answered as a request: {answer}"
+        );
+    }
+    let body = push_of(&sha(95), "master");
+    let sig = orcastrate_testkit::github::signature(SECRET, &body);
+    let sig = format!("X-Hub-Signature-256: {sig}\r\n{CLOSE}");
+    let lengths = format!("Content-Length: {}\r\nContent-Length: 4", body.len());
+    let answer = exchange(
+        &gw,
+        &[push_head("cl-cl", &lengths, &sig).as_bytes(), &body].concat(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = exchange(
+        &gw,
+        &[
+            push_head("te-gzip", "Transfer-Encoding: gzip", &sig).as_bytes(),
+            &body,
+        ]
+        .concat(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(orders(&gw), 2);
+    assert_eq!(deliveries(&gw), 2);
+}

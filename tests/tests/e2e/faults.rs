@@ -3,7 +3,7 @@
 //! right release serving, every delivery in the ledger, and the agent's status saying so.
 //!
 //! Elsewhere: the agent killed during install (`agent/tests/agent/crash.rs`), the gateway
-//! killed during a deploy (`gateway/tests/it/agent_e2e.rs`), install and health failures
+//! killed during a deploy (`restarts.rs`), under load (`gateway/tests/it/process.rs`), install and health failures
 //! (`agent/tests/agent/deploys.rs`, and `deploys.rs` here), an unwritable release directory
 //! (`agent/tests/agent/deploys.rs`).
 
@@ -321,4 +321,78 @@ fn a_git_remote_back_within_the_retries_deploys() {
     assert!(logs.contains("(attempt 2 of 3)"), "{logs}");
     let got: Vec<(u64, String)> = ledger(&w).into_iter().map(|(s, h, _)| (s, h)).collect();
     assert_eq!(got, [(seq2, sha2), (seq1, sha1)]);
+}
+
+/// Issue 10, finding 8, with the real gateway: a `git_url` with tokens (as its user and in
+/// its query string; here to a host that refuses, so the deploy fails and the URL lands in
+/// the error) never shows them in the fleet view (`/api/v1/agents`), on the bus, in either
+/// log or in the agent's files; the URL shows with its credentials hidden.
+#[test]
+fn r10_a_token_in_git_url_never_shows_in_the_fleet_view_the_bus_or_files() {
+    const TOKEN: &str = "ghp_e2eS3cretInTheGitUrl";
+    const QUERY_TOKEN: &str = "e2eS3cretInTheQuery";
+    let mut w = World::new();
+    let bus = orcastrate_testkit::mqtt::Recorder::start(
+        Mqtt::options(w.gateway.mqtt_port, "", WATCHER, WATCHER_TOKEN),
+        "orcastrate/#",
+    )
+    .expect("the watcher's SUBACK");
+    let url = format!(
+        "https://deploy:{TOKEN}@127.0.0.1:{}/web.git?access_token={QUERY_TOKEN}",
+        free_port()
+    );
+    let config = w.dir.path().join("agent.toml");
+    let text = AgentConfig {
+        name: AGENT,
+        token: AGENT_TOKEN,
+        mqtt_port: w.gateway.mqtt_port,
+        servers: &[],
+        origin: Path::new(&url),
+        root: &w.root,
+        public_key: &w.gateway.public_key,
+        app_port: w.app_port,
+        health_timeout_s: 15,
+        install: "true",
+        top: "",
+        extra: "\n[git]\nfetch_attempts = 2\n",
+    }
+    .text();
+    std::fs::write(&config, text).unwrap();
+    w.agent = Some(Agent::start(&config));
+
+    let sha = w.commit("v1");
+    let seq = w.push(&sha);
+    let status = w.gateway.wait_agent("failed on the fetch", |s| {
+        s["seq"] == seq && s["state"] == "failed"
+    });
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("https://***@127.0.0.1"), "{error}");
+    let (code, agents) = w
+        .gateway
+        .admin_get(&format!("/api/v1/agents?repo={REPO}&env={ENV}"));
+    assert_eq!(code, 200);
+    let mut places = vec![
+        ("/api/v1/agents".to_owned(), agents.to_string()),
+        ("the bus".to_owned(), bus.text()),
+        ("the gateway's log".to_owned(), w.gateway.logs.text()),
+        ("the agent's log".to_owned(), w.agent_logs()),
+    ];
+    assert!(places[1].1.contains("***@127.0.0.1"), "{}", places[1].1);
+    for (path, content) in orcastrate_testkit::files::under(&w.root) {
+        places.push((
+            path.display().to_string(),
+            String::from_utf8_lossy(&content).into_owned(),
+        ));
+    }
+    for (place, text) in places {
+        assert!(!text.contains(TOKEN), "the token is in {place}:\n{text}");
+        assert!(
+            !text.contains(QUERY_TOKEN),
+            "the query is in {place}:\n{text}"
+        );
+        assert!(
+            !text.contains("//deploy"),
+            "the user is in {place}:\n{text}"
+        );
+    }
 }
