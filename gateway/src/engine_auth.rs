@@ -10,7 +10,8 @@
 //! The hooks are a password oracle, so they are served only with an external engine and
 //! only on their own listener (`[mqtt] hooks_listen`), optionally behind a bearer token
 //! (`[mqtt] hooks_token`). Refused logins are throttled per source ([`Throttle`]): past the
-//! burst, a source's attempts are denied without being checked. Refusals are logged once
+//! burst, a source's attempts are denied without being checked; wrong hooks tokens likewise
+//! per caller (429). Refusals are logged once
 //! per [`BURST_WINDOW`](orcastrate_broker::burst::BURST_WINDOW) with a count, never once per request.
 
 use std::sync::{Arc, RwLock};
@@ -46,6 +47,8 @@ pub struct EngineAuth {
     token: Option<Arc<str>>,
     /// Refused logins per source; shared by every request.
     throttle: Arc<Throttle>,
+    /// Wrong hooks tokens per caller, so the token cannot be guessed at HTTP speed either.
+    token_throttle: Arc<Throttle>,
     refused_logins: Arc<BurstLog>,
     refused_topics: Arc<BurstLog>,
 }
@@ -66,6 +69,7 @@ impl EngineAuth {
             gateway_user,
             token: token.map(Into::into),
             throttle: Arc::new(Throttle::default()),
+            token_throttle: Arc::new(Throttle::default()),
             refused_logins: Arc::new(BurstLog::default()),
             refused_topics: Arc::new(BurstLog::default()),
         }
@@ -135,8 +139,18 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, Str
 }
 
 /// Checks the engine's bearer token, then reads the body (small) and the caller's address.
+/// A caller past its burst of wrong tokens gets 429 without its token being checked.
 async fn admit(auth: &EngineAuth, req: Request) -> Result<(HeaderMap, Vec<u8>, String), Response> {
+    let peer = throttle::source(&req);
     if let Some(token) = &auth.token {
+        if !auth.token_throttle.may_try(&peer) {
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "10")],
+                Json(json!({ "error": "too many wrong hooks tokens from this address: wait a few seconds, then check [mqtt] hooks_token" })),
+            )
+                .into_response());
+        }
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -144,6 +158,7 @@ async fn admit(auth: &EngineAuth, req: Request) -> Result<(HeaderMap, Vec<u8>, S
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !orcastrate_broker::auth::secrets_equal(given, token) {
+            auth.token_throttle.refused(&peer);
             return Err((
                 StatusCode::UNAUTHORIZED,
                 Json(json!({ "error": "missing or wrong hooks token: configure the engine to send Authorization: Bearer <[mqtt] hooks_token>" })),
@@ -151,7 +166,6 @@ async fn admit(auth: &EngineAuth, req: Request) -> Result<(HeaderMap, Vec<u8>, S
                 .into_response());
         }
     }
-    let peer = throttle::source(&req);
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, MAX_HOOK_BODY)
         .await

@@ -540,7 +540,7 @@ fn the_engine_hooks_are_on_their_own_listener_and_throttled() {
         hook(&gw.http, "/api/v1/mqtt/auth", Some(token), right.clone()).0,
         404
     );
-    let (code, text) = hook(&hooks, "/api/v1/mqtt/auth", None, right);
+    let (code, text) = hook(&hooks, "/api/v1/mqtt/auth", None, right.clone());
     assert_eq!(code, 401, "{text}");
     assert!(text.contains("hooks_token"), "{text}");
 
@@ -552,6 +552,27 @@ fn the_engine_hooks_are_on_their_own_listener_and_throttled() {
     }
     assert_eq!(login("token-web-1", "10.0.0.1"), "deny", "throttled");
     assert_eq!(login("token-web-1", "10.0.0.2"), "allow");
+
+    // The hooks token cannot be guessed at HTTP speed either: past a burst of wrong ones
+    // the caller gets 429, whatever token it sends, on both hooks.
+    let acl = json!({ "username": "web-1", "topic": "orcastrate/#", "action": "subscribe" });
+    let mut codes = Vec::new();
+    for n in 0..30 {
+        codes.push(
+            hook(
+                &hooks,
+                "/api/v1/mqtt/acl",
+                Some(&format!("guess-{n}")),
+                acl.clone(),
+            )
+            .0,
+        );
+    }
+    assert_eq!(codes[0], 401, "{codes:?}");
+    assert_eq!(codes[29], 429, "{codes:?}");
+    let (code, text) = hook(&hooks, "/api/v1/mqtt/auth", Some(token), right);
+    assert_eq!(code, 429, "{text}");
+    assert!(text.contains("hooks_token"), "{text}");
 
     // One summary line for the burst, not one line per guess; and no line per request
     // (the probe saw one INFO line per guess): the whole log is about a dozen lines.
