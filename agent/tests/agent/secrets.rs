@@ -167,13 +167,7 @@ async fn secrets_from_files() {
         ),
         ..Options::default()
     });
-    let enc_text = w.encrypted(&key, "env", "API_KEY=s3cret\n");
-    let a = w.commit_with(
-        "v1",
-        "true\n",
-        &[("config/encrypted_production.env", Some(&enc_text))],
-    );
-    let s1 = w.order(&a, OrderKind::Push).await;
+    let s1 = order_v1_with_an_encrypted_secret(&mut w, &key).await;
     let n = w.start_until_healthy(s1).await;
     let decrypted =
         std::fs::read_to_string(w.root.join("current/config/decrypted_production.env")).unwrap();
@@ -267,13 +261,7 @@ async fn systemd_credentials_of_the_shipped_unit_are_found() {
         format!("{}\n", *key.to_base64()),
     )
     .unwrap();
-    let enc_text = w.encrypted(&key, "env", "API_KEY=s3cret\n");
-    let a = w.commit_with(
-        "v1",
-        "true\n",
-        &[("config/encrypted_production.env", Some(&enc_text))],
-    );
-    let s1 = w.order(&a, OrderKind::Push).await;
+    let s1 = order_v1_with_an_encrypted_secret(&mut w, &key).await;
     let dir = credentials.display().to_string();
     let n = w.start_agent_with(&[], &[("CREDENTIALS_DIRECTORY", &dir)]);
     w.until_healthy(n, s1).await;
@@ -283,4 +271,15 @@ async fn systemd_credentials_of_the_shipped_unit_are_found() {
     assert!(decrypted.contains("API_KEY=s3cret"));
     let step_env = std::fs::read_to_string(release.join("STEP_ENV")).unwrap();
     assert!(!step_env.contains("CREDENTIALS_DIRECTORY"), "{step_env}");
+}
+
+/// Commits `v1` with `API_KEY=s3cret` encrypted under `key` for production, and orders it.
+async fn order_v1_with_an_encrypted_secret(w: &mut World, key: &orcastrate_crypt::Key) -> u64 {
+    let enc_text = w.encrypted(key, "env", "API_KEY=s3cret\n");
+    let a = w.commit_with(
+        "v1",
+        "true\n",
+        &[("config/encrypted_production.env", Some(&enc_text))],
+    );
+    w.order(&a, OrderKind::Push).await
 }
