@@ -1,7 +1,7 @@
 // The board: signs in, listens to /api/v1/stream, and renders each snapshot.
 "use strict";
 const $ = (id) => document.getElementById(id);
-let role = null, csrf = null, source = null, last = null;
+let role = null, csrf = null, source = null, last = null, githubWeb = null;
 
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -22,7 +22,8 @@ function age(iso) {
   const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
   return s < 90 ? s + "s ago" : s < 5400 ? Math.round(s / 60) + "m ago" : Math.round(s / 3600) + "h ago";
 }
-const commit = (repo, sha) => sha ? el("a", { href: "https://github.com/" + repo + "/commit/" + sha, rel: "noreferrer", target: "_blank" }, el("code", {}, sha7(sha))) : "-";
+const commit = (repo, sha) => !sha ? "-" : !githubWeb ? el("code", {}, sha7(sha))
+  : el("a", { href: githubWeb + "/" + repo + "/commit/" + sha, rel: "noreferrer", target: "_blank" }, el("code", {}, sha7(sha)));
 
 async function api(method, path, body) {
   const headers = { "Content-Type": "application/json" };
@@ -46,7 +47,7 @@ function confirmThen(text, action) {
 }
 
 function signedIn(r) {
-  role = r.role; csrf = r.csrf;
+  role = r.role; csrf = r.csrf; githubWeb = r.github_web;
   $("signin").hidden = true; $("signout").hidden = false;
   $("who").hidden = false; $("who").textContent = "signed in: " + role;
   listen();

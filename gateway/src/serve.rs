@@ -334,6 +334,7 @@ fn app_state(
             ),
             settings.viewer_tokens.clone(),
             settings.http_tls.is_some(),
+            settings.github_web.clone(),
             stop,
         )),
     }

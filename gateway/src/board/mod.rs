@@ -35,6 +35,9 @@ pub struct Board {
     /// Cookies carry `Secure` (the gateway serves HTTPS).
     pub secure: bool,
     pub hub: crate::http::stream::Hub,
+    /// Where commit links go (`https://github.com`, or GitHub Enterprise Server's address);
+    /// `None` shows shas without links.
+    pub github_web: Option<String>,
 }
 
 impl Board {
@@ -43,6 +46,7 @@ impl Board {
         sessions: Sessions,
         viewer_tokens: Vec<String>,
         secure: bool,
+        github_web: Option<String>,
         stop: CancellationToken,
     ) -> Self {
         Self {
@@ -50,6 +54,7 @@ impl Board {
             viewer_tokens: viewer_tokens.into(),
             secure,
             hub: crate::http::stream::Hub::new(stop),
+            github_web,
         }
     }
 }
@@ -185,7 +190,7 @@ async fn sign_in(State(app): State<AppState>, AppJson(body): AppJson<SignIn>) ->
             header::SET_COOKIE,
             session::set_cookie(&id, app.board.secure),
         )],
-        Json(json!({ "role": role.name(), "csrf": s.csrf })),
+        Json(session_json(&app, &s)),
     )
         .into_response()
 }
@@ -195,10 +200,15 @@ fn current(app: &AppState, headers: &HeaderMap) -> Option<session::Session> {
     app.board.sessions.get(value)
 }
 
+/// What the page needs of its session: its role, its CSRF token, and where commits link.
+fn session_json(app: &AppState, s: &session::Session) -> serde_json::Value {
+    json!({ "role": s.role.name(), "csrf": s.csrf, "github_web": app.board.github_web })
+}
+
 /// `GET /api/v1/session`: the role and CSRF token of the signed-in page (401 if none).
 async fn whoami(State(app): State<AppState>, headers: HeaderMap) -> Response {
     match current(&app, &headers) {
-        Some(s) => Json(json!({ "role": s.role.name(), "csrf": s.csrf })).into_response(),
+        Some(s) => Json(session_json(&app, &s)).into_response(),
         None => AppError::new(
             ErrorKind::Unauthorized,
             "not signed in: sign in with a token",

@@ -64,6 +64,9 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// GitHub deployments and `[[notify]]` (the outbox's destinations).
     pub outbox: crate::outbox::OutboxConfig,
+    /// Where the board links commits: the web address of the GitHub `[github] api_url`
+    /// names, if it can be told from it.
+    pub github_web: Option<String>,
 }
 
 impl Settings {
@@ -92,6 +95,7 @@ impl Settings {
         let prefix = p.check(mqtt::prefix(&file.mqtt, &where_));
         let mqtt = p.check(mqtt::mode(file.mqtt, overrides, env, &where_));
         let github_secret = p.check(github_secret(file.github.secret, env, &where_));
+        let github_web = crate::outbox::config::github_web(file.github.api_url.as_deref());
         let outbox = crate::outbox::config::section(
             file.github.token,
             file.github.api_url,
@@ -156,6 +160,7 @@ impl Settings {
                 access,
                 config_file,
                 outbox,
+                github_web,
             }),
             &where_,
         )

@@ -86,6 +86,20 @@ impl OutboxConfig {
     }
 }
 
+/// The web address of the GitHub whose REST API is `api_url` (GitHub's own by default):
+/// `https://github.com` for `api.github.com`, `https://HOST` for GitHub Enterprise Server's
+/// `https://HOST/api/v3`; `None` for anything else, whose commit pages we cannot name.
+pub fn github_web(api_url: Option<&str>) -> Option<String> {
+    let api_url = api_url.unwrap_or(GITHUB_API).trim_end_matches('/');
+    if api_url == GITHUB_API {
+        return Some("https://github.com".to_owned());
+    }
+    api_url
+        .strip_suffix("/api/v3")
+        .filter(|host| http_url(host) && host.matches('/').count() == 2)
+        .map(str::to_owned)
+}
+
 fn http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
@@ -187,5 +201,30 @@ fn notify_target(n: NotifyFile, i: usize, where_: &str) -> Result<NotifyTarget, 
         })
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::github_web;
+
+    #[test]
+    fn the_board_links_commits_to_the_github_that_api_url_names() {
+        let web = |api: Option<&str>| github_web(api);
+        assert_eq!(web(None).as_deref(), Some("https://github.com"));
+        assert_eq!(
+            web(Some("https://api.github.com/")).as_deref(),
+            Some("https://github.com")
+        );
+        assert_eq!(
+            web(Some("https://ghe.example.com/api/v3")).as_deref(),
+            Some("https://ghe.example.com")
+        );
+        assert_eq!(
+            web(Some("http://ghe.internal:8080/api/v3/")).as_deref(),
+            Some("http://ghe.internal:8080")
+        );
+        assert_eq!(web(Some("https://proxy.example.com/github")), None);
+        assert_eq!(web(Some("https://example.com/a/api/v3")), None);
     }
 }

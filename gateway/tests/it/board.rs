@@ -109,6 +109,10 @@ fn a_session_cookie_is_strict_and_writes_need_its_csrf_token() {
     let (status, cookie, set, body) = sign_in(&gw, ADMIN);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["role"], "admin");
+    assert_eq!(
+        body["github_web"], "https://github.com",
+        "commit links by default"
+    );
     for part in ["HttpOnly", "SameSite=Strict", "Max-Age=", "Path=/"] {
         assert!(set.contains(part), "{part} in {set}");
     }
@@ -293,4 +297,22 @@ fn streams_are_capped_and_a_session_outlives_a_restart() {
     let (_, head) = open_stream(&gw, &cookie, "");
     assert!(head.contains("200"), "{head}");
     gw.stop();
+}
+
+/// Commit links follow `[github] api_url`: GitHub Enterprise Server's own address, not
+/// github.com.
+#[test]
+fn commit_links_go_to_the_github_that_api_url_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), 0, SECRET, "").replace(
+        "[github]\n",
+        "[github]\napi_url = \"https://ghe.example.com/api/v3\"\n",
+    );
+    assert!(text.contains("ghe.example.com"), "{text}");
+    let gw = TestGateway::start_config(dir.path(), &text);
+    let (status, cookie, _, body) = sign_in(&gw, ADMIN);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["github_web"], "https://ghe.example.com");
+    let (_, who) = with_cookie(&gw, "GET", "/api/v1/session", &cookie, None, None);
+    assert_eq!(who["github_web"], "https://ghe.example.com");
 }

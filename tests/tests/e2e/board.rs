@@ -61,6 +61,14 @@ fn the_board_shows_a_push_live_and_rolls_back_with_one_click() {
     eventually(WAIT, "the agent healthy on v1 on the page", || {
         (agent_row(&b) == ("healthy".to_owned(), sha1[..7].to_owned())).then_some(())
     });
+    // Commit links go to the GitHub that `[github] api_url` names (github.com by default).
+    let link = b.js(&format!(
+        "const a = document.querySelector('a[href$=\"/commit/{sha1}\"]'); return a ? a.href : '';"
+    ));
+    assert_eq!(
+        link,
+        format!("https://github.com/{REPO}/commit/{sha1}").as_str()
+    );
     b.js("window.sameDocument = 'yes'; return null;");
 
     // A push arrives on the page without a reload; timed from when the API shows it.
