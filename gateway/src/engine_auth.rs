@@ -11,8 +11,8 @@
 //! only on their own listener (`[mqtt] hooks_listen`), optionally behind a bearer token
 //! (`[mqtt] hooks_token`). Refused logins are throttled per source ([`Throttle`]): past the
 //! burst, a source's attempts are denied without being checked; wrong hooks tokens likewise
-//! per caller (429). Refusals are logged once
-//! per [`BURST_WINDOW`](orcastrate_broker::burst::BURST_WINDOW) with a count, never once per request.
+//! per caller (429). Refusals are logged once per
+//! [`BURST_WINDOW`](orcastrate_broker::burst::BURST_WINDOW) with a count, never once per request.
 
 use std::sync::{Arc, RwLock};
 

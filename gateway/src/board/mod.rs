@@ -251,7 +251,8 @@ mod tests {
     /// Issue 10, "admin token timing": a guess that differs from a token in its first byte
     /// takes as long to refuse as one that differs only in its last, so response times do
     /// not reveal how much of a guess is right. A byte-by-byte compare (`==`) stops at the
-    /// first difference: with a 256 KiB token the two differ a hundredfold and more (the test allows tenfold).
+    /// first difference: with a 256 KiB token the two differ a hundredfold and more; the
+    /// test allows tenfold.
     #[test]
     fn a_wrong_token_takes_as_long_to_refuse_wherever_it_differs() {
         let token = "t".repeat(256 * 1024);

@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_board_links_commits_to_the_github_that_api_url_names() {
-        let web = |api: Option<&str>| github_web(api);
+        let web = github_web;
         assert_eq!(web(None).as_deref(), Some("https://github.com"));
         assert_eq!(
             web(Some("https://api.github.com/")).as_deref(),
