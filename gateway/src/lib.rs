@@ -34,6 +34,7 @@ pub mod engine_auth;
 pub mod engine_config;
 pub mod exit;
 pub mod fleet;
+pub mod forwarded;
 pub mod github;
 pub mod health;
 pub mod http;

@@ -182,9 +182,12 @@ impl Connection {
             cut,
         } = self;
         let (body_timeout, rate) = (limits.body_timeout, limits.body_min_bytes_per_s);
+        let trusted = limits.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let mut req = req.map(|body| Body::new(TimedBody::new(body, body_timeout, rate)));
-            req.extensions_mut().insert(ConnectInfo(peer));
+            // Behind a trusted proxy, the client it names (`[http] trusted_proxies`).
+            let client = crate::forwarded::client(peer, req.headers(), &trusted.trusted_proxies);
+            req.extensions_mut().insert(ConnectInfo(client));
             router.clone().oneshot(req)
         });
         let mut builder = hyper::server::conn::http1::Builder::new();

@@ -55,9 +55,9 @@ impl Throttle {
     }
 }
 
-/// The request's peer (the listener records it) as the throttle's source: its IPv4
-/// address or IPv6 /64, as the broker throttles logins. Behind a reverse proxy that is the
-/// proxy's: `X-Forwarded-For` is anyone's to write.
+/// The request's client (the listener records it: the TCP peer, or behind a trusted proxy
+/// the client it names, [`crate::forwarded`]) as the throttle's source: its IPv4 address or
+/// IPv6 /64, as the broker throttles logins.
 pub fn source(req: &Request) -> String {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -44,6 +44,8 @@ pub struct HttpFile {
     pub body_min_bytes_per_s: Option<u64>,
     pub body_buffer_bytes: Option<usize>,
     pub shutdown_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     pub mqtt_websocket: Option<bool>,
 }
 

@@ -154,18 +154,51 @@ fn limits(http: &HttpFile, max_body_bytes: usize, where_: &str) -> Result<HttpLi
         http.shutdown_timeout_s,
         defaults.shutdown_timeout,
     );
-    let value = match (header_timeout, body_timeout, shutdown_timeout) {
-        (Some(header_timeout), Some(body_timeout), Some(shutdown_timeout)) => Some(HttpLimits {
+    let trusted_proxies = p.check(trusted_proxies(&http.trusted_proxies, where_));
+    let value = match (
+        header_timeout,
+        body_timeout,
+        shutdown_timeout,
+        trusted_proxies,
+    ) {
+        (
+            Some(header_timeout),
+            Some(body_timeout),
+            Some(shutdown_timeout),
+            Some(trusted_proxies),
+        ) => Some(HttpLimits {
             max_connections,
             header_timeout,
             body_timeout,
             body_min_bytes_per_s,
             body_buffer_bytes,
             shutdown_timeout,
+            trusted_proxies,
         }),
         _ => None,
     };
     p.finish(value, where_)
+}
+
+/// `[http] trusted_proxies`: addresses (`127.0.0.1`) or networks (`10.0.0.0/8`).
+fn trusted_proxies(values: &[String], where_: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let mut p = Problems::default();
+    let nets = values
+        .iter()
+        .filter_map(|value| {
+            let net = value
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            p.check(net.map_err(|_| {
+                ConfigError::new(
+                    where_,
+                    "[http] trusted_proxies",
+                    format!("{value:?} is not an IP address or network: use e.g. \"127.0.0.1\" or \"10.0.0.0/8\""),
+                )
+            }))
+        })
+        .collect();
+    p.finish(Some(nets), where_)
 }
 
 /// A timeout key of 1 to 3600 seconds.

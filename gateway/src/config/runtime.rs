@@ -149,6 +149,9 @@ pub struct HttpLimits {
     pub body_buffer_bytes: usize,
     /// After SIGTERM, how long open requests may take before their connections are cut.
     pub shutdown_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`[http] trusted_proxies`),
+    /// so throttles and logs see the client, not the proxy. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpLimits {
@@ -160,6 +163,7 @@ impl Default for HttpLimits {
             body_min_bytes_per_s: 16 * 1024,
             body_buffer_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }

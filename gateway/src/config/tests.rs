@@ -206,6 +206,17 @@ fn http_limits_default_safely_and_refuse_bad_values() {
     )
     .unwrap();
     assert_eq!(s.http_limits.header_timeout, Duration::from_secs(3));
+    let s = file_only(
+        "[github]\nsecret = 'x'\n[http]\ntrusted_proxies = ['127.0.0.1', '10.0.0.0/8', '::1']\n",
+    )
+    .unwrap();
+    let nets: Vec<String> = s
+        .http_limits
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
     assert_eq!(
         s.http_limits.body_buffer_bytes,
         GITHUB_MAX_BODY.max(64 << 20)
@@ -226,6 +237,10 @@ fn http_limits_default_safely_and_refuse_bad_values() {
             "[http] body_min_bytes_per_s: 0 would",
         ),
         ("body_buffer_bytes = 1000", "below max_body_bytes"),
+        (
+            "trusted_proxies = ['127.0.0.1', 'proxy.local']",
+            "[http] trusted_proxies: \"proxy.local\" is not an IP address or network",
+        ),
     ] {
         let text = format!("[github]\nsecret = 'x'\n[http]\n{line}\n");
         let e = problems_of(&text);

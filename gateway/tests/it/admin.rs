@@ -235,3 +235,56 @@ fn wrong_tokens_from_one_address_are_throttled_on_the_api_and_the_sign_in() {
         || (orcastrate_testkit::http::get_bearer(&deployments, ADMIN).0 == 200).then_some(()),
     );
 }
+
+/// Behind a reverse proxy every client has the proxy's address. With the proxy in `[http]
+/// trusted_proxies`, the token throttle counts the client the proxy names in
+/// `X-Forwarded-For`, so one guesser cannot lock out everyone behind the proxy; without
+/// it, the header is ignored, so a client cannot dodge the throttle by writing one.
+#[test]
+fn behind_a_trusted_proxy_the_token_throttle_counts_the_forwarded_client() {
+    let get = |gw: &TestGateway, token: &str, forwarded: &str| {
+        orcastrate_testkit::http::answer(
+            orcastrate_testkit::http::client()
+                .get(&format!("{}/api/v1/deployments", gw.http))
+                .header("Authorization", format!("Bearer {token}"))
+                .header("X-Forwarded-For", forwarded)
+                .call(),
+        )
+        .0
+    };
+    // Wrong tokens until throttled; each may name itself anything in the header.
+    let guess_until_throttled = |gw: &TestGateway, forwarded: &dyn Fn(usize) -> String| {
+        for n in 0..=20 {
+            match get(gw, "wrong-token-wrong-token", &forwarded(n)) {
+                401 => {}
+                429 => return,
+                other => panic!("{other}"),
+            }
+        }
+        panic!("still checking tokens after 20 wrong ones");
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(dir.path());
+    guess_until_throttled(&gw, &|n| format!("203.0.113.{n}"));
+    assert_eq!(
+        get(&gw, ADMIN, "198.51.100.1"),
+        429,
+        "the header is not trusted"
+    );
+    drop(gw);
+
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(dir.path(), "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    guess_until_throttled(&gw, &|_| "203.0.113.7".to_owned());
+    assert_eq!(
+        get(&gw, ADMIN, "203.0.113.7"),
+        429,
+        "the guesser is throttled"
+    );
+    // What the guesser writes left of the address the proxy appended is not believed.
+    assert_eq!(get(&gw, ADMIN, "198.51.100.1, 203.0.113.7"), 429);
+    // Everyone else behind the proxy is not.
+    assert_eq!(get(&gw, ADMIN, "203.0.113.8"), 200);
+    assert_eq!(get(&gw, ADMIN, "2001:db8::1"), 200);
+}

@@ -176,3 +176,72 @@ fn websocket_logins_are_throttled_per_address_like_tcp() {
         "{said}"
     );
 }
+
+/// A WebSocket login to the gateway at `addr` whose upgrade request carries
+/// `X-Forwarded-For: forwarded`; its error, or "" once in.
+fn forwarded_login(addr: &str, token: &str, forwarded: String) -> String {
+    let mut options = Mqtt::ws_options(addr, "", "web-1", token);
+    options.set_request_modifier(move |mut request| {
+        let value = axum::http::HeaderValue::from_str(&forwarded).unwrap();
+        async move {
+            request.headers_mut().insert("x-forwarded-for", value);
+            request
+        }
+    });
+    Mqtt::connect_with(options).err().unwrap_or_default()
+}
+
+/// 50 wrong WebSocket logins at once, the n-th naming `forwarded(n)`: how many were
+/// throttled (CONNACK 3) rather than checked.
+fn throttled_of_50(gw: &TestGateway, forwarded: fn(usize) -> String) -> usize {
+    let tries: Vec<_> = (0..50)
+        .map(|n| {
+            let addr = http_addr(gw);
+            std::thread::spawn(move || forwarded_login(&addr, "wrong-token", forwarded(n)))
+        })
+        .collect();
+    let said: Vec<String> = tries.into_iter().map(|t| t.join().unwrap()).collect();
+    let throttled = said
+        .iter()
+        .filter(|e| e.contains("ServiceUnavailable"))
+        .count();
+    let checked = said.iter().filter(|e| e.contains("NotAuthorized")).count();
+    assert_eq!(
+        throttled + checked,
+        50,
+        "every login got an answer: {said:?}"
+    );
+    throttled
+}
+
+/// MQTT over WebSocket through a reverse proxy: with the proxy in `[http] trusted_proxies`
+/// the broker's login throttle counts the client the proxy names in `X-Forwarded-For`, so
+/// a guesser behind the proxy does not lock out the others behind it; without it, the
+/// header changes nothing (a client cannot dodge the throttle by writing one).
+#[test]
+fn behind_a_trusted_proxy_websocket_logins_are_throttled_per_forwarded_client() {
+    let each_its_own = |n| format!("203.0.113.{n}");
+    let all_one = |_| "203.0.113.250".to_owned();
+
+    let (_dir, gw) = TestGateway::start_in_temp();
+    let throttled = throttled_of_50(&gw, each_its_own);
+    assert!(
+        throttled > 0,
+        "the header is not trusted: all 50 were checked"
+    );
+    drop(gw);
+
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(dir.path(), "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    assert_eq!(
+        throttled_of_50(&gw, each_its_own),
+        0,
+        "50 clients, one wrong login each"
+    );
+    assert!(
+        throttled_of_50(&gw, all_one) > 0,
+        "one client, 50 wrong logins"
+    );
+    let said = forwarded_login(&http_addr(&gw), "token-web-1", "203.0.113.251".into());
+    assert_eq!(said, "", "another client behind the proxy logs in");
+}
