@@ -102,6 +102,67 @@ fn through_the_readme_proxy(kind: Proxy) {
     drop(proxy);
 }
 
+#[test]
+fn behind_nginx_a_guesser_does_not_lock_out_the_clients_behind_it() {
+    guesser_behind_the_readme_proxy(Proxy::Nginx);
+}
+
+#[test]
+fn behind_caddy_a_guesser_does_not_lock_out_the_clients_behind_it() {
+    guesser_behind_the_readme_proxy(Proxy::Caddy);
+}
+
+/// `[http] trusted_proxies` of the gateway behind the README's proxy.
+const TRUSTED: &str = "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n";
+
+/// The README's proxy in front of a gateway that lists it in `[http] trusted_proxies`:
+/// paho-mqtt logs in through it 30 times at once with a wrong token from 127.0.0.2, which
+/// the login throttle slows; then a right login from 127.0.0.3 through the same proxy gets
+/// in at once instead of being held back with the guesser.
+fn guesser_behind_the_readme_proxy(kind: Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let text = gateway_config(&dir.path().join("gateway-data"), mqtt_port) + TRUSTED;
+    let gateway = Gateway::start_config(&text, mqtt_port);
+    let (ca, cert, key) = certificates(&dir.path().join("tls"));
+    let gateway_addr = gateway.http.trim_start_matches("http://").to_owned();
+    let proxy = ReverseProxy::start(kind, &dir.path().join("proxy"), &gateway_addr, &cert, &key);
+    let wss = format!("wss://localhost:{}/mqtt", proxy.port);
+
+    let guesses = paho_logins(&wss, &ca, "127.0.0.2", "not-the-token", 30);
+    assert!(
+        guesses["Server unavailable"].as_u64().unwrap_or(0) > 0,
+        "30 wrong logins at once, none throttled: {guesses}\n{kind:?} log:\n{}",
+        proxy.log()
+    );
+    let other = paho_logins(&wss, &ca, "127.0.0.3", WATCHER_TOKEN, 1);
+    assert_eq!(
+        other["Success"],
+        1,
+        "the other client: {other}\n{}",
+        proxy.log()
+    );
+}
+
+/// Runs `tests/fixtures/paho/ws_logins.py`: how many of `count` logins at once as the
+/// watcher from `bind` got each CONNACK reason.
+fn paho_logins(url: &str, ca: &Path, bind: &str, token: &str, count: u32) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/paho/ws_logins.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([url, &ca.display().to_string(), bind, WATCHER, token])
+        .arg(count.to_string())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "paho printed no result: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Runs `tests/fixtures/paho/ws_retained.py`: its exit code and its JSON line.
 fn paho(url: &str, ca: &Path, user: &str, token: &str, topics: &[String]) -> (i32, Value) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/paho/ws_retained.py");
