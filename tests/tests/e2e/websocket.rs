@@ -115,10 +115,11 @@ fn behind_caddy_a_guesser_does_not_lock_out_the_clients_behind_it() {
 /// `[http] trusted_proxies` of the gateway behind the README's proxy.
 const TRUSTED: &str = "[http]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n";
 
-/// The README's proxy in front of a gateway that lists it in `[http] trusted_proxies`:
-/// paho-mqtt logs in through it 30 times at once with a wrong token from 127.0.0.2, which
-/// the login throttle slows; then a right login from 127.0.0.3 through the same proxy gets
-/// in at once instead of being held back with the guesser.
+/// The README's proxy in front of a gateway that lists it in `[http] trusted_proxies`, and
+/// paho-mqtt logging in through it with wrong tokens: 30 clients (127.0.1.1 to 127.0.1.30)
+/// once each are all checked, while one client (127.0.0.2) trying 30 times at once is
+/// throttled, and a right login from 127.0.0.3 then gets in. Without `trusted_proxies` the
+/// gateway would see one address, the proxy's, and throttle the 30 clients too.
 fn guesser_behind_the_readme_proxy(kind: Proxy) {
     let dir = tempfile::tempdir().unwrap();
     let mqtt_port = free_port();
@@ -129,28 +130,30 @@ fn guesser_behind_the_readme_proxy(kind: Proxy) {
     let proxy = ReverseProxy::start(kind, &dir.path().join("proxy"), &gateway_addr, &cert, &key);
     let wss = format!("wss://localhost:{}/mqtt", proxy.port);
 
+    let clients: Vec<String> = (1..=30).map(|n| format!("127.0.1.{n}")).collect();
+    let each_once = paho_logins(&wss, &ca, &clients.join(","), "not-the-token", 30);
+    assert_eq!(
+        each_once["Not authorized"],
+        30,
+        "30 clients, one wrong login each, all checked: {each_once}\n{kind:?} log:\n{}",
+        proxy.log()
+    );
     let guesses = paho_logins(&wss, &ca, "127.0.0.2", "not-the-token", 30);
     assert!(
         guesses["Server unavailable"].as_u64().unwrap_or(0) > 0,
-        "30 wrong logins at once, none throttled: {guesses}\n{kind:?} log:\n{}",
-        proxy.log()
+        "one client, 30 wrong logins at once, none throttled: {guesses}"
     );
     let other = paho_logins(&wss, &ca, "127.0.0.3", WATCHER_TOKEN, 1);
-    assert_eq!(
-        other["Success"],
-        1,
-        "the other client: {other}\n{}",
-        proxy.log()
-    );
+    assert_eq!(other["Success"], 1, "the other client: {other}");
 }
 
 /// Runs `tests/fixtures/paho/ws_logins.py`: how many of `count` logins at once as the
-/// watcher from `bind` got each CONNACK reason.
-fn paho_logins(url: &str, ca: &Path, bind: &str, token: &str, count: u32) -> Value {
+/// watcher from `binds` (comma-separated addresses, round robin) got each CONNACK reason.
+fn paho_logins(url: &str, ca: &Path, binds: &str, token: &str, count: u32) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/paho/ws_logins.py");
     let out = Command::new("python3")
         .arg(script)
-        .args([url, &ca.display().to_string(), bind, WATCHER, token])
+        .args([url, &ca.display().to_string(), binds, WATCHER, token])
         .arg(count.to_string())
         .output()
         .expect("python3 runs");
