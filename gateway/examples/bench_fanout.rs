@@ -605,11 +605,11 @@ fn spawn_agent(
     Ok(tokio::spawn(async move {
         let (client, mut eventloop) = AsyncClient::new(options, 10);
         let mut reported = false;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new();
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack)))
@@ -617,8 +617,7 @@ fn spawn_agent(
                 {
                     // Refused (NATS caps consumers per stream): ask again, as agents do.
                     errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -635,8 +634,7 @@ fn spawn_agent(
                 Ok(_) => {}
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }

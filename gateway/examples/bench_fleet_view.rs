@@ -310,11 +310,11 @@ impl Agents {
         let (subscribed, errors) = (self.subscribed.clone(), self.errors.clone());
         tokio::spawn(async move {
             let mut reported = false;
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = Backoff::new();
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = Duration::from_millis(50);
+                        backoff.reset();
                         let _ = client.try_subscribe(desired.as_str(), QoS::AtLeastOnce);
                         let again = current.lock().expect("status lock").clone();
                         if let Some(payload) = again {
@@ -333,8 +333,7 @@ impl Agents {
                     Ok(_) => {}
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        backoff.wait().await;
                     }
                 }
             }

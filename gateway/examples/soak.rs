@@ -1124,7 +1124,7 @@ fn spawn_sim(
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let mut reported = false;
         let mut connections = 0;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new();
         let publish = |status: &mut AgentStatus| {
             status.updated_at = orcastrate_broker::time::now();
             seal_status(&sim.token, status);
@@ -1137,7 +1137,7 @@ fn spawn_sim(
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     let _ = client.try_subscribe(desired.as_str(), QoS::AtLeastOnce);
                     publish(&mut status);
                 }
@@ -1178,8 +1178,7 @@ fn spawn_sim(
                 Ok(_) => {}
                 Err(_) => {
                     stats.connection_errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                     // A new connection: a new session, and a last will that carries it.
                     connections += 1;
                     status.session = session(sim.index, connections);

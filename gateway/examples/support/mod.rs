@@ -749,3 +749,26 @@ pub(crate) fn measure_then_stop<T>(
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(value)
 }
+
+/// A simulated client's wait before it reconnects or asks again: 50 ms, doubling up to
+/// 2 s, back to 50 ms once the broker answers.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    pub(crate) fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    /// Waits the current time, then doubles it.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+}
