@@ -71,9 +71,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
-        assert!(under(&dir)
-            .iter()
-            .any(|(p, cmd)| *p == pid && cmd.contains("sleep")));
+        // Until the forked child has exec'd, its command line is still this test's.
+        crate::wait::eventually(Duration::from_secs(10), "sleep under the dir", || {
+            under(&dir)
+                .iter()
+                .any(|(p, cmd)| *p == pid && cmd.contains("sleep"))
+                .then_some(())
+        });
         kill_all_under(&dir);
         // Reaped here: the kill left a zombie, which `under` does not list.
         assert!(!child.wait().unwrap().success());
